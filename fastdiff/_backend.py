@@ -1,0 +1,84 @@
+"""Which implementation runs an op: the Triton kernels, the PyTorch path, or the reference.
+
+``backend="auto"`` picks Triton for CUDA tensors and the few-pass PyTorch path on
+CPU. ``"triton"`` on CPU tensors needs ``TRITON_INTERPRET=1`` set before Triton
+is imported (the numpy interpreter the test-suite uses). ``"reference"`` is the
+literal plain-PyTorch formula, computed in the inputs' own dtype (pass float64
+tensors for the float64 reference).
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Optional
+
+import torch
+
+__all__ = ["BACKENDS", "resolve_backend", "triton_available", "interpret_mode", "block_size"]
+
+BACKENDS = ("auto", "triton", "torch", "reference")
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    """True when Triton and the fastdiff kernels import."""
+    try:
+        import triton  # noqa: F401
+
+        import fastdiff.kernels.step  # noqa: F401
+    except Exception:  # pragma: no cover - depends on the install
+        return False
+    return True
+
+
+def interpret_mode() -> bool:
+    """True when Triton runs kernels on CPU through its interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Map ``backend`` (one of BACKENDS) to the implementation that will run on ``device``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "triton" if device.type == "cuda" and triton_available() else "torch"
+    if backend == "triton":
+        if not triton_available():
+            raise ValueError("backend='triton' needs the triton package; install it or use backend='torch'")
+        if device.type == "cpu" and not interpret_mode():
+            raise ValueError(
+                "backend='triton' on CPU tensors needs TRITON_INTERPRET=1 set before triton is imported; "
+                "use backend='torch' for the fast CPU path"
+            )
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"backend='triton' supports cuda (and cpu under the interpreter), got {device.type}")
+    return backend
+
+
+def block_size(total: int, device: torch.device) -> int:
+    """Elements per program: 1024 on GPU; large blocks under the interpreter (each program costs ~ms)."""
+    if device.type == "cpu":
+        return max(16, min(1 << max(total - 1, 1).bit_length(), 1 << 16))
+    return 1024
+
+
+def num_warps_for(block: int) -> int:
+    return 4 if block <= 1024 else 8
+
+
+def idx64(total: int, extra: int = 0) -> bool:
+    """Whether flat offsets (plus ``extra``, e.g. the cond half of a CFG batch) can pass 2**31."""
+    return total + extra >= 2**31 - 1
+
+
+def maybe_rows(row_ids: Optional[torch.Tensor], batch: int, device: torch.device) -> Optional[torch.Tensor]:
+    """Validate per-row global ids (int64, shape (batch,)) and move them next to the data."""
+    if row_ids is None:
+        return None
+    if not isinstance(row_ids, torch.Tensor):
+        raise TypeError(f"row_ids must be an int64 tensor, got {type(row_ids).__name__}")
+    if row_ids.dtype != torch.int64 or row_ids.shape != (batch,):
+        raise ValueError(
+            f"row_ids must be an int64 tensor of shape ({batch},), got {tuple(row_ids.shape)} {row_ids.dtype}"
+        )
+    return row_ids.to(device).contiguous()

@@ -1,0 +1,89 @@
+"""Argument checks and layout helpers shared by the ops.
+
+Layout policy: every op views its tensors as ``(batch, n_cols)`` rows, where
+``batch = x.shape[0]``. Non-contiguous inputs are copied to contiguous memory
+first (one extra pass, documented); ``out=`` must be contiguous and may alias an
+input for in-place work. Storage dtypes float32/float16/bfloat16 run with
+float32 arithmetic; float64 runs in float64 on the torch paths.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_float(name: str, t, *, like: Optional[torch.Tensor] = None, shape=None) -> torch.Tensor:
+    """Require a floating tensor (on ``like``'s device, with ``shape`` when given)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a float32/float16/bfloat16/float64 tensor, got {t.dtype}")
+    if like is not None and t.device != like.device:
+        raise ValueError(f"{name} is on {t.device} but x is on {like.device}; move it to the same device")
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+    return t
+
+
+def check_index(name: str, t, batch: int, device: torch.device) -> torch.Tensor:
+    """Require an integer index tensor of shape (batch,) on ``device``; returns it as contiguous int64."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be an integer tensor of shape ({batch},), got {type(t).__name__}")
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor, got {t.dtype}")
+    if t.shape != (batch,):
+        raise ValueError(f"{name} must have shape ({batch},), got {tuple(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device} but the data is on {device}")
+    return t.to(torch.int64).contiguous()
+
+
+def check_out(name: str, out: Optional[torch.Tensor], like: torch.Tensor, dtype=None) -> Optional[torch.Tensor]:
+    """``out=`` buffers: same shape and device as x, contiguous, a float dtype (x's dtype unless ``dtype``)."""
+    if out is None:
+        return None
+    check_float(name, out, like=like, shape=like.shape)
+    if dtype is not None and out.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype}, got {out.dtype}")
+    if not out.is_contiguous():
+        raise ValueError(f"{name} must be contiguous")
+    return out
+
+
+def rows_of(x: torch.Tensor) -> tuple[int, int]:
+    """(batch, n_cols) of the row view."""
+    if x.dim() == 0:
+        raise ValueError("x must have a batch dimension, got a 0-d tensor")
+    batch = x.shape[0]
+    return batch, (x.numel() // batch if batch else 0)
+
+
+def contig(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if t is None else t.contiguous()
+
+
+def bcast(v: torch.Tensor, ndim: int) -> torch.Tensor:
+    """A per-row vector shaped to broadcast against a (batch, ...) tensor of ``ndim`` dims."""
+    return v.reshape(v.shape[0], *([1] * (ndim - 1)))
+
+
+def as_seed_args(seed: Optional[int]) -> tuple[int, int]:
+    from ..random import split_seed
+
+    return (0, 0) if seed is None else split_seed(seed)
+
+
+def check_stream(stream) -> int:
+    if isinstance(stream, bool) or not isinstance(stream, int) or not 0 <= stream < 2**32:
+        raise ValueError(f"stream must be an int in [0, 2**32), got {stream!r}")
+    return stream
+
+
+def seq(name: str, values) -> Sequence:
+    if isinstance(values, torch.Tensor):
+        raise TypeError(f"{name} must be a list or tuple of tensors, got a Tensor")
+    return tuple(values)

@@ -1,0 +1,41 @@
+"""Launcher for ``fused_encode_kernel`` (``torch.ops.fastdiff.fused_encode_``)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+from torch.library import triton_op, wrap_triton
+
+from ...kernels.encode import fused_encode_kernel
+from ..._backend import block_size, idx64, num_warps_for
+
+
+@triton_op("fastdiff::fused_encode_", mutates_args={"out", "target_out", "noise_out"})
+def fused_encode_triton(
+    x0: torch.Tensor,
+    coefs: torch.Tensor,
+    index: Optional[torch.Tensor],
+    noise: Optional[torch.Tensor],
+    row_ids: Optional[torch.Tensor],
+    out: torch.Tensor,
+    target_out: Optional[torch.Tensor],
+    noise_out: Optional[torch.Tensor],
+    seed_lo: int,
+    seed_hi: int,
+    stream: int,
+) -> None:
+    total = x0.numel()
+    if total == 0:
+        return
+    n_cols = total // x0.shape[0]
+    block = block_size(total, x0.device)
+    wrap_triton(fused_encode_kernel)[(triton.cdiv(total, block),)](
+        x0, x0 if noise is None else noise, out,
+        out if target_out is None else target_out, out if noise_out is None else noise_out,
+        coefs, coefs if index is None else index, coefs if row_ids is None else row_ids,
+        n_cols, total, seed_lo, seed_hi, stream,
+        HAS_IDX=index is not None, NOISE_MODE=2 if noise is not None else 1,
+        WRITE_TARGET=target_out is not None, WRITE_NOISE=noise_out is not None,
+        HAS_ROW_IDS=row_ids is not None, IDX64=idx64(total), BLOCK=block, num_warps=num_warps_for(block),
+    )

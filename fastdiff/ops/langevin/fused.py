@@ -1,0 +1,52 @@
+"""Launchers for the Langevin kernels (``torch.ops.fastdiff.langevin_step_`` / ``langevin_select_``)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+from torch.library import triton_op, wrap_triton
+
+from ...kernels.langevin import langevin_kernel, langevin_select_kernel
+from ..._backend import block_size, idx64, num_warps_for
+
+
+@triton_op("fastdiff::langevin_step_", mutates_args={"out", "noise_out"})
+def langevin_step_triton(
+    x: torch.Tensor,
+    grad: torch.Tensor,
+    step: Optional[torch.Tensor],
+    noise: Optional[torch.Tensor],
+    row_ids: Optional[torch.Tensor],
+    out: torch.Tensor,
+    noise_out: Optional[torch.Tensor],
+    step_scalar: float,
+    temperature: float,
+    seed_lo: int,
+    seed_hi: int,
+    stream: int,
+) -> None:
+    total = x.numel()
+    if total == 0:
+        return
+    n_cols = total // x.shape[0]
+    block = block_size(total, x.device)
+    wrap_triton(langevin_kernel)[(triton.cdiv(total, block),)](
+        x, grad, x if step is None else step, x if noise is None else noise, out,
+        out if noise_out is None else noise_out, x if row_ids is None else row_ids,
+        n_cols, total, step_scalar, temperature, seed_lo, seed_hi, stream,
+        PER_ROW=step is not None, NOISE_MODE=2 if noise is not None else 1, WRITE_NOISE=noise_out is not None,
+        HAS_ROW_IDS=row_ids is not None, IDX64=idx64(total), BLOCK=block, num_warps=num_warps_for(block),
+    )
+
+
+@triton_op("fastdiff::langevin_select_", mutates_args={"out"})
+def langevin_select_triton(x: torch.Tensor, proposal: torch.Tensor, accept: torch.Tensor, out: torch.Tensor) -> None:
+    total = x.numel()
+    if total == 0:
+        return
+    block = block_size(total, x.device)
+    wrap_triton(langevin_select_kernel)[(triton.cdiv(total, block),)](
+        x, proposal, accept, out, total // x.shape[0], total,
+        IDX64=idx64(total), BLOCK=block, num_warps=num_warps_for(block),
+    )

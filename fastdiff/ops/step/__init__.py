@@ -1,0 +1,177 @@
+"""The denoising-step op: one fused memory pass per sampler step.
+
+Layers: ``fastdiff.kernels.step`` (Triton) -> ``fused.py`` (launcher, torch.library
+op) -> this module's ``fused_step`` (validation, backend choice) -> samplers.
+``naive.py`` holds the plain-PyTorch reference.
+
+Example (one DDIM step, eta=0, epsilon prediction, written as coefficients):
+    >>> import math, torch
+    >>> from fastdiff.ops.step import fused_step, step_coefs
+    >>> a_t, s_t, a_prev, s_prev = 0.5, math.sqrt(0.75), 0.8, 0.6
+    >>> coefs = step_coefs(in_x=1 / a_t, in_m=-s_t / a_t, out_d=a_prev, out_m=s_prev)
+    >>> x, eps = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    >>> x_prev = fused_step(x, eps, coefs)
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+
+from ..._backend import maybe_rows, resolve_backend
+from .._common import (KERNEL_DTYPES, as_seed_args, check_float, check_index, check_out, check_stream,
+                       contig, rows_of, seq)
+from .naive import COEF_NAMES, MAX_HISTORY, NUM_COEFS, step_reference
+
+__all__ = ["fused_step", "step_coefs", "COEF_NAMES", "NUM_COEFS", "MAX_HISTORY", "step_reference"]
+
+_Coef = Union[float, Sequence[float], torch.Tensor]
+
+
+def step_coefs(
+    *,
+    in_x: _Coef = 0.0,
+    in_m: _Coef = 1.0,
+    guidance: _Coef = 0.0,
+    out_x: _Coef = 0.0,
+    out_e: _Coef = 0.0,
+    out_m: _Coef = 0.0,
+    out_d: _Coef = 0.0,
+    out_h: Sequence[_Coef] = (),
+    out_noise: _Coef = 0.0,
+    aux_x: _Coef = 0.0,
+    aux_d: _Coef = 1.0,
+    device: Union[str, torch.device, None] = None,
+) -> torch.Tensor:
+    """Build a ``(R, NUM_COEFS)`` float32 coefficient table for ``fused_step``.
+
+    Each argument is a number (R=1) or a length-R sequence (one row per step or
+    per sample); values are assembled in float64 and cast once. The defaults make
+    ``d`` the model output (x0 prediction) and ``aux`` = d.
+
+    Example:
+        >>> step_coefs(out_x=[0.9, 0.8], out_d=[0.1, 0.2]).shape
+        torch.Size([2, 13])
+    """
+    out_h = tuple(out_h)
+    if len(out_h) > MAX_HISTORY:
+        raise ValueError(f"out_h takes at most {MAX_HISTORY} history coefficients, got {len(out_h)}")
+    out_h = out_h + (0.0,) * (MAX_HISTORY - len(out_h))
+    values = [in_x, in_m, guidance, out_x, out_e, out_m, out_d, *out_h, out_noise, aux_x, aux_d]
+    cols = [torch.as_tensor(v, dtype=torch.float64).reshape(-1) for v in values]
+    rows = max(c.numel() for c in cols)
+    for name, c in zip(COEF_NAMES, cols):
+        if c.numel() not in (1, rows):
+            raise ValueError(f"coefficient {name} has {c.numel()} values; expected 1 or {rows}")
+    table = torch.stack([c.expand(rows) for c in cols], dim=1)
+    return table.to(device=device, dtype=torch.float32)
+
+
+def fused_step(
+    x: torch.Tensor,
+    model_output: torch.Tensor,
+    coefs: torch.Tensor,
+    *,
+    x_eval: Optional[torch.Tensor] = None,
+    history: Sequence[torch.Tensor] = (),
+    coef_index: Optional[torch.Tensor] = None,
+    coef_row: int = 0,
+    guidance: bool = False,
+    clip: Optional[float] = None,
+    seed: Optional[int] = None,
+    stream: int = 0,
+    row_ids: Optional[torch.Tensor] = None,
+    noise: Optional[torch.Tensor] = None,
+    out: Optional[torch.Tensor] = None,
+    aux_out: Optional[torch.Tensor] = None,
+    write_aux: bool = False,
+    backend: str = "auto",
+) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """One fused denoising step (see ``fastdiff.kernels.step`` for the formula).
+
+    Args:
+        x: the sample being advanced, shape (batch, ...).
+        model_output: the network's output for ``x_eval`` (or x); shape of x, or
+            (2*batch, ...) as [uncond; cond] halves when ``guidance``.
+        coefs: (R, NUM_COEFS) float32 table on x's device (see ``step_coefs``).
+        x_eval: the sample the model saw, when it differs from x (Heun's corrector).
+        history: up to 3 tensors shaped like x (previous denoised estimates or derivatives).
+        coef_index: int64 (batch,) rows of ``coefs`` per sample; else row ``coef_row`` for all.
+        guidance: classifier-free guidance with scale in the ``guidance`` column.
+        clip: clamp the denoised estimate to [-clip, clip].
+        seed, stream, row_ids: in-kernel Philox noise keyed by (seed, row id, stream, element).
+        noise: explicit noise instead of ``seed`` (shape of x).
+        out, aux_out: destination buffers (may alias inputs for in-place work).
+        write_aux: also return the ``aux`` tensor (a new history entry).
+        backend: "auto" | "triton" | "torch" | "reference".
+
+    Returns:
+        ``out``, or ``(out, aux)`` when ``write_aux`` or ``aux_out`` is given.
+    """
+    check_float("x", x)
+    batch, _ = rows_of(x)
+    dev = x.device
+    mshape = ((2 * batch,) + tuple(x.shape[1:])) if guidance else tuple(x.shape)
+    check_float("model_output", model_output, like=x)
+    if tuple(model_output.shape) != mshape:
+        hint = " ([uncond; cond] halves for guidance)" if guidance else ""
+        raise ValueError(f"model_output must have shape {mshape}{hint}, got {tuple(model_output.shape)}")
+    if not isinstance(coefs, torch.Tensor) or coefs.dim() != 2 or coefs.shape[1] != NUM_COEFS:
+        raise ValueError(f"coefs must be a (R, {NUM_COEFS}) tensor from step_coefs, got "
+                         f"{tuple(coefs.shape) if isinstance(coefs, torch.Tensor) else type(coefs).__name__}")
+    if coefs.device != dev:
+        raise ValueError(f"coefs is on {coefs.device} but x is on {dev}; build the table on x's device once")
+    if x_eval is not None:
+        check_float("x_eval", x_eval, like=x, shape=x.shape)
+    history = seq("history", history)
+    if len(history) > MAX_HISTORY:
+        raise ValueError(f"history takes at most {MAX_HISTORY} tensors, got {len(history)}")
+    for k, h in enumerate(history):
+        check_float(f"history[{k}]", h, like=x, shape=x.shape)
+    if coef_index is not None:
+        coef_index = check_index("coef_index", coef_index, batch, dev)
+    elif not 0 <= coef_row < coefs.shape[0]:
+        raise ValueError(f"coef_row must be in [0, {coefs.shape[0]}), got {coef_row}")
+    if clip is not None and not clip > 0:
+        raise ValueError(f"clip must be a positive float or None, got {clip}")
+    if noise is not None:
+        check_float("noise", noise, like=x, shape=x.shape)
+        if seed is not None:
+            raise ValueError("pass either seed (in-kernel noise) or noise, not both")
+    seed_lo, seed_hi = as_seed_args(seed)
+    check_stream(stream)
+    row_ids = maybe_rows(row_ids, batch, dev)
+    check_out("out", out, x)
+    check_out("aux_out", aux_out, x, dtype=None)
+    want_aux = write_aux or aux_out is not None
+
+    impl = resolve_backend(backend, dev)
+    if impl == "triton":
+        if x.dtype not in KERNEL_DTYPES:
+            raise TypeError(f"backend='triton' supports float32/float16/bfloat16 storage, got x.dtype={x.dtype}")
+        from .fused import fused_step_triton
+
+        if out is None:
+            out = torch.empty_like(x, memory_format=torch.contiguous_format)
+        if want_aux and aux_out is None:
+            aux_out = torch.empty_like(out)
+        hs = [contig(h) for h in history] + [None] * (MAX_HISTORY - len(history))
+        noise_mode = 2 if noise is not None else (1 if seed is not None else 0)
+        fused_step_triton(
+            contig(x), contig(model_output), coefs.to(torch.float32).contiguous(), contig(x_eval), hs[0], hs[1],
+            hs[2], contig(noise), coef_index, row_ids, out, aux_out, coef_row, len(history), guidance,
+            None if clip is None else float(clip), noise_mode, seed_lo, seed_hi, stream,
+        )
+        return (out, aux_out) if want_aux else out
+
+    compute = None if impl == "reference" else (torch.float64 if x.dtype == torch.float64 else torch.float32)
+    res, aux = step_reference(
+        x, model_output, coefs, x_eval=x_eval, history=history, coef_index=coef_index, coef_row=coef_row,
+        guidance=guidance, clip=clip, seed=seed, stream=stream, row_ids=row_ids, noise=noise,
+        compute_dtype=compute,
+    )
+    out = res.to(x.dtype) if out is None else out.copy_(res)
+    if want_aux:
+        aux_out = aux.to(x.dtype) if aux_out is None else aux_out.copy_(aux)
+        return out, aux_out
+    return out

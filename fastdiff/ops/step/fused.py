@@ -1,0 +1,61 @@
+"""Launcher for ``fused_step_kernel``, registered as ``torch.ops.fastdiff.fused_step_``.
+
+Registered with ``torch.library.triton_op`` so torch.compile traces into the
+kernel and CUDA-graph capture sees a plain launch.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+from torch.library import triton_op, wrap_triton
+
+from ...kernels.step import fused_step_kernel
+from ..._backend import block_size, idx64, num_warps_for
+
+
+@triton_op("fastdiff::fused_step_", mutates_args={"out", "aux_out"})
+def fused_step_triton(
+    x: torch.Tensor,
+    model_output: torch.Tensor,
+    coefs: torch.Tensor,
+    x_eval: Optional[torch.Tensor],
+    h0: Optional[torch.Tensor],
+    h1: Optional[torch.Tensor],
+    h2: Optional[torch.Tensor],
+    noise: Optional[torch.Tensor],
+    coef_index: Optional[torch.Tensor],
+    row_ids: Optional[torch.Tensor],
+    out: torch.Tensor,
+    aux_out: Optional[torch.Tensor],
+    coef_row: int,
+    n_hist: int,
+    guidance: bool,
+    clip: Optional[float],
+    noise_mode: int,
+    seed_lo: int,
+    seed_hi: int,
+    stream: int,
+) -> None:
+    batch = x.shape[0]
+    total = x.numel()
+    if total == 0:
+        return
+    n_cols = total // batch
+    block = block_size(total, x.device)
+    grid = (triton.cdiv(total, block),)
+    wrap_triton(fused_step_kernel)[grid](
+        x, x if x_eval is None else x_eval, model_output,
+        x if h0 is None else h0, x if h1 is None else h1, x if h2 is None else h2,
+        x if noise is None else noise,
+        out, out if aux_out is None else aux_out,
+        coefs, coefs if coef_index is None else coef_index, coefs if row_ids is None else row_ids,
+        coef_row, n_cols, total, 0.0 if clip is None else clip,
+        seed_lo, seed_hi, stream,
+        HAS_EVAL=x_eval is not None, GUIDANCE=guidance, DO_CLIP=clip is not None,
+        N_HIST=n_hist, NOISE_MODE=noise_mode, WRITE_AUX=aux_out is not None,
+        PER_ROW=coef_index is not None, HAS_ROW_IDS=row_ids is not None,
+        IDX64=idx64(total, total if guidance else 0),
+        BLOCK=block, num_warps=num_warps_for(block),
+    )

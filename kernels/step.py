@@ -1,0 +1,110 @@
+"""The denoising-step kernel family: one memory pass per sampler step.
+
+Per element, with fp32 arithmetic whatever the storage dtype:
+
+    m   = model_output                    (or m_u + g*(m_c - m_u) from [uncond; cond] halves)
+    d   = in_x*xe + in_m*m                (the denoised x0 estimate; clamped to +-clip if asked)
+    out = out_x*x + out_e*xe + out_m*m + out_d*d + sum_k out_h[k]*h[k] + out_noise*z
+    aux = aux_x*xe + aux_d*d              (optional: a history entry, e.g. d or (xe - d)/sigma)
+
+``x`` is the sample being advanced, ``xe`` the sample the model saw (``x`` unless
+a separate one is given, as in Heun's corrector), ``h`` up to three history
+tensors, ``z`` noise from the Philox stream or a given tensor. Coefficients come
+from a device table ``coef[R, NUM_COEFS]``: row ``coef_idx[b]`` for sample ``b``
+when per-row, else row ``coef_row`` for all. Every sampler in fastdiff is a
+choice of these coefficients, computed on the host in float64 once per schedule.
+"""
+import triton
+import triton.language as tl
+
+from .philox import randn_rowcol
+
+# Column order of the coefficient table (mirrored in fastdiff.ops.step.COEF_NAMES).
+C_IN_X: tl.constexpr = 0
+C_IN_M: tl.constexpr = 1
+C_GUIDANCE: tl.constexpr = 2
+C_OUT_X: tl.constexpr = 3
+C_OUT_E: tl.constexpr = 4
+C_OUT_M: tl.constexpr = 5
+C_OUT_D: tl.constexpr = 6
+C_OUT_H0: tl.constexpr = 7
+C_OUT_H1: tl.constexpr = 8
+C_OUT_H2: tl.constexpr = 9
+C_OUT_NOISE: tl.constexpr = 10
+C_AUX_X: tl.constexpr = 11
+C_AUX_D: tl.constexpr = 12
+NUM_COEFS: tl.constexpr = 13
+
+
+@triton.jit
+def fused_step_kernel(
+    x_ptr, xe_ptr, m_ptr, h0_ptr, h1_ptr, h2_ptr, noise_ptr,
+    out_ptr, aux_ptr,
+    coef_ptr, coef_idx_ptr, row_ids_ptr,
+    coef_row, n_cols, total, clip_value,
+    seed_lo, seed_hi, stream,
+    HAS_EVAL: tl.constexpr, GUIDANCE: tl.constexpr, DO_CLIP: tl.constexpr,
+    N_HIST: tl.constexpr, NOISE_MODE: tl.constexpr, WRITE_AUX: tl.constexpr,
+    PER_ROW: tl.constexpr, HAS_ROW_IDS: tl.constexpr, IDX64: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    if IDX64:
+        offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    else:
+        offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < total
+    row = offs // n_cols
+    if PER_ROW:
+        base = tl.load(coef_idx_ptr + row, mask=mask, other=0) * NUM_COEFS
+    else:
+        base = coef_row * NUM_COEFS + offs * 0
+
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_EVAL:
+        xe = tl.load(xe_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    else:
+        xe = x
+    if GUIDANCE:
+        m_u = tl.load(m_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        m_c = tl.load(m_ptr + total + offs, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(coef_ptr + base + C_GUIDANCE, mask=mask, other=0.0)
+        m = m_u + g * (m_c - m_u)
+    else:
+        m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+
+    d = tl.load(coef_ptr + base + C_IN_X, mask=mask, other=0.0) * xe \
+        + tl.load(coef_ptr + base + C_IN_M, mask=mask, other=0.0) * m
+    if DO_CLIP:
+        d = tl.minimum(tl.maximum(d, -clip_value), clip_value)
+
+    acc = tl.load(coef_ptr + base + C_OUT_X, mask=mask, other=0.0) * x \
+        + tl.load(coef_ptr + base + C_OUT_D, mask=mask, other=0.0) * d \
+        + tl.load(coef_ptr + base + C_OUT_M, mask=mask, other=0.0) * m
+    if HAS_EVAL:
+        acc += tl.load(coef_ptr + base + C_OUT_E, mask=mask, other=0.0) * xe
+    if N_HIST >= 1:
+        acc += tl.load(coef_ptr + base + C_OUT_H0, mask=mask, other=0.0) \
+            * tl.load(h0_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if N_HIST >= 2:
+        acc += tl.load(coef_ptr + base + C_OUT_H1, mask=mask, other=0.0) \
+            * tl.load(h1_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if N_HIST >= 3:
+        acc += tl.load(coef_ptr + base + C_OUT_H2, mask=mask, other=0.0) \
+            * tl.load(h2_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if NOISE_MODE == 1:
+        if HAS_ROW_IDS:
+            rid = tl.load(row_ids_ptr + row, mask=mask, other=0)
+        else:
+            rid = row.to(tl.int64)
+        z = randn_rowcol(seed_lo, seed_hi, rid, stream, (offs % n_cols).to(tl.int64))
+        acc += tl.load(coef_ptr + base + C_OUT_NOISE, mask=mask, other=0.0) * z
+    elif NOISE_MODE == 2:
+        z = tl.load(noise_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        acc += tl.load(coef_ptr + base + C_OUT_NOISE, mask=mask, other=0.0) * z
+
+    if WRITE_AUX:
+        aux = tl.load(coef_ptr + base + C_AUX_X, mask=mask, other=0.0) * xe \
+            + tl.load(coef_ptr + base + C_AUX_D, mask=mask, other=0.0) * d
+        tl.store(aux_ptr + offs, aux.to(aux_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
