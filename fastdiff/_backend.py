@@ -8,7 +8,6 @@ tensors for the float64 reference).
 """
 from __future__ import annotations
 
-import functools
 import os
 from typing import Optional
 
@@ -19,16 +18,23 @@ __all__ = ["BACKENDS", "resolve_backend", "triton_available", "interpret_mode", 
 BACKENDS = ("auto", "triton", "torch", "reference")
 
 
-@functools.lru_cache(maxsize=None)
-def triton_available() -> bool:
-    """True when Triton and the fastdiff kernels import."""
+def _probe_triton() -> bool:
     try:
         import triton  # noqa: F401
 
-        import fastdiff.kernels.step  # noqa: F401
+        from .kernels import step  # noqa: F401
     except Exception:  # pragma: no cover - depends on the install
         return False
     return True
+
+
+# Probed once at import so that torch.compile traces backend selection without imports or caches.
+_TRITON_OK = _probe_triton()
+
+
+def triton_available() -> bool:
+    """True when Triton and the fastdiff kernels import."""
+    return _TRITON_OK
 
 
 def interpret_mode() -> bool:

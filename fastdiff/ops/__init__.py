@@ -5,3 +5,11 @@ from .step import fused_step, step_coefs
 
 __all__ = ["add_noise", "add_noise_with_target", "encoder_transition", "fused_encode", "fused_step",
            "step_coefs", "langevin_step", "langevin_select"]
+
+from .._backend import triton_available as _triton_available
+
+if _triton_available():
+    # Import the launchers so torch.ops.fastdiff.* are registered as soon as fastdiff is imported.
+    from .encode import fused as _encode_fused  # noqa: F401
+    from .langevin import fused as _langevin_fused  # noqa: F401
+    from .step import fused as _step_fused  # noqa: F401

@@ -8,7 +8,7 @@ import triton
 from torch.library import triton_op, wrap_triton
 
 from ...kernels.encode import fused_encode_kernel
-from ..._backend import block_size, idx64, num_warps_for
+from ..._backend import block_size, interpret_mode, idx64, num_warps_for
 
 
 @triton_op("fastdiff::fused_encode_", mutates_args={"out", "target_out", "noise_out"})
@@ -39,3 +39,9 @@ def fused_encode_triton(
         WRITE_TARGET=target_out is not None, WRITE_NOISE=noise_out is not None,
         HAS_ROW_IDS=row_ids is not None, IDX64=idx64(total), BLOCK=block, num_warps=num_warps_for(block),
     )
+
+
+if interpret_mode():
+    # Under the CPU interpreter the kernel cannot run on fake tensors; the ops only mutate
+    # their out= arguments, so tracing needs no shape logic. On CUDA, triton_op traces the kernel itself.
+    fused_encode_triton.register_fake(lambda *args, **kwargs: None)

@@ -8,7 +8,7 @@ import triton
 from torch.library import triton_op, wrap_triton
 
 from ...kernels.langevin import langevin_kernel, langevin_select_kernel
-from ..._backend import block_size, idx64, num_warps_for
+from ..._backend import block_size, interpret_mode, idx64, num_warps_for
 
 
 @triton_op("fastdiff::langevin_step_", mutates_args={"out", "noise_out"})
@@ -50,3 +50,10 @@ def langevin_select_triton(x: torch.Tensor, proposal: torch.Tensor, accept: torc
         x, proposal, accept, out, total // x.shape[0], total,
         IDX64=idx64(total), BLOCK=block, num_warps=num_warps_for(block),
     )
+
+
+if interpret_mode():
+    # Under the CPU interpreter the kernel cannot run on fake tensors; the ops only mutate
+    # their out= arguments, so tracing needs no shape logic. On CUDA, triton_op traces the kernel itself.
+    langevin_step_triton.register_fake(lambda *args, **kwargs: None)
+    langevin_select_triton.register_fake(lambda *args, **kwargs: None)

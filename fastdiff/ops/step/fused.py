@@ -12,7 +12,7 @@ import triton
 from torch.library import triton_op, wrap_triton
 
 from ...kernels.step import fused_step_kernel
-from ..._backend import block_size, idx64, num_warps_for
+from ..._backend import block_size, interpret_mode, idx64, num_warps_for
 
 
 @triton_op("fastdiff::fused_step_", mutates_args={"out", "aux_out"})
@@ -59,3 +59,9 @@ def fused_step_triton(
         IDX64=idx64(total, total if guidance else 0),
         BLOCK=block, num_warps=num_warps_for(block),
     )
+
+
+if interpret_mode():
+    # Under the CPU interpreter the kernel cannot run on fake tensors; the ops only mutate
+    # their out= arguments, so tracing needs no shape logic. On CUDA, triton_op traces the kernel itself.
+    fused_step_triton.register_fake(lambda *args, **kwargs: None)
