@@ -12,7 +12,7 @@ The same kernel runs the encoder's one-step Markov transition with the table
 import triton
 import triton.language as tl
 
-from .philox import randn_rowcol
+from .philox import randn_block4, randn_rowcol
 
 NUM_ENCODE_COEFS: tl.constexpr = 4
 
@@ -23,7 +23,7 @@ def fused_encode_kernel(
     coef_ptr, idx_ptr, row_ids_ptr,
     n_cols, total, seed_lo, seed_hi, stream,
     HAS_IDX: tl.constexpr, NOISE_MODE: tl.constexpr, WRITE_TARGET: tl.constexpr,
-    WRITE_NOISE: tl.constexpr, HAS_ROW_IDS: tl.constexpr, IDX64: tl.constexpr,
+    WRITE_NOISE: tl.constexpr, HAS_ROW_IDS: tl.constexpr, GROUPED_NOISE: tl.constexpr, IDX64: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -41,11 +41,14 @@ def fused_encode_kernel(
     s = tl.load(coef_ptr + base + 1, mask=mask, other=0.0)
     x0 = tl.load(x0_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if NOISE_MODE == 1:
-        if HAS_ROW_IDS:
-            rid = tl.load(row_ids_ptr + row, mask=mask, other=0)
+        if GROUPED_NOISE:
+            z = randn_block4(seed_lo, seed_hi, stream, pid, n_cols, total, row_ids_ptr, HAS_ROW_IDS, IDX64, BLOCK)
         else:
-            rid = row.to(tl.int64)
-        z = randn_rowcol(seed_lo, seed_hi, rid, stream, (offs % n_cols).to(tl.int64))
+            if HAS_ROW_IDS:
+                rid = tl.load(row_ids_ptr + row, mask=mask, other=0)
+            else:
+                rid = row.to(tl.int64)
+            z = randn_rowcol(seed_lo, seed_hi, rid, stream, (offs % n_cols).to(tl.int64))
     else:
         z = tl.load(noise_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + offs, (a * x0 + s * z).to(out_ptr.dtype.element_ty), mask=mask)

@@ -10,7 +10,7 @@ Metropolis decision: ``out = accept[b] ? proposal : x`` per chain, in place.
 import triton
 import triton.language as tl
 
-from .philox import randn_rowcol
+from .philox import randn_block4, randn_rowcol
 
 
 @triton.jit
@@ -18,7 +18,7 @@ def langevin_kernel(
     x_ptr, g_ptr, step_ptr, noise_ptr, out_ptr, noise_out_ptr, row_ids_ptr,
     n_cols, total, step_scalar, temperature, seed_lo, seed_hi, stream,
     PER_ROW: tl.constexpr, NOISE_MODE: tl.constexpr, WRITE_NOISE: tl.constexpr,
-    HAS_ROW_IDS: tl.constexpr, IDX64: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_ROW_IDS: tl.constexpr, GROUPED_NOISE: tl.constexpr, IDX64: tl.constexpr, BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
     if IDX64:
@@ -34,11 +34,14 @@ def langevin_kernel(
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if NOISE_MODE == 1:
-        if HAS_ROW_IDS:
-            rid = tl.load(row_ids_ptr + row, mask=mask, other=0)
+        if GROUPED_NOISE:
+            z = randn_block4(seed_lo, seed_hi, stream, pid, n_cols, total, row_ids_ptr, HAS_ROW_IDS, IDX64, BLOCK)
         else:
-            rid = row.to(tl.int64)
-        z = randn_rowcol(seed_lo, seed_hi, rid, stream, (offs % n_cols).to(tl.int64))
+            if HAS_ROW_IDS:
+                rid = tl.load(row_ids_ptr + row, mask=mask, other=0)
+            else:
+                rid = row.to(tl.int64)
+            z = randn_rowcol(seed_lo, seed_hi, rid, stream, (offs % n_cols).to(tl.int64))
     else:
         z = tl.load(noise_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     out = x + h * g + tl.sqrt(2.0 * h * temperature) * z

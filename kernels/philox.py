@@ -65,3 +65,41 @@ def randn_rowcol(seed_lo, seed_hi, row, stream, col):
     radius = tl.sqrt(-2.0 * tl.log(ua))
     theta = TWO_PI * ub
     return tl.where((lane % 2) == 0, radius * tl.cos(theta), radius * tl.sin(theta))
+
+
+@triton.jit
+def randn_block4(seed_lo, seed_hi, stream, pid, n_cols, total, row_ids_ptr,
+                 HAS_ROW_IDS: tl.constexpr, IDX64: tl.constexpr, BLOCK: tl.constexpr):
+    """The normals for flat elements [pid*BLOCK, (pid+1)*BLOCK) with one Philox call per 4 elements.
+
+    Same numbers as ``randn_rowcol``, 4x fewer Philox rounds; needs ``n_cols % 4 == 0`` so that
+    every aligned group of 4 flat elements is one (row, col // 4) group.
+    """
+    GROUPS: tl.constexpr = BLOCK // 4
+    if IDX64:
+        first = (pid.to(tl.int64) * GROUPS + tl.arange(0, GROUPS).to(tl.int64)) * 4
+    else:
+        first = (pid * GROUPS + tl.arange(0, GROUPS)) * 4
+    gmask = first < total
+    row = first // n_cols
+    if HAS_ROW_IDS:
+        rid = tl.load(row_ids_ptr + row, mask=gmask, other=0)
+    else:
+        rid = row.to(tl.int64)
+    c0 = ((first % n_cols) // 4).to(tl.uint32)
+    c1 = (rid & 0xFFFFFFFF).to(tl.uint32)
+    c2 = (c0 * 0) + stream.to(tl.uint32)
+    c3 = (rid >> 32).to(tl.uint32)
+    k0 = (c0 * 0) + seed_lo.to(tl.uint32)
+    k1 = (c0 * 0) + seed_hi.to(tl.uint32)
+    o0, o1, o2, o3 = philox4x32_10(c0, c1, c2, c3, k0, k1)
+    r01 = tl.sqrt(-2.0 * tl.log(uint32_to_unit(o0)))
+    t01 = TWO_PI * uint32_to_unit(o1)
+    r23 = tl.sqrt(-2.0 * tl.log(uint32_to_unit(o2)))
+    t23 = TWO_PI * uint32_to_unit(o3)
+    n0 = r01 * tl.cos(t01)
+    n1 = r01 * tl.sin(t01)
+    n2 = r23 * tl.cos(t23)
+    n3 = r23 * tl.sin(t23)
+    # join(join(n0, n2), join(n1, n3)) flattens to n0, n1, n2, n3 per group.
+    return tl.reshape(tl.join(tl.join(n0, n2), tl.join(n1, n3)), [BLOCK])

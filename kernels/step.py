@@ -17,7 +17,7 @@ choice of these coefficients, computed on the host in float64 once per schedule.
 import triton
 import triton.language as tl
 
-from .philox import randn_rowcol
+from .philox import randn_block4, randn_rowcol
 
 # Column order of the coefficient table (mirrored in fastdiff.ops.step.COEF_NAMES).
 C_IN_X: tl.constexpr = 0
@@ -45,7 +45,7 @@ def fused_step_kernel(
     seed_lo, seed_hi, stream,
     HAS_EVAL: tl.constexpr, GUIDANCE: tl.constexpr, DO_CLIP: tl.constexpr,
     N_HIST: tl.constexpr, NOISE_MODE: tl.constexpr, WRITE_AUX: tl.constexpr,
-    PER_ROW: tl.constexpr, HAS_ROW_IDS: tl.constexpr, IDX64: tl.constexpr,
+    PER_ROW: tl.constexpr, HAS_ROW_IDS: tl.constexpr, GROUPED_NOISE: tl.constexpr, IDX64: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -93,11 +93,14 @@ def fused_step_kernel(
         acc += tl.load(coef_ptr + base + C_OUT_H2, mask=mask, other=0.0) \
             * tl.load(h2_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if NOISE_MODE == 1:
-        if HAS_ROW_IDS:
-            rid = tl.load(row_ids_ptr + row, mask=mask, other=0)
+        if GROUPED_NOISE:
+            z = randn_block4(seed_lo, seed_hi, stream, pid, n_cols, total, row_ids_ptr, HAS_ROW_IDS, IDX64, BLOCK)
         else:
-            rid = row.to(tl.int64)
-        z = randn_rowcol(seed_lo, seed_hi, rid, stream, (offs % n_cols).to(tl.int64))
+            if HAS_ROW_IDS:
+                rid = tl.load(row_ids_ptr + row, mask=mask, other=0)
+            else:
+                rid = row.to(tl.int64)
+            z = randn_rowcol(seed_lo, seed_hi, rid, stream, (offs % n_cols).to(tl.int64))
         acc += tl.load(coef_ptr + base + C_OUT_NOISE, mask=mask, other=0.0) * z
     elif NOISE_MODE == 2:
         z = tl.load(noise_ptr + offs, mask=mask, other=0.0).to(tl.float32)

@@ -31,7 +31,7 @@ def noise_via_kernel(shape, seed, stream, row_ids=None, backend="triton"):
     return fused_step(x, x, step_coefs(out_noise=1.0), seed=seed, stream=stream, row_ids=row_ids, backend=backend)
 
 
-@pytest.mark.parametrize("shape", [(3, 7), (2, 4, 5), (1, 1), (5, 64)])
+@pytest.mark.parametrize("shape", [(3, 7), (2, 4, 5), (1, 1), (5, 64), (2, 4), (3, 1, 12)])
 def test_kernel_noise_equals_the_pytorch_stream(shape):
     z_kernel = noise_via_kernel(shape, seed=2**40 + 3, stream=9)
     z_torch = philox_normal(shape, seed=2**40 + 3, stream=9)
@@ -49,14 +49,16 @@ def test_noise_is_invariant_to_block_size(monkeypatch):
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])
-def test_noise_is_invariant_to_batch_split(backend):
-    whole = noise_via_kernel((8, 21), seed=5, stream=2, backend=backend)
-    first = noise_via_kernel((4, 21), seed=5, stream=2, row_ids=torch.arange(4), backend=backend)
-    second = noise_via_kernel((4, 21), seed=5, stream=2, row_ids=torch.arange(4, 8), backend=backend)
+@pytest.mark.parametrize("cols", [21, 24], ids=["per-element", "grouped-by-4"])
+def test_noise_is_invariant_to_batch_split(backend, cols):
+    whole = noise_via_kernel((8, cols), seed=5, stream=2, backend=backend)
+    first = noise_via_kernel((4, cols), seed=5, stream=2, row_ids=torch.arange(4), backend=backend)
+    second = noise_via_kernel((4, cols), seed=5, stream=2, row_ids=torch.arange(4, 8), backend=backend)
     assert torch.equal(torch.cat([first, second]), whole)
     # A permuted batch carries its rows' noise with it.
     perm = torch.tensor([3, 1, 7])
-    assert torch.equal(noise_via_kernel((3, 21), seed=5, stream=2, row_ids=perm, backend=backend), whole[perm])
+    assert torch.equal(noise_via_kernel((3, cols), seed=5, stream=2, row_ids=perm, backend=backend), whole[perm])
+    torch.testing.assert_close(whole, philox_normal((8, cols), seed=5, stream=2), rtol=1e-5, atol=1e-5)
 
 
 def test_rows_seeds_streams_and_columns_are_distinct():

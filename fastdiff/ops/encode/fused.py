@@ -37,7 +37,7 @@ def fused_encode_triton(
         n_cols, total, seed_lo, seed_hi, stream,
         HAS_IDX=index is not None, NOISE_MODE=2 if noise is not None else 1,
         WRITE_TARGET=target_out is not None, WRITE_NOISE=noise_out is not None,
-        HAS_ROW_IDS=row_ids is not None, IDX64=idx64(total), BLOCK=block, num_warps=num_warps_for(block),
+        HAS_ROW_IDS=row_ids is not None, GROUPED_NOISE=n_cols % 4 == 0, IDX64=idx64(total), BLOCK=block, num_warps=num_warps_for(block),
     )
 
 

@@ -36,7 +36,7 @@ def langevin_step_triton(
         out if noise_out is None else noise_out, x if row_ids is None else row_ids,
         n_cols, total, step_scalar, temperature, seed_lo, seed_hi, stream,
         PER_ROW=step is not None, NOISE_MODE=2 if noise is not None else 1, WRITE_NOISE=noise_out is not None,
-        HAS_ROW_IDS=row_ids is not None, IDX64=idx64(total), BLOCK=block, num_warps=num_warps_for(block),
+        HAS_ROW_IDS=row_ids is not None, GROUPED_NOISE=n_cols % 4 == 0, IDX64=idx64(total), BLOCK=block, num_warps=num_warps_for(block),
     )
 
 

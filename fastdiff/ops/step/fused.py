@@ -55,7 +55,7 @@ def fused_step_triton(
         seed_lo, seed_hi, stream,
         HAS_EVAL=x_eval is not None, GUIDANCE=guidance, DO_CLIP=clip is not None,
         N_HIST=n_hist, NOISE_MODE=noise_mode, WRITE_AUX=aux_out is not None,
-        PER_ROW=coef_index is not None, HAS_ROW_IDS=row_ids is not None,
+        PER_ROW=coef_index is not None, HAS_ROW_IDS=row_ids is not None, GROUPED_NOISE=n_cols % 4 == 0,
         IDX64=idx64(total, total if guidance else 0),
         BLOCK=block, num_warps=num_warps_for(block),
     )
