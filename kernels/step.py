@@ -37,6 +37,15 @@ NUM_COEFS: tl.constexpr = 13
 
 
 @triton.jit
+def _coef(coef_ptr, base, col: tl.constexpr, mask, PER_ROW: tl.constexpr):
+    """One coefficient: gathered per element's row, or a single scalar load shared by the block."""
+    if PER_ROW:
+        return tl.load(coef_ptr + base + col, mask=mask, other=0.0)
+    else:
+        return tl.load(coef_ptr + base + col)
+
+
+@triton.jit
 def fused_step_kernel(
     x_ptr, xe_ptr, m_ptr, h0_ptr, h1_ptr, h2_ptr, noise_ptr,
     out_ptr, aux_ptr,
@@ -58,7 +67,7 @@ def fused_step_kernel(
     if PER_ROW:
         base = tl.load(coef_idx_ptr + row, mask=mask, other=0) * NUM_COEFS
     else:
-        base = coef_row * NUM_COEFS + offs * 0
+        base = coef_row * NUM_COEFS
 
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_EVAL:
@@ -68,29 +77,29 @@ def fused_step_kernel(
     if GUIDANCE:
         m_u = tl.load(m_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         m_c = tl.load(m_ptr + total + offs, mask=mask, other=0.0).to(tl.float32)
-        g = tl.load(coef_ptr + base + C_GUIDANCE, mask=mask, other=0.0)
+        g = _coef(coef_ptr, base, C_GUIDANCE, mask, PER_ROW)
         m = m_u + g * (m_c - m_u)
     else:
         m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(tl.float32)
 
-    d = tl.load(coef_ptr + base + C_IN_X, mask=mask, other=0.0) * xe \
-        + tl.load(coef_ptr + base + C_IN_M, mask=mask, other=0.0) * m
+    d = _coef(coef_ptr, base, C_IN_X, mask, PER_ROW) * xe \
+        + _coef(coef_ptr, base, C_IN_M, mask, PER_ROW) * m
     if DO_CLIP:
         d = tl.minimum(tl.maximum(d, -clip_value), clip_value)
 
-    acc = tl.load(coef_ptr + base + C_OUT_X, mask=mask, other=0.0) * x \
-        + tl.load(coef_ptr + base + C_OUT_D, mask=mask, other=0.0) * d \
-        + tl.load(coef_ptr + base + C_OUT_M, mask=mask, other=0.0) * m
+    acc = _coef(coef_ptr, base, C_OUT_X, mask, PER_ROW) * x \
+        + _coef(coef_ptr, base, C_OUT_D, mask, PER_ROW) * d \
+        + _coef(coef_ptr, base, C_OUT_M, mask, PER_ROW) * m
     if HAS_EVAL:
-        acc += tl.load(coef_ptr + base + C_OUT_E, mask=mask, other=0.0) * xe
+        acc += _coef(coef_ptr, base, C_OUT_E, mask, PER_ROW) * xe
     if N_HIST >= 1:
-        acc += tl.load(coef_ptr + base + C_OUT_H0, mask=mask, other=0.0) \
+        acc += _coef(coef_ptr, base, C_OUT_H0, mask, PER_ROW) \
             * tl.load(h0_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if N_HIST >= 2:
-        acc += tl.load(coef_ptr + base + C_OUT_H1, mask=mask, other=0.0) \
+        acc += _coef(coef_ptr, base, C_OUT_H1, mask, PER_ROW) \
             * tl.load(h1_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if N_HIST >= 3:
-        acc += tl.load(coef_ptr + base + C_OUT_H2, mask=mask, other=0.0) \
+        acc += _coef(coef_ptr, base, C_OUT_H2, mask, PER_ROW) \
             * tl.load(h2_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if NOISE_MODE == 1:
         if GROUPED_NOISE:
@@ -101,13 +110,13 @@ def fused_step_kernel(
             else:
                 rid = row.to(tl.int64)
             z = randn_rowcol(seed_lo, seed_hi, rid, stream, (offs % n_cols).to(tl.int64))
-        acc += tl.load(coef_ptr + base + C_OUT_NOISE, mask=mask, other=0.0) * z
+        acc += _coef(coef_ptr, base, C_OUT_NOISE, mask, PER_ROW) * z
     elif NOISE_MODE == 2:
         z = tl.load(noise_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        acc += tl.load(coef_ptr + base + C_OUT_NOISE, mask=mask, other=0.0) * z
+        acc += _coef(coef_ptr, base, C_OUT_NOISE, mask, PER_ROW) * z
 
     if WRITE_AUX:
-        aux = tl.load(coef_ptr + base + C_AUX_X, mask=mask, other=0.0) * xe \
-            + tl.load(coef_ptr + base + C_AUX_D, mask=mask, other=0.0) * d
+        aux = _coef(coef_ptr, base, C_AUX_X, mask, PER_ROW) * xe \
+            + _coef(coef_ptr, base, C_AUX_D, mask, PER_ROW) * d
         tl.store(aux_ptr + offs, aux.to(aux_ptr.dtype.element_ty), mask=mask)
     tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
