@@ -121,3 +121,13 @@ def test_philox_normal_dtype_device_and_shape():
     z = fastdiff.philox_normal((3, 2, 5), seed=1, dtype=torch.bfloat16)
     assert z.shape == (3, 2, 5) and z.dtype == torch.bfloat16
     torch.testing.assert_close(z.float(), philox_normal((3, 10), seed=1).reshape(3, 2, 5), rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("ctr,key,expected", KAT)
+def test_numpy_philox_known_answers(ctr, key, expected):
+    import numpy as np
+
+    from fastdiff.random import _philox_numpy
+
+    words = [np.array([c], dtype=np.uint64) for c in ctr]
+    assert tuple(int(w[0]) for w in _philox_numpy(*words, *key)) == expected
