@@ -233,3 +233,19 @@ def test_step_coefs_rejects_mismatched_lengths():
         step_coefs(out_x=[1.0, 2.0, 3.0], out_d=[1.0, 2.0])
     with pytest.raises(ValueError, match="at most 3"):
         step_coefs(out_h=[1.0] * 4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64], ids=str)
+@pytest.mark.parametrize("cfg", ["plain", "full_shared_coefs", "given_noise"])
+def test_cpu_fast_path_matches_reference(dtype, cfg):
+    """The CPU path with one shared coefficient row (zero terms skipped) against the references."""
+    opts = dict(CONFIGS["full"], per_row=False) if cfg == "full_shared_coefs" else CONFIGS[cfg]
+    case = make_case((3, 4, 5), dtype, opts, gen_seed=8)
+    x, m, c, kw = case["x"], case["model_output"], case["coefs"], case["kw"]
+    c[3, COEF_NAMES.index("out_m")] = 0.0  # a zero coefficient: the fast path skips that term
+    out, aux = fused_step(x, m, c, write_aux=True, backend="torch", **kw)
+    ref = fused_step(x, m, c, write_aux=True, backend="reference", **kw)
+    ref64 = fused_step(x.double(), m.double(), c.double(), write_aux=True, backend="reference", **to64(kw))
+    assert out.dtype == dtype
+    assert_close_to_reference("cpu out", out, ref[0], ref64[0])
+    assert_close_to_reference("cpu aux", aux, ref[1], ref64[1])

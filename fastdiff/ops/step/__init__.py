@@ -19,6 +19,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from ..._backend import maybe_rows, resolve_backend
+from ...random import philox_normal
 from .._common import (KERNEL_DTYPES, as_seed_args, check_float, check_index, check_out, check_stream,
                        contig, rows_of, seq)
 from .naive import COEF_NAMES, MAX_HISTORY, NUM_COEFS, step_reference
@@ -164,12 +165,25 @@ def fused_step(
         )
         return (out, aux_out) if want_aux else out
 
+    if impl == "torch" and dev.type == "cpu" and coef_index is None:
+        from .cpu import step_cpu
+
+        if noise is None and seed is not None:
+            noise = philox_normal(x.shape, seed, stream, row_ids=row_ids, device=dev)
+        res, aux = step_cpu(x, model_output, coefs[coef_row].tolist(), x_eval=x_eval, history=history,
+                            guidance=guidance, clip=clip, noise=noise, want_aux=want_aux)
+        return _finish(x, res, aux, out, aux_out, want_aux)
+
     compute = None if impl == "reference" else (torch.float64 if x.dtype == torch.float64 else torch.float32)
     res, aux = step_reference(
         x, model_output, coefs, x_eval=x_eval, history=history, coef_index=coef_index, coef_row=coef_row,
         guidance=guidance, clip=clip, seed=seed, stream=stream, row_ids=row_ids, noise=noise,
         compute_dtype=compute,
     )
+    return _finish(x, res, aux, out, aux_out, want_aux)
+
+
+def _finish(x, res, aux, out, aux_out, want_aux):
     out = res.to(x.dtype) if out is None else out.copy_(res)
     if want_aux:
         aux_out = aux.to(x.dtype) if aux_out is None else aux_out.copy_(aux)
