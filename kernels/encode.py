@@ -17,7 +17,8 @@ from .philox import randn_block4, randn_rowcol
 NUM_ENCODE_COEFS: tl.constexpr = 4
 
 
-@triton.jit
+# Integer arguments equal to 1 would be specialised into constants (and recompiled); these vary per call.
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "stream"])
 def fused_encode_kernel(
     x0_ptr, noise_ptr, out_ptr, target_ptr, noise_out_ptr,
     coef_ptr, idx_ptr, row_ids_ptr,

@@ -13,7 +13,8 @@ import triton.language as tl
 from .philox import randn_block4, randn_rowcol
 
 
-@triton.jit
+# Integer arguments equal to 1 would be specialised into constants (and recompiled); these vary per call.
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "stream"])
 def langevin_kernel(
     x_ptr, g_ptr, step_ptr, noise_ptr, out_ptr, noise_out_ptr, row_ids_ptr,
     n_cols, total, step_scalar, temperature, seed_lo, seed_hi, stream,

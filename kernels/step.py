@@ -45,7 +45,8 @@ def _coef(coef_ptr, base, col: tl.constexpr, mask, PER_ROW: tl.constexpr):
         return tl.load(coef_ptr + base + col)
 
 
-@triton.jit
+# Integer arguments equal to 1 would be specialised into constants (and recompiled); these vary per call.
+@triton.jit(do_not_specialize=["coef_row", "seed_lo", "seed_hi", "stream"])
 def fused_step_kernel(
     x_ptr, xe_ptr, m_ptr, h0_ptr, h1_ptr, h2_ptr, noise_ptr,
     out_ptr, aux_ptr,
