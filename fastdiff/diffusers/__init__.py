@@ -1,0 +1,34 @@
+"""Drop-in replacements for diffusers' schedulers: same names, config keys, defaults and numbers,
+but every ``step`` is one fused pass with no host-device sync.
+
+Change one import::
+
+    from fastdiff.diffusers import DPMSolverMultistepScheduler
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+
+diffusers is optional (``pip install fastdiff[compat]``): when installed, the
+classes subclass its ``SchedulerMixin``/``ConfigMixin`` and return its output
+types; without it, small stand-ins provide ``config``, ``from_config``,
+``save_pretrained``/``from_pretrained`` and the output dataclasses.
+
+Example:
+    >>> import torch
+    >>> from fastdiff.diffusers import DDIMScheduler
+    >>> s = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    >>> s.set_timesteps(10)
+    >>> x = torch.randn(1, 4, 8, 8)
+    >>> for t in s.timesteps:
+    ...     x = s.step(torch.zeros_like(x), t, x).prev_sample
+"""
+from ._base import ZTSNR_ALPHA_BAR, FusedSchedulerBase
+from ._compat import HAS_DIFFUSERS
+from ._ddim import DDIMScheduler, DDPMScheduler
+from ._euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler
+from ._flow import FlowMatchEulerDiscreteScheduler
+from ._multistep import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+__all__ = [
+    "DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
+    "HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
+    "FlowMatchEulerDiscreteScheduler", "FusedSchedulerBase", "HAS_DIFFUSERS", "ZTSNR_ALPHA_BAR",
+]

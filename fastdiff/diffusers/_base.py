@@ -1,0 +1,311 @@
+"""Shared machinery of the drop-in schedulers: schedule set-up, step bookkeeping, coefficient tables, noise.
+
+Every scheduler here turns diffusers' per-step arithmetic into rows of the
+``fastdiff.ops.step`` coefficient table: the rows are computed in float64 on
+the host once per ``set_timesteps`` (and per value of a step-time option such as
+DDIM's ``eta``), cast to float32 and moved to the sample's device once, and
+``step`` is a single ``fused_step`` launch that picks its row with
+``coef_row=``. The step counter lives on the host (diffusers' ``_step_index``),
+so ``step`` never reads a device tensor back: the timestep is looked up only on
+the first call (from the host copy of the timesteps) and, for the stateless
+DDPM/DDIM, whenever it is a host value (a Python number or a CPU tensor).
+
+Noise: with a ``generator`` the noise is drawn exactly as diffusers draws it
+(``randn_tensor`` with the same shape, dtype, device and generator, in the same
+order) and passed to the kernel as ``noise=``; without one, the kernel's Philox
+noise is used, keyed by a seed drawn once from torch's global generator and a
+distinct stream per step.
+
+Example:
+    >>> from fastdiff.diffusers import EulerDiscreteScheduler
+    >>> s = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    >>> s.set_timesteps(10)
+    >>> x = torch.randn(1, 4, 8, 8) * s.init_noise_sigma
+"""
+from __future__ import annotations
+
+from typing import Dict, Hashable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..ops import fused_encode
+from ..ops.step import fused_step, step_coefs
+from ..schedules import DiscreteVPSchedule
+from ._compat import ConfigMixin, SchedulerMixin, randn_tensor
+
+__all__ = ["FusedSchedulerBase", "DiscreteBetaMixin", "ZTSNR_ALPHA_BAR", "sigma_to_t", "spaced_timesteps",
+           "interp"]
+
+#: The terminal alpha_bar used instead of 0 where a zero-terminal-SNR schedule would divide by it
+#: (the value diffusers' sigma-based schedulers substitute: fp16's smallest subnormal).
+ZTSNR_ALPHA_BAR = 2.0**-24
+
+_KARRAS_KEYS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+
+
+def spaced_timesteps(n: int, T: int, spacing: str, steps_offset: int = 0, extra: int = 0,
+                     last: Optional[int] = None) -> np.ndarray:
+    """diffusers' timestep spacings as float64 numpy values (not yet rounded/cast).
+
+    ``extra=1`` is the multistep solvers' variant (``n + 1`` points, the last dropped);
+    ``last`` the end of the range (``lambda_min_clipped``), default ``T``.
+    """
+    last = T if last is None else last
+    if spacing == "linspace":
+        ts = np.linspace(0, last - 1, n + extra)
+        ts = ts[::-1][: n] if extra else ts[::-1]
+        return ts.copy()
+    if spacing == "leading":
+        ratio = last // (n + extra)
+        ts = (np.arange(0, n + extra) * ratio).round()[::-1][: n].astype(np.float64)
+        return ts + steps_offset
+    if spacing == "trailing":
+        ratio = T / n
+        return np.arange(last, 0, -ratio).round() - 1
+    raise ValueError(f"timestep_spacing must be one of 'linspace', 'leading', 'trailing', got {spacing!r}")
+
+
+def interp(t: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """``np.interp(t, arange(len(table)), table)`` in float64."""
+    return np.interp(np.asarray(t, dtype=np.float64), np.arange(len(table)), table)
+
+
+def sigma_to_t(sigmas: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
+    """Continuous timestep of each sigma: linear in log sigma between the two nearest training sigmas.
+
+    diffusers' ``_sigma_to_t`` semantics (``log(max(sigma, 1e-10))``, clamped to the table).
+    """
+    ls = np.log(np.maximum(np.asarray(sigmas, dtype=np.float64), 1e-10))
+    low = np.clip(np.searchsorted(log_sigmas, ls, side="right") - 1, 0, len(log_sigmas) - 2)
+    lo, hi = log_sigmas[low], log_sigmas[low + 1]
+    w = np.clip((lo - ls) / (lo - hi), 0.0, 1.0)
+    return (1 - w) * low + w * (low + 1)
+
+
+class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
+    """Base of the drop-in schedulers: step counter, per-device coefficient tables, noise, the fused launch.
+
+    Subclasses set ``_host_timesteps`` (float64 numpy) in ``set_timesteps`` and implement
+    ``_build_table(key) -> torch.Tensor`` (CPU float32 rows from ``step_coefs``).
+
+    ``backend`` ("auto", "triton", "torch", "reference") is passed to every fused op;
+    set it on an instance (``sched.backend = "triton"``) to force the kernels.
+    """
+
+    order = 1
+    backend: str = "auto"
+
+    # ------------------------------------------------------------------ state
+    def _reset_run(self) -> None:
+        self._step_index: Optional[int] = None
+        self._begin_index: Optional[int] = None
+        self._tables: Dict[Tuple[Hashable, torch.device], torch.Tensor] = {}
+        self._host_tables: Dict[Hashable, torch.Tensor] = {}
+        self._seed: Optional[int] = None
+
+    @property
+    def step_index(self) -> Optional[int]:
+        """The index of the next step into ``timesteps`` (None before the first step)."""
+        return self._step_index
+
+    @property
+    def begin_index(self) -> Optional[int]:
+        """The first step index, set by pipelines with ``set_begin_index`` (img2img)."""
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start stepping at ``timesteps[begin_index]`` (called by pipelines before the loop)."""
+        self._begin_index = begin_index
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+    # ------------------------------------------------------------------ timestep lookup
+    @staticmethod
+    def _host_value(timestep) -> Optional[float]:
+        """The timestep as a float when reading it costs no device sync, else None."""
+        if isinstance(timestep, torch.Tensor):
+            if timestep.device.type != "cpu" or timestep.numel() != 1:
+                return None
+            return float(timestep.reshape(()).tolist())
+        if isinstance(timestep, (int, float, np.integer, np.floating)) and not isinstance(timestep, bool):
+            return float(timestep)
+        return None
+
+    def index_for_timestep(self, timestep, schedule_timesteps=None) -> int:
+        """Index of ``timestep`` in the timesteps (the second match when it appears twice, as diffusers).
+
+        Reads the value on the host: for a device tensor this is one sync, done only on the first step.
+        """
+        if isinstance(timestep, torch.Tensor):
+            value = float(timestep.detach().reshape(-1)[0].cpu())
+        else:
+            value = float(timestep)
+        if schedule_timesteps is None:
+            host = self._host_timesteps_f32
+        else:
+            host = schedule_timesteps.detach().cpu().to(torch.float64).numpy()
+        hits = np.nonzero(host == value)[0]
+        if len(hits) == 0:
+            hits = np.nonzero(np.isclose(host, value, rtol=0, atol=1e-4))[0]
+        if len(hits) == 0:
+            return self._missing_timestep_index(value)
+        return int(hits[1] if len(hits) > 1 else hits[0])
+
+    def _missing_timestep_index(self, value: float) -> int:
+        raise ValueError(f"timestep {value} is not one of the scheduler's timesteps")
+
+    def _init_step_index(self, timestep) -> None:
+        if self._begin_index is None:
+            self._step_index = self.index_for_timestep(timestep)
+        else:
+            self._step_index = self._begin_index
+
+    @property
+    def _host_timesteps_f32(self) -> np.ndarray:
+        # the timesteps as the model sees them (float32 / int64 values), widened to float64 for lookup
+        return self.timesteps.detach().cpu().to(torch.float64).numpy()
+
+    def _current_index(self, timestep) -> int:
+        if self._step_index is None:
+            self._init_step_index(timestep)
+        if self._step_index >= self._num_steps():
+            raise ValueError(f"step called {self._step_index + 1} times but there are only {self._num_steps()} "
+                             f"timesteps; call set_timesteps again")
+        return self._step_index
+
+    def _num_steps(self) -> int:
+        return len(self.timesteps)
+
+    # ------------------------------------------------------------------ coefficient tables
+    def _build_table(self, key: Hashable) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _table(self, key: Hashable, device: torch.device) -> torch.Tensor:
+        """The coefficient table for ``key`` on ``device``: built in float64 once, moved once, then cached."""
+        tab = self._tables.get((key, device))
+        if tab is None:
+            host = self._host_tables.get(key)
+            if host is None:
+                host = self._build_table(key)
+                self._host_tables[key] = host
+            tab = host.to(device)
+            self._tables[(key, device)] = tab
+        return tab
+
+    # ------------------------------------------------------------------ noise
+    def _noise_kwargs(self, shape, device, dtype, generator, index: int, k: int = 0,
+                      variance_noise: Optional[torch.Tensor] = None) -> dict:
+        """``noise=`` (a generator given: diffusers' draw) or ``seed=``/``stream=`` (in-kernel Philox)."""
+        if variance_noise is not None:
+            return {"noise": variance_noise.to(device=device)}
+        if generator is not None:
+            return {"noise": randn_tensor(tuple(shape), generator=generator, device=device, dtype=dtype)}
+        if self._seed is None:
+            # one seed per run from torch's global CPU generator (reproducible with torch.manual_seed);
+            # a CPU draw, no device sync
+            self._seed = int(torch.randint(0, 2**62, (1,), device="cpu")[0])
+        return {"seed": self._seed, "stream": index * 4 + k}
+
+    # ------------------------------------------------------------------ the fused launch
+    def _launch(self, sample: torch.Tensor, model_output: torch.Tensor, table: torch.Tensor, row: int, *,
+                out_dtype: torch.dtype, aux_dtype: Optional[torch.dtype] = None, **kwargs):
+        """One ``fused_step`` into a fresh ``out_dtype`` buffer (and an ``aux_dtype`` aux buffer when asked)."""
+        out = torch.empty(sample.shape, dtype=out_dtype, device=sample.device)
+        aux = None if aux_dtype is None else torch.empty(sample.shape, dtype=aux_dtype, device=sample.device)
+        res = fused_step(sample, model_output, table, coef_row=row, out=out, aux_out=aux, backend=self.backend,
+                         **kwargs)
+        return res if aux is not None else (res, None)
+
+    # ------------------------------------------------------------------ add_noise on a per-index table
+    def _encode(self, original_samples: torch.Tensor, noise: torch.Tensor, a: np.ndarray, s: np.ndarray,
+                indices: Sequence[int]) -> torch.Tensor:
+        """``a[i] * x0 + s[i] * noise`` per sample in one fused pass, ``i`` the sample's step index."""
+        n = len(a)
+        cols = np.stack([a, s, np.zeros(n), np.ones(n)], axis=1)
+        dev = original_samples.device
+        coefs = torch.as_tensor(cols, dtype=torch.float64).to(torch.float32).to(dev)
+        batch = original_samples.shape[0]
+        idx = list(indices)
+        if len(idx) == 1 and batch > 1:
+            idx = idx * batch
+        if len(idx) != batch:
+            raise ValueError(f"timesteps must have 1 or {batch} entries (one per sample), got {len(idx)}")
+        index = torch.tensor(idx, dtype=torch.int64).to(dev)
+        return fused_encode(original_samples, coefs, index, noise=noise.to(device=dev), backend=self.backend)
+
+    def _indices_for_add_noise(self, timesteps) -> List[int]:
+        if not isinstance(timesteps, torch.Tensor):
+            timesteps = torch.as_tensor(timesteps)
+        flat = timesteps.reshape(-1)
+        if self._begin_index is None:
+            return [self.index_for_timestep(t) for t in flat.detach().cpu()]
+        idx = self._step_index if self._step_index is not None else self._begin_index
+        return [idx] * flat.numel()
+
+
+class DiscreteBetaMixin:
+    """Training-schedule set-up shared by the beta-based schedulers (via ``fastdiff.schedules``)."""
+
+    def _make_schedule(self, num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
+                       rescale_betas_zero_snr: bool = False, allowed=("linear", "scaled_linear",
+                                                                      "squaredcos_cap_v2")) -> None:
+        if trained_betas is None and beta_schedule not in allowed:
+            raise NotImplementedError(f"{beta_schedule} is not implemented for {type(self).__name__}; "
+                                      f"expected one of {allowed}")
+        if trained_betas is not None:
+            trained_betas = torch.as_tensor(np.asarray(trained_betas, dtype=np.float64))
+        self._schedule = DiscreteVPSchedule(num_train_timesteps, beta_start, beta_end,
+                                            "linear" if trained_betas is not None else beta_schedule,
+                                            trained_betas=trained_betas,
+                                            rescale_betas_zero_snr=bool(rescale_betas_zero_snr))
+        self._abar64 = self._schedule.alphas_cumprod.numpy().copy()
+        # diffusers-visible float32 views
+        self.betas = self._schedule.betas.to(torch.float32)
+        self.alphas = self._schedule.alphas.to(torch.float32)
+        self.alphas_cumprod = self._schedule.alphas_cumprod.to(torch.float32)
+
+    def _sigma_table(self, ztsnr_fix: bool) -> np.ndarray:
+        """Training VE sigmas sqrt((1 - abar) / abar) in float64; with ``ztsnr_fix`` the terminal abar = 2**-24
+        (what diffusers' sigma-based schedulers substitute so the first sigma is finite)."""
+        abar = self._abar64.copy()
+        if ztsnr_fix and abar[-1] == 0.0:
+            abar[-1] = ZTSNR_ALPHA_BAR
+            self.alphas_cumprod = torch.as_tensor(abar).to(torch.float32)
+        return np.sqrt((1.0 - abar) / abar)
+
+    def _convert_sigmas(self, sigmas: np.ndarray, n: int) -> Optional[np.ndarray]:
+        """Karras / exponential re-spacing of ``sigmas`` (descending) per the config; None when neither."""
+        from ..schedules import exponential_sigmas, karras_sigmas
+
+        cfg = self.config
+        if getattr(cfg, "use_beta_sigmas", False):
+            raise NotImplementedError("use_beta_sigmas is not supported by fastdiff.diffusers")
+        if not (getattr(cfg, "use_karras_sigmas", False) or getattr(cfg, "use_exponential_sigmas", False)):
+            return None
+        smin = getattr(cfg, "sigma_min", None)
+        smax = getattr(cfg, "sigma_max", None)
+        # diffusers reads the end points through float32 tensors' .item()
+        smin = float(smin) if smin is not None else float(sigmas[-1])
+        smax = float(smax) if smax is not None else float(sigmas[0])
+        if cfg.use_karras_sigmas:
+            return karras_sigmas(n, smin, smax).numpy()[:-1]
+        return exponential_sigmas(n, smin, smax).numpy()[:-1]
+
+
+def check_one_of(config, keys=_KARRAS_KEYS) -> None:
+    if sum(bool(getattr(config, k, False)) for k in keys) > 1:
+        raise ValueError("Only one of `config.use_beta_sigmas`, `config.use_exponential_sigmas`, "
+                         "`config.use_karras_sigmas` can be used.")
+
+
+def rows(**cols) -> torch.Tensor:
+    """``step_coefs`` on the CPU from float64 columns (numpy arrays or numbers); ``out_h`` is a list of columns."""
+    conv = {}
+    for k, v in cols.items():
+        if k == "out_h":
+            conv[k] = [torch.as_tensor(np.asarray(h, dtype=np.float64)) for h in v]
+        else:
+            conv[k] = torch.as_tensor(np.asarray(v, dtype=np.float64))
+    return step_coefs(**conv)

@@ -1,0 +1,202 @@
+"""diffusers' config/scheduler base types when diffusers is installed, small stand-ins otherwise.
+
+diffusers is an optional extra (``fastdiff[compat]``): with it, the schedulers
+here subclass diffusers' own ``SchedulerMixin``/``ConfigMixin`` and return its
+output types, so pipelines and ``from_config`` round trips treat them as
+native. Without it, the stand-ins below give the same surface: ``config``
+(a read-only dict with attribute access), ``from_config``, ``save_pretrained``
+/ ``from_pretrained`` of a JSON config, ``register_to_config`` and simple
+output dataclasses.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import json
+import os
+from typing import Any, Optional
+
+import torch
+
+__all__ = ["HAS_DIFFUSERS", "ConfigMixin", "SchedulerMixin", "register_to_config", "randn_tensor", "output_class",
+           "CONFIG_NAME"]
+
+CONFIG_NAME = "scheduler_config.json"
+
+try:  # pragma: no branch - depends on the install
+    from diffusers.configuration_utils import ConfigMixin, register_to_config
+    from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
+    from diffusers.utils.torch_utils import randn_tensor
+
+    HAS_DIFFUSERS = True
+except ImportError:  # pragma: no cover - exercised only without diffusers
+    HAS_DIFFUSERS = False
+
+    class FrozenConfig(dict):
+        """A read-only dict whose keys are also attributes (diffusers' ``FrozenDict``)."""
+
+        def __getattr__(self, name: str) -> Any:
+            try:
+                return self[name]
+            except KeyError:
+                raise AttributeError(name) from None
+
+        def __setitem__(self, key, value):
+            raise TypeError("the config is read-only; use register_to_config")
+
+    def register_to_config(init):
+        """Record the arguments of ``__init__`` (defaults filled in) as the object's config."""
+        sig = inspect.signature(init)
+
+        @functools.wraps(init)
+        def inner(self, *args, **kwargs):
+            bound = sig.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            cfg = {k: v for k, v in bound.arguments.items() if k != "self"}
+            self._internal_dict = FrozenConfig(cfg)
+            init(self, *args, **kwargs)
+
+        return inner
+
+    class ConfigMixin:
+        """Config handling: ``config``, ``from_config``, ``save_pretrained``, ``from_pretrained``."""
+
+        config_name = CONFIG_NAME
+
+        @property
+        def config(self) -> "FrozenConfig":
+            return self._internal_dict
+
+        def register_to_config(self, **kwargs) -> None:
+            cfg = dict(getattr(self, "_internal_dict", {}))
+            cfg.update(kwargs)
+            self._internal_dict = FrozenConfig(cfg)
+
+        @classmethod
+        def from_config(cls, config=None, return_unused_kwargs: bool = False, **kwargs):
+            if config is None:
+                config = {}
+            if hasattr(config, "config") and not isinstance(config, dict):
+                config = config.config
+            if not isinstance(config, dict):
+                raise TypeError(f"config must be a dict or an object with a .config, got {type(config).__name__}")
+            params = inspect.signature(cls.__init__).parameters
+            merged = {k: v for k, v in dict(config).items() if not k.startswith("_")}
+            merged.update(kwargs)
+            init_kwargs = {k: v for k, v in merged.items() if k in params}
+            unused = {k: v for k, v in merged.items() if k not in params}
+            obj = cls(**init_kwargs)
+            return (obj, unused) if return_unused_kwargs else obj
+
+        def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs) -> None:
+            os.makedirs(save_directory, exist_ok=True)
+            cfg = {"_class_name": type(self).__name__, **dict(self.config)}
+            with open(os.path.join(save_directory, self.config_name), "w", encoding="utf-8") as f:
+                json.dump(cfg, f, indent=2, sort_keys=True, default=_jsonable)
+
+        @classmethod
+        def load_config(cls, pretrained_model_name_or_path, subfolder: Optional[str] = None, **kwargs) -> dict:
+            path = os.fspath(pretrained_model_name_or_path)
+            if subfolder:
+                path = os.path.join(path, subfolder)
+            if os.path.isdir(path):
+                path = os.path.join(path, cls.config_name)
+            if not os.path.isfile(path):
+                raise ValueError(f"pretrained_model_name_or_path must be a directory holding {cls.config_name} "
+                                 f"(no downloads without diffusers), got {pretrained_model_name_or_path!r}")
+            with open(path, encoding="utf-8") as f:
+                return json.load(f)
+
+    class SchedulerMixin:
+        """The scheduler half of diffusers' base: ``from_pretrained`` and ``compatibles``."""
+
+        config_name = CONFIG_NAME
+        _compatibles: list = []
+        has_compatibles = True
+
+        @classmethod
+        def from_pretrained(cls, pretrained_model_name_or_path=None, subfolder: Optional[str] = None, **kwargs):
+            config = cls.load_config(pretrained_model_name_or_path, subfolder=subfolder)
+            return cls.from_config(config, **kwargs)
+
+        @property
+        def compatibles(self) -> list:
+            return []
+
+    def _jsonable(v):
+        if isinstance(v, torch.Tensor):
+            return v.tolist()
+        if hasattr(v, "tolist"):
+            return v.tolist()
+        raise TypeError(f"cannot store {type(v).__name__} in a JSON config")
+
+    class _Output:
+        """Tuple-like access (``out[0]``, ``to_tuple()``) over the non-None fields, as diffusers' BaseOutput."""
+
+        def to_tuple(self) -> tuple:
+            return tuple(getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None)
+
+        def __getitem__(self, k):
+            if isinstance(k, str):
+                return getattr(self, k)
+            return self.to_tuple()[k]
+
+    @dataclasses.dataclass
+    class SchedulerOutput(_Output):
+        prev_sample: torch.Tensor
+
+    def randn_tensor(shape, generator=None, device=None, dtype=None, layout=None):
+        """diffusers' ``randn_tensor``: the same ``torch.randn`` calls in the same order."""
+        if isinstance(device, str):
+            device = torch.device(device)
+        rand_device = device
+        batch_size = shape[0]
+        layout = layout or torch.strided
+        device = device or torch.device("cpu")
+        if generator is not None:
+            gen_type = generator.device.type if not isinstance(generator, list) else generator[0].device.type
+            if gen_type != device.type and gen_type == "cpu":
+                rand_device = "cpu"
+            elif gen_type != device.type and gen_type == "cuda":
+                raise ValueError(f"Cannot generate a {device} tensor from a generator of type {gen_type}.")
+        if isinstance(generator, list) and len(generator) == 1:
+            generator = generator[0]
+        if isinstance(generator, list):
+            shape = (1,) + tuple(shape[1:])
+            parts = [torch.randn(shape, generator=generator[i], device=rand_device, dtype=dtype, layout=layout)
+                     for i in range(batch_size)]
+            return torch.cat(parts, dim=0).to(device)
+        return torch.randn(shape, generator=generator, device=rand_device, dtype=dtype, layout=layout).to(device)
+
+
+def _fallback_output(name: str, with_x0: bool):
+    fields = [("prev_sample", torch.Tensor)]
+    if with_x0:
+        fields.append(("pred_original_sample", Optional[torch.Tensor], dataclasses.field(default=None)))
+    return dataclasses.make_dataclass(name, fields, bases=(_Output,))
+
+
+_OUTPUTS = {
+    # name -> (diffusers module, has pred_original_sample)
+    "DDPMSchedulerOutput": ("scheduling_ddpm", True),
+    "DDIMSchedulerOutput": ("scheduling_ddim", True),
+    "EulerDiscreteSchedulerOutput": ("scheduling_euler_discrete", True),
+    "EulerAncestralDiscreteSchedulerOutput": ("scheduling_euler_ancestral_discrete", True),
+    "HeunDiscreteSchedulerOutput": ("scheduling_heun_discrete", True),
+    "FlowMatchEulerDiscreteSchedulerOutput": ("scheduling_flow_match_euler_discrete", False),
+    "SchedulerOutput": (None, False),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def output_class(name: str):
+    """The step output type diffusers' scheduler of the same family returns (a stand-in without diffusers)."""
+    module, with_x0 = _OUTPUTS[name]
+    if module is None:
+        return SchedulerOutput
+    if HAS_DIFFUSERS:
+        import importlib
+
+        return getattr(importlib.import_module(f"diffusers.schedulers.{module}"), name)
+    return _fallback_output(name, with_x0)  # pragma: no cover

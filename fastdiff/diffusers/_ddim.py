@@ -1,0 +1,331 @@
+"""DDPMScheduler and DDIMScheduler: the discrete VP samplers, each step one fused pass.
+
+Zero terminal SNR: with ``rescale_betas_zero_snr=True`` the last ``alpha_bar`` is
+exactly 0, and diffusers' epsilon -> x0 conversion ``(x - sqrt(1 - abar) eps) /
+sqrt(abar)`` divides by zero (inf/NaN samples). Here that conversion uses
+``abar = max(abar, 2**-24)`` -- the value diffusers' own sigma-based schedulers
+substitute for the same reason -- so the step stays finite; the other
+coefficients (and v/sample prediction, which need no division) are unchanged.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Union
+
+import numpy as np
+import torch
+
+from ..schedules import inference_timesteps
+from ._base import ZTSNR_ALPHA_BAR, DiscreteBetaMixin, FusedSchedulerBase, rows
+from ._compat import output_class, register_to_config
+
+__all__ = ["DDPMScheduler", "DDIMScheduler", "x0_coefs"]
+
+_PREDICTIONS = ("epsilon", "sample", "v_prediction")
+
+
+def x0_coefs(prediction_type: str, abar: np.ndarray):
+    """float64 ``(in_x, in_m)`` with ``x0 = in_x * x_t + in_m * model_output`` on a VP schedule."""
+    abar = np.asarray(abar, dtype=np.float64)
+    alpha, sigma = np.sqrt(abar), np.sqrt(1.0 - abar)
+    if prediction_type == "epsilon":
+        safe = np.maximum(abar, ZTSNR_ALPHA_BAR)  # finite at zero terminal SNR (module docstring)
+        return 1.0 / np.sqrt(safe), -np.sqrt(1.0 - safe) / np.sqrt(safe)
+    if prediction_type == "sample":
+        return np.zeros_like(abar), np.ones_like(abar)
+    if prediction_type == "v_prediction":
+        return alpha, -sigma
+    raise ValueError(f"prediction_type must be one of {_PREDICTIONS}, got {prediction_type!r}")
+
+
+class _DiscreteVPBase(DiscreteBetaMixin, FusedSchedulerBase):
+    """Shared by DDPM/DDIM: integer timesteps, stateless ``step`` (the row follows the timestep)."""
+
+    init_noise_sigma = 1.0
+
+    def _common_init(self, cfg) -> None:
+        if cfg.prediction_type not in _PREDICTIONS:
+            raise ValueError(f"prediction_type must be one of {_PREDICTIONS}, got {cfg.prediction_type!r}")
+        if cfg.thresholding:
+            raise NotImplementedError("thresholding (dynamic, per-sample quantiles) is not supported by "
+                                      "fastdiff.diffusers; use clip_sample")
+        self._make_schedule(cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end, cfg.beta_schedule,
+                            cfg.trained_betas, cfg.rescale_betas_zero_snr,
+                            allowed=self._beta_schedules)
+        self.one = torch.tensor(1.0)
+        self.num_inference_steps = None
+        self._reset_run()
+        self._set_host_timesteps(np.arange(cfg.num_train_timesteps)[::-1].copy())
+
+    def _set_host_timesteps(self, ts: np.ndarray, device=None) -> None:
+        self._ts = [int(t) for t in ts]
+        self._ts_pos = {t: i for i, t in reversed(list(enumerate(self._ts)))}
+        self.timesteps = torch.as_tensor(np.asarray(ts, dtype=np.int64)).to(device)
+        self._tables.clear()
+        self._host_tables.clear()
+        self._step_index = None
+        self._begin_index = None
+        self._seed = None
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: Optional[int] = None) -> torch.Tensor:
+        """Identity (VP samplers see x_t unscaled)."""
+        return sample
+
+    def _index(self, timestep) -> Optional[int]:
+        """Row index for ``timestep``: from its value when on the host, else the step counter (no sync)."""
+        value = self._host_value(timestep)
+        if value is not None:
+            return self._ts_pos.get(int(value))
+        if self._step_index is None:
+            self._init_step_index(timestep)
+        return self._step_index
+
+    def _missing_timestep_index(self, value: float) -> int:
+        raise ValueError(f"timestep {value} is not one of the scheduler's timesteps")
+
+    def _x0_rows(self, t: np.ndarray):
+        return x0_coefs(self.config.prediction_type, self._abar64[t])
+
+    def _clip(self) -> Optional[float]:
+        return float(self.config.clip_sample_range) if self.config.clip_sample else None
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor,
+                  timesteps: torch.IntTensor) -> torch.Tensor:
+        """``sqrt(abar_t) x0 + sqrt(1 - abar_t) noise`` in one pass (``fastdiff.add_noise``)."""
+        from ..ops import add_noise
+
+        if not isinstance(timesteps, torch.Tensor):
+            timesteps = torch.as_tensor(timesteps)
+        t = timesteps.reshape(-1).to(original_samples.device)
+        if t.numel() == 1 and original_samples.shape[0] > 1:
+            t = t.expand(original_samples.shape[0])
+        return add_noise(original_samples, t.to(torch.int64), self._schedule, noise=noise.to(original_samples.device),
+                         backend=self.backend)
+
+    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.IntTensor) -> torch.Tensor:
+        """The v target ``sqrt(abar) noise - sqrt(1 - abar) x0`` (diffusers' ``get_velocity``)."""
+        abar = self.alphas_cumprod.to(device=sample.device, dtype=sample.dtype)[timesteps.to(sample.device)]
+        shape = (-1,) + (1,) * (sample.dim() - 1)
+        return abar.sqrt().reshape(shape) * noise - (1 - abar).sqrt().reshape(shape) * sample
+
+
+class DDPMScheduler(_DiscreteVPBase):
+    """Ancestral sampling of Ho et al. (2020), "Denoising Diffusion Probabilistic Models".
+
+    Same config keys, defaults and numbers as ``diffusers.DDPMScheduler``; ``step``
+    is one fused pass.
+
+    Example:
+        >>> s = DDPMScheduler()
+        >>> s.set_timesteps(50)
+        >>> x = torch.randn(2, 3, 8, 8)
+        >>> x = s.step(torch.zeros_like(x), s.timesteps[0], x).prev_sample
+    """
+
+    order = 1
+    _beta_schedules = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: Optional[Union[np.ndarray, List[float]]] = None,
+        variance_type: str = "fixed_small",
+        clip_sample: bool = True,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        clip_sample_range: float = 1.0,
+        sample_max_value: float = 1.0,
+        timestep_spacing: str = "leading",
+        steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
+    ):
+        if variance_type not in ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log"):
+            raise NotImplementedError(f"variance_type {variance_type!r} (a variance predicted by the model) is "
+                                      "not supported by fastdiff.diffusers")
+        self.variance_type = variance_type
+        self.custom_timesteps = False
+        self._common_init(self.config)
+
+    def set_timesteps(self, num_inference_steps: Optional[int] = None, device=None,
+                      timesteps: Optional[List[int]] = None) -> None:
+        """Sampling timesteps (diffusers' spacings, or custom descending ``timesteps``)."""
+        cfg = self.config
+        if num_inference_steps is not None and timesteps is not None:
+            raise ValueError("Can only pass one of `num_inference_steps` or `custom_timesteps`.")
+        if timesteps is not None:
+            ts = np.asarray(timesteps, dtype=np.int64)
+            if np.any(np.diff(ts) >= 0):
+                raise ValueError("`custom_timesteps` must be in descending order.")
+            if ts[0] >= cfg.num_train_timesteps:
+                raise ValueError(f"`timesteps` must start before `self.config.train_timesteps`: "
+                                 f"{cfg.num_train_timesteps}.")
+            self.custom_timesteps = True
+            self.num_inference_steps = len(ts)
+        else:
+            if num_inference_steps is None:
+                raise ValueError("set_timesteps needs num_inference_steps or timesteps")
+            if num_inference_steps > cfg.num_train_timesteps:
+                raise ValueError(f"`num_inference_steps`: {num_inference_steps} cannot be larger than "
+                                 f"`self.config.train_timesteps`: {cfg.num_train_timesteps}")
+            self.custom_timesteps = False
+            self.num_inference_steps = num_inference_steps
+            ts = inference_timesteps(num_inference_steps, cfg.num_train_timesteps, cfg.timestep_spacing,
+                                     cfg.steps_offset).numpy()
+        self._set_host_timesteps(ts, device)
+
+    def previous_timestep(self, timestep) -> int:
+        """The next timestep of the schedule (-1 after the last)."""
+        v = self._host_value(timestep)
+        v = int(v if v is not None else float(timestep))  # outside step: a device read is acceptable here
+        if not (self.custom_timesteps or self.num_inference_steps):
+            return v - 1
+        i = self._ts_pos[v]
+        return self._ts[i + 1] if i + 1 < len(self._ts) else -1
+
+    def _build_table(self, key) -> torch.Tensor:
+        t = np.asarray(self._ts, dtype=np.int64)
+        prev = np.append(t[1:], -1) if (self.custom_timesteps or self.num_inference_steps) else t - 1
+        abar = self._abar64
+        a_t = abar[t]
+        a_p = np.where(prev >= 0, abar[np.maximum(prev, 0)], 1.0)
+        beta_t = 1.0 - a_t / a_p
+        var = np.maximum((1.0 - a_p) / (1.0 - a_t) * beta_t, 1e-20)
+        std = np.sqrt(beta_t) if self.variance_type.startswith("fixed_large") else np.sqrt(var)
+        in_x, in_m = self._x0_rows(t)
+        return rows(in_x=in_x, in_m=in_m, out_d=np.sqrt(a_p) * beta_t / (1.0 - a_t),
+                    out_x=np.sqrt(a_t / a_p) * (1.0 - a_p) / (1.0 - a_t), out_noise=np.where(t > 0, std, 0.0))
+
+    def step(self, model_output: torch.Tensor, timestep: Union[int, torch.Tensor], sample: torch.Tensor,
+             generator: Optional[torch.Generator] = None, return_dict: bool = True):
+        """One reverse step x_t -> x_{t-1} (a single fused pass; no host-device sync)."""
+        i = self._index(timestep)
+        if i is None:
+            raise ValueError(f"timestep {timestep} is not one of the scheduler's timesteps")
+        t = self._ts[i]
+        table = self._table("rows", sample.device)
+        kw = {}
+        if t > 0:  # diffusers draws noise only before the last step
+            kw = self._noise_kwargs(model_output.shape, model_output.device, model_output.dtype, generator, i)
+        dtype = torch.promote_types(sample.dtype, model_output.dtype)
+        prev, x0 = self._launch(sample, model_output, table, i, out_dtype=dtype, aux_dtype=dtype,
+                                clip=self._clip(), **kw)
+        self._step_index = i + 1
+        if not return_dict:
+            return (prev, x0)
+        return output_class("DDPMSchedulerOutput")(prev_sample=prev, pred_original_sample=x0)
+
+
+class DDIMScheduler(_DiscreteVPBase):
+    """Song et al. (2021), "Denoising Diffusion Implicit Models" (``eta`` interpolates to DDPM).
+
+    Same config keys, defaults and numbers as ``diffusers.DDIMScheduler``; ``step``
+    is one fused pass.
+
+    Example:
+        >>> s = DDIMScheduler(timestep_spacing="trailing")
+        >>> s.set_timesteps(10)
+        >>> x = torch.randn(2, 3, 8, 8)
+        >>> x = s.step(torch.zeros_like(x), s.timesteps[0], x, eta=0.0).prev_sample
+    """
+
+    order = 1
+    _beta_schedules = ("linear", "scaled_linear", "squaredcos_cap_v2")
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: Optional[Union[np.ndarray, List[float]]] = None,
+        clip_sample: bool = True,
+        set_alpha_to_one: bool = True,
+        steps_offset: int = 0,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        clip_sample_range: float = 1.0,
+        sample_max_value: float = 1.0,
+        timestep_spacing: str = "leading",
+        rescale_betas_zero_snr: bool = False,
+    ):
+        self._common_init(self.config)
+        self._final_abar = 1.0 if set_alpha_to_one else float(self._abar64[0])
+        self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
+
+    def set_timesteps(self, num_inference_steps: int, device=None) -> None:
+        """Sampling timesteps with diffusers' ``timestep_spacing``."""
+        cfg = self.config
+        if num_inference_steps > cfg.num_train_timesteps:
+            raise ValueError(f"`num_inference_steps`: {num_inference_steps} cannot be larger than "
+                             f"`self.config.train_timesteps`: {cfg.num_train_timesteps}")
+        self.num_inference_steps = num_inference_steps
+        ts = inference_timesteps(num_inference_steps, cfg.num_train_timesteps, cfg.timestep_spacing,
+                                 cfg.steps_offset).numpy()
+        self._set_host_timesteps(ts, device)
+
+    def _rows_for(self, t: np.ndarray, eta: float, clipped_eps: bool) -> torch.Tensor:
+        T = self.config.num_train_timesteps
+        prev = t - T // self.num_inference_steps
+        abar = self._abar64
+        a_t = abar[t]
+        a_p = np.where(prev >= 0, abar[np.clip(prev, 0, T - 1)], self._final_abar)
+        alpha_t, sig_t = np.sqrt(a_t), np.sqrt(1.0 - a_t)
+        var = (1.0 - a_p) / (1.0 - a_t) * (1.0 - a_t / a_p)
+        std = eta * np.sqrt(var)
+        c_dir = np.sqrt(np.maximum(1.0 - a_p - std**2, 0.0))
+        zero, one = np.zeros_like(a_t), np.ones_like(a_t)
+        pt = self.config.prediction_type
+        # the epsilon estimate as ex * x + em * model_output + ed * x0 (diffusers' pred_epsilon)
+        if clipped_eps:
+            ex, em, ed = 1.0 / sig_t, zero, -alpha_t / sig_t
+        elif pt == "epsilon":
+            ex, em, ed = zero, one, zero
+        elif pt == "sample":
+            ex, em, ed = 1.0 / sig_t, -alpha_t / sig_t, zero
+        else:  # v_prediction
+            ex, em, ed = sig_t, alpha_t, zero
+        in_x, in_m = self._x0_rows(t)
+        return rows(in_x=in_x, in_m=in_m, out_x=c_dir * ex, out_m=c_dir * em, out_d=np.sqrt(a_p) + c_dir * ed,
+                    out_noise=std)
+
+    def _build_table(self, key) -> torch.Tensor:
+        kind, eta, clipped = key[0], key[1], key[2]
+        t = np.asarray(self._ts if kind == "rows" else [key[3]], dtype=np.int64)
+        return self._rows_for(t, eta, clipped)
+
+    def step(self, model_output: torch.Tensor, timestep: Union[int, torch.Tensor], sample: torch.Tensor,
+             eta: float = 0.0, use_clipped_model_output: bool = False, generator: Optional[torch.Generator] = None,
+             variance_noise: Optional[torch.Tensor] = None, return_dict: bool = True):
+        """One DDIM step (a single fused pass; no host-device sync)."""
+        if self.num_inference_steps is None:
+            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating "
+                             "the scheduler")
+        if variance_noise is not None and generator is not None:
+            raise ValueError("Cannot pass both generator and variance_noise. Please make sure that either "
+                             "`generator` or `variance_noise` stays `None`.")
+        eta = float(eta)
+        clipped = bool(use_clipped_model_output)
+        i = self._index(timestep)
+        if i is None:  # a host timestep outside the schedule: DDIM is stateless, build its row
+            t_val = int(self._host_value(timestep))
+            table, row, stream_i = self._table(("one", eta, clipped, t_val), sample.device), 0, t_val
+        else:
+            table, row, stream_i = self._table(("rows", eta, clipped), sample.device), i, i
+        kw = {}
+        if eta > 0:
+            kw = self._noise_kwargs(model_output.shape, model_output.device, model_output.dtype, generator,
+                                    stream_i, variance_noise=variance_noise)
+        dtype = torch.promote_types(sample.dtype, model_output.dtype)
+        prev, x0 = self._launch(sample, model_output, table, row, out_dtype=dtype, aux_dtype=dtype,
+                                clip=self._clip(), **kw)
+        if i is not None:
+            self._step_index = i + 1
+        if not return_dict:
+            return (prev, x0)
+        return output_class("DDIMSchedulerOutput")(prev_sample=prev, pred_original_sample=x0)

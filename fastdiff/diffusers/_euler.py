@@ -1,0 +1,423 @@
+"""The k-diffusion-style sigma schedulers: EulerDiscrete, EulerAncestralDiscrete, HeunDiscrete.
+
+They share the set-up (VE sigmas ``sqrt((1 - abar) / abar)`` interpolated at the
+spaced timesteps, optionally re-spaced as Karras/exponential sigmas), the input
+scaling ``x / sqrt(sigma**2 + 1)`` and the x0 conversion; each ``step`` is one
+fused pass. With ``rescale_betas_zero_snr`` the terminal ``abar`` is 2**-24 (as
+in diffusers), so the first sigma is finite.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Union
+
+import numpy as np
+import torch
+
+from ..random import philox_normal
+from ._base import DiscreteBetaMixin, FusedSchedulerBase, check_one_of, interp, rows, sigma_to_t
+from ._compat import output_class, register_to_config
+
+__all__ = ["EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler", "sigma_x0_coefs"]
+
+
+def sigma_x0_coefs(prediction_type: str, sigma: np.ndarray, sigma_hat: Optional[np.ndarray] = None):
+    """float64 ``(in_x, in_m)``: x0 from the unscaled VE sample and the model output.
+
+    ``sigma_hat`` (the churned sigma) is what epsilon prediction uses; v prediction uses ``sigma``
+    (diffusers' Euler does the same).
+    """
+    sigma = np.asarray(sigma, dtype=np.float64)
+    sh = sigma if sigma_hat is None else np.asarray(sigma_hat, dtype=np.float64)
+    if prediction_type == "epsilon":
+        return np.ones_like(sh), -sh
+    if prediction_type == "v_prediction":
+        return 1.0 / (sigma**2 + 1.0), -sigma / np.sqrt(sigma**2 + 1.0)
+    if prediction_type in ("sample", "original_sample"):
+        return np.zeros_like(sigma), np.ones_like(sigma)
+    raise ValueError(f"prediction_type must be one of 'epsilon', 'v_prediction', 'sample', got {prediction_type!r}")
+
+
+def _f32_spacing(n: int, T: int, spacing: str, steps_offset: int) -> np.ndarray:
+    """The float32 timesteps of diffusers' sigma schedulers (linspace is not rounded here)."""
+    if spacing == "linspace":
+        return np.linspace(0, T - 1, n, dtype=np.float32)[::-1].copy()
+    if spacing == "leading":
+        ratio = T // n
+        return (np.arange(0, n) * ratio).round()[::-1].copy().astype(np.float32) + np.float32(steps_offset)
+    if spacing == "trailing":
+        ratio = T / n
+        return np.arange(T, 0, -ratio).round().copy().astype(np.float32) - np.float32(1)
+    raise ValueError(f"{spacing} is not supported. Please make sure to choose one of 'linspace', 'leading' or "
+                     f"'trailing'.")
+
+
+class _SigmaBase(DiscreteBetaMixin, FusedSchedulerBase):
+    """Set-up and bookkeeping shared by the VE-sigma schedulers."""
+
+    _ztsnr = False
+
+    def _init_schedule(self, cfg, rescale: bool = False) -> None:
+        check_one_of(cfg)
+        self._make_schedule(cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end, cfg.beta_schedule,
+                            cfg.trained_betas, rescale)
+        self._train_sigmas = self._sigma_table(ztsnr_fix=rescale)
+        self._log_sigmas = np.log(self._train_sigmas)
+        self.num_inference_steps = None
+        self.is_scale_input_called = False
+        self._reset_run()
+
+    def _spaced(self, n: int, timesteps=None):
+        """(float32 timesteps, float64 sigmas without the final one) per diffusers' recipe."""
+        cfg = self.config
+        if timesteps is not None:
+            ts = np.asarray(timesteps).astype(np.float32)
+        else:
+            ts = _f32_spacing(n, cfg.num_train_timesteps, cfg.timestep_spacing, cfg.steps_offset)
+        sig = interp(ts, self._train_sigmas)
+        conv = self._convert_sigmas(sig, n)
+        if conv is not None:
+            sig = conv
+            ts = sigma_to_t(sig, self._log_sigmas)
+        return ts, sig
+
+    def _set_run(self, ts: np.ndarray, sigmas_f32: np.ndarray, device=None) -> None:
+        self.sigmas = torch.from_numpy(sigmas_f32.astype(np.float32))
+        self.timesteps = torch.from_numpy(np.asarray(ts).astype(np.float32)).to(device=device)
+        self._sig = self.sigmas.to(torch.float64).numpy()
+        # the input scaling, computed in float32 exactly as diffusers does
+        self._scale = [float(v) for v in (self.sigmas**2 + 1) ** 0.5]
+        self._tables.clear()
+        self._host_tables.clear()
+        self._step_index = None
+        self._begin_index = None
+        self._seed = None
+
+    @property
+    def init_noise_sigma(self) -> torch.Tensor:
+        """The std of the initial noise: max sigma (linspace/trailing) or sqrt(max sigma**2 + 1)."""
+        max_sigma = self.sigmas.max()
+        if self.config.timestep_spacing in ("linspace", "trailing"):
+            return max_sigma
+        return (max_sigma**2 + 1) ** 0.5
+
+    def scale_model_input(self, sample: torch.Tensor, timestep) -> torch.Tensor:
+        """``sample / sqrt(sigma**2 + 1)``: the VP-scaled input the model expects."""
+        if self._step_index is None:
+            self._init_step_index(timestep)
+        self.is_scale_input_called = True
+        return sample / self._scale[self._step_index]
+
+    def _check_timestep(self, timestep) -> None:
+        if isinstance(timestep, (int, torch.IntTensor, torch.LongTensor)) or (
+                isinstance(timestep, torch.Tensor) and timestep.dtype in (torch.int32, torch.int64)):
+            raise ValueError(f"Passing integer indices (e.g. from `enumerate(timesteps)`) as timesteps to "
+                             f"`{type(self).__name__}.step()` is not supported. Make sure to pass one of the "
+                             f"`scheduler.timesteps` as a timestep.")
+
+    @staticmethod
+    def _aux_dtype(model_output: torch.Tensor, sample: torch.Tensor) -> torch.dtype:
+        # diffusers casts the sample to float32 first, so x0 comes out in (at least) float32
+        return torch.promote_types(torch.float32, torch.promote_types(model_output.dtype, sample.dtype))
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """``x0 + sigma * noise`` at the given schedule timesteps (one fused pass)."""
+        idx = self._indices_for_add_noise(timesteps)
+        s = self.sigmas.to(torch.float64).numpy()
+        return self._encode(original_samples, noise, np.ones_like(s), s, idx)
+
+    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The v target ``sqrt(abar) noise - sqrt(1 - abar) sample`` at the timesteps' step indices."""
+        idx = [self.index_for_timestep(t, self.timesteps) for t in timesteps.reshape(-1).cpu()]
+        abar = self.alphas_cumprod.to(sample)[idx]
+        shape = (-1,) + (1,) * (sample.dim() - 1)
+        return abar.sqrt().reshape(shape) * noise - (1 - abar).sqrt().reshape(shape) * sample
+
+
+class EulerDiscreteScheduler(_SigmaBase):
+    """Euler steps on the probability-flow ODE, Karras et al. (2022), "Elucidating the Design Space...".
+
+    Same config keys, defaults and numbers as ``diffusers.EulerDiscreteScheduler``
+    (``interpolation_type="linear"``, no beta sigmas); ``step`` is one fused pass
+    (with ``s_churn > 0`` the churn noise is added to the sample first).
+
+    Example:
+        >>> s = EulerDiscreteScheduler(use_karras_sigmas=True)
+        >>> s.set_timesteps(10)
+        >>> x = torch.randn(1, 4, 8, 8) * s.init_noise_sigma
+        >>> t = s.timesteps[0]
+        >>> x = s.step(torch.zeros_like(x), t, x).prev_sample
+    """
+
+    order = 1
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: Optional[Union[np.ndarray, List[float]]] = None,
+        prediction_type: str = "epsilon",
+        interpolation_type: str = "linear",
+        use_karras_sigmas: Optional[bool] = False,
+        use_exponential_sigmas: Optional[bool] = False,
+        use_beta_sigmas: Optional[bool] = False,
+        sigma_min: Optional[float] = None,
+        sigma_max: Optional[float] = None,
+        timestep_spacing: str = "linspace",
+        timestep_type: str = "discrete",
+        steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
+        final_sigmas_type: str = "zero",
+    ):
+        if interpolation_type != "linear":
+            raise NotImplementedError("only interpolation_type='linear' is supported by fastdiff.diffusers")
+        self._init_schedule(self.config, rescale_betas_zero_snr)
+        self.use_karras_sigmas = use_karras_sigmas
+        self.use_exponential_sigmas = use_exponential_sigmas
+        self.use_beta_sigmas = use_beta_sigmas
+        T = num_train_timesteps
+        sig = np.concatenate([self._train_sigmas[::-1], [0.0]]).astype(np.float32)
+        ts = np.linspace(0, T - 1, T, dtype=float)[::-1].copy()
+        self._set_run(ts, sig)
+        if timestep_type == "continuous" and prediction_type == "v_prediction":
+            self.timesteps = 0.25 * torch.log(self.sigmas[:-1])
+
+    def set_timesteps(self, num_inference_steps: Optional[int] = None, device=None,
+                      timesteps: Optional[List[int]] = None, sigmas: Optional[List[float]] = None) -> None:
+        """Sampling sigmas and timesteps (diffusers' spacings, Karras/exponential, or custom)."""
+        cfg = self.config
+        if timesteps is not None and sigmas is not None:
+            raise ValueError("Only one of `timesteps` or `sigmas` should be set.")
+        if num_inference_steps is None and timesteps is None and sigmas is None:
+            raise ValueError("Must pass exactly one of `num_inference_steps` or `timesteps` or `sigmas.")
+        if num_inference_steps is not None and (timesteps is not None or sigmas is not None):
+            raise ValueError("Can only pass one of `num_inference_steps` or `timesteps` or `sigmas`.")
+        if timesteps is not None and (cfg.use_karras_sigmas or cfg.use_exponential_sigmas):
+            raise ValueError("Cannot set `timesteps` with `config.use_karras_sigmas = True` or "
+                             "`config.use_exponential_sigmas = True`.")
+        if num_inference_steps is None:
+            num_inference_steps = len(timesteps) if timesteps is not None else len(sigmas) - 1
+        self.num_inference_steps = num_inference_steps
+        if sigmas is not None:
+            sig = np.asarray(sigmas).astype(np.float32)
+            ts = sigma_to_t(sig[:-1].astype(np.float64), self._log_sigmas)
+        else:
+            ts, sig = self._spaced(num_inference_steps, timesteps)
+            last = self._train_sigmas[0] if cfg.final_sigmas_type == "sigma_min" else 0.0
+            if cfg.final_sigmas_type not in ("zero", "sigma_min"):
+                raise ValueError(f"`final_sigmas_type` must be one of 'zero', or 'sigma_min', but got "
+                                 f"{cfg.final_sigmas_type}")
+            sig = np.concatenate([sig, [last]]).astype(np.float32)
+        self._set_run(ts, sig, device)
+        if cfg.timestep_type == "continuous" and cfg.prediction_type == "v_prediction":
+            self.timesteps = (0.25 * torch.log(self.sigmas[:-1])).to(device=device)
+
+    def _build_table(self, key) -> torch.Tensor:
+        s_churn, s_tmin, s_tmax = key
+        s, s_next = self._sig[:-1], self._sig[1:]
+        in_range = (s_tmin <= s) & (s <= s_tmax)
+        gamma = np.where(in_range, min(s_churn / (len(self._sig) - 1), 2**0.5 - 1), 0.0)
+        sh = s * (gamma + 1.0)
+        in_x, in_m = sigma_x0_coefs(self.config.prediction_type, s, sh)
+        ratio = (s_next - sh) / sh  # dt / sigma_hat: x_next = x + (x - x0) * dt / sigma_hat
+        # the churn noise scale sqrt(sigma_hat**2 - sigma**2) is applied before the fused pass
+        return rows(in_x=in_x, in_m=in_m, out_x=1.0 + ratio, out_d=-ratio, out_noise=np.sqrt(sh**2 - s**2))
+
+    def step(self, model_output: torch.Tensor, timestep: Union[float, torch.Tensor], sample: torch.Tensor,
+             s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
+             generator: Optional[torch.Generator] = None, return_dict: bool = True):
+        """One Euler step (a single fused pass; no host-device sync)."""
+        self._check_timestep(timestep)
+        i = self._current_index(timestep)
+        key = (float(s_churn), float(s_tmin), float(s_tmax))
+        table = self._table(key, sample.device)
+        sigma = self._sig[i]
+        gamma = min(key[0] / (len(self._sig) - 1), 2**0.5 - 1) if key[1] <= sigma <= key[2] else 0.0
+        x = sample
+        if gamma > 0:
+            # churn: the model saw x, but the step starts from x + noise * sqrt(sigma_hat**2 - sigma**2)
+            kw = self._noise_kwargs(model_output.shape, model_output.device, model_output.dtype, generator, i)
+            noise = kw.get("noise")
+            if noise is None:
+                noise = philox_normal(sample.shape, kw["seed"], kw["stream"], device=sample.device)
+            amp = s_noise * math.sqrt((sigma * (gamma + 1)) ** 2 - sigma**2)
+            x = sample.to(torch.float32) + noise * amp
+        prev, x0 = self._launch(x, model_output, table, i, out_dtype=model_output.dtype,
+                                aux_dtype=self._aux_dtype(model_output, sample))
+        self._step_index = i + 1
+        if not return_dict:
+            return (prev, x0)
+        return output_class("EulerDiscreteSchedulerOutput")(prev_sample=prev, pred_original_sample=x0)
+
+
+class EulerAncestralDiscreteScheduler(_SigmaBase):
+    """Ancestral Euler sampling (k-diffusion's ``sample_euler_ancestral``, after Song et al. 2021 / Karras et al. 2022).
+
+    Same config keys, defaults and numbers as ``diffusers.EulerAncestralDiscreteScheduler``;
+    ``step`` is one fused pass with the noise drawn as diffusers draws it (a generator
+    given) or in-kernel.
+
+    Example:
+        >>> s = EulerAncestralDiscreteScheduler()
+        >>> s.set_timesteps(10)
+        >>> x = torch.randn(1, 4, 8, 8) * s.init_noise_sigma
+        >>> x = s.step(torch.zeros_like(x), s.timesteps[0], x).prev_sample
+    """
+
+    order = 1
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: Optional[Union[np.ndarray, List[float]]] = None,
+        prediction_type: str = "epsilon",
+        timestep_spacing: str = "linspace",
+        steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
+    ):
+        self._init_schedule(self.config, rescale_betas_zero_snr)
+        T = num_train_timesteps
+        sig = np.concatenate([self._train_sigmas[::-1], [0.0]]).astype(np.float32)
+        self._set_run(np.linspace(0, T - 1, T, dtype=float)[::-1].copy(), sig)
+
+    def set_timesteps(self, num_inference_steps: int, device=None) -> None:
+        """Sampling sigmas and timesteps with diffusers' ``timestep_spacing``."""
+        self.num_inference_steps = num_inference_steps
+        ts, sig = self._spaced(num_inference_steps)
+        self._set_run(ts, np.concatenate([sig, [0.0]]).astype(np.float32), device)
+
+    def _build_table(self, key) -> torch.Tensor:
+        s_from, s_to = self._sig[:-1], self._sig[1:]
+        up = np.sqrt(s_to**2 * (s_from**2 - s_to**2) / s_from**2)
+        down = np.sqrt(s_to**2 - up**2)
+        pt = self.config.prediction_type
+        if pt == "sample":
+            raise NotImplementedError("prediction_type not implemented yet: sample")
+        in_x, in_m = sigma_x0_coefs(pt, s_from)
+        ratio = (down - s_from) / s_from
+        return rows(in_x=in_x, in_m=in_m, out_x=1.0 + ratio, out_d=-ratio, out_noise=up)
+
+    def step(self, model_output: torch.Tensor, timestep: Union[float, torch.Tensor], sample: torch.Tensor,
+             generator: Optional[torch.Generator] = None, return_dict: bool = True):
+        """One ancestral Euler step (a single fused pass; no host-device sync)."""
+        self._check_timestep(timestep)
+        i = self._current_index(timestep)
+        table = self._table("rows", sample.device)
+        kw = self._noise_kwargs(model_output.shape, model_output.device, model_output.dtype, generator, i)
+        prev, x0 = self._launch(sample, model_output, table, i, out_dtype=model_output.dtype,
+                                aux_dtype=self._aux_dtype(model_output, sample), **kw)
+        self._step_index = i + 1
+        if not return_dict:
+            return (prev, x0)
+        return output_class("EulerAncestralDiscreteSchedulerOutput")(prev_sample=prev, pred_original_sample=x0)
+
+
+class HeunDiscreteScheduler(_SigmaBase):
+    """Heun's 2nd-order method on the probability-flow ODE, Karras et al. (2022) Algorithm 1.
+
+    Same config keys, defaults and numbers as ``diffusers.HeunDiscreteScheduler``:
+    ``timesteps`` repeats every timestep after the first, and ``step`` alternates a
+    predictor and a corrector call, each one fused pass (the corrector reads the
+    predictor's x0 estimate as a history tensor).
+
+    Example:
+        >>> s = HeunDiscreteScheduler()
+        >>> s.set_timesteps(5)
+        >>> x = torch.randn(1, 4, 8, 8) * s.init_noise_sigma
+        >>> for t in s.timesteps:
+        ...     x = s.step(torch.zeros_like(x), t, x).prev_sample
+    """
+
+    order = 2
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.00085,
+        beta_end: float = 0.012,
+        beta_schedule: str = "linear",
+        trained_betas: Optional[Union[np.ndarray, List[float]]] = None,
+        prediction_type: str = "epsilon",
+        use_karras_sigmas: Optional[bool] = False,
+        use_exponential_sigmas: Optional[bool] = False,
+        use_beta_sigmas: Optional[bool] = False,
+        clip_sample: Optional[bool] = False,
+        clip_sample_range: float = 1.0,
+        timestep_spacing: str = "linspace",
+        steps_offset: int = 0,
+    ):
+        self._init_schedule(self.config)
+        self.use_karras_sigmas = use_karras_sigmas
+        self.set_timesteps(num_train_timesteps, None)
+        self.num_inference_steps = None
+
+    def set_timesteps(self, num_inference_steps: Optional[int] = None, device=None,
+                      num_train_timesteps: Optional[int] = None, timesteps: Optional[List[int]] = None) -> None:
+        """Sampling sigmas/timesteps, each after the first repeated (predictor + corrector)."""
+        if num_inference_steps is None and timesteps is None:
+            raise ValueError("Must pass exactly one of `num_inference_steps` or `custom_timesteps`.")
+        if num_inference_steps is not None and timesteps is not None:
+            raise ValueError("Can only pass one of `num_inference_steps` or `custom_timesteps`.")
+        n = num_inference_steps or len(timesteps)
+        self.num_inference_steps = n
+        ts, sig = self._spaced(n, timesteps)
+        sig = np.concatenate([sig, [0.0]]).astype(np.float32)
+        sig = np.concatenate([sig[:1], np.repeat(sig[1:-1], 2), sig[-1:]])
+        ts = np.asarray(ts).astype(np.float32)
+        ts = np.concatenate([ts[:1], np.repeat(ts[1:], 2)])
+        self._set_run(ts, sig, device)
+        self._prev = None  # (x0 of the predictor, the predictor's input sample, sigma) between the two calls
+
+    @property
+    def state_in_first_order(self) -> bool:
+        """True when the next ``step`` is a predictor (Euler) call."""
+        return self._prev is None
+
+    def _build_table(self, key) -> torch.Tensor:
+        pt = self.config.prediction_type
+        s = self._sig
+        if key == "first":
+            sigma, nxt = s[:-1], s[1:]
+            in_x, in_m = sigma_x0_coefs(pt, sigma)
+            ratio = (nxt - sigma) / sigma
+            return rows(in_x=in_x, in_m=in_m, out_x=1.0 + ratio, out_d=-ratio)
+        # corrector at index i: sigma = s[i-1], next = s[i]; x = the predictor's input, x_eval = the sample,
+        # history h0 = the predictor's x0:
+        #   x + dt/2 * ((x - h0)/sigma + (x_eval - d)/next)
+        sigma = np.concatenate([[np.nan], s[:-2]])
+        nxt = s[:-1]
+        dt = nxt - sigma
+        with np.errstate(divide="ignore", invalid="ignore"):
+            in_x, in_m = sigma_x0_coefs(pt, nxt)
+            a, b = dt / (2 * sigma), dt / (2 * nxt)
+        z = lambda v: np.where(np.isfinite(v), v, 0.0)  # noqa: E731 - row 0 / a zero sigma is never a corrector
+        return rows(in_x=z(in_x), in_m=z(in_m), out_x=z(1.0 + a), out_h=[z(-a)], out_e=z(b), out_d=z(-b))
+
+    def step(self, model_output: torch.Tensor, timestep: Union[float, torch.Tensor], sample: torch.Tensor,
+             return_dict: bool = True):
+        """One predictor or corrector call (a single fused pass; no host-device sync)."""
+        i = self._current_index(timestep)
+        clip = float(self.config.clip_sample_range) if self.config.clip_sample else None
+        dtype = torch.promote_types(sample.dtype, model_output.dtype)
+        if self._prev is None:
+            table = self._table("first", sample.device)
+            prev, x0 = self._launch(sample, model_output, table, i, out_dtype=dtype, aux_dtype=dtype, clip=clip)
+            self._prev = (x0, sample)
+        else:
+            x0_first, x_first = self._prev
+            table = self._table("second", sample.device)
+            prev, x0 = self._launch(x_first, model_output, table, i, out_dtype=dtype, aux_dtype=dtype, clip=clip,
+                                    x_eval=sample, history=(x0_first,))
+            self._prev = None
+        self._step_index = i + 1
+        if not return_dict:
+            return (prev, x0)
+        return output_class("HeunDiscreteSchedulerOutput")(prev_sample=prev, pred_original_sample=x0)

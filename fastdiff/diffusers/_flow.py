@@ -1,0 +1,187 @@
+"""FlowMatchEulerDiscreteScheduler: Euler steps on a rectified-flow ODE, one fused pass each."""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Union
+
+import numpy as np
+import torch
+
+from ..schedules import FlowMatchingSchedule
+from ._base import DiscreteBetaMixin, FusedSchedulerBase, check_one_of, rows
+from ._compat import output_class, register_to_config
+
+__all__ = ["FlowMatchEulerDiscreteScheduler"]
+
+
+class FlowMatchEulerDiscreteScheduler(DiscreteBetaMixin, FusedSchedulerBase):
+    """Euler sampling of rectified flow, Esser et al. (2024) "Scaling Rectified Flow Transformers..." (SD3).
+
+    Same config keys, defaults and numbers as ``diffusers.FlowMatchEulerDiscreteScheduler``
+    (static ``shift``, dynamic shifting with ``mu``, ``shift_terminal``, Karras/exponential
+    sigmas, ``invert_sigmas``, ``stochastic_sampling``); ``step`` is one fused pass.
+
+    Example:
+        >>> s = FlowMatchEulerDiscreteScheduler(shift=3.0)
+        >>> s.set_timesteps(10)
+        >>> x = torch.randn(1, 16, 8, 8)
+        >>> for t in s.timesteps:
+        ...     x = s.step(torch.zeros_like(x), t, x).prev_sample
+    """
+
+    order = 1
+    _compatibles: list = []
+    init_noise_sigma = 1.0
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        shift: float = 1.0,
+        use_dynamic_shifting: bool = False,
+        base_shift: Optional[float] = 0.5,
+        max_shift: Optional[float] = 1.15,
+        base_image_seq_len: Optional[int] = 256,
+        max_image_seq_len: Optional[int] = 4096,
+        invert_sigmas: bool = False,
+        shift_terminal: Optional[float] = None,
+        use_karras_sigmas: Optional[bool] = False,
+        use_exponential_sigmas: Optional[bool] = False,
+        use_beta_sigmas: Optional[bool] = False,
+        time_shift_type: str = "exponential",
+        stochastic_sampling: bool = False,
+    ):
+        check_one_of(self.config)
+        if time_shift_type not in ("exponential", "linear"):
+            raise ValueError("`time_shift_type` must either be 'exponential' or 'linear'.")
+        self._shift = shift
+        # training sigmas: shifted unless the shift is dynamic (fastdiff.schedules, float64)
+        self._flow = FlowMatchingSchedule(num_train_timesteps, shift=1.0 if use_dynamic_shifting else shift)
+        sig = self._flow.train_sigmas.to(torch.float32)
+        self.sigmas = sig
+        self.timesteps = sig * num_train_timesteps
+        self.sigma_min = float(sig[-1])
+        self.sigma_max = float(sig[0])
+        self.num_inference_steps = None
+        self._reset_run()
+        self._set_run(self.sigmas.to(torch.float64).numpy(), self.timesteps)
+
+    @property
+    def shift(self) -> float:
+        """The static timestep shift (``set_shift`` changes it)."""
+        return self._shift
+
+    def set_shift(self, shift: float) -> None:
+        self._shift = shift
+
+    def _set_run(self, sig64: np.ndarray, timesteps: torch.Tensor) -> None:
+        self._sig = sig64
+        self.timesteps = timesteps
+        self._tables.clear()
+        self._host_tables.clear()
+        self._step_index = None
+        self._begin_index = None
+        self._seed = None
+
+    def time_shift(self, mu: float, sigma: float, t: np.ndarray) -> np.ndarray:
+        """Dynamic (resolution-dependent) shift: exponential ``e^mu / (e^mu + (1/t - 1)^sigma)`` or linear."""
+        if self.config.time_shift_type == "exponential":
+            return math.exp(mu) / (math.exp(mu) + (1 / t - 1) ** sigma)
+        return mu / (mu + (1 / t - 1) ** sigma)
+
+    def stretch_shift_to_terminal(self, t: np.ndarray) -> np.ndarray:
+        """Stretch so that the last sigma equals ``shift_terminal``."""
+        one_minus_z = 1 - t
+        scale = one_minus_z[-1] / (1 - self.config.shift_terminal)
+        return 1 - one_minus_z / scale
+
+    def set_timesteps(self, num_inference_steps: Optional[int] = None, device=None,
+                      sigmas: Optional[List[float]] = None, mu: Optional[float] = None,
+                      timesteps: Optional[List[float]] = None) -> None:
+        """Sampling sigmas (shifted, then 0 appended) and timesteps ``sigma * num_train_timesteps``."""
+        cfg = self.config
+        T = cfg.num_train_timesteps
+        if cfg.use_dynamic_shifting and mu is None:
+            raise ValueError("`mu` must be passed when `use_dynamic_shifting` is set to be `True`")
+        if sigmas is not None and timesteps is not None and len(sigmas) != len(timesteps):
+            raise ValueError("`sigmas` and `timesteps` should have the same length")
+        if num_inference_steps is None:
+            num_inference_steps = len(sigmas) if sigmas is not None else len(timesteps)
+        self.num_inference_steps = num_inference_steps
+        given_ts = timesteps is not None
+        if given_ts:
+            timesteps = np.asarray(timesteps).astype(np.float32)
+        if sigmas is None:
+            if timesteps is None:
+                timesteps = np.linspace(self.sigma_max * T, self.sigma_min * T, num_inference_steps)
+            sig = np.asarray(timesteps, dtype=np.float64) / T
+        else:
+            sig = np.asarray(sigmas).astype(np.float32).astype(np.float64)
+            num_inference_steps = len(sig)
+        if cfg.use_dynamic_shifting:
+            sig = self.time_shift(mu, 1.0, sig)
+        else:
+            sig = self.shift * sig / (1 + (self.shift - 1) * sig)
+        if cfg.shift_terminal:
+            sig = self.stretch_shift_to_terminal(sig)
+        conv = self._convert_sigmas(np.asarray(sig, dtype=np.float64), num_inference_steps)
+        if conv is not None:
+            sig = conv
+        sig32 = torch.from_numpy(np.asarray(sig).astype(np.float32)).to(device=device)
+        ts = torch.from_numpy(timesteps).to(dtype=torch.float32, device=device) if given_ts else sig32 * T
+        if cfg.invert_sigmas:
+            sig32 = 1.0 - sig32
+            ts = sig32 * T
+            sig32 = torch.cat([sig32, torch.ones(1, device=sig32.device)])
+        else:
+            sig32 = torch.cat([sig32, torch.zeros(1, device=sig32.device)])
+        self.sigmas = sig32
+        self._set_run(sig32.detach().cpu().to(torch.float64).numpy(), ts)
+
+    def _build_table(self, key) -> torch.Tensor:
+        s, s_next = self._sig[:-1], self._sig[1:]
+        if self.config.stochastic_sampling:
+            # x0 = x - sigma * v; x_next = (1 - next) * x0 + next * noise
+            return rows(in_x=1.0, in_m=-s, out_d=1.0 - s_next, out_noise=s_next)
+        return rows(in_x=1.0, in_m=0.0, out_x=1.0, out_m=s_next - s)  # x + dt * v
+
+    def scale_model_input(self, sample: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """Identity (rectified flow needs no input scaling)."""
+        return sample
+
+    def scale_noise(self, sample: torch.Tensor, timestep, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Forward process ``sigma * noise + (1 - sigma) * sample`` at the timesteps (one fused pass)."""
+        if not isinstance(timestep, torch.Tensor):
+            timestep = torch.as_tensor(timestep, dtype=torch.float32)
+        idx = self._indices_for_add_noise(timestep)
+        s = self.sigmas.detach().cpu().to(torch.float64).numpy()
+        return self._encode(sample, noise, 1.0 - s, s, idx)
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """Same as :meth:`scale_noise` (diffusers' training-loop name)."""
+        return self.scale_noise(original_samples, timesteps, noise)
+
+    def _sigma_to_t(self, sigma):
+        return sigma * self.config.num_train_timesteps
+
+    def step(self, model_output: torch.Tensor, timestep: Union[float, torch.Tensor], sample: torch.Tensor,
+             s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
+             generator: Optional[torch.Generator] = None, per_token_timesteps: Optional[torch.Tensor] = None,
+             return_dict: bool = True):
+        """One Euler step of the flow ODE (a single fused pass; no host-device sync)."""
+        if isinstance(timestep, (int, torch.IntTensor, torch.LongTensor)):
+            raise ValueError("Passing integer indices (e.g. from `enumerate(timesteps)`) as timesteps to "
+                             "`FlowMatchEulerDiscreteScheduler.step()` is not supported. Make sure to pass one of "
+                             "the `scheduler.timesteps` as a timestep.")
+        if per_token_timesteps is not None:
+            raise NotImplementedError("per_token_timesteps is not supported by fastdiff.diffusers")
+        i = self._current_index(timestep)
+        table = self._table("rows", sample.device)
+        kw = {}
+        if self.config.stochastic_sampling:
+            kw = self._noise_kwargs(sample.shape, sample.device, sample.dtype, generator, i)
+        prev, _ = self._launch(sample, model_output, table, i, out_dtype=model_output.dtype, **kw)
+        self._step_index = i + 1
+        if not return_dict:
+            return (prev,)
+        return output_class("FlowMatchEulerDiscreteSchedulerOutput")(prev_sample=prev)

@@ -1,0 +1,546 @@
+"""Multistep exponential-integrator solvers: DPMSolverMultistepScheduler and UniPCMultistepScheduler.
+
+Both keep the previous x0 estimates as history tensors of the fused step. The
+order used at each step depends only on the step index and the index the run
+started from (``lower_order_nums`` counts steps since the start), so the
+coefficient table of a run is built once per start index, in float64.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from ._base import DiscreteBetaMixin, FusedSchedulerBase, check_one_of, interp, rows, sigma_to_t, \
+    spaced_timesteps
+from ._compat import output_class, register_to_config
+
+__all__ = ["DPMSolverMultistepScheduler", "UniPCMultistepScheduler"]
+
+
+def _vp_from_sigma(s: np.ndarray):
+    """VE sigma -> (alpha_t, sigma_t, lambda_t) of the VP process (float64; lambda = +inf at sigma 0)."""
+    s = np.asarray(s, dtype=np.float64)
+    alpha = 1.0 / np.sqrt(s**2 + 1.0)
+    sigma = s * alpha
+    with np.errstate(divide="ignore"):
+        lam = np.log(alpha) - np.log(sigma)
+    return alpha, sigma, lam
+
+
+class _MultistepBase(DiscreteBetaMixin, FusedSchedulerBase):
+    """Set-up shared by DPM-Solver++ and UniPC (integer timesteps over VE sigmas)."""
+
+    init_noise_sigma = 1.0
+
+    def _init_common(self, cfg) -> None:
+        check_one_of(cfg)
+        for key in ("use_flow_sigmas", "use_lu_lambdas", "use_dynamic_shifting", "thresholding"):
+            if getattr(cfg, key, False):
+                raise NotImplementedError(f"{key}=True is not supported by fastdiff.diffusers")
+        if cfg.prediction_type not in ("epsilon", "sample", "v_prediction"):
+            raise NotImplementedError(f"prediction_type {cfg.prediction_type!r} is not supported by "
+                                      f"fastdiff.diffusers")
+        if cfg.final_sigmas_type not in ("zero", "sigma_min"):
+            raise ValueError(f"`final_sigmas_type` must be one of 'zero', or 'sigma_min', but got "
+                             f"{cfg.final_sigmas_type}")
+        self._make_schedule(cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end, cfg.beta_schedule,
+                            cfg.trained_betas, cfg.rescale_betas_zero_snr)
+        self._train_sigmas = self._sigma_table(ztsnr_fix=cfg.rescale_betas_zero_snr)
+        self._log_sigmas = np.log(self._train_sigmas)
+        abar = self.alphas_cumprod.to(torch.float64)
+        self.alpha_t = abar.sqrt().to(torch.float32)
+        self.sigma_t = (1 - abar).sqrt().to(torch.float32)
+        self.lambda_t = (torch.log(abar.sqrt()) - torch.log((1 - abar).sqrt())).to(torch.float32)
+        self.sigmas = torch.from_numpy(self._train_sigmas.astype(np.float32))
+        self.num_inference_steps = None
+        T = cfg.num_train_timesteps
+        self.timesteps = torch.from_numpy(np.linspace(0, T - 1, T, dtype=np.float32)[::-1].copy())
+        self._reset_run()
+
+    def _multistep_timesteps(self, n: int, last: Optional[int] = None) -> np.ndarray:
+        cfg = self.config
+        ts = spaced_timesteps(n, cfg.num_train_timesteps, cfg.timestep_spacing, cfg.steps_offset, extra=1, last=last)
+        return np.round(ts) if cfg.timestep_spacing == "linspace" else ts
+
+    def _finish_setup(self, ts: np.ndarray, sig: np.ndarray, device) -> None:
+        last = self._train_sigmas[0] if self.config.final_sigmas_type == "sigma_min" else 0.0
+        self.sigmas = torch.from_numpy(np.concatenate([sig, [last]]).astype(np.float32))
+        self.timesteps = torch.from_numpy(np.asarray(ts, dtype=np.float64)).to(device=device, dtype=torch.int64)
+        self.num_inference_steps = len(ts)
+        self._sig = self.sigmas.to(torch.float64).numpy()
+        self._alpha, self._sigma, self._lam = _vp_from_sigma(self._sig)
+        self._tables.clear()
+        self._host_tables.clear()
+        self._step_index = None
+        self._begin_index = None
+        self._seed = None
+        self._start: Optional[int] = None
+        self._hist: List[torch.Tensor] = []  # previous x0 estimates, most recent first
+        self.lower_order_nums = 0
+
+    def _missing_timestep_index(self, value: float) -> int:
+        return len(self.timesteps) - 1  # diffusers: an unknown timestep maps to the last step
+
+    def _x0_coefs(self, i: int):
+        pt = self.config.prediction_type
+        a, s = self._alpha[i], self._sigma[i]
+        if pt == "epsilon":
+            return 1.0 / a, -s / a
+        if pt == "sample":
+            return 0.0, 1.0
+        return a, -s  # v_prediction
+
+    def scale_model_input(self, sample: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """Identity (the solvers see the VP sample unscaled)."""
+        return sample
+
+    def _begin_run(self, timestep) -> int:
+        i = self._current_index(timestep)
+        if self._start is None:
+            self._start = i
+        return i
+
+    def _push_history(self, x0: torch.Tensor, keep: int) -> None:
+        if keep > 0:
+            self._hist = ([x0] + self._hist)[:keep]
+        self.lower_order_nums = min(self.lower_order_nums + 1, self.config.solver_order)
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.IntTensor) -> torch.Tensor:
+        """``alpha_t x0 + sigma_t noise`` at the timesteps' step indices (one fused pass)."""
+        idx = self._indices_for_add_noise(timesteps)
+        a, s, _ = _vp_from_sigma(self.sigmas.to(torch.float64).numpy())
+        return self._encode(original_samples, noise, a, s, idx)
+
+    def _table_rows(self, per_step: Sequence[Dict[str, float]]) -> torch.Tensor:
+        """Stack per-step coefficient dicts into a ``step_coefs`` table (missing entries are 0)."""
+        def col(name, default=0.0):
+            return np.array([r.get(name, default) for r in per_step], dtype=np.float64)
+
+        hist = [col(f"h{k}") for k in range(3)]
+        return rows(in_x=col("in_x"), in_m=col("in_m", 1.0), out_x=col("x"), out_d=col("d"), out_h=hist,
+                    out_noise=col("noise"))
+
+
+class DPMSolverMultistepScheduler(_MultistepBase):
+    """DPM-Solver++ multistep, Lu et al. (2022), "DPM-Solver++: Fast Solver for Guided Sampling..." (and its SDE variant).
+
+    Same config keys, defaults and numbers as ``diffusers.DPMSolverMultistepScheduler`` for
+    ``algorithm_type`` "dpmsolver++" / "sde-dpmsolver++", ``solver_order`` 1-3, midpoint/heun,
+    Karras/exponential sigmas, ``lower_order_final``, ``euler_at_final``, ``final_sigmas_type``;
+    ``step`` is one fused pass reading up to two previous x0 estimates.
+
+    Example:
+        >>> s = DPMSolverMultistepScheduler(use_karras_sigmas=True)
+        >>> s.set_timesteps(10)
+        >>> x = torch.randn(1, 4, 8, 8)
+        >>> for t in s.timesteps:
+        ...     x = s.step(torch.zeros_like(x), t, x).prev_sample
+    """
+
+    order = 1
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: Optional[Union[np.ndarray, List[float]]] = None,
+        solver_order: int = 2,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        sample_max_value: float = 1.0,
+        algorithm_type: str = "dpmsolver++",
+        solver_type: str = "midpoint",
+        lower_order_final: bool = True,
+        euler_at_final: bool = False,
+        use_karras_sigmas: Optional[bool] = False,
+        use_exponential_sigmas: Optional[bool] = False,
+        use_beta_sigmas: Optional[bool] = False,
+        use_lu_lambdas: Optional[bool] = False,
+        use_flow_sigmas: Optional[bool] = False,
+        flow_shift: Optional[float] = 1.0,
+        final_sigmas_type: Optional[str] = "zero",
+        lambda_min_clipped: float = -float("inf"),
+        variance_type: Optional[str] = None,
+        timestep_spacing: str = "linspace",
+        steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
+        use_dynamic_shifting: bool = False,
+        time_shift_type: str = "exponential",
+    ):
+        if algorithm_type == "deis":
+            self.register_to_config(algorithm_type="dpmsolver++")
+        elif algorithm_type not in ("dpmsolver++", "sde-dpmsolver++"):
+            raise NotImplementedError(f"algorithm_type {algorithm_type!r} is not supported by fastdiff.diffusers; "
+                                      "use 'dpmsolver++' or 'sde-dpmsolver++'")
+        if solver_type in ("logrho", "bh1", "bh2"):
+            self.register_to_config(solver_type="midpoint")
+        elif solver_type not in ("midpoint", "heun"):
+            raise NotImplementedError(f"{solver_type} is not implemented for {type(self).__name__}")
+        if solver_order not in (1, 2, 3):
+            raise ValueError(f"solver_order must be 1, 2 or 3, got {solver_order}")
+        if variance_type in ("learned", "learned_range"):
+            raise NotImplementedError("learned variances are not supported by fastdiff.diffusers")
+        self._init_common(self.config)
+        self.model_outputs = [None] * solver_order
+
+    def set_timesteps(self, num_inference_steps: Optional[int] = None, device=None, mu: Optional[float] = None,
+                      timesteps: Optional[List[int]] = None) -> None:
+        """Sampling timesteps/sigmas (diffusers' spacings, Karras/exponential, or custom)."""
+        cfg = self.config
+        if mu is not None:
+            raise NotImplementedError("dynamic shifting (mu) is not supported by fastdiff.diffusers")
+        if num_inference_steps is None and timesteps is None:
+            raise ValueError("Must pass exactly one of `num_inference_steps` or `timesteps`.")
+        if num_inference_steps is not None and timesteps is not None:
+            raise ValueError("Can only pass one of `num_inference_steps` or `custom_timesteps`.")
+        if timesteps is not None and (cfg.use_karras_sigmas or cfg.use_exponential_sigmas):
+            raise ValueError("Cannot use `timesteps` with `config.use_karras_sigmas = True` or "
+                             "`config.use_exponential_sigmas = True`")
+        if timesteps is not None:
+            ts = np.asarray(timesteps).astype(np.int64).astype(np.float64)
+            n = len(ts)
+        else:
+            n = num_inference_steps
+            lam = self.lambda_t.flip(0)
+            clipped = int(torch.searchsorted(lam, torch.tensor(float(cfg.lambda_min_clipped))))
+            ts = self._multistep_timesteps(n, last=cfg.num_train_timesteps - clipped)
+        train = self._train_sigmas.astype(np.float32)  # diffusers works from float32 sigmas here
+        if cfg.use_karras_sigmas or cfg.use_exponential_sigmas:
+            sig = self._convert_sigmas(np.flip(train).astype(np.float64), n)
+            ts = sigma_to_t(sig, np.log(train).astype(np.float64))  # float32 logs, as diffusers
+            if cfg.use_karras_sigmas and cfg.beta_schedule != "squaredcos_cap_v2":
+                ts = np.round(ts)
+        else:
+            sig = interp(ts, train.astype(np.float64))
+        self._finish_setup(np.trunc(ts), sig, device)
+        self.model_outputs = [None] * cfg.solver_order
+
+    def _orders_cached(self, start: int) -> List[int]:
+        key = ("orders", start)
+        if key not in self._host_tables:
+            self._host_tables[key] = self._orders(start)
+        return self._host_tables[key]
+
+    def _orders(self, start: int) -> List[int]:
+        cfg = self.config
+        n = len(self.timesteps)
+        out, lon = [], 0
+        for i in range(n):
+            if i < start:
+                out.append(1)
+                continue
+            lof = i == n - 1 and (cfg.euler_at_final or (cfg.lower_order_final and n < 15)
+                                  or cfg.final_sigmas_type == "zero")
+            los = i == n - 2 and cfg.lower_order_final and n < 15
+            if cfg.solver_order == 1 or lon < 1 or lof:
+                k = 1
+            elif cfg.solver_order == 2 or lon < 2 or los:
+                k = 2
+            else:
+                k = 3
+            out.append(k)
+            lon = min(lon + 1, cfg.solver_order)
+        return out
+
+    def _build_table(self, key) -> torch.Tensor:
+        start = key
+        cfg = self.config
+        sde = cfg.algorithm_type == "sde-dpmsolver++"
+        a, s, lam = self._alpha, self._sigma, self._lam
+        per_step = []
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            for i, k in enumerate(self._orders(start)):
+                in_x, in_m = self._x0_coefs(i)
+                at, st = a[i + 1], s[i + 1]
+                h = lam[i + 1] - lam[i]
+                eh, e2h = np.exp(-h), np.exp(-2.0 * h)
+                # x_t = cx * x + sum_j cD[j] * D_j (+ noise); D_0 = current x0, D_1/D_2 finite differences
+                if sde:
+                    cx = st / s[i] * eh
+                    cD = [at * (1.0 - e2h)]
+                    noise = st * np.sqrt(1.0 - e2h)
+                else:
+                    cx = st / s[i]
+                    cD = [-at * (eh - 1.0)]
+                    noise = 0.0
+                m = np.zeros(3)  # coefficients of (m0 = current x0, m1, m2)
+                m[0] = cD[0]
+                if k == 2:
+                    r0 = (lam[i] - lam[i - 1]) / h
+                    if cfg.solver_type == "midpoint":
+                        c1 = 0.5 * at * (1.0 - e2h) if sde else -0.5 * at * (eh - 1.0)
+                    else:
+                        c1 = at * ((1.0 - e2h) / (-2.0 * h) + 1.0) if sde else at * ((eh - 1.0) / h + 1.0)
+                    m += c1 * np.array([1.0, -1.0, 0.0]) / r0
+                elif k == 3:
+                    r0 = (lam[i] - lam[i - 1]) / h
+                    r1 = (lam[i - 1] - lam[i - 2]) / h
+                    d10 = np.array([1.0, -1.0, 0.0]) / r0
+                    d11 = np.array([0.0, 1.0, -1.0]) / r1
+                    d1 = d10 + r0 / (r0 + r1) * (d10 - d11)
+                    d2 = (d10 - d11) / (r0 + r1)
+                    if sde:
+                        c1 = at * ((1.0 - e2h) / (-2.0 * h) + 1.0)
+                        c2 = at * ((1.0 - e2h - 2.0 * h) / (2.0 * h) ** 2 - 0.5)
+                    else:
+                        c1 = at * ((eh - 1.0) / h + 1.0)
+                        c2 = -at * ((eh - 1.0 + h) / h**2 - 0.5)
+                    m += c1 * d1 + c2 * d2
+                per_step.append({"in_x": in_x, "in_m": in_m, "x": cx, "d": m[0], "h0": m[1], "h1": m[2],
+                                 "noise": noise})
+        return self._table_rows(per_step)
+
+    def convert_model_output(self, model_output: torch.Tensor, *args, sample: torch.Tensor = None, **kwargs):
+        """The x0 estimate diffusers' solver works with (plain PyTorch; not used by ``step``)."""
+        in_x, in_m = self._x0_coefs(self._step_index)
+        return in_x * sample + in_m * model_output
+
+    def step(self, model_output: torch.Tensor, timestep: Union[int, torch.Tensor], sample: torch.Tensor,
+             generator: Optional[torch.Generator] = None, variance_noise: Optional[torch.Tensor] = None,
+             return_dict: bool = True):
+        """One multistep update (a single fused pass; no host-device sync)."""
+        if self.num_inference_steps is None:
+            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating "
+                             "the scheduler")
+        i = self._begin_run(timestep)
+        table = self._table(self._start, sample.device)
+        k = self._orders_cached(self._start)[i]
+        kw = {}
+        if self.config.algorithm_type == "sde-dpmsolver++":
+            kw = self._noise_kwargs(model_output.shape, model_output.device, torch.float32, generator, i,
+                                    variance_noise=None if variance_noise is None
+                                    else variance_noise.to(torch.float32))
+        keep = self.config.solver_order - 1
+        aux_dtype = torch.promote_types(torch.float32, model_output.dtype) if keep > 0 else None
+        prev, x0 = self._launch(sample, model_output, table, i, out_dtype=model_output.dtype, aux_dtype=aux_dtype,
+                                history=tuple(self._hist[: k - 1]), **kw)
+        self._push_history(x0, keep)
+        self._step_index = i + 1
+        if not return_dict:
+            return (prev,)
+        return output_class("SchedulerOutput")(prev_sample=prev)
+
+
+class UniPCMultistepScheduler(_MultistepBase):
+    """UniPC predictor-corrector, Zhao et al. (2023), "UniPC: A Unified Predictor-Corrector Framework...".
+
+    Same config keys, defaults and numbers as ``diffusers.UniPCMultistepScheduler`` with
+    ``predict_x0=True`` (bh1/bh2, orders 1-3, ``lower_order_final``, ``disable_corrector``,
+    Karras/exponential sigmas). The corrector and the next predictor run as one fused
+    pass: the corrector's input (diffusers' ``last_sample``) is recovered exactly from
+    the sample passed in and the stored x0 estimates instead of being kept.
+
+    Example:
+        >>> s = UniPCMultistepScheduler()
+        >>> s.set_timesteps(10)
+        >>> x = torch.randn(1, 4, 8, 8)
+        >>> for t in s.timesteps:
+        ...     x = s.step(torch.zeros_like(x), t, x).prev_sample
+    """
+
+    order = 1
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: Optional[Union[np.ndarray, List[float]]] = None,
+        solver_order: int = 2,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        sample_max_value: float = 1.0,
+        predict_x0: bool = True,
+        solver_type: str = "bh2",
+        lower_order_final: bool = True,
+        disable_corrector: List[int] = [],  # noqa: B006 - diffusers' default, never mutated
+        solver_p=None,
+        use_karras_sigmas: Optional[bool] = False,
+        use_exponential_sigmas: Optional[bool] = False,
+        use_beta_sigmas: Optional[bool] = False,
+        use_flow_sigmas: Optional[bool] = False,
+        flow_shift: Optional[float] = 1.0,
+        timestep_spacing: str = "linspace",
+        steps_offset: int = 0,
+        final_sigmas_type: Optional[str] = "zero",
+        rescale_betas_zero_snr: bool = False,
+        use_dynamic_shifting: bool = False,
+        time_shift_type: str = "exponential",
+        sigma_min: Optional[float] = None,
+        sigma_max: Optional[float] = None,
+        shift_terminal: Optional[float] = None,
+    ):
+        if solver_type not in ("bh1", "bh2"):
+            if solver_type in ("midpoint", "heun", "logrho"):
+                self.register_to_config(solver_type="bh2")
+            else:
+                raise NotImplementedError(f"{solver_type} is not implemented for {type(self).__name__}")
+        if not predict_x0:
+            raise NotImplementedError("predict_x0=False is not supported by fastdiff.diffusers")
+        if solver_p is not None:
+            raise NotImplementedError("solver_p is not supported by fastdiff.diffusers")
+        if solver_order not in (1, 2, 3):
+            raise ValueError(f"solver_order must be 1, 2 or 3, got {solver_order}")
+        self.predict_x0 = predict_x0
+        self.solver_p = None
+        self.disable_corrector = list(disable_corrector)
+        self._init_common(self.config)
+        self.model_outputs = [None] * solver_order
+        self.timestep_list = [None] * solver_order
+        self.last_sample = None
+
+    def set_timesteps(self, num_inference_steps: Optional[int] = None, device=None,
+                      sigmas: Optional[List[float]] = None, mu: Optional[float] = None) -> None:
+        """Sampling timesteps/sigmas (diffusers' spacings or Karras/exponential)."""
+        cfg = self.config
+        if sigmas is not None or mu is not None:
+            raise NotImplementedError("custom sigmas / mu need flow sigmas, not supported by fastdiff.diffusers")
+        n = num_inference_steps
+        ts = self._multistep_timesteps(n)
+        train = self._train_sigmas.astype(np.float32)
+        if cfg.use_karras_sigmas or cfg.use_exponential_sigmas:
+            sig = self._convert_sigmas(np.flip(train).astype(np.float64), n)
+            ts = sigma_to_t(sig, np.log(train).astype(np.float64))  # float32 logs, as diffusers
+            if cfg.use_karras_sigmas:
+                ts = np.round(ts)
+            self._finish_setup(np.trunc(ts), sig, device)
+            if cfg.final_sigmas_type == "sigma_min":  # UniPC repeats the last Karras sigma here
+                self.sigmas[-1] = self.sigmas[-2]
+                self._sig = self.sigmas.to(torch.float64).numpy()
+                self._alpha, self._sigma, self._lam = _vp_from_sigma(self._sig)
+        else:
+            self._finish_setup(np.trunc(ts), interp(ts, train.astype(np.float64)), device)
+        self.model_outputs = [None] * cfg.solver_order
+        self.last_sample = None
+
+    def _plan(self, start: int):
+        """Per step: (this_order, corrector order or 0)."""
+        cfg = self.config
+        n = len(self.timesteps)
+        plan, lon, prev_order = [], 0, 0
+        for i in range(n):
+            if i < start:
+                plan.append((1, 0))
+                continue
+            use_corr = i > start and (i - 1) not in self.disable_corrector
+            order = min(cfg.solver_order, n - i) if cfg.lower_order_final else cfg.solver_order
+            order = min(order, lon + 1)
+            plan.append((order, prev_order if use_corr else 0))
+            prev_order = order
+            lon = min(lon + 1, cfg.solver_order)
+        return plan
+
+    def _uni(self, i_t: int, i_s0: int, hist_idx: Sequence[int], order: int, corrector: bool):
+        """Coefficients of one UniPC update (bh, x0 form) as A (on x), c0 (on m0), ck (on m_k), ct (on model_t)."""
+        a, s, lam = self._alpha, self._sigma, self._lam
+        h = lam[i_t] - lam[i_s0]
+        n_d = order - 1 if corrector else order - 1
+        rks = [(lam[j] - lam[i_s0]) / h for j in hist_idx[:n_d]] + [1.0]
+        rks = np.array(rks)
+        hh = -h
+        h_phi_1 = np.expm1(hh)
+        h_phi_k = h_phi_1 / hh - 1.0
+        fact = 1
+        B_h = hh if self.config.solver_type == "bh1" else np.expm1(hh)
+        R, b = [], []
+        for j in range(1, order + 1):
+            R.append(rks ** (j - 1))
+            b.append(h_phi_k * fact / B_h)
+            fact *= j + 1
+            h_phi_k = h_phi_k / hh - 1.0 / fact
+        R, b = np.stack(R), np.array(b)
+        A = s[i_t] / s[i_s0]
+        c0 = -a[i_t] * h_phi_1
+        ck = np.zeros(len(rks) - 1)
+        ct = 0.0
+        def solve(m, v):
+            # singular only when h is infinite (a final sigma of 0 reached with order > 1, where diffusers
+            # fails): drop the higher-order terms there, which keeps the step finite
+            try:
+                return np.linalg.solve(m, v)
+            except np.linalg.LinAlgError:
+                return np.zeros(len(v))
+
+        if corrector:
+            rhos = np.array([0.5]) if order == 1 else solve(R, b)
+            ct = -a[i_t] * B_h * rhos[-1]
+            c0 -= ct  # D1_t = model_t - m0
+        elif len(rks) > 1:
+            rhos = np.array([0.5]) if order == 2 else solve(R[:-1, :-1], b[:-1])
+        else:
+            rhos = np.zeros(0)
+        for k in range(len(rks) - 1):  # D1_k = (m_k - m0) / r_k
+            w = -a[i_t] * B_h * rhos[k] / rks[k]
+            ck[k] += w
+            c0 -= w
+        return A, c0, ck, ct
+
+    def _build_table(self, key) -> torch.Tensor:
+        start = key
+        plan = self._plan(start)
+        per_step = []
+        prev_pred = None  # the previous predictor: (A, coef on its d, coefs on its history)
+        for i, (order, corr) in enumerate(plan):
+            in_x, in_m = self._x0_coefs(i)
+            # symbols: x (sample passed in), d (x0 now), H[k] (x0 of step i-1-k)
+            coef = {"x": 0.0, "d": 0.0, "H": np.zeros(4)}
+            if corr and prev_pred is not None:
+                # diffusers' last_sample, recovered: x = A_p * last + cd_p * H0 + sum_k ch_p[k] * H[k+1]
+                A_p, cd_p, ch_p = prev_pred
+                Ac, c0c, ckc, ctc = self._uni(i, i - 1, [i - 1 - (k + 1) for k in range(corr - 1)], corr, True)
+                # corrected sample xc = Ac * last + c0c * H0 + sum ckc[k] * H[k+1] + ctc * d
+                xc_x = Ac / A_p
+                xc_H = np.zeros(4)
+                xc_H[0] = c0c - Ac * cd_p / A_p
+                for k, v in enumerate(ch_p):
+                    xc_H[k + 1] -= Ac * v / A_p
+                for k, v in enumerate(ckc):
+                    xc_H[k + 1] += v
+                xc_d = ctc
+            else:
+                xc_x, xc_H, xc_d = 1.0, np.zeros(4), 0.0
+            # predictor from xc: x_next = Ap * xc + c0p * d + sum ckp[k] * H[k]
+            Ap, c0p, ckp, _ = self._uni(i + 1, i, [i - (k + 1) for k in range(order - 1)], order, False)
+            coef["x"] = Ap * xc_x
+            coef["d"] = Ap * xc_d + c0p
+            H = Ap * xc_H
+            for k, v in enumerate(ckp):
+                H[k] += v
+            if np.any(H[3:] != 0):
+                raise AssertionError("UniPC needs at most 3 history tensors")
+            prev_pred = (Ap, c0p, ckp)
+            per_step.append({"in_x": in_x, "in_m": in_m, "x": coef["x"], "d": coef["d"], "h0": H[0], "h1": H[1],
+                             "h2": H[2]})
+        # the predictor's A is the xc -> x_next factor; rows of steps before the start are unused
+        return self._table_rows(per_step)
+
+    def step(self, model_output: torch.Tensor, timestep: Union[int, torch.Tensor], sample: torch.Tensor,
+             return_dict: bool = True):
+        """Corrector (for the previous step) + predictor, as a single fused pass; no host-device sync."""
+        if self.num_inference_steps is None:
+            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating "
+                             "the scheduler")
+        i = self._begin_run(timestep)
+        table = self._table(self._start, sample.device)
+        keep = self.config.solver_order
+        aux_dtype = torch.promote_types(torch.float32, model_output.dtype)
+        key = ("plan", self._start)
+        if key not in self._host_tables:
+            self._host_tables[key] = self._plan(self._start)
+        order, corr = self._host_tables[key][i]
+        prev, x0 = self._launch(sample, model_output, table, i, out_dtype=sample.dtype, aux_dtype=aux_dtype,
+                                history=tuple(self._hist[: max(corr, order - 1)]))
+        self._push_history(x0, keep)
+        self._step_index = i + 1
+        if not return_dict:
+            return (prev,)
+        return output_class("SchedulerOutput")(prev_sample=prev)

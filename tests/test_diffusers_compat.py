@@ -1,0 +1,341 @@
+"""Parity of fastdiff.diffusers with the installed diffusers schedulers (same timesteps, sigmas, trajectories).
+
+Trajectories are driven by a fixed deterministic fake model (a function of the sample and of
+the timestep diffusers' scheduler gives at that step) and the same torch.Generator, so any
+difference in coefficients, noise draws or step bookkeeping shows up. Tolerances: our schedule
+tables are float64 where diffusers accumulates alphas_cumprod in float32, so sigmas agree to
+~1e-4 relative and trajectories to ~5e-5 relative (float32 rounding of the schedule).
+"""
+import inspect
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers", reason="diffusers parity tests need the 'compat' extra")
+
+import fastdiff.diffusers as fdd  # noqa: E402
+from fastdiff.diffusers import _base  # noqa: E402
+
+SD = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+ZSNR_V = {**SD, "rescale_betas_zero_snr": True, "prediction_type": "v_prediction", "timestep_spacing": "trailing"}
+
+
+def fake_model(x: torch.Tensor, t) -> torch.Tensor:
+    return torch.sin(x.float() * 1.3 + float(t) / 300.0).to(x.dtype) * 0.9 + 0.05 * x
+
+
+def _step_kwargs(sched, generator, extra):
+    kw = dict(extra)
+    if "generator" in inspect.signature(sched.step).parameters:
+        kw["generator"] = generator
+    return kw
+
+
+def _run(sched, n, ref_ts, extra=None, dtype=torch.float32, shape=(2, 3, 4, 4), seed=0):
+    """The trajectory of ``sched`` from seeded noise; the model sees the reference timesteps."""
+    sched.set_timesteps(n)
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=g) * float(getattr(sched, "init_noise_sigma", 1.0))).to(dtype)
+    x0s = []
+    for i, t in enumerate(sched.timesteps):
+        inp = sched.scale_model_input(x, t) if hasattr(sched, "scale_model_input") else x
+        out = sched.step(fake_model(inp, ref_ts[i]), t, x, **_step_kwargs(sched, g, extra or {}))
+        x = out.prev_sample
+        x0s.append(getattr(out, "pred_original_sample", None))
+    return x, x0s
+
+
+CASES = []
+
+
+def _add(name, cfgs, n=10, extra=None):
+    for cfg in cfgs:
+        CASES.append(pytest.param(name, cfg, n, extra or {}, id=f"{name[:-9]}-{json.dumps(cfg)}-{n}-{extra}"))
+
+
+_add("DDPMScheduler", [{}, {"clip_sample": False}, {**SD, "prediction_type": "v_prediction"}, {"prediction_type": "sample"},
+                       {**ZSNR_V}, {"variance_type": "fixed_large", "beta_schedule": "squaredcos_cap_v2",
+                                    "timestep_spacing": "linspace"}, {"beta_schedule": "sigmoid", "steps_offset": 1}])
+for _extra in ({}, {"eta": 1.0}, {"eta": 0.5, "use_clipped_model_output": True}):
+    _add("DDIMScheduler", [{}, {"clip_sample": False, "steps_offset": 1, "set_alpha_to_one": False},
+                           {**SD, "prediction_type": "v_prediction"}, {"prediction_type": "sample"}, ZSNR_V],
+         extra=_extra)
+_add("EulerDiscreteScheduler", [{}, SD, {**SD, "prediction_type": "v_prediction"},
+                                {"timestep_spacing": "leading", "steps_offset": 1}, {"timestep_spacing": "trailing"},
+                                ZSNR_V, {**SD, "use_karras_sigmas": True}, {**SD, "use_exponential_sigmas": True},
+                                {"prediction_type": "sample"}, {"final_sigmas_type": "sigma_min"},
+                                {**SD, "timestep_type": "continuous", "prediction_type": "v_prediction"}])
+_add("EulerDiscreteScheduler", [SD], extra={"s_churn": 1.0})
+_add("EulerAncestralDiscreteScheduler", [{}, SD, {**SD, "prediction_type": "v_prediction"},
+                                         {"timestep_spacing": "leading", "steps_offset": 1}, ZSNR_V])
+_add("HeunDiscreteScheduler", [{}, {**SD, "prediction_type": "v_prediction"}, {"timestep_spacing": "trailing"},
+                               {**SD, "use_karras_sigmas": True}, {"clip_sample": True, "prediction_type": "sample"}])
+_add("DPMSolverMultistepScheduler", [{}, SD, {**SD, "prediction_type": "v_prediction"}, {"solver_order": 3},
+                                     {"solver_order": 1}, {"solver_order": 3, "lower_order_final": False},
+                                     {"timestep_spacing": "leading", "steps_offset": 1},
+                                     {"timestep_spacing": "trailing"}, ZSNR_V, {**SD, "use_karras_sigmas": True},
+                                     {**SD, "use_exponential_sigmas": True}, {"prediction_type": "sample"},
+                                     {"final_sigmas_type": "sigma_min"}, {"algorithm_type": "sde-dpmsolver++"},
+                                     {"algorithm_type": "sde-dpmsolver++", "solver_order": 3, **SD,
+                                      "use_karras_sigmas": True},
+                                     {"solver_type": "heun"}, {"algorithm_type": "sde-dpmsolver++",
+                                                               "solver_type": "heun"},
+                                     {"euler_at_final": True, "final_sigmas_type": "sigma_min"}])
+_add("DPMSolverMultistepScheduler", [{"solver_order": 3}], n=20)
+_add("UniPCMultistepScheduler", [{}, SD, {**SD, "prediction_type": "v_prediction"}, {"solver_order": 3},
+                                 {"solver_order": 1}, {"timestep_spacing": "leading", "steps_offset": 1}, ZSNR_V,
+                                 {**SD, "use_karras_sigmas": True}, {"prediction_type": "sample"},
+                                 {"final_sigmas_type": "sigma_min"}, {"disable_corrector": [0, 3]},
+                                 {"solver_order": 3, "lower_order_final": False, "final_sigmas_type": "sigma_min"}])
+_add("UniPCMultistepScheduler", [{"solver_order": 3}], n=20)
+_add("FlowMatchEulerDiscreteScheduler", [{}, {"shift": 3.0}, {"shift": 3.0, "use_karras_sigmas": True},
+                                         {"shift": 2.0, "use_exponential_sigmas": True},
+                                         {"stochastic_sampling": True, "shift": 3.0}, {"invert_sigmas": True},
+                                         {"shift_terminal": 0.1, "shift": 3.0}])
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+@pytest.mark.parametrize("name,cfg,n,extra", CASES)
+def test_parity_with_diffusers(name, cfg, n, extra):
+    ours, ref = getattr(fdd, name)(**cfg), getattr(diffusers, name)(**cfg)
+    ref.set_timesteps(n)
+    ref_ts = ref.timesteps.clone()
+    ours.set_timesteps(n)
+    respaced = cfg.get("use_karras_sigmas") or cfg.get("use_exponential_sigmas")
+    if respaced and "Flow" not in name:
+        # timesteps come from sigma_to_t of diffusers' float32-rounded sigmas; an integer timestep can land
+        # one below (e.g. 998.99999 truncated to 998), a float one a few 1e-3 away
+        torch.testing.assert_close(ours.timesteps.double(), ref_ts.double(), rtol=0, atol=1.0)
+    else:
+        assert ours.timesteps.dtype == ref_ts.dtype
+        torch.testing.assert_close(ours.timesteps, ref_ts, rtol=1e-6, atol=1e-5)
+    if hasattr(ref, "sigmas"):
+        torch.testing.assert_close(ours.sigmas.double(), ref.sigmas.double(), rtol=2e-4, atol=1e-7)
+    if hasattr(ref, "init_noise_sigma"):
+        assert float(ours.init_noise_sigma) == pytest.approx(float(ref.init_noise_sigma), rel=2e-4)
+    a, a0 = _run(ours, n, ref_ts, extra)
+    b, b0 = _run(ref, n, ref_ts, extra)
+    assert torch.isfinite(a).all()
+    if not torch.isfinite(b).all():
+        # diffusers' own NaN: DDIM with eta=1 at zero terminal SNR takes sqrt(1 - abar_prev - std^2) of a
+        # float32 value just below 0; fastdiff clamps it to 0
+        assert (name, json.dumps(cfg), extra.get("eta")) == ("DDIMScheduler", json.dumps(ZSNR_V), 1.0)
+        return
+    scale = max(1.0, b.abs().max().item())
+    torch.testing.assert_close(a, b, rtol=0, atol=5e-5 * scale)
+    for p, q in zip(a0, b0):
+        if q is not None:
+            # x0 at the first zero-SNR step is a difference of ~4096-sized terms: allow 2e-4
+            assert p is not None and p.dtype == q.dtype
+            torch.testing.assert_close(p, q, rtol=0, atol=2e-4 * max(1.0, q.abs().max().item()))
+
+
+@pytest.mark.parametrize("name", fdd.__all__[:8])
+def test_config_round_trip(name, tmp_path):
+    cfg = {"num_train_timesteps": 500}
+    if name != "FlowMatchEulerDiscreteScheduler":
+        cfg.update(SD)
+    ours = getattr(fdd, name)(**cfg)
+    ours.save_pretrained(tmp_path)
+    with open(tmp_path / "scheduler_config.json") as f:
+        saved = json.load(f)
+    assert saved["_class_name"] == name and saved["num_train_timesteps"] == 500
+    theirs = getattr(diffusers, name).from_pretrained(tmp_path)
+    back = getattr(fdd, name).from_config(theirs.config)
+    keys = set(ours.config) & set(theirs.config)
+    assert keys >= {"num_train_timesteps"}
+    for k in keys:
+        assert ours.config[k] == theirs.config[k] == back.config[k], k
+    # and from diffusers' default config of another scheduler (the documented swap)
+    swapped = getattr(fdd, name).from_config(diffusers.DDIMScheduler(**SD).config)
+    assert swapped.config.num_train_timesteps == 1000
+
+
+@pytest.mark.parametrize("name", fdd.__all__[:8])
+def test_one_fused_step_per_call_and_no_sync(name, monkeypatch):
+    calls = []
+    real = _base.fused_step
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_base, "fused_step", counting)
+    s = getattr(fdd, name)()
+    s.set_timesteps(6)
+    x = torch.randn(2, 3, 4, 4)
+    ts = list(s.timesteps)
+    for i, t in enumerate(ts):
+        if i == 1:
+            # from the second step on, no tensor may be read back on the host
+            def boom(*a, **k):
+                raise AssertionError("host-device sync in step")
+            monkeypatch.setattr(torch.Tensor, "item", boom)
+            monkeypatch.setattr(torch.Tensor, "__bool__", boom)
+        t_arg = float(t) if (i % 2 and t.dtype.is_floating_point) else (int(t) if i % 2 else t)
+        before = len(calls)
+        x = s.step(torch.sin(x), t_arg, x).prev_sample
+        assert len(calls) == before + 1
+    monkeypatch.undo()
+    assert torch.isfinite(x).all() and len(calls) == len(ts)
+
+
+@pytest.mark.parametrize("name", ["DDPMScheduler", "DDIMScheduler"])
+def test_zero_terminal_snr_epsilon_is_finite(name):
+    """diffusers divides by sqrt(alpha_bar_T) = 0 here (inf/NaN); fastdiff clamps alpha_bar to 2**-24."""
+    cfg = {**SD, "rescale_betas_zero_snr": True, "timestep_spacing": "trailing", "clip_sample": False}
+    outs = []
+    for mod in (fdd, diffusers):
+        s = getattr(mod, name)(**cfg)
+        s.set_timesteps(5)
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(2, 3, 4, 4, generator=g)
+        x = s.step(torch.randn(2, 3, 4, 4, generator=g), s.timesteps[0], x, generator=g).prev_sample
+        outs.append(x)
+    assert torch.isfinite(outs[0]).all()
+    assert not torch.isfinite(outs[1]).all()  # the failure the clamp fixes (keeps this test meaningful)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", ["DDIMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler",
+                                  "UniPCMultistepScheduler", "FlowMatchEulerDiscreteScheduler", "HeunDiscreteScheduler"])
+def test_half_precision_kept(name, dtype):
+    ref_ts = getattr(fdd, name)()
+    ref_ts.set_timesteps(8)
+    hi, _ = _run(getattr(fdd, name)(), 8, ref_ts.timesteps)
+    lo, _ = _run(getattr(fdd, name)(), 8, ref_ts.timesteps, dtype=dtype)
+    assert lo.dtype == dtype
+    tol = 0.05 if dtype == torch.float16 else 0.25  # storage rounding of 8 steps; math is fp32
+    torch.testing.assert_close(lo.float(), hi, rtol=0, atol=tol * max(1.0, hi.abs().max().item()))
+
+
+@pytest.mark.parametrize("name", fdd.__all__[:8])
+def test_triton_backend_matches_torch(name):
+    """Three steps through the Triton kernel (interpreter on CPU) against the PyTorch path."""
+    res = []
+    for backend in ("torch", "triton"):
+        s = getattr(fdd, name)(**({"algorithm_type": "sde-dpmsolver++"} if name.startswith("DPM") else {}))
+        s.backend = backend
+        s.set_timesteps(4)
+        torch.manual_seed(3)
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(2, 3, 4, 4, generator=g)
+        for t in list(s.timesteps)[:3]:
+            kw = {"generator": None} if "generator" in inspect.signature(s.step).parameters else {}
+            x = s.step(torch.cos(x), t, x, **kw).prev_sample
+        res.append(x)
+    torch.testing.assert_close(res[1], res[0], rtol=1e-5, atol=1e-5)
+
+
+def test_in_kernel_noise_follows_global_seed():
+    """Without a generator the noise is Philox keyed by one seed from torch's global RNG: reproducible."""
+    outs = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)
+        s = fdd.EulerAncestralDiscreteScheduler()
+        s.set_timesteps(5)
+        x = torch.zeros(2, 3, 4, 4)
+        for t in s.timesteps:
+            x = s.step(torch.zeros_like(x), t, x).prev_sample
+        outs.append(x)
+    assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])
+    # with a zero epsilon prediction each step adds N(0, sigma_up^2): the final std is sqrt(sum sigma_up^2).
+    # 96 values estimate the std to ~7% (1 sd), so +-30% detects wrong noise scales or missing noise
+    sig = s.sigmas.double()
+    up = (sig[1:] ** 2 * (sig[:-1] ** 2 - sig[1:] ** 2) / sig[:-1] ** 2).sqrt()
+    expected = up.pow(2).sum().sqrt().item()
+    assert 0.7 * expected < outs[0].std().item() < 1.3 * expected
+
+
+def test_add_noise_matches_diffusers():
+    x0, noise = torch.randn(3, 2, 4), torch.randn(3, 2, 4)
+    for name in ("DDPMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler"):
+        ours, ref = getattr(fdd, name)(), getattr(diffusers, name)()
+        ours.set_timesteps(10)
+        ref.set_timesteps(10)
+        t = ref.timesteps[[0, 3, 7]]
+        torch.testing.assert_close(ours.add_noise(x0, noise, t), ref.add_noise(x0, noise, t), rtol=2e-4, atol=1e-5)
+    ours, ref = fdd.FlowMatchEulerDiscreteScheduler(shift=3.0), diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    ours.set_timesteps(10)
+    ref.set_timesteps(10)
+    t = ref.timesteps[[1, 4, 9]]
+    torch.testing.assert_close(ours.scale_noise(x0, t, noise), ref.scale_noise(x0, t, noise), rtol=1e-5, atol=1e-6)
+
+
+def test_begin_index_img2img():
+    """set_begin_index starts mid-schedule; multistep orders restart from there as in diffusers."""
+    res = []
+    for mod in (fdd, diffusers):
+        s = mod.DPMSolverMultistepScheduler(solver_order=3)
+        s.set_timesteps(10)
+        s.set_begin_index(4)
+        x = torch.linspace(-1, 1, 24).reshape(2, 3, 4)
+        for t in s.timesteps[4:]:
+            x = s.step(fake_model(x, t), t, x).prev_sample
+        res.append(x)
+    torch.testing.assert_close(res[0], res[1], rtol=0, atol=5e-5)
+
+
+def _tiny_unet():
+    torch.manual_seed(0)
+    return diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16),
+                                 layers_per_block=1, norm_num_groups=8,
+                                 down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D")).eval()
+
+
+@pytest.mark.parametrize("pipe_name,sched_name,kw", [
+    ("DDPMPipeline", "DDPMScheduler", {}),
+    ("DDIMPipeline", "DDIMScheduler", {"eta": 0.0}),
+    ("DDIMPipeline", "DDIMScheduler", {"eta": 1.0}),
+])
+def test_pipeline_swap_same_images(pipe_name, sched_name, kw):
+    unet = _tiny_unet()
+    images = []
+    for sched in (getattr(diffusers, sched_name)(), getattr(fdd, sched_name)()):
+        pipe = getattr(diffusers, pipe_name)(unet=unet, scheduler=diffusers.DDIMScheduler())
+        pipe.scheduler = sched  # the documented swap (DDIMPipeline converts in __init__)
+        pipe.set_progress_bar_config(disable=True)
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            out = pipe(batch_size=2, generator=g, num_inference_steps=8, output_type="np", **kw)
+        images.append(out.images)
+    assert images[0].shape == (2, 8, 8, 3)
+    np.testing.assert_allclose(images[1], images[0], rtol=0, atol=1e-4)
+
+
+def test_works_without_diffusers(tmp_path):
+    """With diffusers absent the stand-in ConfigMixin/outputs are used (run in a fresh interpreter)."""
+    code = f"""
+import sys
+sys.modules['diffusers'] = None  # make 'import diffusers' fail
+import torch, fastdiff.diffusers as fdd
+assert not fdd.HAS_DIFFUSERS
+s = fdd.DDIMScheduler(beta_schedule='scaled_linear', beta_start=0.00085, beta_end=0.012, clip_sample=False)
+assert s.config.clip_sample is False and s.config['num_train_timesteps'] == 1000
+s.save_pretrained({str(tmp_path)!r})
+t = fdd.DDIMScheduler.from_pretrained({str(tmp_path)!r})
+assert dict(t.config) == dict(s.config)
+e = fdd.EulerDiscreteScheduler.from_config(t.config, use_karras_sigmas=True)
+assert e.config.use_karras_sigmas and e.config.beta_schedule == 'scaled_linear'
+t.set_timesteps(4)
+x = torch.randn(1, 2, 3)
+out = t.step(torch.zeros_like(x), t.timesteps[0], x)
+assert out.prev_sample.shape == x.shape and out[0] is out.prev_sample and out.pred_original_sample is not None
+print('ok')
+"""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
