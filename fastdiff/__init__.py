@@ -11,13 +11,17 @@ lecture notes call ``score(y)``); ``grad_log_prob(x)`` is its gradient (what
 modern code calls "the score"). fastdiff never uses the bare word "score" for
 a log-density.
 """
-from . import random
+from . import random, toy
 from .ops import (add_noise, add_noise_with_target, encoder_transition, fused_encode, fused_step,
                   langevin_select, langevin_step, step_coefs)
 from .random import philox_normal
 from .schedules import (BETA_SCHEDULES, ContinuousVPSchedule, DiscreteVPSchedule, FlowMatchingSchedule,
                         VESchedule, exponential_sigmas, inference_timesteps, karras_sigmas, make_betas,
                         polyexponential_sigmas, rescale_zero_terminal_snr, vp_sigmas)
+
+from . import denoisers, sampling
+from .denoisers import CFGDenoiser, Denoiser, EpsDenoiser, FlowDenoiser, VDenoiser, X0Denoiser
+from .sampling import SAMPLERS, initial_noise, list_samplers, sample
 
 __version__ = "0.1.0"
 
@@ -30,6 +34,9 @@ __all__ = [
     # ops
     "add_noise", "add_noise_with_target", "encoder_transition", "fused_encode", "fused_step", "step_coefs",
     "langevin_step", "langevin_select",
-    # rng
-    "philox_normal", "random",
+    # samplers and model wrappers
+    "sample", "SAMPLERS", "list_samplers", "initial_noise", "Denoiser", "EpsDenoiser", "VDenoiser", "X0Denoiser",
+    "FlowDenoiser", "CFGDenoiser",
+    # rng, exact targets, submodules
+    "philox_normal", "random", "toy", "sampling", "denoisers",
 ]

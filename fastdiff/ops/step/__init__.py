@@ -43,8 +43,9 @@ def step_coefs(
     aux_x: _Coef = 0.0,
     aux_d: _Coef = 1.0,
     device: Union[str, torch.device, None] = None,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Build a ``(R, NUM_COEFS)`` float32 coefficient table for ``fused_step``.
+    """Build a ``(R, NUM_COEFS)`` coefficient table for ``fused_step`` (float32; float64 for float64 torch paths).
 
     Each argument is a number (R=1) or a length-R sequence (one row per step or
     per sample); values are assembled in float64 and cast once. The defaults make
@@ -65,7 +66,7 @@ def step_coefs(
         if c.numel() not in (1, rows):
             raise ValueError(f"coefficient {name} has {c.numel()} values; expected 1 or {rows}")
     table = torch.stack([c.expand(rows) for c in cols], dim=1)
-    return table.to(device=device, dtype=torch.float32)
+    return table.to(device=device, dtype=dtype)
 
 
 def fused_step(
