@@ -22,6 +22,10 @@ from .schedules import (BETA_SCHEDULES, ContinuousVPSchedule, DiscreteVPSchedule
 from . import denoisers, sampling
 from .denoisers import CFGDenoiser, Denoiser, EpsDenoiser, FlowDenoiser, VDenoiser, X0Denoiser
 from .sampling import SAMPLERS, initial_noise, list_samplers, sample
+from . import mcmc
+from .mcmc import (VESDE, VPSDE, EnergyGrad, SubVPSDE, annealed_langevin, energy_grad, langevin, mala,
+                   predictor_corrector)
+from . import distributed
 
 __version__ = "0.1.0"
 
@@ -37,6 +41,9 @@ __all__ = [
     # samplers and model wrappers
     "sample", "SAMPLERS", "list_samplers", "initial_noise", "Denoiser", "EpsDenoiser", "VDenoiser", "X0Denoiser",
     "FlowDenoiser", "CFGDenoiser",
+    # Langevin dynamics and score-based MCMC
+    "langevin", "mala", "annealed_langevin", "predictor_corrector", "energy_grad", "EnergyGrad", "VPSDE",
+    "SubVPSDE", "VESDE",
     # rng, exact targets, submodules
-    "philox_normal", "random", "toy", "sampling", "denoisers",
+    "philox_normal", "random", "toy", "sampling", "denoisers", "mcmc", "distributed",
 ]

@@ -166,7 +166,8 @@ def fused_step(
         )
         return (out, aux_out) if want_aux else out
 
-    if impl == "torch" and dev.type == "cpu" and coef_index is None:
+    # Host-float coefficients need a concrete table: under torch.compile the generic path traces instead.
+    if impl == "torch" and dev.type == "cpu" and coef_index is None and not torch.compiler.is_compiling():
         from .cpu import step_cpu
 
         if noise is None and seed is not None:
