@@ -15,7 +15,7 @@ from typing import Optional, Union
 
 import torch
 
-from ..._backend import maybe_rows, resolve_backend
+from ..._backend import maybe_rows, profiled, resolve_backend
 from .._common import KERNEL_DTYPES, as_seed_args, check_float, check_out, check_stream, contig, rows_of
 from .naive import encode_reference
 
@@ -101,6 +101,7 @@ def _coefs_for(schedule, timesteps, target: str, batch: int, device: torch.devic
     return _columns(a, s, target).to(torch.float32).contiguous(), None
 
 
+@profiled("fastdiff::fused_encode")
 def fused_encode(
     x0: torch.Tensor,
     coefs: torch.Tensor,
@@ -155,6 +156,7 @@ def fused_encode(
     return res if len(res) > 1 else out
 
 
+@profiled("fastdiff::add_noise")
 def add_noise(
     x0: torch.Tensor,
     timesteps: Union[torch.Tensor, int, float],
@@ -184,6 +186,7 @@ def add_noise(
                         backend=backend)
 
 
+@profiled("fastdiff::add_noise_with_target")
 def add_noise_with_target(
     x0: torch.Tensor,
     timesteps: Union[torch.Tensor, int, float],
@@ -212,6 +215,7 @@ def add_noise_with_target(
                         write_target=True, write_noise=return_noise, backend=backend)
 
 
+@profiled("fastdiff::encoder_transition")
 def encoder_transition(
     z_prev: torch.Tensor,
     timesteps: Union[torch.Tensor, int],

@@ -16,7 +16,7 @@ from typing import Optional, Union
 
 import torch
 
-from ..._backend import maybe_rows, resolve_backend
+from ..._backend import maybe_rows, profiled, resolve_backend
 from .._common import KERNEL_DTYPES, as_seed_args, check_float, check_out, check_stream, contig, rows_of
 from .naive import langevin_reference
 
@@ -44,6 +44,7 @@ def _check_step(step_size, batch: int, device: torch.device):
     return float(step_size)
 
 
+@profiled("fastdiff::langevin_step")
 def langevin_step(
     x: torch.Tensor,
     grad: torch.Tensor,
@@ -110,6 +111,7 @@ def langevin_step(
     return res.to(x.dtype) if out is None else out.copy_(res)
 
 
+@profiled("fastdiff::langevin_select")
 def langevin_select(
     x: torch.Tensor,
     proposal: torch.Tensor,

@@ -18,7 +18,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from ..._backend import maybe_rows, resolve_backend
+from ..._backend import maybe_rows, profiled, resolve_backend
 from ...random import philox_normal
 from .._common import (KERNEL_DTYPES, as_seed_args, check_float, check_index, check_out, check_stream,
                        contig, rows_of, seq)
@@ -69,6 +69,7 @@ def step_coefs(
     return table.to(device=device, dtype=dtype)
 
 
+@profiled("fastdiff::fused_step")
 def fused_step(
     x: torch.Tensor,
     model_output: torch.Tensor,
