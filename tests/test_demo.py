@@ -1,0 +1,130 @@
+"""``fastdiff demo``: runs --quick in-process, checks its figures and table, and its error handling."""
+import contextlib
+import io
+import math
+import re
+
+import pytest
+import torch
+
+from fastdiff.cli import main
+from fastdiff.demo import config_for
+from fastdiff.sampling import list_samplers
+
+FIGURES = ("training_loss.png", "samples_mixture.png", "samples_model.png", "error_vs_steps.png", "langevin.png")
+ROW = re.compile(r"^(mixture|model)\s+(\w+)\s+(\d+)\s+(\d+)\s+(\S+)\s+(\S+)")
+
+
+def _run(argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(argv)
+    return rc, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    pytest.importorskip("matplotlib")
+    out_dir = tmp_path_factory.mktemp("demo") / "nested" / "out"  # created by the demo
+    threads = torch.get_num_threads()
+    rc, stdout, stderr = _run(["demo", "--quick", "--device", "cpu", "--out", str(out_dir)])
+    return dict(rc=rc, stdout=stdout, stderr=stderr, out=out_dir, threads_after=torch.get_num_threads(),
+                threads_before=threads)
+
+
+def _rows(stdout):
+    rows = {}
+    for line in stdout.splitlines():
+        m = ROW.match(line)
+        if m:
+            target, sampler, steps, evals, sw, ms = m.groups()
+            rows[(target, sampler, int(steps))] = (int(evals), float(sw), float(ms))
+    return rows
+
+
+def test_quick_demo_exits_zero_and_restores_threads(quick_run):
+    assert quick_run["rc"] == 0, quick_run["stderr"][-2000:]
+    assert "Traceback" not in quick_run["stderr"]
+    assert quick_run["threads_after"] == quick_run["threads_before"]
+
+
+def test_quick_demo_writes_non_trivial_pngs(quick_run):
+    import matplotlib.image as mpimg
+
+    assert str(quick_run["out"].resolve()) in quick_run["stdout"]
+    for name in FIGURES:
+        path = quick_run["out"] / name
+        assert path.is_file(), name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        img = mpimg.imread(path)
+        assert img.ndim == 3 and img.shape[0] >= 300 and img.shape[1] >= 500, (name, img.shape)
+        gray = img[..., :3].mean(-1)
+        # a blank or single-colour canvas fails: drawn points/lines/text cover part of the image
+        assert 0.002 < float((gray < 0.9).mean()) < 0.9, name
+        assert float(gray.std()) > 0.05, name
+
+
+def test_quick_demo_table_covers_every_sampler_and_step_count(quick_run):
+    rows = _rows(quick_run["stdout"])
+    steps = config_for(True).steps
+    for target in ("mixture", "model"):
+        for sampler in list_samplers():
+            for k in steps:
+                evals, sw, ms = rows[(target, sampler, k)]
+                assert evals >= k and math.isfinite(ms) and ms > 0, (target, sampler, k)
+                assert math.isfinite(sw) and sw > 0, (target, sampler, k)
+    n_langevin = config_for(True).langevin_steps
+    assert ("mixture", "ula", n_langevin) in rows and ("mixture", "mala", n_langevin) in rows
+
+
+def test_quick_demo_quality(quick_run):
+    """Every sampler at the largest quick step count, and both Langevin chains, land near the exact law.
+
+    The floor is the sliced-W between two exact 1000-point sets (about 0.23 on this ring); 2x the floor
+    detects a sampler that misses or blurs modes (a wrong coefficient gives SW >= 1), not small biases.
+    """
+    rows = _rows(quick_run["stdout"])
+    m = re.search(r"floor of sliced-W .*?: mixture ([\d.]+), model ([\d.]+)", quick_run["stdout"])
+    assert m, quick_run["stdout"][-1500:]
+    floor = float(m.group(1))
+    k = max(config_for(True).steps)
+    bad = {s: rows[("mixture", s, k)][1] for s in list_samplers() if rows[("mixture", s, k)][1] > 2 * floor}
+    assert not bad, f"samplers far from the exact mixture at {k} steps (floor {floor}): {bad}"
+    n_langevin = config_for(True).langevin_steps
+    for name in ("ula", "mala"):
+        assert rows[("mixture", name, n_langevin)][1] < 2 * floor, name
+
+
+def test_out_is_a_file(tmp_path):
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    rc, stdout, stderr = _run(["demo", "--quick", "--out", str(f)])
+    assert rc == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "--out" in lines[0] and "not a directory" in lines[0]
+    assert "Traceback" not in stderr and f.read_text() == "x"
+
+
+def test_out_cannot_be_created(tmp_path):
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    rc, _, stderr = _run(["demo", "--quick", "--out", str(f / "sub")])
+    assert rc == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot create" in lines[0] and "Traceback" not in stderr
+
+
+def test_cuda_requested_without_cuda(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "never"
+    rc, _, stderr = _run(["demo", "--quick", "--device", "cuda", "--out", str(out)])
+    assert rc == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "--device cuda" in lines[0] and "Traceback" not in stderr
+    assert not out.exists()  # the device is checked before anything is written
+
+
+def test_bad_device_choice_is_an_argparse_error(tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        _run(["demo", "--device", "tpu", "--out", str(tmp_path)])
+    assert exc.value.code == 2
