@@ -12,7 +12,7 @@ The same kernel runs the encoder's one-step Markov transition with the table
 import triton
 import triton.language as tl
 
-from .philox import randn_block4, randn_rowcol
+from .philox import flat_offsets, philox_noise
 
 NUM_ENCODE_COEFS: tl.constexpr = 4
 
@@ -28,10 +28,7 @@ def fused_encode_kernel(
     BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    if IDX64:
-        offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
-    else:
-        offs = pid * BLOCK + tl.arange(0, BLOCK)
+    offs = flat_offsets(pid, IDX64, BLOCK)
     mask = offs < total
     row = offs // n_cols
     if HAS_IDX:
@@ -42,14 +39,8 @@ def fused_encode_kernel(
     s = tl.load(coef_ptr + base + 1, mask=mask, other=0.0)
     x0 = tl.load(x0_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if NOISE_MODE == 1:
-        if GROUPED_NOISE:
-            z = randn_block4(seed_lo, seed_hi, stream, pid, n_cols, total, row_ids_ptr, HAS_ROW_IDS, IDX64, BLOCK)
-        else:
-            if HAS_ROW_IDS:
-                rid = tl.load(row_ids_ptr + row, mask=mask, other=0)
-            else:
-                rid = row.to(tl.int64)
-            z = randn_rowcol(seed_lo, seed_hi, rid, stream, (offs % n_cols).to(tl.int64))
+        z = philox_noise(seed_lo, seed_hi, stream, pid, offs, row, mask, n_cols, total, row_ids_ptr,
+                         HAS_ROW_IDS, GROUPED_NOISE, IDX64, BLOCK)
     else:
         z = tl.load(noise_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + offs, (a * x0 + s * z).to(out_ptr.dtype.element_ty), mask=mask)

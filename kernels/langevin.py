@@ -10,7 +10,7 @@ Metropolis decision: ``out = accept[b] ? proposal : x`` per chain, in place.
 import triton
 import triton.language as tl
 
-from .philox import randn_block4, randn_rowcol
+from .philox import flat_offsets, philox_noise
 
 
 # Integer arguments equal to 1 would be specialised into constants (and recompiled); these vary per call.
@@ -22,10 +22,7 @@ def langevin_kernel(
     HAS_ROW_IDS: tl.constexpr, GROUPED_NOISE: tl.constexpr, IDX64: tl.constexpr, BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    if IDX64:
-        offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
-    else:
-        offs = pid * BLOCK + tl.arange(0, BLOCK)
+    offs = flat_offsets(pid, IDX64, BLOCK)
     mask = offs < total
     row = offs // n_cols
     if PER_ROW:
@@ -35,14 +32,8 @@ def langevin_kernel(
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if NOISE_MODE == 1:
-        if GROUPED_NOISE:
-            z = randn_block4(seed_lo, seed_hi, stream, pid, n_cols, total, row_ids_ptr, HAS_ROW_IDS, IDX64, BLOCK)
-        else:
-            if HAS_ROW_IDS:
-                rid = tl.load(row_ids_ptr + row, mask=mask, other=0)
-            else:
-                rid = row.to(tl.int64)
-            z = randn_rowcol(seed_lo, seed_hi, rid, stream, (offs % n_cols).to(tl.int64))
+        z = philox_noise(seed_lo, seed_hi, stream, pid, offs, row, mask, n_cols, total, row_ids_ptr,
+                         HAS_ROW_IDS, GROUPED_NOISE, IDX64, BLOCK)
     else:
         z = tl.load(noise_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     out = x + h * g + tl.sqrt(2.0 * h * temperature) * z
@@ -57,10 +48,7 @@ def langevin_select_kernel(
     IDX64: tl.constexpr, BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    if IDX64:
-        offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
-    else:
-        offs = pid * BLOCK + tl.arange(0, BLOCK)
+    offs = flat_offsets(pid, IDX64, BLOCK)
     mask = offs < total
     row = offs // n_cols
     acc = tl.load(accept_ptr + row, mask=mask, other=0)

@@ -103,3 +103,26 @@ def randn_block4(seed_lo, seed_hi, stream, pid, n_cols, total, row_ids_ptr,
     n3 = r23 * tl.sin(t23)
     # join(join(n0, n2), join(n1, n3)) flattens to n0, n1, n2, n3 per group.
     return tl.reshape(tl.join(tl.join(n0, n2), tl.join(n1, n3)), [BLOCK])
+
+
+@triton.jit
+def flat_offsets(pid, IDX64: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's flat element offsets: int64 when the tensor may pass 2**31 elements."""
+    if IDX64:
+        return pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    else:
+        return pid * BLOCK + tl.arange(0, BLOCK)
+
+
+@triton.jit
+def philox_noise(seed_lo, seed_hi, stream, pid, offs, row, mask, n_cols, total, row_ids_ptr,
+                 HAS_ROW_IDS: tl.constexpr, GROUPED: tl.constexpr, IDX64: tl.constexpr, BLOCK: tl.constexpr):
+    """The Philox normals of this block's elements (one call per 4 elements when ``GROUPED``)."""
+    if GROUPED:
+        return randn_block4(seed_lo, seed_hi, stream, pid, n_cols, total, row_ids_ptr, HAS_ROW_IDS, IDX64, BLOCK)
+    else:
+        if HAS_ROW_IDS:
+            rid = tl.load(row_ids_ptr + row, mask=mask, other=0)
+        else:
+            rid = row.to(tl.int64)
+        return randn_rowcol(seed_lo, seed_hi, rid, stream, (offs % n_cols).to(tl.int64))

@@ -17,7 +17,7 @@ choice of these coefficients, computed on the host in float64 once per schedule.
 import triton
 import triton.language as tl
 
-from .philox import randn_block4, randn_rowcol
+from .philox import flat_offsets, philox_noise
 
 # Column order of the coefficient table (mirrored in fastdiff.ops.step.COEF_NAMES).
 C_IN_X: tl.constexpr = 0
@@ -59,10 +59,7 @@ def fused_step_kernel(
     BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    if IDX64:
-        offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
-    else:
-        offs = pid * BLOCK + tl.arange(0, BLOCK)
+    offs = flat_offsets(pid, IDX64, BLOCK)
     mask = offs < total
     row = offs // n_cols
     if PER_ROW:
@@ -103,14 +100,8 @@ def fused_step_kernel(
         acc += _coef(coef_ptr, base, C_OUT_H2, mask, PER_ROW) \
             * tl.load(h2_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if NOISE_MODE == 1:
-        if GROUPED_NOISE:
-            z = randn_block4(seed_lo, seed_hi, stream, pid, n_cols, total, row_ids_ptr, HAS_ROW_IDS, IDX64, BLOCK)
-        else:
-            if HAS_ROW_IDS:
-                rid = tl.load(row_ids_ptr + row, mask=mask, other=0)
-            else:
-                rid = row.to(tl.int64)
-            z = randn_rowcol(seed_lo, seed_hi, rid, stream, (offs % n_cols).to(tl.int64))
+        z = philox_noise(seed_lo, seed_hi, stream, pid, offs, row, mask, n_cols, total, row_ids_ptr,
+                         HAS_ROW_IDS, GROUPED_NOISE, IDX64, BLOCK)
         acc += _coef(coef_ptr, base, C_OUT_NOISE, mask, PER_ROW) * z
     elif NOISE_MODE == 2:
         z = tl.load(noise_ptr + offs, mask=mask, other=0.0).to(tl.float32)
