@@ -25,7 +25,7 @@ from .sampling import SAMPLERS, initial_noise, list_samplers, sample
 from . import mcmc
 from .mcmc import (VESDE, VPSDE, EnergyGrad, SubVPSDE, annealed_langevin, energy_grad, langevin, mala,
                    predictor_corrector)
-from . import distributed
+from . import distributed, k_diffusion
 
 __version__ = "0.1.0"
 
@@ -45,5 +45,5 @@ __all__ = [
     "langevin", "mala", "annealed_langevin", "predictor_corrector", "energy_grad", "EnergyGrad", "VPSDE",
     "SubVPSDE", "VESDE",
     # rng, exact targets, submodules
-    "philox_normal", "random", "toy", "sampling", "denoisers", "mcmc", "distributed",
+    "philox_normal", "random", "toy", "sampling", "denoisers", "mcmc", "distributed", "k_diffusion",
 ]
