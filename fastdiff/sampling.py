@@ -124,16 +124,23 @@ def ancestral_split(sigma: float, sigma_next: float, eta: float = 1.0) -> Tuple[
 
 def lms_coefficients(t: Sequence[float], i: int, order: int) -> List[float]:
     """Adams-type linear multistep weights: integrals over ``[t_i, t_{i+1}]`` of the Lagrange basis
-    on nodes ``t_i, t_{i-1}, ..., t_{i-order+1}`` (exact polynomial integration, float64)."""
+    on nodes ``t_i, t_{i-1}, ..., t_{i-order+1}`` (exact polynomial integration in float64, pure Python
+    so that torch.compile traces the planning without a break)."""
     nodes = [t[i - j] for j in range(order)]
     out = []
     for j in range(order):
-        poly = np.polynomial.Polynomial([1.0])
+        poly = [1.0]  # coefficients, lowest degree first
         for k in range(order):
             if k != j:
-                poly = poly * np.polynomial.Polynomial([-nodes[k], 1.0]) / (nodes[j] - nodes[k])
-        anti = poly.integ()
-        out.append(float(anti(t[i + 1]) - anti(t[i])))
+                scale = 1.0 / (nodes[j] - nodes[k])
+                shifted = [0.0] + poly  # multiply by (x - nodes[k]) / (nodes[j] - nodes[k])
+                poly = [(shifted[n] - nodes[k] * (poly[n] if n < len(poly) else 0.0)) * scale
+                        for n in range(len(shifted))]
+
+        def antiderivative(x: float, c=poly) -> float:
+            return sum(cn * x ** (n + 1) / (n + 1) for n, cn in enumerate(c))
+
+        out.append(antiderivative(t[i + 1]) - antiderivative(t[i]))
     return out
 
 
@@ -756,28 +763,34 @@ def list_samplers() -> List[str]:
 # entry point
 # ----------------------------------------------------------------------------------------------
 def _host_sigmas(sigmas: Any, flow: bool) -> List[float]:
+    """Validate ``sigmas`` and return them as host floats: the one host read of a run, before the loop.
+
+    Validation runs on the Python list so that torch.compile sees a single ``tolist()``.
+    """
     if isinstance(sigmas, torch.Tensor):
-        sig = sigmas.detach().to("cpu", torch.float64)  # the one host read of the run, before the loop
+        if sigmas.dim() != 1:
+            raise ValueError(f"sigmas must be 1-D with at least 2 entries, got shape {tuple(sigmas.shape)}")
+        sig = sigmas.detach().to("cpu", torch.float64).tolist()
     else:
         try:
-            sig = torch.as_tensor(sigmas, dtype=torch.float64)
-        except (TypeError, ValueError, RuntimeError):
+            sig = [float(v) for v in sigmas]
+        except (TypeError, ValueError):
             raise TypeError(f"sigmas must be a 1-D tensor or sequence of floats, got {type(sigmas).__name__}") from None
-    if sig.dim() != 1 or sig.numel() < 2:
-        raise ValueError(f"sigmas must be 1-D with at least 2 entries, got shape {tuple(sig.shape)}")
-    if not bool(torch.isfinite(sig).all()):
+    if len(sig) < 2:
+        raise ValueError(f"sigmas must be 1-D with at least 2 entries, got {len(sig)}")
+    if not all(math.isfinite(v) for v in sig):
         raise ValueError("sigmas must be finite")
-    if bool((sig < 0).any()):
+    if any(v < 0 for v in sig):
         raise ValueError("sigmas must be non-negative")
-    if bool((sig[1:] > sig[:-1]).any()):
+    if any(b > a for a, b in zip(sig, sig[1:])):
         raise ValueError("sigmas must be non-increasing")
     if sig[-1] != 0:
-        raise ValueError(f"sigmas must end in 0, got last value {float(sig[-1])}")
-    if bool((sig[:-1] == 0).any()):
+        raise ValueError(f"sigmas must end in 0, got last value {sig[-1]}")
+    if any(v == 0 for v in sig[:-1]):
         raise ValueError("only the last entry of sigmas may be 0")
     if flow and sig[0] > 1:
-        raise ValueError(f"flow_euler takes flow times s in [0, 1] as sigmas, got sigmas[0] = {float(sig[0])}")
-    return sig.tolist()
+        raise ValueError(f"flow_euler takes flow times s in [0, 1] as sigmas, got sigmas[0] = {sig[0]}")
+    return sig
 
 
 _GRAPHS: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()

@@ -74,16 +74,11 @@ def test_sampling_loop_compiles_fullgraph_and_matches_eager():
     torch.testing.assert_close(compiled(x), loop(x), rtol=0, atol=0)
 
 
-@pytest.mark.xfail(strict=True, reason="sample_lms plans with numpy.polynomial (lms_coefficients) inside the traced "
-                                       "function: dynamo splits the graph there")
 def test_lms_loop_traces_without_graph_breaks():
     count, reasons = breaks(sampler_loop("lms"), torch.randn(4, 8))
     assert count == 0, reasons
 
 
-@pytest.mark.xfail(strict=True, reason="sampling._host_sigmas validates a sigmas tensor with bool(tensor) / "
-                                       ".tolist() (5 breaks); validate in pure Python after one tolist(), and skip "
-                                       "tensor checks for list/tuple sigmas")
 def test_sample_entry_point_traces_without_graph_breaks():
     count, reasons = breaks(lambda x: S.sample(denoiser, x, SIGMAS, sampler="dpmpp_2m", seed=1, backend="triton"),
                             torch.randn(4, 8))

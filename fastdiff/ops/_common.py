@@ -87,3 +87,29 @@ def seq(name: str, values) -> Sequence:
     if isinstance(values, torch.Tensor):
         raise TypeError(f"{name} must be a list or tuple of tensors, got a Tensor")
     return tuple(values)
+
+
+# Host copies of small coefficient tables, keyed by the tensor's identity and version counter, so the CPU
+# paths read a row as Python floats without a tensor index + .tolist() per call. An in-place torch write to
+# the table (or any view of it) bumps its version and refreshes the copy.
+_HOST_ROWS: dict = {}
+_HOST_ROWS_MAX = 32
+_HOST_ROWS_MAX_ELEMS = 1 << 16
+
+
+def host_row(table: torch.Tensor, r: int) -> list:
+    """Row ``r`` of a CPU ``table`` as Python floats (a cached host copy while the table is unchanged)."""
+    try:
+        ver = table._version
+    except RuntimeError:  # inference-mode tensors keep no version counter
+        return table[r].tolist()
+    ent = _HOST_ROWS.get(id(table))
+    if ent is not None and ent[0] is table and ent[1] == ver and ent[2] == table.data_ptr():
+        return ent[3][r]
+    if table.numel() > _HOST_ROWS_MAX_ELEMS:
+        return table[r].tolist()
+    rows = table.tolist()
+    if len(_HOST_ROWS) >= _HOST_ROWS_MAX:
+        _HOST_ROWS.pop(next(iter(_HOST_ROWS)))
+    _HOST_ROWS[id(table)] = (table, ver, table.data_ptr(), rows)
+    return rows[r]

@@ -21,7 +21,7 @@ import torch
 from ..._backend import maybe_rows, profiled, resolve_backend
 from ...random import philox_normal
 from .._common import (KERNEL_DTYPES, as_seed_args, check_float, check_index, check_out, check_stream,
-                       contig, rows_of, seq)
+                       contig, host_row, rows_of, seq)
 from .naive import COEF_NAMES, MAX_HISTORY, NUM_COEFS, step_reference
 
 __all__ = ["fused_step", "step_coefs", "COEF_NAMES", "NUM_COEFS", "MAX_HISTORY", "step_reference"]
@@ -173,9 +173,9 @@ def fused_step(
 
         if noise is None and seed is not None:
             noise = philox_normal(x.shape, seed, stream, row_ids=row_ids, device=dev)
-        res, aux = step_cpu(x, model_output, coefs[coef_row].tolist(), x_eval=x_eval, history=history,
-                            guidance=guidance, clip=clip, noise=noise, want_aux=want_aux)
-        return _finish(x, res, aux, out, aux_out, want_aux)
+        res, aux = step_cpu(x, model_output, host_row(coefs, coef_row), x_eval=x_eval, history=history,
+                            guidance=guidance, clip=clip, noise=noise, want_aux=want_aux, out=out, aux_out=aux_out)
+        return (res, aux) if want_aux else res
 
     compute = None if impl == "reference" else (torch.float64 if x.dtype == torch.float64 else torch.float32)
     res, aux = step_reference(
