@@ -14,7 +14,7 @@ import triton.language as tl
 
 from .philox import flat_offsets, philox_noise
 
-NUM_ENCODE_COEFS: tl.constexpr = 4
+NUM_ENCODE_COEFS = tl.constexpr(4)
 
 
 # Integer arguments equal to 1 would be specialised into constants (and recompiled); these vary per call.

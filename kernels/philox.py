@@ -15,12 +15,12 @@ device. ``fastdiff.random.philox_normal`` reproduces the same stream in PyTorch.
 import triton
 import triton.language as tl
 
-PHILOX_M0: tl.constexpr = 0xD2511F53
-PHILOX_M1: tl.constexpr = 0xCD9E8D57
-PHILOX_W0: tl.constexpr = 0x9E3779B9
-PHILOX_W1: tl.constexpr = 0xBB67AE85
-TWO_PI: tl.constexpr = 6.283185307179586
-INV_2_24: tl.constexpr = 5.9604644775390625e-08
+PHILOX_M0 = tl.constexpr(0xD2511F53)
+PHILOX_M1 = tl.constexpr(0xCD9E8D57)
+PHILOX_W0 = tl.constexpr(0x9E3779B9)
+PHILOX_W1 = tl.constexpr(0xBB67AE85)
+TWO_PI = tl.constexpr(6.283185307179586)
+INV_2_24 = tl.constexpr(5.9604644775390625e-08)
 
 
 @triton.jit

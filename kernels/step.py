@@ -20,20 +20,20 @@ import triton.language as tl
 from .philox import flat_offsets, philox_noise
 
 # Column order of the coefficient table (mirrored in fastdiff.ops.step.COEF_NAMES).
-C_IN_X: tl.constexpr = 0
-C_IN_M: tl.constexpr = 1
-C_GUIDANCE: tl.constexpr = 2
-C_OUT_X: tl.constexpr = 3
-C_OUT_E: tl.constexpr = 4
-C_OUT_M: tl.constexpr = 5
-C_OUT_D: tl.constexpr = 6
-C_OUT_H0: tl.constexpr = 7
-C_OUT_H1: tl.constexpr = 8
-C_OUT_H2: tl.constexpr = 9
-C_OUT_NOISE: tl.constexpr = 10
-C_AUX_X: tl.constexpr = 11
-C_AUX_D: tl.constexpr = 12
-NUM_COEFS: tl.constexpr = 13
+C_IN_X = tl.constexpr(0)
+C_IN_M = tl.constexpr(1)
+C_GUIDANCE = tl.constexpr(2)
+C_OUT_X = tl.constexpr(3)
+C_OUT_E = tl.constexpr(4)
+C_OUT_M = tl.constexpr(5)
+C_OUT_D = tl.constexpr(6)
+C_OUT_H0 = tl.constexpr(7)
+C_OUT_H1 = tl.constexpr(8)
+C_OUT_H2 = tl.constexpr(9)
+C_OUT_NOISE = tl.constexpr(10)
+C_AUX_X = tl.constexpr(11)
+C_AUX_D = tl.constexpr(12)
+NUM_COEFS = tl.constexpr(13)
 
 
 @triton.jit
