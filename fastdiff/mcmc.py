@@ -528,6 +528,8 @@ def _sigma_list(sigmas) -> list:
         raise ValueError("sigmas must not be empty")
     if not all(s > 0 and math.isfinite(s) for s in vals):
         raise ValueError("sigmas must be positive and finite")
+    if any(b > a for a, b in zip(vals, vals[1:])):
+        raise ValueError("sigmas must be non-increasing (annealing goes from the largest noise level down)")
     return vals
 
 

@@ -83,7 +83,9 @@ def fused_step_kernel(
     d = _coef(coef_ptr, base, C_IN_X, mask, PER_ROW) * xe \
         + _coef(coef_ptr, base, C_IN_M, mask, PER_ROW) * m
     if DO_CLIP:
-        d = tl.minimum(tl.maximum(d, -clip_value), clip_value)
+        # Propagate NaN: a NaN x0 estimate must stay NaN, not become -clip (PTX min/max drop NaN by default).
+        d = tl.minimum(tl.maximum(d, -clip_value, propagate_nan=tl.PropagateNan.ALL), clip_value,
+                       propagate_nan=tl.PropagateNan.ALL)
 
     acc = _coef(coef_ptr, base, C_OUT_X, mask, PER_ROW) * x \
         + _coef(coef_ptr, base, C_OUT_D, mask, PER_ROW) * d \
