@@ -126,9 +126,10 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
     def _host_value(timestep) -> Optional[float]:
         """The timestep as a float when reading it costs no device sync, else None."""
         if isinstance(timestep, torch.Tensor):
-            if timestep.device.type != "cpu" or timestep.numel() != 1:
+            if not timestep.is_cpu or timestep.numel() != 1:
                 return None
-            return float(timestep.reshape(()).tolist())
+            # a CPU tensor: reading it is no device sync (and a 0-d one needs no reshape)
+            return float((timestep if timestep.dim() == 0 else timestep.reshape(())).tolist())
         if isinstance(timestep, (int, float, np.integer, np.floating)) and not isinstance(timestep, bool):
             return float(timestep)
         return None
@@ -176,7 +177,7 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
         return self._step_index
 
     def _num_steps(self) -> int:
-        return len(self.timesteps)
+        return self.timesteps.shape[0]
 
     # ------------------------------------------------------------------ coefficient tables
     def _build_table(self, key: Hashable) -> torch.Tensor:  # pragma: no cover - abstract
@@ -211,12 +212,25 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
     # ------------------------------------------------------------------ the fused launch
     def _launch(self, sample: torch.Tensor, model_output: torch.Tensor, table: torch.Tensor, row: int, *,
                 out_dtype: torch.dtype, aux_dtype: Optional[torch.dtype] = None, **kwargs):
-        """One ``fused_step`` into a fresh ``out_dtype`` buffer (and an ``aux_dtype`` aux buffer when asked)."""
-        out = torch.empty(sample.shape, dtype=out_dtype, device=sample.device)
-        aux = None if aux_dtype is None else torch.empty(sample.shape, dtype=aux_dtype, device=sample.device)
-        res = fused_step(sample, model_output, table, coef_row=row, out=out, aux_out=aux, backend=self.backend,
-                         **kwargs)
-        return res if aux is not None else (res, None)
+        """One ``fused_step`` into a fresh ``out_dtype`` buffer (and an ``aux_dtype`` aux buffer when asked).
+
+        A result in the sample's own dtype is left to ``fused_step`` to allocate (no Python-side
+        ``torch.empty``: on CPU the step's last tensor op writes it), others get an explicit buffer.
+        """
+        sd = sample.dtype
+        out = None if out_dtype == sd else torch.empty(sample.shape, dtype=out_dtype, device=sample.device)
+        if aux_dtype is None:
+            aux, want = None, False
+        else:
+            aux = None if aux_dtype == sd else torch.empty(sample.shape, dtype=aux_dtype, device=sample.device)
+            want = True
+        if kwargs:
+            res = fused_step(sample, model_output, table, coef_row=row, out=out, aux_out=aux, write_aux=want,
+                             backend=self.backend, **kwargs)
+        else:
+            res = fused_step(sample, model_output, table, coef_row=row, out=out, aux_out=aux, write_aux=want,
+                             backend=self.backend)
+        return res if want else (res, None)
 
     # ------------------------------------------------------------------ add_noise on a per-index table
     def _encode(self, original_samples: torch.Tensor, noise: torch.Tensor, a: np.ndarray, s: np.ndarray,

@@ -16,7 +16,7 @@ import torch
 
 from ..schedules import inference_timesteps
 from ._base import ZTSNR_ALPHA_BAR, DiscreteBetaMixin, FusedSchedulerBase, rows
-from ._compat import output_class, register_to_config
+from ._compat import output_builder, register_to_config
 
 __all__ = ["DDPMScheduler", "DDIMScheduler", "x0_coefs"]
 
@@ -216,7 +216,7 @@ class DDPMScheduler(_DiscreteVPBase):
         self._step_index = i + 1
         if not return_dict:
             return (prev, x0)
-        return output_class("DDPMSchedulerOutput")(prev_sample=prev, pred_original_sample=x0)
+        return output_builder("DDPMSchedulerOutput")(prev, x0)
 
 
 class DDIMScheduler(_DiscreteVPBase):
@@ -328,4 +328,4 @@ class DDIMScheduler(_DiscreteVPBase):
             self._step_index = i + 1
         if not return_dict:
             return (prev, x0)
-        return output_class("DDIMSchedulerOutput")(prev_sample=prev, pred_original_sample=x0)
+        return output_builder("DDIMSchedulerOutput")(prev, x0)

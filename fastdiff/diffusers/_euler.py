@@ -16,7 +16,9 @@ import torch
 
 from ..random import philox_normal
 from ._base import DiscreteBetaMixin, FusedSchedulerBase, check_one_of, interp, rows, sigma_to_t
-from ._compat import output_class, register_to_config
+from ._compat import output_builder, register_to_config
+
+_INT_DTYPES = (torch.int32, torch.int64)
 
 __all__ = ["EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler", "sigma_x0_coefs"]
 
@@ -85,6 +87,7 @@ class _SigmaBase(DiscreteBetaMixin, FusedSchedulerBase):
         self.sigmas = torch.from_numpy(sigmas_f32.astype(np.float32))
         self.timesteps = torch.from_numpy(np.asarray(ts).astype(np.float32)).to(device=device)
         self._sig = self.sigmas.to(torch.float64).numpy()
+        self._sig_host = self._sig.tolist()  # Python floats: cheap per-step scalar reads
         # the input scaling, computed in float32 exactly as diffusers does
         self._scale = [float(v) for v in (self.sigmas**2 + 1) ** 0.5]
         self._tables.clear()
@@ -109,8 +112,8 @@ class _SigmaBase(DiscreteBetaMixin, FusedSchedulerBase):
         return sample / self._scale[self._step_index]
 
     def _check_timestep(self, timestep) -> None:
-        if isinstance(timestep, (int, torch.IntTensor, torch.LongTensor)) or (
-                isinstance(timestep, torch.Tensor) and timestep.dtype in (torch.int32, torch.int64)):
+        # (torch.IntTensor / LongTensor instances are int32/int64 tensors: the dtype test covers them cheaply)
+        if isinstance(timestep, int) or (isinstance(timestep, torch.Tensor) and timestep.dtype in _INT_DTYPES):
             raise ValueError(f"Passing integer indices (e.g. from `enumerate(timesteps)`) as timesteps to "
                              f"`{type(self).__name__}.step()` is not supported. Make sure to pass one of the "
                              f"`scheduler.timesteps` as a timestep.")
@@ -118,7 +121,10 @@ class _SigmaBase(DiscreteBetaMixin, FusedSchedulerBase):
     @staticmethod
     def _aux_dtype(model_output: torch.Tensor, sample: torch.Tensor) -> torch.dtype:
         # diffusers casts the sample to float32 first, so x0 comes out in (at least) float32
-        return torch.promote_types(torch.float32, torch.promote_types(model_output.dtype, sample.dtype))
+        md, sd = model_output.dtype, sample.dtype
+        if md is sd and (md is torch.float32 or md is torch.float64):
+            return md
+        return torch.promote_types(torch.float32, torch.promote_types(md, sd))
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """``x0 + sigma * noise`` at the given schedule timesteps (one fused pass)."""
@@ -234,8 +240,9 @@ class EulerDiscreteScheduler(_SigmaBase):
         i = self._current_index(timestep)
         key = (float(s_churn), float(s_tmin), float(s_tmax))
         table = self._table(key, sample.device)
-        sigma = self._sig[i]
-        gamma = min(key[0] / (len(self._sig) - 1), 2**0.5 - 1) if key[1] <= sigma <= key[2] else 0.0
+        sigma = self._sig_host[i]
+        gamma = (min(key[0] / (len(self._sig_host) - 1), 2**0.5 - 1)
+                 if key[0] != 0.0 and key[1] <= sigma <= key[2] else 0.0)  # s_churn = 0: no churn
         x = sample
         if gamma > 0:
             # churn: the model saw x, but the step starts from x + noise * sqrt(sigma_hat**2 - sigma**2)
@@ -250,7 +257,7 @@ class EulerDiscreteScheduler(_SigmaBase):
         self._step_index = i + 1
         if not return_dict:
             return (prev, x0)
-        return output_class("EulerDiscreteSchedulerOutput")(prev_sample=prev, pred_original_sample=x0)
+        return output_builder("EulerDiscreteSchedulerOutput")(prev, x0)
 
 
 class EulerAncestralDiscreteScheduler(_SigmaBase):
@@ -316,7 +323,7 @@ class EulerAncestralDiscreteScheduler(_SigmaBase):
         self._step_index = i + 1
         if not return_dict:
             return (prev, x0)
-        return output_class("EulerAncestralDiscreteSchedulerOutput")(prev_sample=prev, pred_original_sample=x0)
+        return output_builder("EulerAncestralDiscreteSchedulerOutput")(prev, x0)
 
 
 class HeunDiscreteScheduler(_SigmaBase):
@@ -420,4 +427,4 @@ class HeunDiscreteScheduler(_SigmaBase):
         self._step_index = i + 1
         if not return_dict:
             return (prev, x0)
-        return output_class("HeunDiscreteSchedulerOutput")(prev_sample=prev, pred_original_sample=x0)
+        return output_builder("HeunDiscreteSchedulerOutput")(prev, x0)

@@ -9,7 +9,7 @@ import torch
 
 from ..schedules import FlowMatchingSchedule
 from ._base import DiscreteBetaMixin, FusedSchedulerBase, check_one_of, rows
-from ._compat import output_class, register_to_config
+from ._compat import output_builder, register_to_config
 
 __all__ = ["FlowMatchEulerDiscreteScheduler"]
 
@@ -169,7 +169,9 @@ class FlowMatchEulerDiscreteScheduler(DiscreteBetaMixin, FusedSchedulerBase):
              generator: Optional[torch.Generator] = None, per_token_timesteps: Optional[torch.Tensor] = None,
              return_dict: bool = True):
         """One Euler step of the flow ODE (a single fused pass; no host-device sync)."""
-        if isinstance(timestep, (int, torch.IntTensor, torch.LongTensor)):
+        # (IntTensor / LongTensor: the CPU int32 / int64 tensors; a dtype test is cheaper than the legacy types')
+        if isinstance(timestep, int) or (isinstance(timestep, torch.Tensor) and timestep.is_cpu
+                                         and timestep.dtype in (torch.int32, torch.int64)):
             raise ValueError("Passing integer indices (e.g. from `enumerate(timesteps)`) as timesteps to "
                              "`FlowMatchEulerDiscreteScheduler.step()` is not supported. Make sure to pass one of "
                              "the `scheduler.timesteps` as a timestep.")
@@ -184,4 +186,4 @@ class FlowMatchEulerDiscreteScheduler(DiscreteBetaMixin, FusedSchedulerBase):
         self._step_index = i + 1
         if not return_dict:
             return (prev,)
-        return output_class("FlowMatchEulerDiscreteSchedulerOutput")(prev_sample=prev)
+        return output_builder("FlowMatchEulerDiscreteSchedulerOutput")(prev)

@@ -14,7 +14,7 @@ import torch
 
 from ._base import DiscreteBetaMixin, FusedSchedulerBase, check_one_of, interp, rows, sigma_to_t, \
     spaced_timesteps
-from ._compat import output_class, register_to_config
+from ._compat import output_builder, register_to_config
 
 __all__ = ["DPMSolverMultistepScheduler", "UniPCMultistepScheduler"]
 
@@ -324,7 +324,7 @@ class DPMSolverMultistepScheduler(_MultistepBase):
         self._step_index = i + 1
         if not return_dict:
             return (prev,)
-        return output_class("SchedulerOutput")(prev_sample=prev)
+        return output_builder("SchedulerOutput")(prev)
 
 
 class UniPCMultistepScheduler(_MultistepBase):
@@ -543,4 +543,4 @@ class UniPCMultistepScheduler(_MultistepBase):
         self._step_index = i + 1
         if not return_dict:
             return (prev,)
-        return output_class("SchedulerOutput")(prev_sample=prev)
+        return output_builder("SchedulerOutput")(prev)

@@ -91,10 +91,11 @@ def seq(name: str, values) -> Sequence:
 
 # Host copies of small coefficient tables, keyed by the tensor's identity and version counter, so the CPU
 # paths read a row as Python floats without a tensor index + .tolist() per call. An in-place torch write to
-# the table (or any view of it) bumps its version and refreshes the copy.
+# the table (or any view of it) bumps its version and refreshes the copy; writes that bypass the version
+# counter (through ``.data`` or a numpy view) are not seen -- coefficient tables are read-only inputs.
 _HOST_ROWS: dict = {}
 _HOST_ROWS_MAX = 32
-_HOST_ROWS_MAX_ELEMS = 1 << 16
+_HOST_ROWS_MAX_ELEMS = 1 << 14  # 1000+ steps x 13 coefficients; a host copy costs ~32 B per value
 
 
 def host_row(table: torch.Tensor, r: int) -> list:
@@ -110,6 +111,9 @@ def host_row(table: torch.Tensor, r: int) -> list:
         return table[r].tolist()
     rows = table.tolist()
     if len(_HOST_ROWS) >= _HOST_ROWS_MAX:
-        _HOST_ROWS.pop(next(iter(_HOST_ROWS)))
+        try:  # evict the oldest entry (tolerant of a concurrent eviction from another thread)
+            _HOST_ROWS.pop(next(iter(_HOST_ROWS)), None)
+        except (StopIteration, RuntimeError):
+            pass
     _HOST_ROWS[id(table)] = (table, ver, table.data_ptr(), rows)
     return rows[r]

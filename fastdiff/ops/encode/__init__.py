@@ -17,7 +17,7 @@ import torch
 
 from ..._backend import maybe_rows, profiled, resolve_backend
 from .._common import KERNEL_DTYPES, as_seed_args, check_float, check_out, check_stream, contig, rows_of
-from .naive import encode_reference
+from .naive import encode_cpu, encode_reference
 
 __all__ = ["add_noise", "add_noise_with_target", "encoder_transition", "fused_encode", "encode_reference",
            "TARGETS"]
@@ -90,7 +90,7 @@ def _coefs_for(schedule, timesteps, target: str, batch: int, device: torch.devic
         if timesteps.dtype.is_floating_point or timesteps.dtype == torch.bool:
             raise TypeError(f"timesteps for a discrete schedule must be integer indices, got {timesteps.dtype}")
         if device.type == "cpu" and timesteps.numel():  # free on CPU; on GPU this would sync
-            lo, hi = int(timesteps.min()), int(timesteps.max())
+            lo, hi = (int(v) for v in torch.aminmax(timesteps))  # one reduction, not two
             if lo < 0 or hi >= schedule.num_train_timesteps:
                 raise ValueError(f"timesteps must lie in [0, {schedule.num_train_timesteps}), got [{lo}, {hi}]")
         table = _discrete_table(schedule, "transition" if transition else target, device)
@@ -145,6 +145,10 @@ def fused_encode(
         noise_out = torch.empty_like(out) if write_noise else None
         fused_encode_triton(contig(x0), coefs.contiguous(), index, contig(noise), row_ids, out, target, noise_out,
                             seed_lo, seed_hi, stream)
+    elif impl == "torch":
+        out, target, z = encode_cpu(x0, coefs, index, noise=noise, seed=seed if noise is None else None,
+                                    stream=stream, row_ids=row_ids, write_target=write_target, out=out)
+        noise_out = (z if z.dtype is x0.dtype else z.to(x0.dtype)) if write_noise else None
     else:
         compute = None if impl == "reference" else (torch.float64 if x0.dtype == torch.float64 else torch.float32)
         xt, tgt, z = encode_reference(x0, coefs, index, noise=noise, seed=seed if noise is None else None,

@@ -18,7 +18,7 @@ import torch
 
 from ..._backend import maybe_rows, profiled, resolve_backend
 from .._common import KERNEL_DTYPES, as_seed_args, check_float, check_out, check_stream, contig, rows_of
-from .naive import langevin_reference
+from .naive import langevin_cpu, langevin_reference
 
 __all__ = ["langevin_step", "langevin_select", "langevin_reference"]
 
@@ -103,6 +103,15 @@ def langevin_step(
         langevin_step_triton(contig(x), contig(grad), step if per_row else None, contig(noise), row_ids, out,
                              noise_out, 0.0 if per_row else step, float(temperature), seed_lo, seed_hi, stream)
         return out
+    if impl == "torch":
+        # noise_out sharing out's memory: keep the reference's order (noise stored first, then the result)
+        late = (noise_out is not None and out is not None
+                and noise_out.untyped_storage().data_ptr() == out.untyped_storage().data_ptr())
+        res, z = langevin_cpu(x, grad, step, temperature=float(temperature), noise=noise, seed=seed, stream=stream,
+                              row_ids=row_ids, out=None if late else out)
+        if noise_out is not None:
+            noise_out.copy_(z)
+        return out.copy_(res) if late else res
     compute = None if impl == "reference" else (torch.float64 if x.dtype == torch.float64 else torch.float32)
     res, z = langevin_reference(x, grad, step, temperature=float(temperature), noise=noise, seed=seed,
                                 stream=stream, row_ids=row_ids, compute_dtype=compute)

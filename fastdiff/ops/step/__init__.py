@@ -20,13 +20,38 @@ import torch
 
 from ..._backend import maybe_rows, profiled, resolve_backend
 from ...random import philox_normal
-from .._common import (KERNEL_DTYPES, as_seed_args, check_float, check_index, check_out, check_stream,
+from .._common import (FLOAT_DTYPES, KERNEL_DTYPES, as_seed_args, check_float, check_index, check_out, check_stream,
                        contig, host_row, rows_of, seq)
+from .cpu import step_cpu
 from .naive import COEF_NAMES, MAX_HISTORY, NUM_COEFS, step_reference
 
 __all__ = ["fused_step", "step_coefs", "COEF_NAMES", "NUM_COEFS", "MAX_HISTORY", "step_reference"]
 
 _Coef = Union[float, Sequence[float], torch.Tensor]
+_CPU_BACKENDS = ("auto", "torch")
+_Tensor = torch.Tensor
+_FLOATS = frozenset(FLOAT_DTYPES)
+_NO_HISTORY = ()
+
+
+def _plain_cpu(t) -> bool:
+    """A plain (not subclassed) float CPU tensor: what the cheap path of ``fused_step`` accepts."""
+    return type(t) is _Tensor and t.is_cpu and t.dtype in _FLOATS
+
+
+def _plain_history(history, x: torch.Tensor) -> bool:
+    return (type(history) in (tuple, list) and len(history) <= MAX_HISTORY
+            and all(_plain_cpu(h) and h.shape == x.shape for h in history))
+
+
+def _halves(mshape: torch.Size, xshape: torch.Size) -> bool:
+    """model_output holds [uncond; cond] halves of x's batch (guidance)."""
+    return len(mshape) == len(xshape) and mshape[0] == 2 * xshape[0] and mshape[1:] == xshape[1:]
+
+
+def _plain_out(buf, x: torch.Tensor) -> bool:
+    """``out=`` buffers the cheap path accepts: contiguous float CPU tensors of x's shape (as ``check_out``)."""
+    return _plain_cpu(buf) and buf.shape == x.shape and buf.is_contiguous()
 
 
 def step_coefs(
@@ -111,6 +136,22 @@ def fused_step(
     Returns:
         ``out``, or ``(out, aux)`` when ``write_aux`` or ``aux_out`` is given.
     """
+    if (backend in _CPU_BACKENDS and coef_index is None and seed is None and noise is None and row_ids is None
+            and x_eval is None and type(x) is _Tensor and type(model_output) is _Tensor
+            and x.is_cpu and model_output.is_cpu and x.dtype in _FLOATS and model_output.dtype in _FLOATS
+            and x.dim() and (model_output.shape == x.shape if not guidance else _halves(model_output.shape, x.shape))
+            and type(coefs) is _Tensor and coefs.is_cpu
+            and len(cs := coefs.shape) == 2 and cs[1] == NUM_COEFS
+            and type(coef_row) is int and 0 <= coef_row < cs[0] and (clip is None or clip > 0)
+            and (history is _NO_HISTORY or _plain_history(history, x))
+            and (out is None or _plain_out(out, x)) and (aux_out is None or _plain_out(aux_out, x))
+            and type(stream) is int and 0 <= stream < 2**32 and not torch.compiler.is_compiling()):
+        # the common CPU call, validated by the cheap checks above: straight to the host-coefficient path
+        want_aux = write_aux or aux_out is not None
+        res, aux = step_cpu(x, model_output, host_row(coefs, coef_row), x_eval=None, history=history,
+                            guidance=guidance, clip=clip, noise=None, want_aux=want_aux, out=out, aux_out=aux_out)
+        return (res, aux) if want_aux else res
+
     check_float("x", x)
     batch, _ = rows_of(x)
     dev = x.device
@@ -169,8 +210,6 @@ def fused_step(
 
     # Host-float coefficients need a concrete table: under torch.compile the generic path traces instead.
     if impl == "torch" and dev.type == "cpu" and coef_index is None and not torch.compiler.is_compiling():
-        from .cpu import step_cpu
-
         if noise is None and seed is not None:
             noise = philox_normal(x.shape, seed, stream, row_ids=row_ids, device=dev)
         res, aux = step_cpu(x, model_output, host_row(coefs, coef_row), x_eval=x_eval, history=history,
