@@ -29,8 +29,9 @@ def check_float(name: str, t, *, like: Optional[torch.Tensor] = None, shape=None
     return t
 
 
-def check_index(name: str, t, batch: int, device: torch.device) -> torch.Tensor:
-    """Require an integer index tensor of shape (batch,) on ``device``; returns it as contiguous int64."""
+def check_index(name: str, t, batch: int, device: torch.device, rows: Optional[int] = None) -> torch.Tensor:
+    """Require an integer index tensor of shape (batch,) on ``device`` (values in [0, rows) when given, checked
+    on CPU only: on a GPU the check would sync); returns it as contiguous int64."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be an integer tensor of shape ({batch},), got {type(t).__name__}")
     if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
@@ -39,6 +40,10 @@ def check_index(name: str, t, batch: int, device: torch.device) -> torch.Tensor:
         raise ValueError(f"{name} must have shape ({batch},), got {tuple(t.shape)}")
     if t.device != device:
         raise ValueError(f"{name} is on {t.device} but the data is on {device}")
+    if rows is not None and device.type == "cpu" and t.numel():
+        lo, hi = int(t.min()), int(t.max())
+        if lo < 0 or hi >= rows:
+            raise ValueError(f"{name} values must lie in [0, {rows}) (rows of the table), got [{lo}, {hi}]")
     return t.to(torch.int64).contiguous()
 
 

@@ -34,8 +34,8 @@ def _check_step(step_size, batch: int, device: torch.device):
                              f"got {tuple(step_size.shape)}")
         if step_size.device != device:
             raise ValueError(f"step_size is on {step_size.device} but x is on {device}")
-        if device.type == "cpu" and step_size.numel() and not bool((step_size > 0).all()):
-            raise ValueError("step_size must be positive for every chain")
+        if device.type == "cpu" and step_size.numel() and not bool(((step_size > 0) & torch.isfinite(step_size)).all()):
+            raise ValueError("step_size must be positive and finite for every chain")
         return step_size.to(torch.float32).contiguous()
     if isinstance(step_size, bool) or not isinstance(step_size, (int, float)):
         raise TypeError(f"step_size must be a float or a float tensor, got {type(step_size).__name__}")
@@ -79,8 +79,8 @@ def langevin_step(
     dev = x.device
     check_float("grad", grad, like=x, shape=x.shape)
     step = _check_step(step_size, batch, dev)
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(f"temperature must be a positive float, got {temperature!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be a positive finite float, got {temperature!r}")
     if noise is not None:
         check_float("noise", noise, like=x, shape=x.shape)
         if seed is not None:

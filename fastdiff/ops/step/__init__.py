@@ -85,7 +85,12 @@ def step_coefs(
         raise ValueError(f"out_h takes at most {MAX_HISTORY} history coefficients, got {len(out_h)}")
     out_h = out_h + (0.0,) * (MAX_HISTORY - len(out_h))
     values = [in_x, in_m, guidance, out_x, out_e, out_m, out_d, *out_h, out_noise, aux_x, aux_d]
-    cols = [torch.as_tensor(v, dtype=torch.float64).reshape(-1) for v in values]
+    cols = []
+    for name, v in zip(COEF_NAMES, values):
+        try:
+            cols.append(torch.as_tensor(v, dtype=torch.float64).reshape(-1))
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"coefficient {name} must be a number or a 1-D sequence of numbers, got {v!r}") from None
     rows = max(c.numel() for c in cols)
     for name, c in zip(COEF_NAMES, cols):
         if c.numel() not in (1, rows):
@@ -140,9 +145,10 @@ def fused_step(
             and x_eval is None and type(x) is _Tensor and type(model_output) is _Tensor
             and x.is_cpu and model_output.is_cpu and x.dtype in _FLOATS and model_output.dtype in _FLOATS
             and x.dim() and (model_output.shape == x.shape if not guidance else _halves(model_output.shape, x.shape))
-            and type(coefs) is _Tensor and coefs.is_cpu
+            and type(coefs) is _Tensor and coefs.is_cpu and coefs.dtype in _FLOATS
             and len(cs := coefs.shape) == 2 and cs[1] == NUM_COEFS
-            and type(coef_row) is int and 0 <= coef_row < cs[0] and (clip is None or clip > 0)
+            and type(coef_row) is int and 0 <= coef_row < cs[0]
+            and (clip is None or (type(clip) in (int, float) and clip > 0))
             and (history is _NO_HISTORY or _plain_history(history, x))
             and (out is None or _plain_out(out, x)) and (aux_out is None or _plain_out(aux_out, x))
             and type(stream) is int and 0 <= stream < 2**32 and not torch.compiler.is_compiling()):
@@ -163,6 +169,8 @@ def fused_step(
     if not isinstance(coefs, torch.Tensor) or coefs.dim() != 2 or coefs.shape[1] != NUM_COEFS:
         raise ValueError(f"coefs must be a (R, {NUM_COEFS}) tensor from step_coefs, got "
                          f"{tuple(coefs.shape) if isinstance(coefs, torch.Tensor) else type(coefs).__name__}")
+    if not coefs.dtype.is_floating_point:
+        raise TypeError(f"coefs must be a float table from step_coefs, got {coefs.dtype}")
     if coefs.device != dev:
         raise ValueError(f"coefs is on {coefs.device} but x is on {dev}; build the table on x's device once")
     if x_eval is not None:
@@ -172,10 +180,14 @@ def fused_step(
         raise ValueError(f"history takes at most {MAX_HISTORY} tensors, got {len(history)}")
     for k, h in enumerate(history):
         check_float(f"history[{k}]", h, like=x, shape=x.shape)
+    if isinstance(coef_row, bool) or not isinstance(coef_row, int):
+        raise TypeError(f"coef_row must be an int, got {type(coef_row).__name__}")
     if coef_index is not None:
-        coef_index = check_index("coef_index", coef_index, batch, dev)
+        coef_index = check_index("coef_index", coef_index, batch, dev, rows=coefs.shape[0])
     elif not 0 <= coef_row < coefs.shape[0]:
         raise ValueError(f"coef_row must be in [0, {coefs.shape[0]}), got {coef_row}")
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float))):
+        raise TypeError(f"clip must be a positive float or None, got {type(clip).__name__}")
     if clip is not None and not clip > 0:
         raise ValueError(f"clip must be a positive float or None, got {clip}")
     if noise is not None:
