@@ -193,7 +193,9 @@ def philox_normal(
             raise ValueError(f"row_ids must be an int64 tensor of shape ({rows},), got {tuple(row_ids.shape)} {row_ids.dtype}")
         row_ids = row_ids.to(device)
     groups = (cols + 3) // 4
-    if torch.device(device if device is not None else "cpu").type == "cpu":
+    # the numpy Philox is the fast CPU path; under torch.compile dynamo cannot trace numpy uint64 code, so a
+    # traced region takes the int64 torch emulation below (the same words, hence the same noise)
+    if torch.device(device if device is not None else "cpu").type == "cpu" and not torch.compiler.is_compiling():
         out = _normals_numpy(rows, groups, row_ids, stream, k0, k1)
         return out.reshape(rows, groups * 4)[:, :cols].reshape(shape).to(dtype)
     c0 = torch.arange(groups, dtype=torch.int64, device=device).expand(rows, groups)

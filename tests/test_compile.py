@@ -4,8 +4,6 @@ On CPU, ``torch._dynamo.explain`` traces the loops with the Triton backend (the 
 run under the interpreter; this is the code path a GPU takes) and must find no graph
 break; ``torch.compile(fullgraph=True)`` of a step must run and match eager. The
 denoisers here are plain tensor functions, so every break found would come from fastdiff.
-Known breaks in code this file does not own are strict xfails naming their cause: they
-fail loudly (XPASS) once fixed, so the marker can be removed.
 
 On a CUDA machine the ``gpu`` tests capture a whole ``sample(..., cuda_graph=True)`` loop
 and a diffusers-compatible scheduler step as CUDA graphs and check replays against eager.
@@ -95,10 +93,6 @@ def test_sampling_loop_on_the_cpu_torch_path_traces_without_graph_breaks(name):
     torch.testing.assert_close(torch.compile(loop, backend="eager", fullgraph=True)(x), loop(x), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason="fastdiff.random.philox_normal's CPU path (numpy uint64 Philox, used by "
-                                       "the torch backend for seeded noise) crashes dynamo while guarding on the "
-                                       "module-level numpy constants; under torch.compiler.is_compiling() use a "
-                                       "torch-only Philox")
 def test_stochastic_sampling_loop_on_the_cpu_torch_path_traces():
     count, reasons = breaks(sampler_loop("euler_ancestral", backend="torch"), torch.randn(4, 8))
     assert count == 0, reasons
@@ -165,18 +159,12 @@ def test_diffusers_scheduler_loop_traces_without_graph_breaks():
     torch.testing.assert_close(compiled(x), loop(x), rtol=0, atol=0)
 
 
-@pytest.mark.xfail(strict=True, reason="fastdiff.diffusers: output_class() (_compat.py) resolves diffusers' output "
-                                       "type on every step (a call dynamo skips), and _base._host_value reads a "
-                                       "tensor timestep with .tolist(); resolve output classes once at import and "
-                                       "keep the step index as the source of truth after set_begin_index")
 def test_diffusers_scheduler_loop_with_tensor_timesteps_and_output_objects():
     pytest.importorskip("diffusers")
     count, reasons = breaks(_ddim_loop(return_dict=True, tensor_timesteps=True), torch.randn(4, 8))
     assert count == 0, reasons
 
 
-@pytest.mark.xfail(strict=True, reason="fastdiff.diffusers _base._noise_kwargs draws the run's Philox seed with "
-                                       "int(torch.randint(...)[0]) inside step(); draw it in set_timesteps instead")
 def test_diffusers_ancestral_scheduler_loop_traces_without_graph_breaks():
     pytest.importorskip("diffusers")
     from fastdiff.diffusers import EulerAncestralDiscreteScheduler

@@ -13,8 +13,17 @@ DDPM/DDIM, whenever it is a host value (a Python number or a CPU tensor).
 Noise: with a ``generator`` the noise is drawn exactly as diffusers draws it
 (``randn_tensor`` with the same shape, dtype, device and generator, in the same
 order) and passed to the kernel as ``noise=``; without one, the kernel's Philox
-noise is used, keyed by a seed drawn once from torch's global generator and a
-distinct stream per step.
+noise is used, keyed by a seed drawn once per run from torch's global CPU
+generator and a distinct stream per step. Schedulers whose configuration always
+draws noise (DDPM, Euler-ancestral, SDE DPM-Solver++, stochastic flow matching)
+draw that seed in ``set_timesteps`` -- outside the step loop, so a compiled loop
+has no host read -- and the others only at the first step that needs noise
+(DDIM's ``eta > 0``, Euler's ``s_churn > 0``), so deterministic runs leave the
+global generator as diffusers leaves it.
+
+Under ``torch.compile`` a tensor timestep is never read on the host once the step
+index is known (after ``set_begin_index`` or the first step): the traced loop
+follows the step counter, which is where the pipelines' timesteps come from.
 
 Example:
     >>> from fastdiff.diffusers import EulerDiscreteScheduler
@@ -32,16 +41,37 @@ import torch
 from ..ops import fused_encode
 from ..ops.step import fused_step, step_coefs
 from ..schedules import DiscreteVPSchedule
-from ._compat import ConfigMixin, SchedulerMixin, randn_tensor
+from ._compat import ConfigMixin, SchedulerMixin, randn_tensor, resolve_output
 
 __all__ = ["FusedSchedulerBase", "DiscreteBetaMixin", "ZTSNR_ALPHA_BAR", "sigma_to_t", "spaced_timesteps",
-           "interp"]
+           "interp", "check_steps"]
 
 #: The terminal alpha_bar used instead of 0 where a zero-terminal-SNR schedule would divide by it
 #: (the value diffusers' sigma-based schedulers substitute: fp16's smallest subnormal).
 ZTSNR_ALPHA_BAR = 2.0**-24
 
 _KARRAS_KEYS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+
+
+def check_steps(n, num_train_timesteps: int, cap: bool) -> None:
+    """Validate ``num_inference_steps``: a positive int (numpy integers too), at most ``num_train_timesteps``
+    when ``cap`` (schedulers on integer training timesteps would repeat a timestep, a zero-length step).
+
+    Example:
+        >>> check_steps(10, 1000, cap=True)
+    """
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"num_inference_steps must be a positive int, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"num_inference_steps must be a positive int, got {n}")
+    if cap and n > num_train_timesteps:
+        raise ValueError(f"`num_inference_steps`: {n} cannot be larger than `self.config.train_timesteps`: "
+                         f"{num_train_timesteps}")
+
+
+def _draw_seed() -> int:
+    # a CPU draw from torch's global generator: reproducible with torch.manual_seed, no device sync
+    return int(torch.randint(0, 2**62, (1,), device="cpu")[0])
 
 
 def spaced_timesteps(n: int, T: int, spacing: str, steps_offset: int = 0, extra: int = 0,
@@ -95,9 +125,13 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
 
     order = 1
     backend: str = "auto"
+    #: the name of the step output type (``_compat.output_class``), resolved at construction
+    _output_name: str = "SchedulerOutput"
 
     # ------------------------------------------------------------------ state
     def _reset_run(self) -> None:
+        # resolve the output type now: its lookup (an import) is a call a traced step cannot make
+        resolve_output(self._output_name)
         self._step_index: Optional[int] = None
         self._begin_index: Optional[int] = None
         self._tables: Dict[Tuple[Hashable, torch.device], torch.Tensor] = {}
@@ -124,9 +158,9 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
     # ------------------------------------------------------------------ timestep lookup
     @staticmethod
     def _host_value(timestep) -> Optional[float]:
-        """The timestep as a float when reading it costs no device sync, else None."""
+        """The timestep as a float when reading it costs no device sync (nor, traced, a graph break), else None."""
         if isinstance(timestep, torch.Tensor):
-            if not timestep.is_cpu or timestep.numel() != 1:
+            if not timestep.is_cpu or timestep.numel() != 1 or torch.compiler.is_compiling():
                 return None
             # a CPU tensor: reading it is no device sync (and a 0-d one needs no reshape)
             return float((timestep if timestep.dim() == 0 else timestep.reshape(())).tolist())
@@ -204,10 +238,17 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
         if generator is not None:
             return {"noise": randn_tensor(tuple(shape), generator=generator, device=device, dtype=dtype)}
         if self._seed is None:
-            # one seed per run from torch's global CPU generator (reproducible with torch.manual_seed);
-            # a CPU draw, no device sync
-            self._seed = int(torch.randint(0, 2**62, (1,), device="cpu")[0])
+            # noise asked for by a step-time option (or a step before set_timesteps): draw the run's seed now
+            self._seed = _draw_seed()
         return {"seed": self._seed, "stream": index * 4 + k}
+
+    def _draws_noise(self) -> bool:
+        """Whether every run of this configuration draws noise (its seed is then drawn in ``set_timesteps``)."""
+        return False
+
+    def _start_run(self) -> None:
+        """End of ``set_timesteps``: draw the run's Philox seed now when the run will need one."""
+        self._seed = _draw_seed() if self._draws_noise() else None
 
     # ------------------------------------------------------------------ the fused launch
     def _launch(self, sample: torch.Tensor, model_output: torch.Tensor, table: torch.Tensor, row: int, *,

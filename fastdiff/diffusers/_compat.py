@@ -16,13 +16,12 @@ import functools
 import inspect
 import json
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
 __all__ = ["HAS_DIFFUSERS", "ConfigMixin", "SchedulerMixin", "register_to_config", "randn_tensor", "output_class",
-           "output_builder",
-           "CONFIG_NAME"]
+           "output_builder", "resolve_output", "make_output", "CONFIG_NAME"]
 
 CONFIG_NAME = "scheduler_config.json"
 
@@ -234,3 +233,36 @@ def output_builder(name: str):
 
     build.__doc__ = f"Build a {cls.__name__} from positional field values ({', '.join(names)})."
     return build
+
+
+#: name -> (output class, fast builder), filled by ``resolve_output`` outside any traced region
+_RESOLVED: Dict[str, Tuple[type, Callable]] = {}
+
+
+def resolve_output(name: str) -> None:
+    """Look up (and import) the output type ``name`` once, so that ``make_output`` is a dict read.
+
+    The schedulers call this at construction: diffusers' output types live in modules that are slow to
+    import, and the import is a call dynamo cannot trace, so it must not happen inside a compiled step.
+    """
+    if name not in _RESOLVED:
+        _RESOLVED[name] = (output_class(name), output_builder(name))
+
+
+def make_output(name: str, *values):
+    """An ``output_class(name)`` instance of the positional field ``values``.
+
+    Eagerly the fast builder; under ``torch.compile`` the class's own constructor, which dynamo traces
+    (the builder's direct mapping writes are builtins it cannot).
+
+    Example:
+        >>> make_output("SchedulerOutput", torch.zeros(2)).prev_sample
+        tensor([0., 0.])
+    """
+    entry = _RESOLVED.get(name)
+    if entry is None:  # first use without a prior resolve (eager callers only)
+        resolve_output(name)
+        entry = _RESOLVED[name]
+    if torch.compiler.is_compiling():
+        return entry[0](*values)
+    return entry[1](*values)

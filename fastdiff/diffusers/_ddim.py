@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from ..schedules import inference_timesteps
-from ._base import ZTSNR_ALPHA_BAR, DiscreteBetaMixin, FusedSchedulerBase, rows
-from ._compat import output_builder, register_to_config
+from ._base import ZTSNR_ALPHA_BAR, DiscreteBetaMixin, FusedSchedulerBase, check_steps, rows
+from ._compat import make_output, register_to_config
 
 __all__ = ["DDPMScheduler", "DDIMScheduler", "x0_coefs"]
 
@@ -122,6 +122,7 @@ class DDPMScheduler(_DiscreteVPBase):
     """
 
     order = 1
+    _output_name = "DDPMSchedulerOutput"
     _beta_schedules = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 
     @register_to_config
@@ -154,6 +155,8 @@ class DDPMScheduler(_DiscreteVPBase):
                       timesteps: Optional[List[int]] = None) -> None:
         """Sampling timesteps (diffusers' spacings, or custom descending ``timesteps``)."""
         cfg = self.config
+        if num_inference_steps is not None:
+            check_steps(num_inference_steps, cfg.num_train_timesteps, cap=True)
         if num_inference_steps is not None and timesteps is not None:
             raise ValueError("Can only pass one of `num_inference_steps` or `custom_timesteps`.")
         if timesteps is not None:
@@ -168,14 +171,15 @@ class DDPMScheduler(_DiscreteVPBase):
         else:
             if num_inference_steps is None:
                 raise ValueError("set_timesteps needs num_inference_steps or timesteps")
-            if num_inference_steps > cfg.num_train_timesteps:
-                raise ValueError(f"`num_inference_steps`: {num_inference_steps} cannot be larger than "
-                                 f"`self.config.train_timesteps`: {cfg.num_train_timesteps}")
             self.custom_timesteps = False
             self.num_inference_steps = num_inference_steps
             ts = inference_timesteps(num_inference_steps, cfg.num_train_timesteps, cfg.timestep_spacing,
                                      cfg.steps_offset).numpy()
         self._set_host_timesteps(ts, device)
+        self._start_run()
+
+    def _draws_noise(self) -> bool:
+        return True  # every step but the last adds noise
 
     def previous_timestep(self, timestep) -> int:
         """The next timestep of the schedule (-1 after the last)."""
@@ -216,7 +220,7 @@ class DDPMScheduler(_DiscreteVPBase):
         self._step_index = i + 1
         if not return_dict:
             return (prev, x0)
-        return output_builder("DDPMSchedulerOutput")(prev, x0)
+        return make_output("DDPMSchedulerOutput", prev, x0)
 
 
 class DDIMScheduler(_DiscreteVPBase):
@@ -233,6 +237,7 @@ class DDIMScheduler(_DiscreteVPBase):
     """
 
     order = 1
+    _output_name = "DDIMSchedulerOutput"
     _beta_schedules = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
     @register_to_config
@@ -261,13 +266,12 @@ class DDIMScheduler(_DiscreteVPBase):
     def set_timesteps(self, num_inference_steps: int, device=None) -> None:
         """Sampling timesteps with diffusers' ``timestep_spacing``."""
         cfg = self.config
-        if num_inference_steps > cfg.num_train_timesteps:
-            raise ValueError(f"`num_inference_steps`: {num_inference_steps} cannot be larger than "
-                             f"`self.config.train_timesteps`: {cfg.num_train_timesteps}")
+        check_steps(num_inference_steps, cfg.num_train_timesteps, cap=True)
         self.num_inference_steps = num_inference_steps
         ts = inference_timesteps(num_inference_steps, cfg.num_train_timesteps, cfg.timestep_spacing,
                                  cfg.steps_offset).numpy()
         self._set_host_timesteps(ts, device)
+        self._start_run()  # (eta is a step option: DDIM's seed is drawn at the first noisy step)
 
     def _rows_for(self, t: np.ndarray, eta: float, clipped_eps: bool) -> torch.Tensor:
         T = self.config.num_train_timesteps
@@ -313,7 +317,11 @@ class DDIMScheduler(_DiscreteVPBase):
         clipped = bool(use_clipped_model_output)
         i = self._index(timestep)
         if i is None:  # a host timestep outside the schedule: DDIM is stateless, build its row
-            t_val = int(self._host_value(timestep))
+            value = self._host_value(timestep)
+            if not 0 <= value < self.config.num_train_timesteps:
+                raise ValueError(f"timestep {timestep} is not in [0, {self.config.num_train_timesteps}) "
+                                 f"(num_train_timesteps)")
+            t_val = int(value)
             table, row, stream_i = self._table(("one", eta, clipped, t_val), sample.device), 0, t_val
         else:
             table, row, stream_i = self._table(("rows", eta, clipped), sample.device), i, i
@@ -328,4 +336,4 @@ class DDIMScheduler(_DiscreteVPBase):
             self._step_index = i + 1
         if not return_dict:
             return (prev, x0)
-        return output_builder("DDIMSchedulerOutput")(prev, x0)
+        return make_output("DDIMSchedulerOutput", prev, x0)

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from ..random import philox_normal
-from ._base import DiscreteBetaMixin, FusedSchedulerBase, check_one_of, interp, rows, sigma_to_t
-from ._compat import output_builder, register_to_config
+from ._base import DiscreteBetaMixin, FusedSchedulerBase, check_one_of, check_steps, interp, rows, sigma_to_t
+from ._compat import make_output, register_to_config
 
 _INT_DTYPES = (torch.int32, torch.int64)
 
@@ -156,6 +156,7 @@ class EulerDiscreteScheduler(_SigmaBase):
     """
 
     order = 1
+    _output_name = "EulerDiscreteSchedulerOutput"
 
     @register_to_config
     def __init__(
@@ -195,6 +196,9 @@ class EulerDiscreteScheduler(_SigmaBase):
                       timesteps: Optional[List[int]] = None, sigmas: Optional[List[float]] = None) -> None:
         """Sampling sigmas and timesteps (diffusers' spacings, Karras/exponential, or custom)."""
         cfg = self.config
+        if num_inference_steps is not None:
+            # continuous (interpolated) timesteps: more steps than training timesteps is valid, as in diffusers
+            check_steps(num_inference_steps, cfg.num_train_timesteps, cap=False)
         if timesteps is not None and sigmas is not None:
             raise ValueError("Only one of `timesteps` or `sigmas` should be set.")
         if num_inference_steps is None and timesteps is None and sigmas is None:
@@ -220,6 +224,7 @@ class EulerDiscreteScheduler(_SigmaBase):
         self._set_run(ts, sig, device)
         if cfg.timestep_type == "continuous" and cfg.prediction_type == "v_prediction":
             self.timesteps = (0.25 * torch.log(self.sigmas[:-1])).to(device=device)
+        self._start_run()  # (s_churn is a step option: a churned run draws its seed at the first churn)
 
     def _build_table(self, key) -> torch.Tensor:
         s_churn, s_tmin, s_tmax = key
@@ -257,7 +262,7 @@ class EulerDiscreteScheduler(_SigmaBase):
         self._step_index = i + 1
         if not return_dict:
             return (prev, x0)
-        return output_builder("EulerDiscreteSchedulerOutput")(prev, x0)
+        return make_output("EulerDiscreteSchedulerOutput", prev, x0)
 
 
 class EulerAncestralDiscreteScheduler(_SigmaBase):
@@ -275,6 +280,7 @@ class EulerAncestralDiscreteScheduler(_SigmaBase):
     """
 
     order = 1
+    _output_name = "EulerAncestralDiscreteSchedulerOutput"
 
     @register_to_config
     def __init__(
@@ -296,9 +302,14 @@ class EulerAncestralDiscreteScheduler(_SigmaBase):
 
     def set_timesteps(self, num_inference_steps: int, device=None) -> None:
         """Sampling sigmas and timesteps with diffusers' ``timestep_spacing``."""
+        check_steps(num_inference_steps, self.config.num_train_timesteps, cap=False)
         self.num_inference_steps = num_inference_steps
         ts, sig = self._spaced(num_inference_steps)
         self._set_run(ts, np.concatenate([sig, [0.0]]).astype(np.float32), device)
+        self._start_run()
+
+    def _draws_noise(self) -> bool:
+        return True
 
     def _build_table(self, key) -> torch.Tensor:
         s_from, s_to = self._sig[:-1], self._sig[1:]
@@ -323,7 +334,7 @@ class EulerAncestralDiscreteScheduler(_SigmaBase):
         self._step_index = i + 1
         if not return_dict:
             return (prev, x0)
-        return output_builder("EulerAncestralDiscreteSchedulerOutput")(prev, x0)
+        return make_output("EulerAncestralDiscreteSchedulerOutput", prev, x0)
 
 
 class HeunDiscreteScheduler(_SigmaBase):
@@ -343,6 +354,7 @@ class HeunDiscreteScheduler(_SigmaBase):
     """
 
     order = 2
+    _output_name = "HeunDiscreteSchedulerOutput"
 
     @register_to_config
     def __init__(
@@ -369,6 +381,8 @@ class HeunDiscreteScheduler(_SigmaBase):
     def set_timesteps(self, num_inference_steps: Optional[int] = None, device=None,
                       num_train_timesteps: Optional[int] = None, timesteps: Optional[List[int]] = None) -> None:
         """Sampling sigmas/timesteps, each after the first repeated (predictor + corrector)."""
+        if num_inference_steps is not None:
+            check_steps(num_inference_steps, self.config.num_train_timesteps, cap=False)
         if num_inference_steps is None and timesteps is None:
             raise ValueError("Must pass exactly one of `num_inference_steps` or `custom_timesteps`.")
         if num_inference_steps is not None and timesteps is not None:
@@ -381,6 +395,7 @@ class HeunDiscreteScheduler(_SigmaBase):
         ts = np.asarray(ts).astype(np.float32)
         ts = np.concatenate([ts[:1], np.repeat(ts[1:], 2)])
         self._set_run(ts, sig, device)
+        self._start_run()
         self._prev = None  # (x0 of the predictor, the predictor's input sample, sigma) between the two calls
 
     @property
@@ -427,4 +442,4 @@ class HeunDiscreteScheduler(_SigmaBase):
         self._step_index = i + 1
         if not return_dict:
             return (prev, x0)
-        return output_builder("HeunDiscreteSchedulerOutput")(prev, x0)
+        return make_output("HeunDiscreteSchedulerOutput", prev, x0)

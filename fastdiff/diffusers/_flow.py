@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from ..schedules import FlowMatchingSchedule
-from ._base import DiscreteBetaMixin, FusedSchedulerBase, check_one_of, rows
-from ._compat import output_builder, register_to_config
+from ._base import DiscreteBetaMixin, FusedSchedulerBase, check_one_of, check_steps, rows
+from ._compat import make_output, register_to_config
 
 __all__ = ["FlowMatchEulerDiscreteScheduler"]
 
@@ -30,6 +30,7 @@ class FlowMatchEulerDiscreteScheduler(DiscreteBetaMixin, FusedSchedulerBase):
     """
 
     order = 1
+    _output_name = "FlowMatchEulerDiscreteSchedulerOutput"
     _compatibles: list = []
     init_noise_sigma = 1.0
 
@@ -101,6 +102,8 @@ class FlowMatchEulerDiscreteScheduler(DiscreteBetaMixin, FusedSchedulerBase):
         """Sampling sigmas (shifted, then 0 appended) and timesteps ``sigma * num_train_timesteps``."""
         cfg = self.config
         T = cfg.num_train_timesteps
+        if num_inference_steps is not None:
+            check_steps(num_inference_steps, T, cap=False)  # continuous sigmas: any count, as diffusers
         if cfg.use_dynamic_shifting and mu is None:
             raise ValueError("`mu` must be passed when `use_dynamic_shifting` is set to be `True`")
         if sigmas is not None and timesteps is not None and len(sigmas) != len(timesteps):
@@ -137,6 +140,10 @@ class FlowMatchEulerDiscreteScheduler(DiscreteBetaMixin, FusedSchedulerBase):
             sig32 = torch.cat([sig32, torch.zeros(1, device=sig32.device)])
         self.sigmas = sig32
         self._set_run(sig32.detach().cpu().to(torch.float64).numpy(), ts)
+        self._start_run()
+
+    def _draws_noise(self) -> bool:
+        return bool(self.config.stochastic_sampling)
 
     def _build_table(self, key) -> torch.Tensor:
         s, s_next = self._sig[:-1], self._sig[1:]
@@ -186,4 +193,4 @@ class FlowMatchEulerDiscreteScheduler(DiscreteBetaMixin, FusedSchedulerBase):
         self._step_index = i + 1
         if not return_dict:
             return (prev,)
-        return output_builder("FlowMatchEulerDiscreteSchedulerOutput")(prev)
+        return make_output("FlowMatchEulerDiscreteSchedulerOutput", prev)

@@ -12,9 +12,9 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ._base import DiscreteBetaMixin, FusedSchedulerBase, check_one_of, interp, rows, sigma_to_t, \
+from ._base import DiscreteBetaMixin, FusedSchedulerBase, check_one_of, check_steps, interp, rows, sigma_to_t, \
     spaced_timesteps
-from ._compat import output_builder, register_to_config
+from ._compat import make_output, register_to_config
 
 __all__ = ["DPMSolverMultistepScheduler", "UniPCMultistepScheduler"]
 
@@ -140,6 +140,7 @@ class DPMSolverMultistepScheduler(_MultistepBase):
     """
 
     order = 1
+    _output_name = "SchedulerOutput"
 
     @register_to_config
     def __init__(
@@ -193,6 +194,9 @@ class DPMSolverMultistepScheduler(_MultistepBase):
                       timesteps: Optional[List[int]] = None) -> None:
         """Sampling timesteps/sigmas (diffusers' spacings, Karras/exponential, or custom)."""
         cfg = self.config
+        if num_inference_steps is not None:
+            # integer timesteps: more steps than training timesteps repeat one (h = 0, NaN coefficients)
+            check_steps(num_inference_steps, cfg.num_train_timesteps, cap=True)
         if mu is not None:
             raise NotImplementedError("dynamic shifting (mu) is not supported by fastdiff.diffusers")
         if num_inference_steps is None and timesteps is None:
@@ -220,6 +224,10 @@ class DPMSolverMultistepScheduler(_MultistepBase):
             sig = interp(ts, train.astype(np.float64))
         self._finish_setup(np.trunc(ts), sig, device)
         self.model_outputs = [None] * cfg.solver_order
+        self._start_run()
+
+    def _draws_noise(self) -> bool:
+        return self.config.algorithm_type == "sde-dpmsolver++"
 
     def _orders_cached(self, start: int) -> List[int]:
         key = ("orders", start)
@@ -324,7 +332,7 @@ class DPMSolverMultistepScheduler(_MultistepBase):
         self._step_index = i + 1
         if not return_dict:
             return (prev,)
-        return output_builder("SchedulerOutput")(prev)
+        return make_output("SchedulerOutput", prev)
 
 
 class UniPCMultistepScheduler(_MultistepBase):
@@ -345,6 +353,7 @@ class UniPCMultistepScheduler(_MultistepBase):
     """
 
     order = 1
+    _output_name = "SchedulerOutput"
 
     @register_to_config
     def __init__(
@@ -402,6 +411,7 @@ class UniPCMultistepScheduler(_MultistepBase):
                       sigmas: Optional[List[float]] = None, mu: Optional[float] = None) -> None:
         """Sampling timesteps/sigmas (diffusers' spacings or Karras/exponential)."""
         cfg = self.config
+        check_steps(num_inference_steps, cfg.num_train_timesteps, cap=True)  # integer timesteps, as DPM-Solver
         if sigmas is not None or mu is not None:
             raise NotImplementedError("custom sigmas / mu need flow sigmas, not supported by fastdiff.diffusers")
         n = num_inference_steps
@@ -421,6 +431,7 @@ class UniPCMultistepScheduler(_MultistepBase):
             self._finish_setup(np.trunc(ts), interp(ts, train.astype(np.float64)), device)
         self.model_outputs = [None] * cfg.solver_order
         self.last_sample = None
+        self._start_run()
 
     def _plan(self, start: int):
         """Per step: (this_order, corrector order or 0)."""
@@ -543,4 +554,4 @@ class UniPCMultistepScheduler(_MultistepBase):
         self._step_index = i + 1
         if not return_dict:
             return (prev,)
-        return output_builder("SchedulerOutput")(prev)
+        return make_output("SchedulerOutput", prev)
