@@ -1,0 +1,60 @@
+"""The layering recorded in the README stays true: kernels <- ops <- samplers <- compat layers."""
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLERS = {"sampling", "mcmc", "denoisers"}
+COMPAT = {"diffusers", "k_diffusion", "distributed", "demo", "bench", "cli", "cli_bench"}
+
+
+def imported_fastdiff_modules(path: Path) -> set:
+    """First component under fastdiff of every fastdiff import in ``path`` (relative imports resolved)."""
+    tree = ast.parse(path.read_text())
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = ["fastdiff", *rel.parts[1:]] if rel.parts[0] == "fastdiff" else ["fastdiff", "kernels", *rel.parts[1:]]
+    package = parts[:-1] if parts[-1] != "__init__" else parts[:-1]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                full = base + (node.module.split(".") if node.module else [])
+                names = [full + [a.name] for a in node.names] if not node.module else [full]
+            else:
+                names = [node.module.split(".")] if node.module else []
+            for n in names:
+                if n and n[0] == "fastdiff" and len(n) > 1:
+                    found.add(n[1])
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                n = a.name.split(".")
+                if n[0] == "fastdiff" and len(n) > 1:
+                    found.add(n[1])
+    return found
+
+
+def test_kernels_import_only_triton():
+    for path in (ROOT / "kernels").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                mods = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                mods = [] if node.level else [node.module.split(".")[0]]
+            else:
+                continue
+            assert set(mods) <= {"triton", "math"}, f"{path.name} imports {mods}: kernels/ holds device code only"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "fastdiff" / "ops").rglob("*.py")), ids=lambda p: p.name)
+def test_ops_do_not_import_samplers_or_compat(path):
+    bad = imported_fastdiff_modules(path) & (SAMPLERS | COMPAT)
+    assert not bad, f"{path} imports {bad}"
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_samplers_do_not_import_compat_layers(name):
+    bad = imported_fastdiff_modules(ROOT / "fastdiff" / f"{name}.py") & COMPAT
+    assert not bad, f"fastdiff/{name}.py imports {bad}"
