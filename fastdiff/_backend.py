@@ -8,13 +8,15 @@ tensors for the float64 reference).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import threading
 from typing import Callable, Optional, TypeVar
 
 import torch
 
-__all__ = ["profiled", "BACKENDS", "resolve_backend", "triton_available", "interpret_mode", "block_size"]
+__all__ = ["profiled", "interpreter_guard", "BACKENDS", "resolve_backend", "triton_available", "interpret_mode", "block_size"]
 
 BACKENDS = ("auto", "triton", "torch", "reference")
 
@@ -113,3 +115,15 @@ def profiled(name: str) -> Callable[[_F], _F]:
         return wrapper  # type: ignore[return-value]
 
     return deco
+
+
+# Triton's CPU interpreter patches triton.language module state for the duration of each launch, so two
+# threads launching at once crash inside it; compiled launches on a GPU need no lock.
+_INTERPRETER_LOCK = threading.RLock()
+
+
+def interpreter_guard():
+    """A lock around kernel launches under the CPU interpreter; a no-op context on GPUs and under torch.compile."""
+    if interpret_mode() and not torch.compiler.is_compiling():
+        return _INTERPRETER_LOCK
+    return contextlib.nullcontext()

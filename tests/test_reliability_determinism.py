@@ -220,3 +220,28 @@ def test_compat_schedulers_from_threads(cls):
     par = _threaded(work, idx)
     for i, a, b in zip(idx, seq, par):
         assert same_bits(a, b), i
+
+
+def test_triton_backend_from_threads_under_the_interpreter():
+    """Launches from 4 threads at once (serialised by the interpreter guard) give the sequential results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastdiff._backend import interpret_mode
+
+    if not interpret_mode():
+        pytest.skip("this checks the CPU interpreter's launch guard; on a GPU see the cuda thread test")
+    x = torch.randn(6, 40, generator=torch.Generator().manual_seed(0))
+    coefs = fastdiff.step_coefs(in_x=1.0, in_m=-0.5, out_x=0.7, out_d=0.3, out_noise=0.1)
+
+    def work(seed):
+        a = fastdiff.fused_step(x, x.flip(0), coefs, seed=seed, stream=1, backend="triton")
+        b = fastdiff.langevin_step(x, -x, 0.01, seed=seed, backend="triton")
+        c = fastdiff.add_noise(x, torch.arange(6), fastdiff.DiscreteVPSchedule(), seed=seed, backend="triton")
+        return a, b, c
+
+    expected = [work(s) for s in range(8)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = list(pool.map(work, range(8)))
+    for e, g in zip(expected, got):
+        for te, tg in zip(e, g):
+            assert torch.equal(te, tg)

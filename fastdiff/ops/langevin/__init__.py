@@ -16,7 +16,7 @@ from typing import Optional, Union
 
 import torch
 
-from ..._backend import maybe_rows, profiled, resolve_backend
+from ..._backend import interpreter_guard, maybe_rows, profiled, resolve_backend
 from .._common import KERNEL_DTYPES, as_seed_args, check_float, check_out, check_stream, contig, rows_of
 from .naive import langevin_cpu, langevin_reference
 
@@ -100,8 +100,9 @@ def langevin_step(
 
         out = torch.empty_like(x, memory_format=torch.contiguous_format) if out is None else out
         per_row = isinstance(step, torch.Tensor)
-        langevin_step_triton(contig(x), contig(grad), step if per_row else None, contig(noise), row_ids, out,
-                             noise_out, 0.0 if per_row else step, float(temperature), seed_lo, seed_hi, stream)
+        with interpreter_guard():
+            langevin_step_triton(contig(x), contig(grad), step if per_row else None, contig(noise), row_ids, out,
+                                 noise_out, 0.0 if per_row else step, float(temperature), seed_lo, seed_hi, stream)
         return out
     if impl == "torch":
         # noise_out sharing out's memory: keep the reference's order (noise stored first, then the result)
@@ -149,7 +150,8 @@ def langevin_select(
         from .fused import langevin_select_triton
 
         out = torch.empty_like(x, memory_format=torch.contiguous_format) if out is None else out
-        langevin_select_triton(contig(x), contig(proposal), accept.contiguous(), out)
+        with interpreter_guard():
+            langevin_select_triton(contig(x), contig(proposal), accept.contiguous(), out)
         return out
     res = torch.where(accept.reshape(batch, *([1] * (x.dim() - 1))), proposal, x)
     return res if out is None else out.copy_(res)

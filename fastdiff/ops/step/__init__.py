@@ -18,7 +18,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from ..._backend import maybe_rows, profiled, resolve_backend
+from ..._backend import interpreter_guard, maybe_rows, profiled, resolve_backend
 from ...random import philox_normal
 from .._common import (FLOAT_DTYPES, KERNEL_DTYPES, as_seed_args, check_float, check_index, check_out, check_stream,
                        contig, host_row, rows_of, seq)
@@ -213,11 +213,12 @@ def fused_step(
             aux_out = torch.empty_like(out)
         hs = [contig(h) for h in history] + [None] * (MAX_HISTORY - len(history))
         noise_mode = 2 if noise is not None else (1 if seed is not None else 0)
-        fused_step_triton(
-            contig(x), contig(model_output), coefs.to(torch.float32).contiguous(), contig(x_eval), hs[0], hs[1],
-            hs[2], contig(noise), coef_index, row_ids, out, aux_out, coef_row, len(history), guidance,
-            None if clip is None else float(clip), noise_mode, seed_lo, seed_hi, stream,
-        )
+        with interpreter_guard():
+            fused_step_triton(
+                contig(x), contig(model_output), coefs.to(torch.float32).contiguous(), contig(x_eval), hs[0], hs[1],
+                hs[2], contig(noise), coef_index, row_ids, out, aux_out, coef_row, len(history), guidance,
+                None if clip is None else float(clip), noise_mode, seed_lo, seed_hi, stream,
+            )
         return (out, aux_out) if want_aux else out
 
     # Host-float coefficients need a concrete table: under torch.compile the generic path traces instead.
