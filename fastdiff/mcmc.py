@@ -345,7 +345,10 @@ def mala_log_accept(
     gives ``+inf`` for any valid proposal.
 
     Example:
-        >>> la = mala_log_accept(lp, lp_y, g, g_y, z, h)   # (n_chains,)
+        >>> x, z, h = torch.randn(8, 2), torch.randn(8, 2), torch.full((8,), 0.1)
+        >>> y = x - h[:, None] * x + (2 * h[:, None]) ** 0.5 * z   # a proposal for N(0, I): grad = -x
+        >>> lp = lambda v: -0.5 * (v ** 2).sum(1)
+        >>> la = mala_log_accept(lp(x), lp(y), -x, -y, z, h)       # (n_chains,)
     """
     b = lp_x.shape[0]
     dt = lp_x.dtype
@@ -841,6 +844,7 @@ def predictor_corrector(
         callback: ``{"i", "t", "x"}`` after each time step.
 
     Example:
+        >>> gmm = fastdiff.toy.GaussianMixture.ring()
         >>> sde = fastdiff.VESDE(0.01, 10.0)
         >>> x = sde.prior_sample((2048, 2), seed=0)
         >>> score = lambda x, t: gmm.grad_log_prob(x, sde.sigma(t).to(x.dtype))

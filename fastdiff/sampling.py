@@ -97,6 +97,11 @@ def churn_schedule(sigmas: Sequence[float], s_churn: float, s_tmin: float, s_tma
 
     ``gamma_i = min(s_churn / n, sqrt(2) - 1)`` for ``s_tmin <= sigma_i <= s_tmax`` (else 0),
     ``sigma_hat_i = sigma_i (1 + gamma_i)`` and ``x_hat = x + s_noise sqrt(sigma_hat^2 - sigma^2) z``.
+
+    Example:
+        >>> hats, scales = churn_schedule([10.0, 1.0, 0.0], s_churn=0.4, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0)
+        >>> [round(h, 6) for h in hats]
+        [12.0, 1.2]
     """
     n = len(sigmas) - 1
     hats, scales = [], []
@@ -115,6 +120,11 @@ def ancestral_split(sigma: float, sigma_next: float, eta: float = 1.0) -> Tuple[
     ``sigma_up = min(sigma_next, eta sqrt(sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2))``,
     ``sigma_down = sqrt(sigma_next^2 - sigma_up^2)``; with ``eta = 1`` this is the DDPM
     posterior variance and with ``eta = 0`` plain deterministic steps.
+
+    Example:
+        >>> down, up = ancestral_split(2.0, 1.0)
+        >>> round(down ** 2 + up ** 2, 12)   # the total variance reaches sigma_next^2
+        1.0
     """
     if not eta or sigma_next == 0:
         return sigma_next, 0.0
@@ -125,7 +135,12 @@ def ancestral_split(sigma: float, sigma_next: float, eta: float = 1.0) -> Tuple[
 def lms_coefficients(t: Sequence[float], i: int, order: int) -> List[float]:
     """Adams-type linear multistep weights: integrals over ``[t_i, t_{i+1}]`` of the Lagrange basis
     on nodes ``t_i, t_{i-1}, ..., t_{i-order+1}`` (exact polynomial integration in float64, pure Python
-    so that torch.compile traces the planning without a break)."""
+    so that torch.compile traces the planning without a break).
+
+    Example (second order on times 3, 2 -> 1: weights of the derivatives at t=2 and t=3):
+        >>> [round(w, 6) for w in lms_coefficients([3.0, 2.0, 1.0], 1, 2)]
+        [-1.5, 0.5]
+    """
     nodes = [t[i - j] for j in range(order)]
     out = []
     for j in range(order):
@@ -148,6 +163,9 @@ def unipc_rhos(hh: float, rks: Sequence[float], order: int, variant: str) -> Tup
     """UniPC weights (Zhao et al. 2023): ``(B_h, rhos_p, rhos_c)`` for step ``hh = -h`` and ratios ``rks``.
 
     ``rks`` holds ``r_k = (lambda_{s_k} - lambda_{s_0}) / h`` for the older points, then ``1.0``.
+
+    Example:
+        >>> b_h, rhos_p, rhos_c = unipc_rhos(-0.5, [-1.0, 1.0], order=2, variant="bh2")
     """
     h_phi_1 = math.expm1(hh)
     h_phi_k = h_phi_1 / hh - 1.0

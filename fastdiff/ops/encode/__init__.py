@@ -119,6 +119,10 @@ def fused_encode(
     """Low-level encode: ``(x_t[, target][, noise])`` from a ``(R, 4)`` table of (a, s, ta, tn).
 
     Row ``index[b]`` of ``coefs`` is used for sample ``b`` (row ``b`` when ``index`` is None).
+
+    Example (a per-sample table: x_t = 0.6*x0 + 0.8*z, target = z):
+        >>> coefs = torch.tensor([[0.6, 0.8, 0.0, 1.0]]).expand(4, 4).contiguous()
+        >>> x_t, eps = fused_encode(torch.randn(4, 16), coefs, seed=0, write_target=True)
     """
     check_float("x0", x0)
     batch, _ = rows_of(x0)
@@ -211,6 +215,7 @@ def add_noise_with_target(
     "sample" (x0) or "flow" (eps - x0, for rectified-flow schedules).
 
     Example:
+        >>> sched, x0, t = fastdiff.DiscreteVPSchedule(), torch.randn(4, 2), torch.tensor([0, 10, 500, 999])
         >>> x_t, v = fastdiff.add_noise_with_target(x0, t, sched, seed=0, target="v_prediction")
     """
     check_float("x0", x0)

@@ -72,6 +72,7 @@ def langevin_step(
         noise_out: also store the noise used (MALA needs it for the proposal density).
 
     Example:
+        >>> x = torch.randn(4096, 2)
         >>> x = fastdiff.langevin_step(x, -x, torch.full((4096,), 0.01), seed=0, stream=1)
     """
     check_float("x", x)
@@ -133,6 +134,7 @@ def langevin_select(
     """Metropolis decision per chain: row b of the result is ``proposal[b]`` if ``accept[b]`` else ``x[b]``.
 
     Example:
+        >>> x, proposal = torch.randn(8, 2), torch.randn(8, 2)
         >>> x = fastdiff.langevin_select(x, proposal, torch.rand(len(x)) < 0.5, out=x)  # in place
     """
     check_float("x", x)

@@ -122,6 +122,10 @@ def fused_step(
 ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """One fused denoising step (see ``fastdiff.kernels.step`` for the formula).
 
+    Example (one Euler step from sigma=2 to sigma=1 with an x0-predicting model):
+        >>> x, x0_hat = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+        >>> x_next = fused_step(x, x0_hat, step_coefs(out_x=0.5, out_d=0.5))   # x + (1 - 2) * (x - d) / 2
+
     Args:
         x: the sample being advanced, shape (batch, ...).
         model_output: the network's output for ``x_eval`` (or x); shape of x, or

@@ -1,0 +1,31 @@
+"""The examples in the public docstrings run (doctest), with ``torch`` and ``fastdiff`` in scope."""
+import doctest
+import importlib
+
+import pytest
+import torch
+
+import fastdiff
+
+MODULES = [
+    "fastdiff.schedules", "fastdiff.random", "fastdiff.toy", "fastdiff.sampling", "fastdiff.denoisers",
+    "fastdiff.mcmc", "fastdiff.ops.step", "fastdiff.ops.encode", "fastdiff.ops.langevin", "fastdiff.k_diffusion",
+    "fastdiff.diffusers._ddim", "fastdiff.diffusers._euler", "fastdiff.diffusers._multistep",
+    "fastdiff.diffusers._flow",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples_run(name):
+    module = importlib.import_module(name)
+    torch.manual_seed(0)
+    finder = doctest.DocTestFinder()
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    tests = finder.find(module, name, extraglobs={"torch": torch, "fastdiff": fastdiff})
+    assert tests, f"{name} has no docstring examples"
+    examples = 0
+    for test in tests:
+        examples += len(test.examples)
+        runner.run(test)
+    result = runner.summarize(verbose=False)
+    assert result.failed == 0, f"{result.failed} of {examples} docstring examples failed in {name}"
