@@ -185,6 +185,16 @@ def test_host_row_cache_follows_in_place_table_updates():
 
 
 # ------------------------------------------------------------------ Philox: same stream, faster numpy
+def _philox_uint64(c0, c1, c2, c3, k0, k1):
+    """The earlier numpy Philox: uint64 arrays, one temporary per operation (exact 32x32->64 products)."""
+    m0, m1, mask, s32 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57), np.uint64(0xFFFFFFFF), np.uint64(32)
+    for _ in range(10):
+        p0, p1 = m0 * c0, m1 * c2
+        c0, c1, c2, c3 = (p1 >> s32) ^ c1 ^ np.uint64(k0), p1 & mask, (p0 >> s32) ^ c3 ^ np.uint64(k1), p0 & mask
+        k0, k1 = (k0 + 0x9E3779B9) & 0xFFFFFFFF, (k1 + 0xBB67AE85) & 0xFFFFFFFF
+    return c0, c1, c2, c3
+
+
 def _old_normals(rows, groups, row_ids, stream, k0, k1):
     """The earlier numpy formulation (uint64 state, a temporary per op): the values must not change."""
     rid = row_ids.numpy().astype(np.uint64)[:, None]
@@ -192,7 +202,7 @@ def _old_normals(rows, groups, row_ids, stream, k0, k1):
     c1 = np.broadcast_to(rid & fr._NP_MASK, (rows, groups))
     c2 = np.full((rows, groups), stream, dtype=np.uint64)
     c3 = np.broadcast_to(rid >> fr._NP_32, (rows, groups))
-    words = fr._philox_numpy(c0, c1, c2, c3, k0, k1)
+    words = _philox_uint64(c0, c1, c2, c3, k0, k1)
     out = np.empty((rows, groups, 4), dtype=np.float32)
     for pair in range(2):
         ua = ((words[2 * pair] >> np.uint64(8)).astype(np.float32) + np.float32(0.5)) * np.float32(2.0**-24)
