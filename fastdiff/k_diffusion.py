@@ -41,7 +41,7 @@ import torch
 
 from .ops._common import FLOAT_DTYPES
 from .ops.step import COEF_NAMES, MAX_HISTORY, fused_step
-from .sampling import lms_coefficients
+from .sampling import churn_schedule, lms_coefficients
 from .schedules import exponential_sigmas, karras_sigmas, polyexponential_sigmas, vp_sigmas
 
 __all__ = [
@@ -333,15 +333,9 @@ def _euler_coefs(sh: float, dt: float) -> Dict[str, float]:
 
 
 def _churn(run: _Run, s_churn: float, s_tmin: float, s_tmax: float, s_noise: float):
-    """Per step: (sigma_hat as a 0-d tensor, churn-noise scale or 0.0) as k-diffusion's Algorithm-2 loops."""
-    out = []
-    for i in range(run.n):
-        s = run.host[i]
-        gamma = min(s_churn / run.n, 2**0.5 - 1) if s_tmin <= s <= s_tmax else 0.0
-        sh = s * (gamma + 1)
-        scale = s_noise * _f((sh**2 - s**2) ** 0.5) if gamma > 0 else 0.0
-        out.append((sh, scale))
-    return out
+    """Per step: (sigma_hat as a 0-d tensor, churn-noise scale or 0.0), in k-diffusion's arithmetic."""
+    hats, scales = churn_schedule(run.host, s_churn, s_tmin, s_tmax, s_noise)
+    return list(zip(hats, scales))
 
 
 def _churned_loop(run: _Run, x: torch.Tensor, plan) -> torch.Tensor:

@@ -97,6 +97,8 @@ def churn_schedule(sigmas: Sequence[float], s_churn: float, s_tmin: float, s_tma
 
     ``gamma_i = min(s_churn / n, sqrt(2) - 1)`` for ``s_tmin <= sigma_i <= s_tmax`` (else 0),
     ``sigma_hat_i = sigma_i (1 + gamma_i)`` and ``x_hat = x + s_noise sqrt(sigma_hat^2 - sigma^2) z``.
+    Host floats give float64 math; 0-d tensors (``fastdiff.k_diffusion``) keep their own dtype's arithmetic,
+    as k-diffusion computes it, and return ``sigma_hat`` as 0-d tensors.
 
     Example:
         >>> hats, scales = churn_schedule([10.0, 1.0, 0.0], s_churn=0.4, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0)
@@ -110,7 +112,11 @@ def churn_schedule(sigmas: Sequence[float], s_churn: float, s_tmin: float, s_tma
         gamma = min(s_churn / n, math.sqrt(2.0) - 1.0) if s_tmin <= s <= s_tmax else 0.0
         sh = s * (gamma + 1.0)
         hats.append(sh)
-        scales.append(s_noise * math.sqrt(sh * sh - s * s) if gamma > 0 else 0.0)
+        if gamma > 0:
+            root = float((sh ** 2 - s ** 2) ** 0.5) if isinstance(sh, torch.Tensor) else math.sqrt(sh * sh - s * s)
+            scales.append(s_noise * root)
+        else:
+            scales.append(0.0)
     return hats, scales
 
 
