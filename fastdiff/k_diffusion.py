@@ -39,7 +39,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 
-from .ops._common import FLOAT_DTYPES
+from .ops._common import check_batch
 from .ops.step import COEF_NAMES, MAX_HISTORY, fused_step
 from .sampling import churn_schedule, lms_coefficients
 from .schedules import exponential_sigmas, karras_sigmas, polyexponential_sigmas, vp_sigmas
@@ -250,12 +250,7 @@ class _Run:
                  callback: Optional[Callable], disable: Optional[bool]) -> None:
         if not callable(model):
             raise TypeError(f"model must be callable as model(x, sigma, **extra_args), got {type(model).__name__}")
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        if x.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"x must be a float32/float16/bfloat16/float64 tensor, got {x.dtype}")
-        if x.dim() == 0 or x.shape[0] == 0:
-            raise ValueError(f"x must have a non-empty batch dimension, got shape {tuple(x.shape)}")
+        check_batch("x", x)
         if not isinstance(sigmas, torch.Tensor) or not sigmas.dtype.is_floating_point:
             raise TypeError(f"sigmas must be a floating-point torch.Tensor, got "
                             f"{sigmas.dtype if isinstance(sigmas, torch.Tensor) else type(sigmas).__name__}")

@@ -54,7 +54,7 @@ import torch
 
 from ._backend import BACKENDS, maybe_rows
 from .denoisers import Denoiser
-from .ops._common import FLOAT_DTYPES
+from .ops._common import FLOAT_DTYPES, check_batch
 from .ops.step import COEF_NAMES, MAX_HISTORY, fused_step
 from .random import MAX_SEED, philox_normal
 
@@ -884,12 +884,7 @@ def sample(
         raise TypeError(f"sampler {sampler!r} got unknown option(s) {unknown}; it takes {valid}")
     if not callable(denoiser):
         raise TypeError(f"denoiser must be callable as denoiser(x, sigma), got {type(denoiser).__name__}")
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"x must be a float32/float16/bfloat16/float64 tensor, got {x.dtype}")
-    if x.dim() == 0 or x.shape[0] == 0:
-        raise ValueError(f"x must have a non-empty batch dimension, got shape {tuple(x.shape)}")
+    check_batch("x", x)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     flow = sampler == "flow_euler"

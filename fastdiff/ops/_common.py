@@ -29,6 +29,14 @@ def check_float(name: str, t, *, like: Optional[torch.Tensor] = None, shape=None
     return t
 
 
+def check_batch(name: str, t) -> torch.Tensor:
+    """A floating tensor (``check_float``) with a non-empty leading batch dimension: what samplers start from."""
+    check_float(name, t)
+    if t.dim() == 0 or t.shape[0] == 0:
+        raise ValueError(f"{name} must have a non-empty batch dimension, got shape {tuple(t.shape)}")
+    return t
+
+
 def check_index(name: str, t, batch: int, device: torch.device, rows: Optional[int] = None) -> torch.Tensor:
     """Require an integer index tensor of shape (batch,) on ``device`` (values in [0, rows) when given, checked
     on CPU only: on a GPU the check would sync); returns it as contiguous int64."""
