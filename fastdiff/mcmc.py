@@ -37,7 +37,7 @@ import torch
 
 from ._backend import maybe_rows
 from .ops._common import check_float, rows_of
-from .ops.langevin import langevin_select, langevin_step
+from .ops.langevin import check_step_tensor, langevin_select, langevin_step
 from .ops.step import fused_step, step_coefs
 from .random import philox4x32_10, philox_normal, split_seed
 
@@ -107,20 +107,8 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 def _step_vector(step_size: StepSize, batch: int, device: torch.device) -> torch.Tensor:
     """Per-chain step sizes as a float32 (batch,) tensor (the precision the kernel uses), validated once."""
     if isinstance(step_size, torch.Tensor):
-        if not step_size.dtype.is_floating_point:
-            raise TypeError(f"step_size must be a float or a float tensor, got {step_size.dtype}")
-        if step_size.device != device:
-            raise ValueError(f"step_size is on {step_size.device} but x is on {device}")
-        if step_size.dim() == 0:
-            step_size = step_size.reshape(1).expand(batch)
-        if step_size.shape != (batch,):
-            raise ValueError(f"step_size must be a float or a tensor of shape ({batch},) (one per chain), "
-                             f"got {tuple(step_size.shape)}")
-        h = step_size.detach().to(torch.float32).clone()
-        # one check before the loop (not a per-step sync)
-        if batch and not bool(((h > 0) & torch.isfinite(h)).all()):
-            raise ValueError("step_size must be positive and finite for every chain")
-        return h
+        # values checked once before the loop, on any device (not a per-step sync); a private copy
+        return check_step_tensor(step_size, batch, device, check_values_on_device=True).detach().clone()
     h = _check_pos_float("step_size", step_size)
     return torch.full((batch,), h, dtype=torch.float32, device=device)
 

@@ -20,23 +20,34 @@ from ..._backend import interpreter_guard, maybe_rows, profiled, resolve_backend
 from .._common import KERNEL_DTYPES, as_seed_args, check_float, check_out, check_stream, contig, rows_of
 from .naive import langevin_cpu, langevin_reference
 
-__all__ = ["langevin_step", "langevin_select", "langevin_reference"]
+__all__ = ["langevin_step", "langevin_select", "langevin_reference", "check_step_tensor"]
+
+
+def check_step_tensor(step_size: torch.Tensor, batch: int, device: torch.device, *,
+                      check_values_on_device: bool = False) -> torch.Tensor:
+    """Per-chain step sizes as a contiguous float32 ``(batch,)`` tensor on ``device`` (a 0-d tensor is broadcast).
+
+    Values must be positive and finite: checked on CPU, and on a GPU only when ``check_values_on_device``
+    (a host sync, which a sampler pays once before its loop and a single step never pays).
+    """
+    if not step_size.dtype.is_floating_point:
+        raise TypeError(f"step_size must be a float or a float tensor, got {step_size.dtype}")
+    if step_size.dim() == 0:
+        step_size = step_size.reshape(1).expand(batch)
+    if step_size.shape != (batch,):
+        raise ValueError(f"step_size must be a float or a tensor of shape ({batch},) (one per chain), "
+                         f"got {tuple(step_size.shape)}")
+    if step_size.device != device:
+        raise ValueError(f"step_size is on {step_size.device} but x is on {device}")
+    if ((device.type == "cpu" or check_values_on_device) and step_size.numel()
+            and not bool(((step_size > 0) & torch.isfinite(step_size)).all())):
+        raise ValueError("step_size must be positive and finite for every chain")
+    return step_size.to(torch.float32).contiguous()
 
 
 def _check_step(step_size, batch: int, device: torch.device):
     if isinstance(step_size, torch.Tensor):
-        if not step_size.dtype.is_floating_point:
-            raise TypeError(f"step_size must be a float or a float tensor, got {step_size.dtype}")
-        if step_size.dim() == 0:
-            step_size = step_size.reshape(1).expand(batch)
-        if step_size.shape != (batch,):
-            raise ValueError(f"step_size must be a float or a tensor of shape ({batch},) (one per chain), "
-                             f"got {tuple(step_size.shape)}")
-        if step_size.device != device:
-            raise ValueError(f"step_size is on {step_size.device} but x is on {device}")
-        if device.type == "cpu" and step_size.numel() and not bool(((step_size > 0) & torch.isfinite(step_size)).all()):
-            raise ValueError("step_size must be positive and finite for every chain")
-        return step_size.to(torch.float32).contiguous()
+        return check_step_tensor(step_size, batch, device)
     if isinstance(step_size, bool) or not isinstance(step_size, (int, float)):
         raise TypeError(f"step_size must be a float or a float tensor, got {type(step_size).__name__}")
     if not (step_size > 0 and math.isfinite(step_size)):
