@@ -6,10 +6,14 @@ from .step import fused_step, step_coefs
 __all__ = ["add_noise", "add_noise_with_target", "encoder_transition", "fused_encode", "fused_step",
            "step_coefs", "langevin_step", "langevin_select"]
 
+import torch as _torch
+
+from .._backend import interpret_mode as _interpret_mode
 from .._backend import triton_available as _triton_available
 
-if _triton_available():
-    # Import the launchers so torch.ops.fastdiff.* are registered as soon as fastdiff is imported.
+if _triton_available() and (_torch.cuda.is_available() or _interpret_mode()):
+    # Where the kernels can run, register torch.ops.fastdiff.* as soon as fastdiff is imported. Elsewhere
+    # (CPU, no interpreter) the launchers import on first use: triton_op pulls in torch._inductor (~1.1 s).
     from .encode import fused as _encode_fused  # noqa: F401
     from .langevin import fused as _langevin_fused  # noqa: F401
     from .step import fused as _step_fused  # noqa: F401
