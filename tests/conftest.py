@@ -35,3 +35,12 @@ def pytest_collection_modifyitems(config, items):
 def device() -> torch.device:
     """The device the kernels run on: CUDA when present, else CPU under the Triton interpreter."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for modules of many tiny ops (thread hand-off costs more than it saves on 2 cores)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

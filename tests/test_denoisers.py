@@ -14,12 +14,7 @@ SCHED = fastdiff.DiscreteVPSchedule(1000, 0.00085, 0.012, "scaled_linear")
 CONT = fastdiff.ContinuousVPSchedule()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def exact_network(kind, schedule, shift=0.0):

@@ -12,13 +12,7 @@ from fastdiff import mcmc
 from fastdiff.toy import GaussianMixture
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Thousands of tiny ops per test: thread hand-off costs more than it saves on a shared 2-core runner.
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # Well separated components: local MCMC cannot fix the weights, annealing / reverse SDEs must.

@@ -17,12 +17,7 @@ GMM = GaussianMixture.ring(k=6, radius=3.0, std=0.35)
 SMAX, SMIN = 20.0, 0.002
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def rk4(f, x, grid):

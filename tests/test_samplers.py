@@ -15,13 +15,7 @@ GMM = GaussianMixture.ring(k=4, radius=3.0, std=0.4, dim=3)
 ALL = list_samplers()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add overhead (and contend with other test processes)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # options that exercise each sampler's non-default branches
 VARIANTS = [
