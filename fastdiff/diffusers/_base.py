@@ -265,12 +265,8 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
         else:
             aux = None if aux_dtype == sd else torch.empty(sample.shape, dtype=aux_dtype, device=sample.device)
             want = True
-        if kwargs:
-            res = fused_step(sample, model_output, table, coef_row=row, out=out, aux_out=aux, write_aux=want,
-                             backend=self.backend, **kwargs)
-        else:
-            res = fused_step(sample, model_output, table, coef_row=row, out=out, aux_out=aux, write_aux=want,
-                             backend=self.backend)
+        res = fused_step(sample, model_output, table, coef_row=row, out=out, aux_out=aux, write_aux=want,
+                         backend=self.backend, **kwargs)
         return res if want else (res, None)
 
     # ------------------------------------------------------------------ add_noise on a per-index table
