@@ -11,9 +11,10 @@ byte model -- each input read once, each output written once -- and a set of
 
 Timing: on CUDA ``triton.testing.do_bench`` medians; on CPU medians of repeats,
 all providers of a case interleaved in one process so drift hits them alike.
-Each timed call rotates among several input sets whose total is larger than the
-last-level cache, and the "peak" is a device-to-device ``Tensor.copy_`` measured
-in the same run. Other modules add cases and providers in a few lines::
+Each timed call rotates among several input sets whose total is twice the last-level
+cache where memory allows (at most 64 sets and 1 GiB on CPU, so large CPU sizes can stay
+cache-resident; :func:`floor_call` measures a copy under the same rotation), and the
+"peak" is a device-to-device ``Tensor.copy_`` measured in the same run. Other modules add cases and providers in a few lines::
 
     from fastdiff import bench
     bench.register_case(bench.Case("dropin_ddim", "drop-in DDIM step", inputs={"x": 1, "eps": 1},
@@ -58,7 +59,7 @@ import torch
 __all__ = [
     "PROVIDERS", "BASELINES", "DTYPES", "Spec", "Case", "Row", "Report", "Unavailable", "CASES",
     "register_case", "provider", "register_provider", "providers_for", "parse_size", "parse_dtype",
-    "default_sizes", "load_plugins", "run_suite", "build_call", "format_table", "format_markdown", "plot_report", "geomean_speedups",
+    "default_sizes", "load_plugins", "run_suite", "build_call", "floor_call", "format_table", "format_markdown", "plot_report", "geomean_speedups",
     "measure_copy_bandwidth", "time_cuda", "time_interleaved", "rotating", "step_loop_overhead",
     "instrument_ops", "register_profiled", "profile_sampling", "ProfileResult", "op_range",
 ]
@@ -530,15 +531,17 @@ def _lang_eager(spec: Spec):
 
 
 # ---- drop-in schedulers: fastdiff.diffusers.<Name> vs diffusers.<Name>, same config and state ----------
-# (case, scheduler class, extra config, state reset before each timed step). Both classes keep diffusers'
-# host-side state (_step_index, model_outputs, lower_order_nums), so one reset serves both.
+# (case, scheduler class, extra config, history tensors read, x0 written). Both classes keep diffusers'
+# host-side state (_step_index, model_outputs, lower_order_nums), so one reset serves both. DDIM and Euler
+# return pred_original_sample beside prev_sample; DPM-Solver++ stores its x0 as the next step's history.
 _DROPIN_STEP = 25
 _DROPIN = (
-    ("dropin_ddim", "DDIMScheduler", dict(_diffusers_kwargs(), clip_sample=False, set_alpha_to_one=False), 0),
-    ("dropin_euler", "EulerDiscreteScheduler", _diffusers_kwargs(), 0),
+    ("dropin_ddim", "DDIMScheduler", dict(_diffusers_kwargs(), clip_sample=False, set_alpha_to_one=False), 0,
+     True),
+    ("dropin_euler", "EulerDiscreteScheduler", _diffusers_kwargs(), 0, True),
     ("dropin_dpmpp2m", "DPMSolverMultistepScheduler",
-     dict(_diffusers_kwargs(), algorithm_type="dpmsolver++", solver_order=2), 1),
-    ("dropin_flow_euler", "FlowMatchEulerDiscreteScheduler", dict(num_train_timesteps=1000, shift=3.0), 0),
+     dict(_diffusers_kwargs(), algorithm_type="dpmsolver++", solver_order=2), 1, True),
+    ("dropin_flow_euler", "FlowMatchEulerDiscreteScheduler", dict(num_train_timesteps=1000, shift=3.0), 0, False),
 )
 
 
@@ -569,11 +572,11 @@ def _dropin_factory(module: str, cls_name: str, config: Dict[str, Any], n_hist: 
     return factory
 
 
-for _name, _cls, _cfg, _nh in _DROPIN:
+for _name, _cls, _cfg, _nh, _x0 in _DROPIN:
     register_case(Case(
         _name, f"drop-in {_cls}.step (50 steps, mid-trajectory)",
         inputs={"x": 1, "eps": 1, **({"hist": 1} if _nh else {})},
-        writes={"out": 1, **({"x0": 1} if _nh else {})}, group="dropin",
+        writes={"out": 1, **({"x0": 1} if _x0 else {})}, group="dropin",
         check=("fastdiff",), reference="diffusers", op=f"fastdiff.diffusers.{_cls}().step(eps, t, x)"))
     register_provider(_name, "fastdiff", _dropin_factory("fastdiff.diffusers", _cls, _cfg, _nh))
     register_provider(_name, "diffusers", _dropin_factory("diffusers", _cls, _cfg, _nh))
@@ -899,6 +902,29 @@ def build_call(case: str, provider_name: str, spec: Spec, *, n_sets: Optional[in
     fn = _build(c, provider_name, spec)
     fn(sets[0])
     return rotating(fn, sets)
+
+
+def floor_call(case: str, spec: Spec, *, n_sets: Optional[int] = None) -> Tuple[Callable[[], Any], float]:
+    """The one-pass floor of ``case``, measurable beside its providers: a rotating ``clone`` and a scale.
+
+    Returns ``(call, scale)``: ``call`` clones one sample-sized tensor, rotating over as many sets (hence the
+    same cache residency) as :func:`build_call` uses for ``case``; ``scale`` (the case's bytes over the two
+    tensor-sizes a clone moves) turns its time into the time of a single pass that reads each input once
+    and writes each output once at copy speed. ``baseline time / (clone time * scale)`` is the largest
+    speedup over that baseline that any implementation of ``case`` could show in the same run. Example:
+        >>> call, scale = floor_call("step_ddim", Spec((1, 4, 8, 8), torch.float32, torch.device("cpu")))
+        >>> scale, call().shape
+        (1.5, torch.Size([1, 4, 8, 8]))
+    """
+    if case not in CASES:
+        raise ValueError(f"unknown case {case!r}; known: {sorted(CASES)}")
+    c = CASES[case]
+    n = n_sets if n_sets is not None else _n_sets(c.input_bytes(spec), spec.device)
+    itemsize = torch.empty((), dtype=spec.dtype).element_size()
+    per_set = max(1, c.input_bytes(spec) // (spec.numel * itemsize))  # the same bytes resident per set
+    sets = [{"x": torch.randn(per_set * spec.numel, device=spec.device).to(spec.dtype)} for _ in range(n)]
+    scale = c.bytes_moved(spec.numel, spec.dtype) / (2 * spec.numel * itemsize)
+    return rotating(lambda s: s["x"][: spec.numel].clone().view(spec.shape), sets), scale
 
 
 def _peak_extra(fn: Callable[[], Any], device: torch.device) -> Optional[int]:

@@ -43,6 +43,30 @@ def test_byte_counts(op, units, dtype, size):
     assert f"= {units} x N x itemsize" in bench.CASES[op].formula()
 
 
+@pytest.mark.parametrize("op, units", [
+    ("dropin_ddim", 4),        # x, eps -> prev_sample, pred_original_sample
+    ("dropin_euler", 4),       # x, eps -> prev_sample, pred_original_sample
+    ("dropin_dpmpp2m", 5),     # x, eps, history -> prev_sample, x0 (the next step's history)
+    ("dropin_flow_euler", 3),  # x, velocity -> prev_sample
+])
+def test_dropin_byte_counts_match_what_the_step_returns(op, units):
+    bench.load_plugins()
+    assert bench.CASES[op].bytes_moved(1000, torch.float32) == units * 1000 * 4
+
+
+@pytest.mark.parametrize("op", ["step_ddim", "step_cfg", "step_dpmpp2m"])
+def test_floor_call_scales_a_copy_to_the_case_bytes(op):
+    spec = bench.Spec((3, 5, 7), torch.float32, torch.device("cpu"))
+    call, scale = bench.floor_call(op, spec, n_sets=3)
+    case = bench.CASES[op]
+    assert scale == case.bytes_moved(spec.numel, spec.dtype) / (2 * spec.numel * 4)
+    outs = [call() for _ in range(4)]
+    assert all(o.shape == spec.shape and o.dtype == spec.dtype for o in outs)
+    assert not torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[3])  # rotates over the 3 sets
+    with pytest.raises(ValueError, match="unknown case"):
+        bench.floor_call("nope", spec)
+
+
 def test_parse_size_and_dtype():
     assert bench.parse_size("16x4x64x64") == (16, 4, 64, 64)
     assert bench.parse_size("16M") == (16, 2**20)
@@ -288,3 +312,34 @@ def test_profile_sampling_counts_ops(tmp_path):
     assert res.ops["fastdiff::fused_step"]["cpu_total_us"] > 0
     assert res.result.shape == x.shape and "fastdiff::fused_step" in res.table
     assert "fastdiff::fused_step" in trace.read_text()
+
+
+# ---- the GPU check script ------------------------------------------------------------------------
+
+def test_gpu_check_script_runs_end_to_end_on_cpu(tmp_path):
+    """``benchmarks/gpu_check.py --quick`` on CPU: the one-call GPU script must not rot while no GPU runs it.
+
+    It exercises everything the GPU run does except the CUDA-only parts (the ``-m gpu`` test child, CUDA graphs
+    and the >= 16M-element sizes): every case with every provider, the loop-overhead extra, the results files
+    and the table printed last.
+    """
+    import os
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    proc = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "gpu_check.py"), "--quick",
+                           "--device", "cpu", "--tests", "no", "--out-dir", str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (js,) = tmp_path.glob("*-cpu-quick.json")
+    data = json.loads(js.read_text())
+    bench.load_plugins()
+    assert {r["op"] for r in data["rows"]} == set(bench.CASES)
+    assert all(r["status"] == "ok" or r["status"].startswith("skipped") for r in data["rows"]), \
+        [(r["op"], r["provider"], r["status"]) for r in data["rows"] if r["status"] != "ok"]
+    assert {"fastdiff", "eager"} <= {r["provider"] for r in data["rows"]}
+    assert "loop_eager" in data["meta"]["extras"]
+    assert (tmp_path / js.name.replace(".json", ".md")).read_text().startswith("# fastdiff GPU check")
+    last = proc.stdout.strip().splitlines()
+    assert last[-1].startswith("wrote ") and any("copy bandwidth" in ln for ln in last[-6:])
