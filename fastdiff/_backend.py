@@ -16,7 +16,8 @@ from typing import Callable, Optional, TypeVar
 
 import torch
 
-__all__ = ["profiled", "interpreter_guard", "BACKENDS", "resolve_backend", "triton_available", "interpret_mode", "block_size"]
+__all__ = ["profiled", "interpreter_guard", "launch", "BACKENDS", "resolve_backend", "triton_available",
+           "interpret_mode", "block_size"]
 
 BACKENDS = ("auto", "triton", "torch", "reference")
 
@@ -40,9 +41,14 @@ def triton_available() -> bool:
     return _TRITON_OK
 
 
+# Read once: Triton reads it when the kernels are decorated, at fastdiff's import (``_probe_triton``), so a
+# later change of the variable cannot switch the kernels anyway; re-reading os.environ cost ~1 us per launch.
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def interpret_mode() -> bool:
     """True when Triton runs kernels on CPU through its interpreter."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return _INTERPRET
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -115,6 +121,53 @@ def profiled(name: str) -> Callable[[_F], _F]:
         return wrapper  # type: ignore[return-value]
 
     return deco
+
+
+_TENSOR = torch.Tensor
+_dispatch_depth = getattr(torch._C, "_len_torch_dispatch_stack", None)
+_SCALARS = frozenset((type(None), int, float, bool))
+
+
+def _plain_eager(args: tuple) -> bool:
+    """True when a launch needs nothing from the dispatcher: no tracing, no profiler, plain tensors, no grad.
+
+    ``args[0]`` is the launch's first tensor (every launcher's ``x``). The check costs ~2.7 us for 20
+    arguments on the CI CPU.
+    """
+    if torch.compiler.is_compiling() or getattr(torch.autograd.profiler, "_is_profiler_enabled", True):
+        return False
+    if _dispatch_depth is None or _dispatch_depth():  # fake / functional tensors, export, debug modes
+        return False
+    grad = torch.is_grad_enabled()
+    for a in args:
+        cls = a.__class__
+        if cls is _TENSOR:
+            if grad and a.requires_grad:
+                return False
+        elif cls not in _SCALARS and isinstance(a, _TENSOR):  # a subclass (DTensor, FakeTensor) keeps its dispatch
+            return False
+    # the op runs under the tensors' device guard; a direct Triton launch uses the current device
+    dev = args[0].device
+    return dev.type != "cuda" or dev.index == torch.cuda.current_device()
+
+
+def as_kernel(kernel):
+    """The ``jit`` argument of a direct launch body (where the op passes ``wrap_triton``): the kernel as is."""
+    return kernel
+
+
+def launch(op: Callable[..., None], direct: Callable[..., None], *args) -> None:
+    """Run a Triton launcher, through its ``torch.library`` op only when someone needs to see the op.
+
+    ``op`` is the ``triton_op`` (what torch.compile, export, fake-tensor tracing and profiler traces see);
+    ``direct`` is the same launch body calling the kernel as is. A plain eager call takes ``direct``: the
+    dispatcher round trip of a ``triton_op`` costs ~25 us per call even with an empty body (measured on the
+    2-core CI CPU), more than a whole step's kernel at small batch on a GPU.
+    """
+    if _plain_eager(args):
+        direct(*args)
+    else:
+        op(*args)
 
 
 # Triton's CPU interpreter patches triton.language module state for the duration of each launch, so two

@@ -343,3 +343,20 @@ def test_gpu_check_script_runs_end_to_end_on_cpu(tmp_path):
     assert (tmp_path / js.name.replace(".json", ".md")).read_text().startswith("# fastdiff GPU check")
     last = proc.stdout.strip().splitlines()
     assert last[-1].startswith("wrote ") and any("copy bandwidth" in ln for ln in last[-6:])
+
+
+def test_host_overhead_script_runs_and_restores_the_launchers():
+    import importlib.util
+    import os
+
+    import fastdiff.ops.step as step_op
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
+                        "host_overhead.py")
+    spec = importlib.util.spec_from_file_location("host_overhead", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    before = step_op._LAUNCHERS
+    rows = mod.main(n=50)
+    assert len(rows) == 5 and all(us > 0 for _, us in rows)
+    assert step_op._LAUNCHERS is before

@@ -8,11 +8,11 @@ import triton
 from torch.library import triton_op, wrap_triton
 
 from ...kernels.langevin import langevin_kernel, langevin_select_kernel
-from ..._backend import block_size, interpret_mode, idx64, num_warps_for
+from ..._backend import as_kernel, block_size, interpret_mode, idx64, num_warps_for
 
 
-@triton_op("fastdiff::langevin_step_", mutates_args={"out", "noise_out"})
-def langevin_step_triton(
+def _langevin_step(
+    jit,
     x: torch.Tensor,
     grad: torch.Tensor,
     step: Optional[torch.Tensor],
@@ -31,7 +31,7 @@ def langevin_step_triton(
         return
     n_cols = total // x.shape[0]
     block = block_size(total, x.device)
-    wrap_triton(langevin_kernel)[(triton.cdiv(total, block),)](
+    jit(langevin_kernel)[(triton.cdiv(total, block),)](
         x, grad, x if step is None else step, x if noise is None else noise, out,
         out if noise_out is None else noise_out, x if row_ids is None else row_ids,
         n_cols, total, step_scalar, temperature, seed_lo, seed_hi, stream,
@@ -40,16 +40,49 @@ def langevin_step_triton(
     )
 
 
-@triton_op("fastdiff::langevin_select_", mutates_args={"out"})
-def langevin_select_triton(x: torch.Tensor, proposal: torch.Tensor, accept: torch.Tensor, out: torch.Tensor) -> None:
+def _langevin_select(jit, x: torch.Tensor, proposal: torch.Tensor, accept: torch.Tensor, out: torch.Tensor) -> None:
     total = x.numel()
     if total == 0:
         return
     block = block_size(total, x.device)
-    wrap_triton(langevin_select_kernel)[(triton.cdiv(total, block),)](
+    jit(langevin_select_kernel)[(triton.cdiv(total, block),)](
         x, proposal, accept, out, total // x.shape[0], total,
         IDX64=idx64(total), BLOCK=block, num_warps=num_warps_for(block),
     )
+
+
+@triton_op("fastdiff::langevin_step_", mutates_args={"out", "noise_out"})
+def langevin_step_triton(
+    x: torch.Tensor,
+    grad: torch.Tensor,
+    step: Optional[torch.Tensor],
+    noise: Optional[torch.Tensor],
+    row_ids: Optional[torch.Tensor],
+    out: torch.Tensor,
+    noise_out: Optional[torch.Tensor],
+    step_scalar: float,
+    temperature: float,
+    seed_lo: int,
+    seed_hi: int,
+    stream: int,
+) -> None:
+    _langevin_step(wrap_triton, x, grad, step, noise, row_ids, out, noise_out, step_scalar, temperature, seed_lo,
+                   seed_hi, stream)
+
+
+@triton_op("fastdiff::langevin_select_", mutates_args={"out"})
+def langevin_select_triton(x: torch.Tensor, proposal: torch.Tensor, accept: torch.Tensor, out: torch.Tensor) -> None:
+    _langevin_select(wrap_triton, x, proposal, accept, out)
+
+
+def langevin_step_direct(*args) -> None:
+    """``langevin_step_triton``'s launch without the torch.library dispatcher (same arguments)."""
+    _langevin_step(as_kernel, *args)
+
+
+def langevin_select_direct(*args) -> None:
+    """``langevin_select_triton``'s launch without the torch.library dispatcher (same arguments)."""
+    _langevin_select(as_kernel, *args)
 
 
 if interpret_mode():

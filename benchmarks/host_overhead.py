@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""Host (Python) work of one kernel step, measured on any machine: what a GPU launch costs before the GPU.
+
+The kernel launch itself is stubbed out, so the figures are fastdiff's own per-call work: argument checks,
+output allocation and the choice of launch path; plus, for scale, the dispatcher round trip of an empty
+``torch.library.triton_op`` that a plain eager call no longer pays. Run::
+
+    TRITON_INTERPRET=1 python benchmarks/host_overhead.py
+
+(``TRITON_INTERPRET=1`` lets ``backend="triton"`` accept CPU tensors; nothing is launched.)
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import torch  # noqa: E402
+from torch.library import triton_op  # noqa: E402
+
+import fastdiff.ops.step as step_op  # noqa: E402
+from fastdiff import _backend  # noqa: E402
+from fastdiff.ops.step import fused_step, step_coefs  # noqa: E402
+
+
+def _us(n: int, fn, rounds: int = 5) -> float:
+    for _ in range(min(n, 500)):
+        fn()
+    per = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        per.append((time.perf_counter() - t0) / n * 1e6)
+    return statistics.median(per)
+
+
+@triton_op("fastdiff_probe::empty_", mutates_args={"out"})
+def _empty_op(x: torch.Tensor, out: torch.Tensor, a: int, b: float) -> None:
+    return None
+
+
+def main(n: int = 20000) -> list:
+    torch.set_num_threads(1)
+    x = torch.randn(1, 4, 64, 64)
+    m, h = torch.randn_like(x), torch.randn_like(x)
+    coefs = step_coefs(out_x=[0.9, 0.8], out_d=[0.1, 0.2], out_h=[0.05])
+    args = (x, m, coefs, None, h, None, None, None, None, None, x, None, 0, 1, False, None, 0, 0, 0, 0)
+    saved = step_op._LAUNCHERS
+    step_op._LAUNCHERS = (lambda *a: None, lambda *a: None)  # time fastdiff's own work, not the launch
+    try:
+        rows = [
+            ("fused_step, cheap checks (a sampler's call)", _us(n, lambda: fused_step(x, m, coefs, coef_row=1,
+                                                                                    backend="triton"))),
+            ("fused_step, cheap checks, history + aux", _us(n, lambda: fused_step(x, m, coefs, coef_row=1, history=[h],
+                                                                               write_aux=True, backend="triton"))),
+            ("fused_step, full checks (noise= given)", _us(n, lambda: fused_step(x, m, coefs, coef_row=1, noise=h,
+                                                                              backend="triton"))),
+        ]
+    finally:
+        step_op._LAUNCHERS = saved
+    rows += [
+        ("choosing the launch path (_backend._plain_eager, 20 args)", _us(n, lambda: _backend._plain_eager(args))),
+        ("dispatcher round trip of an empty triton_op (now skipped)", _us(n, lambda: _empty_op(x, x, 1, 2.0))),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"{'host work per call':{width}s}  median us")
+    for name, us in rows:
+        print(f"{name:{width}s}  {us:8.1f}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
