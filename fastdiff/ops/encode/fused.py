@@ -11,20 +11,9 @@ from ...kernels.encode import fused_encode_kernel
 from ..._backend import as_kernel, block_size, interpret_mode, idx64, num_warps_for
 
 
-def _fused_encode(
-    jit,
-    x0: torch.Tensor,
-    coefs: torch.Tensor,
-    index: Optional[torch.Tensor],
-    noise: Optional[torch.Tensor],
-    row_ids: Optional[torch.Tensor],
-    out: torch.Tensor,
-    target_out: Optional[torch.Tensor],
-    noise_out: Optional[torch.Tensor],
-    seed_lo: int,
-    seed_hi: int,
-    stream: int,
-) -> None:
+def _fused_encode(jit, x0, coefs, index, noise, row_ids, out, target_out, noise_out, seed_lo, seed_hi,
+                  stream) -> None:
+    """The launch body shared by the op (``jit=wrap_triton``) and the direct path (``jit=as_kernel``)."""
     total = x0.numel()
     if total == 0:
         return

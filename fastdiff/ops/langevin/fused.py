@@ -11,21 +11,9 @@ from ...kernels.langevin import langevin_kernel, langevin_select_kernel
 from ..._backend import as_kernel, block_size, interpret_mode, idx64, num_warps_for
 
 
-def _langevin_step(
-    jit,
-    x: torch.Tensor,
-    grad: torch.Tensor,
-    step: Optional[torch.Tensor],
-    noise: Optional[torch.Tensor],
-    row_ids: Optional[torch.Tensor],
-    out: torch.Tensor,
-    noise_out: Optional[torch.Tensor],
-    step_scalar: float,
-    temperature: float,
-    seed_lo: int,
-    seed_hi: int,
-    stream: int,
-) -> None:
+def _langevin_step(jit, x, grad, step, noise, row_ids, out, noise_out, step_scalar, temperature, seed_lo, seed_hi,
+                   stream) -> None:
+    """The launch body shared by the op (``jit=wrap_triton``) and the direct path (``jit=as_kernel``)."""
     total = x.numel()
     if total == 0:
         return
@@ -40,7 +28,7 @@ def _langevin_step(
     )
 
 
-def _langevin_select(jit, x: torch.Tensor, proposal: torch.Tensor, accept: torch.Tensor, out: torch.Tensor) -> None:
+def _langevin_select(jit, x, proposal, accept, out) -> None:
     total = x.numel()
     if total == 0:
         return

@@ -16,29 +16,9 @@ from ...kernels.step import fused_step_kernel
 from ..._backend import as_kernel, block_size, interpret_mode, idx64, num_warps_for
 
 
-def _fused_step(
-    jit,
-    x: torch.Tensor,
-    model_output: torch.Tensor,
-    coefs: torch.Tensor,
-    x_eval: Optional[torch.Tensor],
-    h0: Optional[torch.Tensor],
-    h1: Optional[torch.Tensor],
-    h2: Optional[torch.Tensor],
-    noise: Optional[torch.Tensor],
-    coef_index: Optional[torch.Tensor],
-    row_ids: Optional[torch.Tensor],
-    out: torch.Tensor,
-    aux_out: Optional[torch.Tensor],
-    coef_row: int,
-    n_hist: int,
-    guidance: bool,
-    clip: Optional[float],
-    noise_mode: int,
-    seed_lo: int,
-    seed_hi: int,
-    stream: int,
-) -> None:
+def _fused_step(jit, x, model_output, coefs, x_eval, h0, h1, h2, noise, coef_index, row_ids, out, aux_out,
+                coef_row, n_hist, guidance, clip, noise_mode, seed_lo, seed_hi, stream) -> None:
+    """The launch body shared by the op (``jit=wrap_triton``) and the direct path (``jit=as_kernel``)."""
     batch = x.shape[0]
     total = x.numel()
     if total == 0:
