@@ -40,7 +40,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 import torch
 
 from .ops._common import check_batch
-from .ops.step import COEF_NAMES, MAX_HISTORY, fused_step
+from .ops.step import COEF_DEFAULTS, MAX_HISTORY, coef_table, fused_step
 from .sampling import churn_schedule, lms_coefficients
 from .schedules import exponential_sigmas, karras_sigmas, polyexponential_sigmas, vp_sigmas
 
@@ -230,10 +230,6 @@ class BrownianTreeNoiseSampler:
 # ----------------------------------------------------------------------------------------------
 # the run: host scalars -> one coefficient table -> model call + fused step per evaluation
 # ----------------------------------------------------------------------------------------------
-_DEFAULTS = dict(in_x=0.0, in_m=1.0, guidance=0.0, out_x=0.0, out_e=0.0, out_m=0.0, out_d=0.0, out_h0=0.0,
-                 out_h1=0.0, out_h2=0.0, out_noise=0.0, aux_x=0.0, aux_d=1.0)
-
-
 def _backend_for(x: torch.Tensor) -> str:
     # the Triton kernels store float32/16/bf16; float64 runs on the PyTorch path
     return "torch" if x.dtype == torch.float64 else "auto"
@@ -276,7 +272,7 @@ class _Run:
     # --- planning (host) ---------------------------------------------------------------------
     def row(self, **coefs: Any) -> int:
         """Add one coefficient row (``step_coefs`` names; ``out_h`` a tuple) and return its index."""
-        r = dict(_DEFAULTS)
+        r = dict(COEF_DEFAULTS)
         for k, v in enumerate(coefs.pop("out_h", ())):
             r[f"out_h{k}"] = float(v)
         r.update({k: float(v) for k, v in coefs.items()})
@@ -291,9 +287,7 @@ class _Run:
     def finish(self) -> None:
         """Move the coefficient table and the model sigmas to the device, once."""
         dt = torch.float64 if self.x0.dtype == torch.float64 else torch.float32
-        rows = self.rows or [dict(_DEFAULTS)]
-        table = torch.tensor([[r[name] for name in COEF_NAMES] for r in rows], dtype=torch.float64)
-        self.table = table.to(dt).to(self.x0.device)
+        self.table = coef_table(self.rows or [COEF_DEFAULTS], device=self.x0.device, dtype=dt)
         ms = torch.stack(self.model_sigmas) if self.model_sigmas else self.host.new_zeros(1)
         self.msig = ms.to(self.x0.device)
 

@@ -55,7 +55,7 @@ import torch
 from ._backend import BACKENDS, maybe_rows
 from .denoisers import Denoiser
 from .ops._common import FLOAT_DTYPES, check_batch
-from .ops.step import COEF_NAMES, MAX_HISTORY, fused_step
+from .ops.step import COEF_DEFAULTS, MAX_HISTORY, coef_table, fused_step
 from .random import MAX_SEED, philox_normal
 
 __all__ = ["sample", "initial_noise", "list_samplers", "SAMPLERS", "STOCHASTIC", "SamplerContext", "History",
@@ -283,33 +283,22 @@ class SamplerContext:
         if self._planned is not None:  # CUDA-graph capture re-runs the sampler: reuse the same tensors
             return
         rows = list(rows) + [self.row(0.0, in_x=0.0, in_m=0.0, out_x=1.0, out_noise=pre_noise)]
-        cols: Dict[str, List[Any]] = collections.defaultdict(list)
-        names = ("in_x", "in_m", "out_x", "out_e", "out_m", "out_d", "out_noise", "aux_x", "aux_d")
-        defaults = dict(in_x=None, in_m=None, out_x=0.0, out_e=0.0, out_m=0.0, out_d=0.0, out_noise=0.0,
-                        aux_x=0.0, aux_d=1.0)
-        hist = []
+        coef_rows = []
         for r in rows:
-            conv = self._conversion(r["sigma"]) if "in_x" not in r else (r["in_x"], r["in_m"])
-            for name in names:
-                v = r.get(name, defaults[name])
-                if name == "in_x":
-                    v = conv[0]
-                elif name == "in_m":
-                    v = conv[1]
-                cols[name].append(float(v))
-            h = tuple(float(c) for c in r.get("out_h", ()))
-            hist.append(h + (0.0,) * (MAX_HISTORY - len(h)))
-        cols.update({f"out_h{k}": [h[k] for h in hist] for k in range(MAX_HISTORY)})
-        cols["guidance"] = [self.guidance_scale] * len(rows)
+            in_x, in_m = self._conversion(r["sigma"]) if "in_x" not in r else (r["in_x"], r["in_m"])
+            c = {name: float(v) for name, v in r.items() if name in COEF_DEFAULTS}
+            c.update({f"out_h{k}": float(v) for k, v in enumerate(r.get("out_h", ()))})
+            c.update(in_x=float(in_x), in_m=float(in_m), guidance=self.guidance_scale)
+            coef_rows.append(c)
         # float32 table for the kernels; float64 x (torch path) keeps float64 coefficients
-        table = torch.tensor([cols[name] for name in COEF_NAMES], dtype=torch.float64).T.contiguous()
-        table = table.to(self.table_dtype).to(self.device)
+        table = coef_table(coef_rows, device=self.device, dtype=self.table_dtype)
         sig = torch.tensor([r["sigma"] for r in rows[:-1]] or [0.0], dtype=torch.float64)
         ts = self._timesteps(sig)
         sig_dev = sig.to(self.sigma_dtype).to(self.device)
         t_dev = None if ts is None else ts.to(self.sigma_dtype).to(self.device)
-        noisy = [c != 0.0 for c in cols["out_noise"]]
-        self._planned = (table, sig_dev, t_dev, noisy, cols["in_x"], cols["in_m"], len(rows) - 1)
+        noisy = [c.get("out_noise", 0.0) != 0.0 for c in coef_rows]
+        self._planned = (table, sig_dev, t_dev, noisy, [c["in_x"] for c in coef_rows], [c["in_m"] for c in coef_rows],
+                         len(rows) - 1)
 
     # --- the loop ------------------------------------------------------------------------------
     def steps(self, n: int):

@@ -14,7 +14,8 @@ Example (one DDIM step, eta=0, epsilon prediction, written as coefficients):
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+import inspect
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -26,7 +27,8 @@ from .._common import (FLOAT_DTYPES, KERNEL_DTYPES, as_seed_args, check_float, c
 from .cpu import step_cpu
 from .naive import COEF_NAMES, MAX_HISTORY, NUM_COEFS, step_reference
 
-__all__ = ["fused_step", "step_coefs", "COEF_NAMES", "NUM_COEFS", "MAX_HISTORY", "step_reference"]
+__all__ = ["fused_step", "step_coefs", "coef_table", "COEF_NAMES", "COEF_DEFAULTS", "NUM_COEFS", "MAX_HISTORY",
+           "step_reference"]
 
 _Coef = Union[float, Sequence[float], torch.Tensor]
 _CPU_BACKENDS = ("auto", "torch")
@@ -128,6 +130,32 @@ def step_coefs(
             raise ValueError(f"coefficient {name} has {c.numel()} values; expected 1 or {rows}")
     table = torch.stack([c.expand(rows) for c in cols], dim=1)
     return table.to(device=device, dtype=dtype)
+
+
+def _coef_defaults() -> Dict[str, float]:
+    params = inspect.signature(step_coefs).parameters
+    return {name: (0.0 if name.startswith("out_h") else float(params[name].default)) for name in COEF_NAMES}
+
+
+# Each column's value when a row does not set it: step_coefs' defaults, keyed by COEF_NAMES (out_h0..2 = 0).
+COEF_DEFAULTS: Dict[str, float] = _coef_defaults()
+
+
+def coef_table(rows: Sequence[Mapping[str, Any]], *, device: Union[str, torch.device, None] = None,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A ``(len(rows), NUM_COEFS)`` table from one mapping per row keyed by ``COEF_NAMES``, through ``step_coefs``.
+
+    Names a row leaves out take ``COEF_DEFAULTS``; other keys are ignored (samplers keep e.g. a row's
+    sigma beside its coefficients). Example:
+        >>> coef_table([{"out_x": 0.9, "out_d": 0.1}, {"out_x": 0.8, "out_d": 0.2, "out_h0": 0.05}])[:, 7]
+        tensor([0.0000, 0.0500])
+    """
+    rows = list(rows)
+    if not rows:
+        raise ValueError("rows must hold at least one row of coefficients")
+    cols = {name: [r.get(name, d) for r in rows] for name, d in COEF_DEFAULTS.items()}
+    out_h = [cols.pop(f"out_h{k}") for k in range(MAX_HISTORY)]
+    return step_coefs(**cols, out_h=out_h, device=device, dtype=dtype)
 
 
 @profiled("fastdiff::fused_step")
