@@ -360,3 +360,36 @@ def test_host_overhead_script_runs_and_restores_the_launchers():
     rows = mod.main(n=50)
     assert len(rows) == 5 and all(us > 0 for _, us in rows)
     assert step_op._LAUNCHERS is before
+
+
+def test_gpu_check_installs_then_restarts_itself(monkeypatch):
+    """On a bare GPU machine the script pip-installs the tree, then must re-exec: a running Python never sees a
+    fresh editable install (its .pth hook is read at start-up). Checked with pip and execv recorded, not run."""
+    import builtins
+    import importlib.util
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("gpu_check", os.path.join(root, "benchmarks", "gpu_check.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    real_import = builtins.__import__
+
+    def no_fastdiff(name, *args, **kwargs):
+        if name.startswith("fastdiff"):
+            raise ImportError("not installed")
+        return real_import(name, *args, **kwargs)
+
+    ran, execs = [], []
+    monkeypatch.setattr(builtins, "__import__", no_fastdiff)
+    monkeypatch.setattr(mod.subprocess, "run", lambda cmd, **kw: ran.append(cmd))
+    monkeypatch.setattr(mod.os, "execv", lambda exe, argv: execs.append(argv))
+    monkeypatch.setenv("FASTDIFF_GPU_CHECK_INSTALLED", "")  # so that teardown restores the variable's absence
+    monkeypatch.delenv("FASTDIFF_GPU_CHECK_INSTALLED")
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--budget", "300"])
+    mod._ensure_fastdiff()
+    assert ran and ran[-1][-2:] == ["-e", mod.ROOT] and "--no-index" in ran[-1]
+    assert execs == [[sys.executable, os.path.abspath(mod.__file__), "--budget", "300"]]
+    assert os.environ["FASTDIFF_GPU_CHECK_INSTALLED"] == "1"
+    with pytest.raises(ImportError):  # after the restart, a still-missing package is an error, not a loop
+        mod._ensure_fastdiff()
