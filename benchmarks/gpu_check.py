@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import glob
+import math
 import os
 import re
 import shutil
@@ -28,6 +29,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOAL_PCT_COPY = 85.0  # every fused op at >= 16M elements, fp32 and bf16
 GOAL_GRAPH_US, GOAL_EAGER_US = 10.0, 40.0  # per-step overhead of a 50-step batch-1 loop
+GOAL_DROPIN_X = 8.0  # drop-in step vs diffusers, geomean of four schedulers, 16x4x128x128 fp16
+GOAL_VS_COMPILE = 1.1  # fused step vs torch.compile of the eager step
 
 
 def _log(msg: str) -> None:
@@ -83,8 +86,15 @@ def _run_tests(timeout_s: float) -> dict:
     return res
 
 
+def _geomean(values) -> float:
+    values = list(values)
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
 def _goals(report, extras: dict, device_type: str) -> list:
     """Lines judging the issue's goals from this run (only where this run measured them)."""
+    from fastdiff import bench
+
     lines = []
     if device_type == "cuda":
         for r in report.rows:
@@ -95,6 +105,40 @@ def _goals(report, extras: dict, device_type: str) -> list:
                                  f"(goal >= {GOAL_PCT_COPY:.0f}%)")
                 else:
                     lines.append(f"MISS {r.op} {r.shape} {r.dtype}: {r.status}")
+        # drop-in step vs diffusers (geomean over the drop-in cases of one size and dtype)
+        groups: dict = {}
+        for r in report.rows:
+            if r.provider == "fastdiff" and r.group == "dropin" and r.ok and "diffusers" in r.speedup:
+                groups.setdefault((r.shape, r.dtype), {})[r.op] = r.speedup["diffusers"]
+        for (shape, dtype), per in sorted(groups.items()):
+            geo = _geomean(per.values())
+            mark = "PASS" if geo >= GOAL_DROPIN_X and len(per) >= 4 else "MISS"
+            lines.append(f"{mark} drop-in step vs diffusers {shape} {dtype}: {geo:.2f}x geomean over {len(per)} "
+                         f"schedulers (goal >= {GOAL_DROPIN_X:.0f}x): "
+                         + ", ".join(f"{op} {v:.2f}x" for op, v in sorted(per.items())))
+        # fused step vs torch.compile of the same eager step (after its compile)
+        groups = {}
+        for r in report.rows:
+            if r.provider == "fastdiff" and r.group == "step" and r.ok and "compile" in r.speedup:
+                groups.setdefault((r.shape, r.dtype), {})[r.op] = r.speedup["compile"]
+        for (shape, dtype), per in sorted(groups.items()):
+            geo = _geomean(per.values())
+            mark = "PASS" if geo >= GOAL_VS_COMPILE else "MISS"
+            lines.append(f"{mark} step vs torch.compile {shape} {dtype}: {geo:.2f}x geomean over {len(per)} cases "
+                         f"(goal >= {GOAL_VS_COMPILE}x)")
+        # peak extra memory of a call: at most its outputs (allocator rounding: 512 B per output). Core ops only:
+        # a drop-in's outputs follow diffusers' dtypes (Euler's pred_original_sample is float32 for fp16 input)
+        core = [r for r in report.rows if r.group in ("encode", "step", "langevin")]
+        for r in core:
+            if r.provider == "fastdiff" and r.peak_extra_bytes is not None and r.op in bench.CASES:
+                writes = bench.CASES[r.op].writes
+                out_bytes = sum(writes.values()) * r.numel * {"fp32": 4}.get(r.dtype, 2)
+                if r.peak_extra_bytes > out_bytes + 512 * len(writes):
+                    lines.append(f"MISS peak memory {r.op} {r.shape} {r.dtype}: {r.peak_extra_bytes} B extra, "
+                                 f"outputs are {out_bytes} B")
+        if any(r.provider == "fastdiff" and r.peak_extra_bytes is not None for r in core):
+            if not any(ln.startswith("MISS peak memory") for ln in lines):
+                lines.append("PASS peak memory: every fastdiff call allocated at most its outputs")
     for key, goal in (("loop_graph", GOAL_GRAPH_US), ("loop_eager", GOAL_EAGER_US)):
         if key in extras and "overhead_us" in extras[key]:
             v = extras[key]["overhead_us"]

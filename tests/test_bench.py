@@ -316,6 +316,18 @@ def test_profile_sampling_counts_ops(tmp_path):
 
 # ---- the GPU check script ------------------------------------------------------------------------
 
+def _load_script(name: str):
+    """Import ``benchmarks/<name>.py`` as a module (the scripts are not a package)."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def test_gpu_check_script_runs_end_to_end_on_cpu(tmp_path):
     """``benchmarks/gpu_check.py --quick`` on CPU: the one-call GPU script must not rot while no GPU runs it.
 
@@ -346,16 +358,9 @@ def test_gpu_check_script_runs_end_to_end_on_cpu(tmp_path):
 
 
 def test_host_overhead_script_runs_and_restores_the_launchers():
-    import importlib.util
-    import os
-
     import fastdiff.ops.step as step_op
 
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
-                        "host_overhead.py")
-    spec = importlib.util.spec_from_file_location("host_overhead", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _load_script("host_overhead")
     before = step_op._LAUNCHERS
     rows = mod.main(n=50)
     assert len(rows) == 5 and all(us > 0 for _, us in rows)
@@ -366,13 +371,9 @@ def test_gpu_check_installs_then_restarts_itself(monkeypatch):
     """On a bare GPU machine the script pip-installs the tree, then must re-exec: a running Python never sees a
     fresh editable install (its .pth hook is read at start-up). Checked with pip and execv recorded, not run."""
     import builtins
-    import importlib.util
     import os
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = importlib.util.spec_from_file_location("gpu_check", os.path.join(root, "benchmarks", "gpu_check.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _load_script("gpu_check")
     real_import = builtins.__import__
 
     def no_fastdiff(name, *args, **kwargs):
@@ -393,3 +394,39 @@ def test_gpu_check_installs_then_restarts_itself(monkeypatch):
     assert os.environ["FASTDIFF_GPU_CHECK_INSTALLED"] == "1"
     with pytest.raises(ImportError):  # after the restart, a still-missing package is an error, not a loop
         mod._ensure_fastdiff()
+
+
+def test_gpu_check_judges_every_goal_from_a_cuda_report():
+    """The verdict lines only a CUDA run prints, checked on a made-up report (so they cannot rot unseen)."""
+    mod = _load_script("gpu_check")
+    bench.load_plugins()
+    big, n = "16x4x512x512", 16 * 4 * 512 * 512
+
+    def row(op, group, dtype="fp32", shape=big, numel=n, **kw):
+        return bench.Row(op=op, group=group, shape=shape, numel=numel, dtype=dtype, provider="fastdiff",
+                         time_ms=1.0, **kw)
+
+    out4 = bench.CASES["step_ddim"].bytes_moved(n, torch.float32) // 3  # one fp32 output
+    rows = [
+        row("step_ddim", "step", pct_copy=91.0, speedup={"compile": 1.3}, peak_extra_bytes=out4),
+        row("step_cfg", "step", pct_copy=80.0, speedup={"compile": 1.0}, peak_extra_bytes=2 * out4),
+        row("add_noise", "encode", pct_copy=88.0),
+        bench.Row(op="langevin", group="langevin", shape=big, numel=n, dtype="bf16", provider="fastdiff",
+                  status="error: boom"),
+    ] + [row(op, "dropin", dtype="fp16", shape="16x4x128x128", numel=2**20, speedup={"diffusers": x})
+         for op, x in (("dropin_ddim", 9.0), ("dropin_euler", 10.0), ("dropin_dpmpp2m", 12.0),
+                       ("dropin_flow_euler", 5.0))]
+    report = bench.Report(meta={}, rows=rows)
+    extras = {"loop_eager": {"overhead_us": 35.0, "per_step_us": 41.0},
+              "loop_graph": {"overhead_us": 12.0, "per_step_us": 15.0}}
+    lines = mod._goals(report, extras, "cuda")
+    text = "\n".join(lines)
+    assert "PASS step_ddim 16x4x512x512 fp32: 91.0% of copy bandwidth" in text
+    assert "MISS step_cfg 16x4x512x512 fp32: 80.0%" in text
+    assert "MISS langevin 16x4x512x512 bf16: error: boom" in text
+    assert "PASS drop-in step vs diffusers 16x4x128x128 fp16: 8.57x geomean over 4 schedulers" in text
+    assert "PASS step vs torch.compile 16x4x512x512 fp32: 1.14x geomean over 2 cases" in text
+    assert "MISS peak memory step_cfg" in text and "PASS peak memory" not in text
+    assert "PASS 50-step loop eager: 35.0 us/step" in text and "MISS 50-step loop graph: 12.0 us/step" in text
+    # on CPU only the loop figures are reported, as information
+    assert all(ln.startswith("info") for ln in mod._goals(report, extras, "cpu"))
