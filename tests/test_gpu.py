@@ -161,3 +161,58 @@ def test_inductor_compiles_a_step_loop_through_the_triton_op():
     assert explanation.graph_break_count == 0, explanation.break_reasons
     compiled = torch.compile(loop, fullgraph=True)
     torch.testing.assert_close(compiled(x, m), loop(x, m), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kw", [{}, {"seed": 5, "stream": 1}, {"guidance": True, "clip": 1.5}], ids=str)
+def test_cheap_check_kernel_calls_on_cuda_match_the_reference(dtype, kw):
+    """A sampler's call (no out=, contiguous, one dtype, float32 table) takes fused_step's cheap checks and the
+    direct launch; it must give what the float64 reference gives."""
+    guidance = kw.get("guidance", False)
+    x, m, hist, coefs, _ = _case((3, 4, 33), dtype, seed=7, guidance=guidance, n_hist=1)
+    got = fused_step(x.cuda(), m.cuda(), coefs.cuda(), history=[hist[0].cuda()], coef_row=3, write_aux=True, **kw)
+    ref = fused_step(x, m, coefs, history=hist, coef_row=3, write_aux=True, backend="reference", **kw)
+    ref64 = fused_step(x.double(), m.double(), coefs.double(), history=[hist[0].double()], coef_row=3,
+                       write_aux=True, backend="reference", **kw)
+    assert_close_to_reference("out", got[0].cpu(), ref[0], ref64[0])
+    assert_close_to_reference("aux", got[1].cpu(), ref[1], ref64[1])
+
+
+def test_direct_and_op_launches_agree_bit_for_bit_on_cuda():
+    from fastdiff.ops.step import fused as step_fused
+
+    x, m, hist, coefs, _ = _case((4, 3, 40), torch.bfloat16, seed=9, n_hist=1)
+    x, m, h, coefs = x.cuda(), m.cuda(), hist[0].cuda(), coefs.cuda().contiguous()
+    outs = []
+    for fn in (step_fused.fused_step_direct, step_fused.fused_step_triton):
+        out, aux = poisoned_like(x), poisoned_like(x)
+        fn(x, m, coefs, None, h, None, None, None, None, None, out, aux, 1, 1, False, None, 1, 17, 0, 3)
+        outs.append((out, aux))
+    torch.cuda.synchronize()
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    assert not outs[0][0].isnan().any()
+
+
+def test_cuda_graph_captures_the_direct_launch():
+    x = torch.randn(2, 4, 32, device=CUDA)
+    m = torch.randn_like(x)
+    c = step_coefs(in_x=[1.0, 0.9], in_m=-0.3, out_x=0.6, out_d=0.4, out_noise=0.05, device=CUDA)
+
+    def body(v):
+        for i in range(2):
+            v = fused_step(v, m, c, coef_row=i, seed=1, stream=i)
+        return v
+
+    eager = body(x)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        body(x)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    static_x = x.clone()
+    with torch.cuda.graph(graph):
+        static_out = body(static_x)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(static_out, eager)

@@ -221,8 +221,8 @@ def fused_step(
                             guidance=guidance, clip=clip, noise=None, want_aux=want_aux, out=out, aux_out=aux_out)
         return (res, aux) if want_aux else res
 
-    if (coef_index is None and noise is None and row_ids is None and out is None and aux_out is None
-            and _kernel_ready(x, backend)
+    if (not torch.compiler.is_compiling() and coef_index is None and noise is None and row_ids is None
+            and out is None and aux_out is None and _kernel_ready(x, backend)
             and (_like(model_output, x) if not guidance else
                  (type(model_output) is _Tensor and model_output.dtype is x.dtype and model_output.device == x.device
                   and model_output.is_contiguous() and _halves(model_output.shape, x.shape)))
@@ -233,7 +233,7 @@ def fused_step(
             and (x_eval is None or _like(x_eval, x))
             and (history is _NO_HISTORY or (type(history) in (tuple, list) and len(history) <= MAX_HISTORY
                                             and all(_like(h, x) for h in history)))
-            and type(stream) is int and 0 <= stream < 2**32 and not torch.compiler.is_compiling()):
+            and type(stream) is int and 0 <= stream < 2**32):
         # the common kernel call (a sampler's step), validated by the cheap checks above: ~10 us less host
         # work per step than the full checks below, which every other call takes (same errors as before)
         launchers = _LAUNCHERS or _load_launchers()
