@@ -16,4 +16,6 @@ if _triton_available() and (_torch.cuda.is_available() or _interpret_mode()):
     # (CPU, no interpreter) the launchers import on first use: triton_op pulls in torch._inductor (~1.1 s).
     from .encode import fused as _encode_fused  # noqa: F401
     from .langevin import fused as _langevin_fused  # noqa: F401
-    from .step import fused as _step_fused  # noqa: F401
+    from .step import _load_launchers as _load_step_launchers
+
+    _load_step_launchers()  # fused_step reads them from a module global, so traced code never imports
