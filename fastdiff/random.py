@@ -2,7 +2,7 @@
 
 A row's noise is a function of ``(seed, row id, stream, column)`` only, so
 sampling rows 0-7 at once or as 0-3 and 4-7 gives the same numbers, on CPU and
-GPU alike (up to the rounding of ``log``/``cos``/``sin``).
+GPU alike (up to the rounding of ``log``/``sqrt`` and, on GPU, fused multiply-adds).
 
 Example:
     >>> import torch, fastdiff
@@ -59,7 +59,80 @@ def philox4x32_10(c0, c1, c2, c3, k0: int, k1: int):
 _NP_MASK, _NP_32 = np.uint64(_MASK32), np.uint64(32)
 _NP_U32 = np.uint32
 _F32_HALF, _F32_2M24 = np.float32(0.5), np.float32(1.0 / 16777216.0)
-_F32_M2, _F32_2PI = np.float32(-2.0), np.float32(2.0 * math.pi)
+_F32_M2 = np.float32(-2.0)
+
+# sincos_turns (kernels/philox.py): the same float32 constants and operations, in the same order
+_SIN = tuple(np.float32(v) for v in (-1.0 / 6.0, 1.0 / 120.0, -1.0 / 5040.0, 1.0 / 362880.0))
+_COS = tuple(np.float32(v) for v in (-0.5, 1.0 / 24.0, -1.0 / 720.0, 1.0 / 40320.0, -1.0 / 3628800.0))
+_F32_4, _F32_1, _F32_HALF_PI = np.float32(4.0), np.float32(1.0), np.float32(math.pi / 2)
+
+
+def _sincos_poly(u, floor):
+    """The polynomial half of the kernels' ``sincos_turns`` for float32 u in (0, 1), on numpy arrays or torch
+    tensors (``floor`` is the library's): ``(sin b, cos b, k)`` with 2*pi*u = k*pi/2 + b, |b| <= pi/4.
+
+    The in-place steps are the kernel's operations in its order (``ps = s3 + b2*(s5 + b2*(s7 + b2*s9))`` is
+    ``b2*s9``, ``+ s7``, ``* b2``, ...): float32 addition and multiplication commute exactly.
+    """
+    s3, s5, s7, s9 = _SIN
+    c2, c4, c6, c8, c10 = _COS
+    t = u * _F32_4
+    k = floor(t + _F32_HALF)
+    b = t - k
+    b *= _F32_HALF_PI
+    b2 = b * b
+    ps = b2 * s9
+    ps += s7
+    ps *= b2
+    ps += s5
+    ps *= b2
+    ps += s3
+    s = b * b2
+    s *= ps
+    s += b
+    c = b2 * c10
+    c += c8
+    c *= b2
+    c += c6
+    c *= b2
+    c += c4
+    c *= b2
+    c += c2
+    c *= b2
+    c += _F32_1
+    return s, c, k
+
+
+def _sincos_turns_np(u: np.ndarray) -> tuple:
+    """(sin, cos) of 2*pi*u: the quadrant k mod 4 swaps and signs (sin b, cos b) with bit operations (numpy's
+    masked ``where`` costs ~8 ns an element on random masks; these are ~0.2 ns). Exact, like the kernel's
+    selects."""
+    s, c, k = _sincos_poly(u, np.floor)
+    q = k.astype(np.uint32)
+    q &= np.uint32(3)
+    swap = q & np.uint32(1)
+    np.negative(swap, out=swap)  # 0 or all ones
+    sb, cb = s.view(np.uint32), c.view(np.uint32)
+    diff = sb ^ cb
+    diff &= swap
+    sin, cos = sb ^ diff, cb ^ diff  # odd quadrants: (cos b, sin b)
+    neg = q & np.uint32(2)  # quadrants 2, 3: sin < 0
+    neg <<= np.uint32(30)
+    sin ^= neg
+    q += np.uint32(1)  # quadrants 1, 2: cos < 0
+    q &= np.uint32(2)
+    q <<= np.uint32(30)
+    cos ^= q
+    return sin.view(np.float32), cos.view(np.float32)
+
+
+def _sincos_turns_torch(u: torch.Tensor) -> tuple:
+    """(sin, cos) of 2*pi*u, as ``_sincos_turns_np`` (the same bits) with torch's selects."""
+    s, c, k = _sincos_poly(u, torch.floor)
+    q = k.to(torch.int32) & 3
+    swap = (q & 1) == 1
+    sin, cos = torch.where(swap, c, s), torch.where(swap, s, c)
+    return torch.where(q >= 2, -sin, sin), torch.where((q == 1) | (q == 2), -cos, cos)
 
 
 _NP_MULT = np.array([_M0, _M1], dtype=np.uint64).reshape(2, 1, 1)
@@ -123,17 +196,15 @@ def _normals_numpy(rows: int, groups: int, row_ids: torch.Tensor, stream: int, k
     u = words.astype(np.float32)  # < 2**24: exact
     u += _F32_HALF
     u *= _F32_2M24
-    radius, theta = u[0:2], u[2:4]
+    radius, turns = u[0:2], u[2:4]
     np.log(radius, out=radius)
     radius *= _F32_M2
     np.sqrt(radius, out=radius)
-    theta *= _F32_2PI
+    sin, cos = _sincos_turns_np(turns)
     out = np.empty((rows, groups, 2, 2), dtype=np.float32)
     view = out.transpose(2, 0, 1, 3)  # view[p, ..., j] is output 2p + j
-    trig = np.cos(theta)
-    np.multiply(radius, trig, out=view[..., 0])
-    np.sin(theta, out=trig)
-    np.multiply(radius, trig, out=view[..., 1])
+    np.multiply(radius, cos, out=view[..., 0])
+    np.multiply(radius, sin, out=view[..., 1])
     return torch.from_numpy(out)
 
 
@@ -190,8 +261,8 @@ def philox_normal(
     out = torch.empty(rows, groups, 4, dtype=torch.float32, device=device)
     for pair, (ua, ub) in enumerate(((o0, o1), (o2, o3))):
         radius = torch.sqrt(-2.0 * torch.log(_unit(ua)))
-        theta = (2.0 * math.pi) * _unit(ub)
-        out[:, :, 2 * pair] = radius * torch.cos(theta)
-        out[:, :, 2 * pair + 1] = radius * torch.sin(theta)
+        sin, cos = _sincos_turns_torch(_unit(ub))
+        out[:, :, 2 * pair] = radius * cos
+        out[:, :, 2 * pair + 1] = radius * sin
     out = out.reshape(rows, groups * 4)[:, :cols]
     return out.reshape(shape).to(dtype)

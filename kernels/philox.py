@@ -3,7 +3,10 @@
 The stream is defined by position, not by launch layout: element ``col`` of row
 ``row`` in noise stream ``stream`` under key ``seed`` is a fixed number. Four
 consecutive columns share one Philox call (group ``col // 4``) and take its four
-32-bit outputs through two Box-Muller pairs. Counter words:
+32-bit outputs through two Box-Muller pairs. The angle 2*pi*u of a pair is reduced
+exactly from u (nearest quarter turn) and its sine and cosine are polynomials on
+[-pi/4, pi/4] (``sincos_turns``): no general range reduction, no slow path.
+Counter words:
 
     c0 = col // 4        c1 = row & 0xffffffff
     c2 = stream          c3 = row >> 32
@@ -19,8 +22,19 @@ PHILOX_M0 = tl.constexpr(0xD2511F53)
 PHILOX_M1 = tl.constexpr(0xCD9E8D57)
 PHILOX_W0 = tl.constexpr(0x9E3779B9)
 PHILOX_W1 = tl.constexpr(0xBB67AE85)
-TWO_PI = tl.constexpr(6.283185307179586)
+HALF_PI = tl.constexpr(1.5707963267948966)
 INV_2_24 = tl.constexpr(5.9604644775390625e-08)
+# Taylor coefficients of sin (b^3..b^9) and cos (b^2..b^10) on |b| <= pi/4: truncation below 2e-9, under the
+# float32 rounding of the result (fastdiff.random repeats these operations in the same order on CPU)
+SIN3 = tl.constexpr(-1.0 / 6.0)
+SIN5 = tl.constexpr(1.0 / 120.0)
+SIN7 = tl.constexpr(-1.0 / 5040.0)
+SIN9 = tl.constexpr(1.0 / 362880.0)
+COS2 = tl.constexpr(-0.5)
+COS4 = tl.constexpr(1.0 / 24.0)
+COS6 = tl.constexpr(-1.0 / 720.0)
+COS8 = tl.constexpr(1.0 / 40320.0)
+COS10 = tl.constexpr(-1.0 / 3628800.0)
 
 
 @triton.jit
@@ -45,6 +59,26 @@ def uint32_to_unit(u):
 
 
 @triton.jit
+def sincos_turns(u):
+    """(sin, cos) of 2*pi*u for float32 u in (0, 1): u = k/4 + r/4 with k the nearest quarter turn (exact), then
+    polynomials in b = r*pi/2, |b| <= pi/4, and the quadrant k mod 4 picks and signs them."""
+    t = u * 4.0
+    k = tl.floor(t + 0.5)
+    b = (t - k) * HALF_PI
+    b2 = b * b
+    ps = SIN5 + b2 * (SIN7 + b2 * SIN9)
+    ps = SIN3 + b2 * ps
+    s = b + (b * b2) * ps
+    pc = COS6 + b2 * (COS8 + b2 * COS10)
+    pc = COS2 + b2 * (COS4 + b2 * pc)
+    c = 1.0 + b2 * pc
+    q = k.to(tl.int32) & 3
+    sin = tl.where(q == 0, s, tl.where(q == 1, c, tl.where(q == 2, -s, -c)))
+    cos = tl.where(q == 0, c, tl.where(q == 1, -s, tl.where(q == 2, -c, s)))
+    return sin, cos
+
+
+@triton.jit
 def randn_rowcol(seed_lo, seed_hi, row, stream, col):
     """Standard normal for each (row, col); row and col are int64 tensors.
 
@@ -63,8 +97,8 @@ def randn_rowcol(seed_lo, seed_hi, row, stream, col):
     ua = uint32_to_unit(tl.where(first_pair, o0, o2))
     ub = uint32_to_unit(tl.where(first_pair, o1, o3))
     radius = tl.sqrt(-2.0 * tl.log(ua))
-    theta = TWO_PI * ub
-    return tl.where((lane % 2) == 0, radius * tl.cos(theta), radius * tl.sin(theta))
+    sin, cos = sincos_turns(ub)
+    return tl.where((lane % 2) == 0, radius * cos, radius * sin)
 
 
 @triton.jit
@@ -94,13 +128,13 @@ def randn_block4(seed_lo, seed_hi, stream, pid, n_cols, total, row_ids_ptr,
     k1 = (c0 * 0) + seed_hi.to(tl.uint32)
     o0, o1, o2, o3 = philox4x32_10(c0, c1, c2, c3, k0, k1)
     r01 = tl.sqrt(-2.0 * tl.log(uint32_to_unit(o0)))
-    t01 = TWO_PI * uint32_to_unit(o1)
+    s01, c01 = sincos_turns(uint32_to_unit(o1))
     r23 = tl.sqrt(-2.0 * tl.log(uint32_to_unit(o2)))
-    t23 = TWO_PI * uint32_to_unit(o3)
-    n0 = r01 * tl.cos(t01)
-    n1 = r01 * tl.sin(t01)
-    n2 = r23 * tl.cos(t23)
-    n3 = r23 * tl.sin(t23)
+    s23, c23 = sincos_turns(uint32_to_unit(o3))
+    n0 = r01 * c01
+    n1 = r01 * s01
+    n2 = r23 * c23
+    n3 = r23 * s23
     # join(join(n0, n2), join(n1, n3)) flattens to n0, n1, n2, n3 per group.
     return tl.reshape(tl.join(tl.join(n0, n2), tl.join(n1, n3)), [BLOCK])
 

@@ -30,3 +30,18 @@ def test_all_kernel_variants_compile_for_sm80_and_sm90():
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     compiled = [line for line in proc.stdout.splitlines() if line.startswith("ok ")]
     assert len(compiled) >= 10, proc.stdout
+
+
+@pytest.mark.skipif(not _ptxas_available(), reason="triton has no NVIDIA backend in this install")
+def test_noise_kernels_stay_cheap_in_sass():
+    """The grouped-noise Langevin kernel, bf16, sm_90: under 120 SASS instructions per element (84 with
+    ``sincos_turns``; 190 with libdevice sin/cos). A regression guard for the instruction-bound noise ops."""
+    script = Path(__file__).parent.parent / "benchmarks" / "sass_counts.py"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    variant = "langevin bf16 grouped=True per_row=False"
+    proc = subprocess.run([sys.executable, str(script), variant], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    row = next(line for line in proc.stdout.splitlines() if line.startswith(variant))
+    per_element = float(row[len(variant):].split()[2])
+    assert 20 < per_element < 120, row

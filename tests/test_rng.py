@@ -68,7 +68,9 @@ def test_rows_seeds_streams_and_columns_are_distinct():
     assert not torch.equal(base, philox_normal((2, 16), seed=1, stream=1))
     hi = philox_normal((1, 16), seed=1, stream=0, row_ids=torch.tensor([2**32]))
     assert not torch.equal(hi[0], base[0])  # the high word of the row id matters
-    assert philox_normal((1, 4096), seed=0).unique().numel() == 4096
+    # float32 normals coincide by chance: ~0.25 pairs expected among 4096 (sum over values of
+    # (density * ulp)^2); a counter collision would repeat whole groups of 4, hundreds of values here
+    assert philox_normal((1, 4096), seed=0).unique().numel() >= 4096 - 3
 
 
 def test_distribution_is_standard_normal():
