@@ -62,44 +62,37 @@ _F32_HALF, _F32_2M24 = np.float32(0.5), np.float32(1.0 / 16777216.0)
 _F32_M2 = np.float32(-2.0)
 
 # sincos_turns (kernels/philox.py): the same float32 constants and operations, in the same order
-_SIN = tuple(np.float32(v) for v in (-1.0 / 6.0, 1.0 / 120.0, -1.0 / 5040.0, 1.0 / 362880.0))
+_SIN = tuple(np.float32(v) for v in (-1.0 / 6.0, 1.0 / 120.0, -1.0 / 5040.0, 1.0 / 362880.0))  # b^3 .. b^9
 _COS = tuple(np.float32(v) for v in (-0.5, 1.0 / 24.0, -1.0 / 720.0, 1.0 / 40320.0, -1.0 / 3628800.0))
 _F32_4, _F32_1, _F32_HALF_PI = np.float32(4.0), np.float32(1.0), np.float32(math.pi / 2)
+
+
+def _horner(b2, coefs):
+    """``coefs[0] + b2*(coefs[1] + b2*(... + b2*coefs[-1]))``, innermost first, in place after one product."""
+    acc = b2 * coefs[-1]
+    for coef in coefs[-2:0:-1]:
+        acc += coef
+        acc *= b2
+    acc += coefs[0]
+    return acc
 
 
 def _sincos_poly(u, floor):
     """The polynomial half of the kernels' ``sincos_turns`` for float32 u in (0, 1), on numpy arrays or torch
     tensors (``floor`` is the library's): ``(sin b, cos b, k)`` with 2*pi*u = k*pi/2 + b, |b| <= pi/4.
 
-    The in-place steps are the kernel's operations in its order (``ps = s3 + b2*(s5 + b2*(s7 + b2*s9))`` is
+    The in-place steps are the kernel's operations in its order (``s3 + b2*(s5 + b2*(s7 + b2*s9))`` is
     ``b2*s9``, ``+ s7``, ``* b2``, ...): float32 addition and multiplication commute exactly.
     """
-    s3, s5, s7, s9 = _SIN
-    c2, c4, c6, c8, c10 = _COS
     t = u * _F32_4
     k = floor(t + _F32_HALF)
     b = t - k
     b *= _F32_HALF_PI
     b2 = b * b
-    ps = b2 * s9
-    ps += s7
-    ps *= b2
-    ps += s5
-    ps *= b2
-    ps += s3
     s = b * b2
-    s *= ps
+    s *= _horner(b2, _SIN)
     s += b
-    c = b2 * c10
-    c += c8
-    c *= b2
-    c += c6
-    c *= b2
-    c += c4
-    c *= b2
-    c += c2
-    c *= b2
-    c += _F32_1
+    c = _horner(b2, (_F32_1,) + _COS)
     return s, c, k
 
 
