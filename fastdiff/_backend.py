@@ -162,12 +162,14 @@ def launch(op: Callable[..., None], direct: Callable[..., None], *args) -> None:
     ``op`` is the ``triton_op`` (what torch.compile, export, fake-tensor tracing and profiler traces see);
     ``direct`` is the same launch body calling the kernel as is. A plain eager call takes ``direct``: the
     dispatcher round trip of a ``triton_op`` costs ~25 us per call even with an empty body (measured on the
-    2-core CI CPU), more than a whole step's kernel at small batch on a GPU.
+    2-core CI CPU), more than a whole step's kernel at small batch on a GPU. Either way the launch holds the
+    interpreter lock (``interpreter_guard``) when kernels run under the CPU interpreter.
     """
-    if _plain_eager(args):
-        direct(*args)
-    else:
-        op(*args)
+    with interpreter_guard():
+        if _plain_eager(args):
+            direct(*args)
+        else:
+            op(*args)
 
 
 # Triton's CPU interpreter patches triton.language module state for the duration of each launch, so two

@@ -15,7 +15,7 @@ from typing import Optional, Union
 
 import torch
 
-from ..._backend import interpreter_guard, launch, maybe_rows, profiled, resolve_backend
+from ..._backend import launch, maybe_rows, profiled, resolve_backend
 from .._common import KERNEL_DTYPES, as_seed_args, check_float, check_out, check_stream, contig, rows_of
 from .naive import encode_cpu, encode_reference
 
@@ -147,9 +147,8 @@ def fused_encode(
         out = torch.empty_like(x0, memory_format=torch.contiguous_format) if out is None else out
         target = torch.empty_like(out) if write_target else None
         noise_out = torch.empty_like(out) if write_noise else None
-        with interpreter_guard():
-            launch(fused_encode_triton, fused_encode_direct, contig(x0), coefs.contiguous(), index, contig(noise),
-                   row_ids, out, target, noise_out, seed_lo, seed_hi, stream)
+        launch(fused_encode_triton, fused_encode_direct, contig(x0), coefs.contiguous(), index, contig(noise),
+               row_ids, out, target, noise_out, seed_lo, seed_hi, stream)
     elif impl == "torch":
         out, target, z = encode_cpu(x0, coefs, index, noise=noise, seed=seed if noise is None else None,
                                     stream=stream, row_ids=row_ids, write_target=write_target, out=out)

@@ -16,7 +16,7 @@ from typing import Optional, Union
 
 import torch
 
-from ..._backend import interpreter_guard, launch, maybe_rows, profiled, resolve_backend
+from ..._backend import launch, maybe_rows, profiled, resolve_backend
 from .._common import KERNEL_DTYPES, as_seed_args, check_float, check_out, check_stream, contig, rows_of
 from .naive import langevin_cpu, langevin_reference
 
@@ -112,10 +112,9 @@ def langevin_step(
 
         out = torch.empty_like(x, memory_format=torch.contiguous_format) if out is None else out
         per_row = isinstance(step, torch.Tensor)
-        with interpreter_guard():
-            launch(langevin_step_triton, langevin_step_direct, contig(x), contig(grad), step if per_row else None,
-                   contig(noise), row_ids, out, noise_out, 0.0 if per_row else step, float(temperature), seed_lo,
-                   seed_hi, stream)
+        launch(langevin_step_triton, langevin_step_direct, contig(x), contig(grad), step if per_row else None,
+               contig(noise), row_ids, out, noise_out, 0.0 if per_row else step, float(temperature), seed_lo,
+               seed_hi, stream)
         return out
     if impl == "torch":
         # noise_out sharing out's memory: keep the reference's order (noise stored first, then the result)
@@ -164,9 +163,8 @@ def langevin_select(
         from .fused import langevin_select_direct, langevin_select_triton
 
         out = torch.empty_like(x, memory_format=torch.contiguous_format) if out is None else out
-        with interpreter_guard():
-            launch(langevin_select_triton, langevin_select_direct, contig(x), contig(proposal), accept.contiguous(),
-                   out)
+        launch(langevin_select_triton, langevin_select_direct, contig(x), contig(proposal), accept.contiguous(),
+               out)
         return out
     res = torch.where(accept.reshape(batch, *([1] * (x.dim() - 1))), proposal, x)
     return res if out is None else out.copy_(res)

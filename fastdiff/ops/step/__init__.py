@@ -19,7 +19,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import torch
 
-from ..._backend import (interpret_mode, interpreter_guard, launch, maybe_rows, profiled, resolve_backend,
+from ..._backend import (interpret_mode, launch, maybe_rows, profiled, resolve_backend,
                          triton_available)
 from ...random import philox_normal
 from .._common import (FLOAT_DTYPES, KERNEL_DTYPES, as_seed_args, check_float, check_index, check_out, check_stream,
@@ -50,6 +50,14 @@ def _plain_history(history, x: torch.Tensor) -> bool:
 def _halves(mshape: torch.Size, xshape: torch.Size) -> bool:
     """model_output holds [uncond; cond] halves of x's batch (guidance)."""
     return len(mshape) == len(xshape) and mshape[0] == 2 * xshape[0] and mshape[1:] == xshape[1:]
+
+
+def _plain_scalars(coefs: torch.Tensor, coef_row, clip, stream) -> bool:
+    """The cheap paths' checks of the table's shape, the row, clip and stream (as the full checks would pass)."""
+    cs = coefs.shape
+    return (len(cs) == 2 and cs[1] == NUM_COEFS and type(coef_row) is int and 0 <= coef_row < cs[0]
+            and (clip is None or (type(clip) in (int, float) and clip > 0))
+            and type(stream) is int and 0 <= stream < 2**32)
 
 
 _KERNEL_SET = frozenset(KERNEL_DTYPES)
@@ -209,12 +217,10 @@ def fused_step(
             and x.is_cpu and model_output.is_cpu and x.dtype in _FLOATS and model_output.dtype in _FLOATS
             and x.dim() and (model_output.shape == x.shape if not guidance else _halves(model_output.shape, x.shape))
             and type(coefs) is _Tensor and coefs.is_cpu and coefs.dtype in _FLOATS
-            and len(cs := coefs.shape) == 2 and cs[1] == NUM_COEFS
-            and type(coef_row) is int and 0 <= coef_row < cs[0]
-            and (clip is None or (type(clip) in (int, float) and clip > 0))
+            and _plain_scalars(coefs, coef_row, clip, stream)
             and (history is _NO_HISTORY or _plain_history(history, x))
             and (out is None or _plain_out(out, x)) and (aux_out is None or _plain_out(aux_out, x))
-            and type(stream) is int and 0 <= stream < 2**32 and not torch.compiler.is_compiling()):
+            and not torch.compiler.is_compiling()):
         # the common CPU call, validated by the cheap checks above: straight to the host-coefficient path
         want_aux = write_aux or aux_out is not None
         res, aux = step_cpu(x, model_output, host_row(coefs, coef_row), x_eval=None, history=history,
@@ -227,13 +233,10 @@ def fused_step(
                  (type(model_output) is _Tensor and model_output.dtype is x.dtype and model_output.device == x.device
                   and model_output.is_contiguous() and _halves(model_output.shape, x.shape)))
             and type(coefs) is _Tensor and coefs.dtype is torch.float32 and coefs.device == x.device
-            and coefs.is_contiguous() and len(cs := coefs.shape) == 2 and cs[1] == NUM_COEFS
-            and type(coef_row) is int and 0 <= coef_row < cs[0]
-            and (clip is None or (type(clip) in (int, float) and clip > 0))
+            and coefs.is_contiguous() and _plain_scalars(coefs, coef_row, clip, stream)
             and (x_eval is None or _like(x_eval, x))
             and (history is _NO_HISTORY or (type(history) in (tuple, list) and len(history) <= MAX_HISTORY
-                                            and all(_like(h, x) for h in history)))
-            and type(stream) is int and 0 <= stream < 2**32):
+                                            and all(_like(h, x) for h in history)))):
         # the common kernel call (a sampler's step), validated by the cheap checks above: ~10 us less host
         # work per step than the full checks below, which every other call takes (same errors as before)
         launchers = _LAUNCHERS or _load_launchers()
@@ -241,10 +244,9 @@ def fused_step(
         out = torch.empty_like(x)
         aux_out = torch.empty_like(x) if write_aux else None
         hs = (*history, None, None, None)
-        with interpreter_guard():
-            launch(*launchers, x, model_output, coefs, x_eval, hs[0], hs[1], hs[2], None, None, None, out, aux_out,
-                   coef_row, len(history), guidance, None if clip is None else float(clip), 0 if seed is None else 1,
-                   seed_lo, seed_hi, stream)
+        launch(*launchers, x, model_output, coefs, x_eval, hs[0], hs[1], hs[2], None, None, None, out, aux_out,
+               coef_row, len(history), guidance, None if clip is None else float(clip), 0 if seed is None else 1,
+               seed_lo, seed_hi, stream)
         return (out, aux_out) if write_aux else out
 
     check_float("x", x)
@@ -300,13 +302,12 @@ def fused_step(
             aux_out = torch.empty_like(out)
         hs = [contig(h) for h in history] + [None] * (MAX_HISTORY - len(history))
         noise_mode = 2 if noise is not None else (1 if seed is not None else 0)
-        with interpreter_guard():
-            launch(
-                *(_LAUNCHERS or _load_launchers()),
-                contig(x), contig(model_output), coefs.to(torch.float32).contiguous(), contig(x_eval), hs[0], hs[1],
-                hs[2], contig(noise), coef_index, row_ids, out, aux_out, coef_row, len(history), guidance,
-                None if clip is None else float(clip), noise_mode, seed_lo, seed_hi, stream,
-            )
+        launch(
+            *(_LAUNCHERS or _load_launchers()),
+            contig(x), contig(model_output), coefs.to(torch.float32).contiguous(), contig(x_eval), hs[0], hs[1],
+            hs[2], contig(noise), coef_index, row_ids, out, aux_out, coef_row, len(history), guidance,
+            None if clip is None else float(clip), noise_mode, seed_lo, seed_hi, stream,
+        )
         return (out, aux_out) if want_aux else out
 
     # Host-float coefficients need a concrete table: under torch.compile the generic path traces instead.
