@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import glob
-import math
 import os
 import re
 import shutil
@@ -86,9 +85,13 @@ def _run_tests(timeout_s: float) -> dict:
     return res
 
 
-def _geomean(values) -> float:
-    values = list(values)
-    return math.exp(sum(math.log(v) for v in values) / len(values))
+def _speedups_by_size(report, group: str, baseline: str) -> dict:
+    """``{(shape, dtype): {op: fastdiff's speedup over baseline}}`` for the measured rows of one case group."""
+    out: dict = {}
+    for r in report.rows:
+        if r.provider == "fastdiff" and r.group == group and r.ok and baseline in r.speedup:
+            out.setdefault((r.shape, r.dtype), {})[r.op] = r.speedup[baseline]
+    return out
 
 
 def _goals(report, extras: dict, device_type: str) -> list:
@@ -106,23 +109,15 @@ def _goals(report, extras: dict, device_type: str) -> list:
                 else:
                     lines.append(f"MISS {r.op} {r.shape} {r.dtype}: {r.status}")
         # drop-in step vs diffusers (geomean over the drop-in cases of one size and dtype)
-        groups: dict = {}
-        for r in report.rows:
-            if r.provider == "fastdiff" and r.group == "dropin" and r.ok and "diffusers" in r.speedup:
-                groups.setdefault((r.shape, r.dtype), {})[r.op] = r.speedup["diffusers"]
-        for (shape, dtype), per in sorted(groups.items()):
-            geo = _geomean(per.values())
+        for (shape, dtype), per in sorted(_speedups_by_size(report, "dropin", "diffusers").items()):
+            geo = bench.geomean(per.values())
             mark = "PASS" if geo >= GOAL_DROPIN_X and len(per) >= 4 else "MISS"
             lines.append(f"{mark} drop-in step vs diffusers {shape} {dtype}: {geo:.2f}x geomean over {len(per)} "
                          f"schedulers (goal >= {GOAL_DROPIN_X:.0f}x): "
                          + ", ".join(f"{op} {v:.2f}x" for op, v in sorted(per.items())))
         # fused step vs torch.compile of the same eager step (after its compile)
-        groups = {}
-        for r in report.rows:
-            if r.provider == "fastdiff" and r.group == "step" and r.ok and "compile" in r.speedup:
-                groups.setdefault((r.shape, r.dtype), {})[r.op] = r.speedup["compile"]
-        for (shape, dtype), per in sorted(groups.items()):
-            geo = _geomean(per.values())
+        for (shape, dtype), per in sorted(_speedups_by_size(report, "step", "compile").items()):
+            geo = bench.geomean(per.values())
             mark = "PASS" if geo >= GOAL_VS_COMPILE else "MISS"
             lines.append(f"{mark} step vs torch.compile {shape} {dtype}: {geo:.2f}x geomean over {len(per)} cases "
                          f"(goal >= {GOAL_VS_COMPILE}x)")

@@ -113,15 +113,10 @@ def test_dropin_goal(benchmark, size):
     info = benchmark.pedantic(measure, rounds=1, iterations=1)
     ratios = {op: round(i["fastdiff_vs_diffusers"], 2) for op, i in info.items()}
     ceilings = {op: round(i["ceiling_vs_diffusers"], 2) for op, i in info.items()}
-    geo = _geomean(ratios.values())
-    ceiling = _geomean(ceilings.values())
+    geo = bench.geomean(ratios.values())
+    ceiling = bench.geomean(ceilings.values())
     benchmark.extra_info.update(ratios=ratios, geomean=geo, ceilings=ceilings, ceiling_geomean=ceiling)
     print(f"\ndrop-in {size}: geomean {geo:.2f}x diffusers {ratios}; one-pass ceiling {ceiling:.2f}x {ceilings}")
     assert geo >= DROPIN_GOALS[size], (
         f"drop-in step geomean {geo:.2f}x diffusers at {size} (goal {DROPIN_GOALS[size]}x): {ratios}; "
         f"a one-pass kernel at copy speed would reach at most {ceiling:.2f}x: {ceilings}")
-
-
-def _geomean(values) -> float:
-    values = list(values)
-    return math.exp(sum(math.log(v) for v in values) / len(values))

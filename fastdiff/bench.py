@@ -59,7 +59,7 @@ import torch
 __all__ = [
     "PROVIDERS", "BASELINES", "DTYPES", "Spec", "Case", "Row", "Report", "Unavailable", "CASES",
     "register_case", "provider", "register_provider", "providers_for", "parse_size", "parse_dtype",
-    "default_sizes", "load_plugins", "run_suite", "build_call", "floor_call", "format_table", "format_markdown", "plot_report", "geomean_speedups",
+    "default_sizes", "load_plugins", "run_suite", "build_call", "floor_call", "format_table", "format_markdown", "plot_report", "geomean", "geomean_speedups",
     "measure_copy_bandwidth", "time_cuda", "time_interleaved", "rotating", "step_loop_overhead",
     "instrument_ops", "register_profiled", "profile_sampling", "ProfileResult", "op_range",
 ]
@@ -920,10 +920,9 @@ def floor_call(case: str, spec: Spec, *, n_sets: Optional[int] = None) -> Tuple[
         raise ValueError(f"unknown case {case!r}; known: {sorted(CASES)}")
     c = CASES[case]
     n = n_sets if n_sets is not None else _n_sets(c.input_bytes(spec), spec.device)
-    itemsize = torch.empty((), dtype=spec.dtype).element_size()
-    per_set = max(1, c.input_bytes(spec) // (spec.numel * itemsize))  # the same bytes resident per set
+    per_set = sum(c.inputs.values())  # as many sample-sized tensors resident per set as the case reads
     sets = [{"x": torch.randn(per_set * spec.numel, device=spec.device).to(spec.dtype)} for _ in range(n)]
-    scale = c.bytes_moved(spec.numel, spec.dtype) / (2 * spec.numel * itemsize)
+    scale = c.bytes_moved(spec.numel, spec.dtype) / (2 * spec.numel * spec.dtype.itemsize)
     return rotating(lambda s: s["x"][: spec.numel].clone().view(spec.shape), sets), scale
 
 
@@ -1103,6 +1102,17 @@ def _fill_speedups(rows: List[Row]) -> None:
                     r.speedup[b] = base.time_ms / r.time_ms
 
 
+def geomean(values: Iterable[float]) -> float:
+    """Geometric mean of positive ratios.
+
+    Example:
+        >>> geomean([2.0, 8.0])
+        4.0
+    """
+    values = list(values)
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
 def geomean_speedups(report: Report, provider: str = "fastdiff") -> Dict[str, Dict[str, Any]]:
     """Geometric-mean speedup of ``provider`` over each baseline, per (group, shape, dtype).
 
@@ -1117,7 +1127,7 @@ def geomean_speedups(report: Report, provider: str = "fastdiff") -> Dict[str, Di
             acc.setdefault(key, {}).setdefault(b, []).append(v)
     out: Dict[str, Dict[str, Any]] = {}
     for key, per in acc.items():
-        out[key] = {b: math.exp(sum(math.log(v) for v in vs) / len(vs)) for b, vs in per.items()}
+        out[key] = {b: geomean(vs) for b, vs in per.items()}
         out[key]["n"] = {b: len(vs) for b, vs in per.items()}
     return out
 
