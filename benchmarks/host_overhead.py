@@ -52,17 +52,17 @@ def main(n: int = 20000) -> list:
     step_op._LAUNCHERS = (lambda *a: None, lambda *a: None)  # time fastdiff's own work, not the launch
     try:
         rows = [
-            ("fused_step, cheap checks (a sampler's call)", _us(n, lambda: fused_step(x, m, coefs, coef_row=1,
+            ("fused_step, cheap checks + path choice (a sampler's call)", _us(n, lambda: fused_step(x, m, coefs, coef_row=1,
                                                                                     backend="triton"))),
-            ("fused_step, cheap checks, history + aux", _us(n, lambda: fused_step(x, m, coefs, coef_row=1, history=[h],
+            ("fused_step, cheap checks + path choice, history + aux", _us(n, lambda: fused_step(x, m, coefs, coef_row=1, history=[h],
                                                                                write_aux=True, backend="triton"))),
-            ("fused_step, full checks (noise= given)", _us(n, lambda: fused_step(x, m, coefs, coef_row=1, noise=h,
+            ("fused_step, full checks + path choice (noise= given)", _us(n, lambda: fused_step(x, m, coefs, coef_row=1, noise=h,
                                                                               backend="triton"))),
         ]
     finally:
         step_op._LAUNCHERS = saved
     rows += [
-        ("choosing the launch path (_backend._plain_eager, 20 args)", _us(n, lambda: _backend._plain_eager(args))),
+        ("of which choosing the launch path (_plain_eager, 20 args)", _us(n, lambda: _backend._plain_eager(args))),
         ("dispatcher round trip of an empty triton_op (now skipped)", _us(n, lambda: _empty_op(x, x, 1, 2.0))),
     ]
     width = max(len(r[0]) for r in rows)
