@@ -199,8 +199,7 @@ def test_same_output_and_noise_calls_with_an_explicit_noise_sampler(name, kind):
     assert torch.equal(rng_ours, rng_ref)  # with an explicit sampler neither touches the global RNG
 
 
-@pytest.mark.parametrize("name", ["euler", "heun", "dpm_2_ancestral", "lms", "dpmpp_2s_ancestral", "dpmpp_sde",
-                                  "dpmpp_2m", "dpmpp_3m_sde"])
+@pytest.mark.parametrize("name", SAMPLERS)
 def test_as_close_to_the_float64_trajectory_as_k_diffusion_itself(name):
     # "to float32 rounding", stated without a hand-picked tolerance: with the same noise, fastdiff's
     # float32 result is about as far from k-diffusion's float64 result as k-diffusion's float32 one is
