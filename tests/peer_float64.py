@@ -25,9 +25,6 @@ from tolerance import EPS
 
 __all__ = ["FACTOR", "assert_parity", "float64_copy", "float64_pipeline", "float64_scheduler", "widened_randn"]
 
-_COPIES: dict[str, types.ModuleType] = {}
-
-
 # torch factories that give the default dtype (float32) when no dtype is named: widened too
 _FACTORIES = ("linspace", "logspace", "arange", "tensor", "zeros", "ones", "full", "empty")
 
@@ -69,20 +66,23 @@ def widened_randn(randn, default=torch.float32):
 
 
 def float64_copy(module: types.ModuleType) -> types.ModuleType:
-    """A second execution of ``module``'s source with float32 read as float64 (cached per module)."""
-    if module.__name__ in _COPIES:
-        return _COPIES[module.__name__]
+    """A second execution of ``module``'s source with float32 read as float64 (kept in ``sys.modules``)."""
     name = f"{module.__name__}__float64"
+    if name in sys.modules:
+        return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, module.__file__)
     copy = importlib.util.module_from_spec(spec)
     copy.__package__ = module.__package__  # relative imports resolve against the real package
     sys.modules[name] = copy  # dataclasses look their module up here
-    spec.loader.exec_module(copy)
+    try:
+        spec.loader.exec_module(copy)
+    except BaseException:
+        del sys.modules[name]
+        raise
     # functions read their globals at call time: rebinding after exec widens every use in the module
     copy.torch, copy.np = _Widened(torch), _Widened(np)
     if hasattr(copy, "randn_tensor"):
         copy.randn_tensor = widened_randn(copy.randn_tensor)
-    _COPIES[module.__name__] = copy
     return copy
 
 
