@@ -644,7 +644,7 @@ def sample(
     if "callback" in options:
         raise TypeError("pass callback= for per-micro-batch reports; per-step callbacks are not supported here")
     flow = sampler == "flow_euler"
-    host = _sampling._host_sigmas(sigmas, flow)  # validates; float64 list
+    host = _sampling.host_sigmas(sigmas, flow)  # validates; float64 list
     if metadata is not None and not isinstance(metadata, dict):
         raise TypeError(f"metadata must be a dict of JSON-able values or None, got {type(metadata).__name__}")
     dev = _default_device(device)

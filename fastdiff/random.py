@@ -19,12 +19,40 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-__all__ = ["philox_normal", "philox4x32_10", "split_seed", "MAX_SEED"]
+__all__ = ["philox_normal", "philox4x32_10", "split_seed", "draw_seed", "resolve_seed", "MAX_SEED", "DRAWN_SEED_BOUND"]
 
 _MASK32 = 0xFFFFFFFF
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57
 _W0, _W1 = 0x9E3779B9, 0xBB67AE85
 MAX_SEED = 2**63 - 1
+
+
+#: seeds drawn for ``seed=None`` lie in ``[0, DRAWN_SEED_BOUND)``; any int in ``[0, MAX_SEED]`` is accepted.
+DRAWN_SEED_BOUND = 2**62
+
+
+def draw_seed() -> int:
+    """One seed from torch's global CPU generator: reproducible with ``torch.manual_seed``, no device sync.
+
+    Example:
+        >>> _ = torch.manual_seed(0); a = draw_seed(); _ = torch.manual_seed(0)
+        >>> a == draw_seed()
+        True
+    """
+    return int(torch.randint(0, DRAWN_SEED_BOUND, (1,)).item())
+
+
+def resolve_seed(seed: "int | None") -> int:
+    """``seed`` validated (see :func:`split_seed`), or :func:`draw_seed` when it is ``None``.
+
+    Example:
+        >>> resolve_seed(7)
+        7
+    """
+    if seed is None:
+        return draw_seed()
+    split_seed(seed)
+    return seed
 
 
 def split_seed(seed: int) -> tuple[int, int]:

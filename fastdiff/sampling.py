@@ -59,7 +59,7 @@ from .ops.step import COEF_DEFAULTS, MAX_HISTORY, coef_table, fused_step
 from .random import MAX_SEED, philox_normal
 
 __all__ = ["sample", "initial_noise", "list_samplers", "SAMPLERS", "STOCHASTIC", "SamplerContext", "History",
-           "INITIAL_NOISE_STREAM", "churn_schedule", "ancestral_split", "lms_coefficients", "unipc_rhos"]
+           "INITIAL_NOISE_STREAM", "host_sigmas", "churn_schedule", "ancestral_split", "lms_coefficients", "unipc_rhos"]
 
 #: Philox stream reserved for :func:`initial_noise` (no sampler step ever uses it).
 INITIAL_NOISE_STREAM = 2**32 - 1
@@ -775,10 +775,14 @@ def list_samplers() -> List[str]:
 # ----------------------------------------------------------------------------------------------
 # entry point
 # ----------------------------------------------------------------------------------------------
-def _host_sigmas(sigmas: Any, flow: bool) -> List[float]:
+def host_sigmas(sigmas: Any, flow: bool = False) -> List[float]:
     """Validate ``sigmas`` and return them as host floats: the one host read of a run, before the loop.
 
     Validation runs on the Python list so that torch.compile sees a single ``tolist()``.
+
+    Example:
+        >>> host_sigmas(torch.tensor([2.0, 1.0, 0.0]))
+        [2.0, 1.0, 0.0]
     """
     if isinstance(sigmas, torch.Tensor):
         if sigmas.dim() != 1:
@@ -877,7 +881,7 @@ def sample(
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     flow = sampler == "flow_euler"
-    host = _host_sigmas(sigmas, flow)
+    host = host_sigmas(sigmas, flow)
     if flow and not _supports_flow(denoiser):
         raise ValueError("flow_euler needs a FlowDenoiser (or a plain flow-space denoiser callable), got "
                          f"{type(denoiser).__name__}")

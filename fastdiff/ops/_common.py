@@ -29,6 +29,20 @@ def check_float(name: str, t, *, like: Optional[torch.Tensor] = None, shape=None
     return t
 
 
+def check_int(name: str, value, minimum: int = 0) -> int:
+    """``value`` as an int >= ``minimum``: TypeError for a non-int (bools too), ValueError below the minimum."""
+    what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be {what}, got bool {value!r}")
+    try:
+        ivalue = type(value).__index__(value)
+    except (AttributeError, TypeError):
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__} {value!r}") from None
+    if ivalue < minimum:
+        raise ValueError(f"{name} must be {what}, got {ivalue}")
+    return ivalue
+
+
 def check_batch(name: str, t) -> torch.Tensor:
     """A floating tensor (``check_float``) with a non-empty leading batch dimension: what samplers start from."""
     check_float(name, t)
