@@ -102,8 +102,9 @@ def test_one_step_compiles_fullgraph_with_inductor_and_matches_eager():
     x = torch.randn(4, 8)
     ctx = S.SamplerContext(denoiser, x, SIGMAS, seed=1, row_ids=None, guidance_scale=None, backend="torch",
                            callback=None, progress=False, clip=None, model_kwargs={})
-    ctx.plan([ctx.row(SIGMAS[i], out_x=SIGMAS[i + 1] / SIGMAS[i], out_d=1 - SIGMAS[i + 1] / SIGMAS[i])
-              for i in range(4)])
+    for i in range(4):
+        ctx.row(SIGMAS[i], out_x=SIGMAS[i + 1] / SIGMAS[i], out_d=1 - SIGMAS[i + 1] / SIGMAS[i])
+    ctx.plan()
 
     def step(x):
         return ctx.step(x, ctx.eval(x, 1), 1)

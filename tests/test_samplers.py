@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import fastdiff
-from fastdiff import sampling
+from fastdiff import sampler_run, sampling
 from fastdiff.denoisers import EpsDenoiser
 from fastdiff.sampling import initial_noise, list_samplers, sample
 from fastdiff.toy import GaussianMixture
@@ -152,7 +152,7 @@ def test_initial_noise_stream_and_rows():
 @pytest.mark.parametrize("name", ALL)
 def test_one_fused_step_per_model_evaluation(name, monkeypatch):
     calls = {"step": 0, "model": 0}
-    real = sampling.fused_step
+    real = sampler_run.fused_step
 
     def counting_step(*a, **k):
         calls["step"] += 1
@@ -162,7 +162,7 @@ def test_one_fused_step_per_model_evaluation(name, monkeypatch):
         calls["model"] += 1
         return model_for(name)(x, s)
 
-    monkeypatch.setattr(sampling, "fused_step", counting_step)
+    monkeypatch.setattr(sampler_run, "fused_step", counting_step)
     x, sig = start(name, (2, 3))
     sample(counting_model, x, sig, sampler=name, seed=0)
     assert calls["step"] == calls["model"] > 0
@@ -170,8 +170,8 @@ def test_one_fused_step_per_model_evaluation(name, monkeypatch):
 
 def test_churn_at_first_sigma_adds_one_pass(monkeypatch):
     calls = {"step": 0, "model": 0}
-    real = sampling.fused_step
-    monkeypatch.setattr(sampling, "fused_step", lambda *a, **k: (calls.__setitem__("step", calls["step"] + 1),
+    real = sampler_run.fused_step
+    monkeypatch.setattr(sampler_run, "fused_step", lambda *a, **k: (calls.__setitem__("step", calls["step"] + 1),
                                                                   real(*a, **k))[1])
 
     def model(x, s):

@@ -1,0 +1,275 @@
+"""The sampler math, written once: pure functions of noise levels from which every face builds its step tables.
+
+Each function takes scalars of one of three kinds and keeps that kind's arithmetic:
+
+* host floats (``fastdiff.sample``): float64 math;
+* 0-d tensors (``fastdiff.k_diffusion``): the tensors' own dtype, operation for operation as k-diffusion
+  computes it, so float32 sigmas give k-diffusion's float32 roundings;
+* numpy float64 arrays (``fastdiff.diffusers``): vectorised over all steps of a schedule.
+
+The elementary functions below (:func:`log`, :func:`exp`, :func:`expm1`, :func:`sqrt`) dispatch on that kind;
+everything else is ordinary arithmetic, so one formula serves all three. Coefficients that go into a step table
+leave as Python floats (:func:`F`), the intermediate noise levels a model is evaluated at keep their kind.
+
+Example:
+    >>> down, up = ancestral_split(2.0, 1.0)
+    >>> round(down ** 2 + up ** 2, 12)
+    1.0
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, List, Sequence, Tuple
+
+import numpy as np
+import torch
+
+__all__ = [
+    "F", "log", "exp", "expm1", "sqrt", "like", "lerp_half", "t_of", "sigma_of",
+    "ve_x0_coefs", "vp_x0_coefs", "churn_gamma", "churn_schedule", "ancestral_split", "euler_coefs",
+    "lms_coefficients", "unipc_rhos", "SQRT2_MINUS_1",
+]
+
+Scalar = Any  # float, 0-d torch.Tensor or numpy array
+
+#: the EDM churn cap (Karras et al. 2022, Alg. 2): ``gamma <= sqrt(2) - 1`` keeps ``sigma_hat <= sqrt(2) sigma``
+SQRT2_MINUS_1 = math.sqrt(2.0) - 1.0
+
+
+# ------------------------------------------------------------------------------------------ elementary functions
+def F(v: Scalar) -> float:
+    """A coefficient as a host float (a 0-d tensor is read once, on the host copy of the schedule)."""
+    return float(v)
+
+
+def log(v: Scalar) -> Scalar:
+    """Natural log; ``log(0) = -inf`` for floats too (a schedule's final 0 maps to lambda = +inf)."""
+    if isinstance(v, torch.Tensor):
+        return v.log()
+    if isinstance(v, np.ndarray):
+        return np.log(v)
+    if v > 0:
+        return math.log(v)
+    return -math.inf if v == 0 else math.nan
+
+
+def exp(v: Scalar) -> Scalar:
+    if isinstance(v, torch.Tensor):
+        return v.exp()
+    if isinstance(v, np.ndarray):
+        return np.exp(v)
+    return math.exp(v)
+
+
+def expm1(v: Scalar) -> Scalar:
+    if isinstance(v, torch.Tensor):
+        return v.expm1()
+    if isinstance(v, np.ndarray):
+        return np.expm1(v)
+    return math.expm1(v)
+
+
+def sqrt(v: Scalar) -> Scalar:
+    """Square root; for floats of a rounding below 0 (a difference of equal squares) it is 0."""
+    if isinstance(v, torch.Tensor):
+        return v.sqrt()  # == v ** 0.5 bit for bit (checked), which k-diffusion writes
+    if isinstance(v, np.ndarray):
+        return np.sqrt(v)
+    return math.sqrt(max(v, 0.0))
+
+
+def like(v: Scalar, ref: Scalar) -> Scalar:
+    """``v`` as the same kind of scalar as ``ref`` (k-diffusion's ``torch.as_tensor(v, dtype=sigmas.dtype)``)."""
+    if isinstance(ref, torch.Tensor):
+        return torch.as_tensor(v, dtype=ref.dtype)
+    return v
+
+
+def lerp_half(a: Scalar, b: Scalar) -> Scalar:
+    """The midpoint ``a + (b - a) / 2`` the way ``torch.lerp(a, b, 0.5)`` rounds it (``b - (b - a) * 0.5``)."""
+    if isinstance(a, torch.Tensor):
+        return a.lerp(b, 0.5)
+    return b - (b - a) * 0.5
+
+
+def t_of(sigma: Scalar) -> Scalar:
+    """The log-SNR time of DPM-Solver in VE variables, ``t = -log(sigma)`` (``+inf`` at sigma = 0)."""
+    return -log(sigma)
+
+
+def sigma_of(t: Scalar) -> Scalar:
+    """Inverse of :func:`t_of`: ``sigma = exp(-t)``."""
+    return exp(-t)
+
+
+# ------------------------------------------------------------------------------------------ model output -> x0
+def ve_x0_coefs(prediction: str, sigma: Scalar, sigma_hat: Scalar = None) -> Tuple[Scalar, Scalar]:
+    """``(in_x, in_m)`` with ``x0 = in_x * x + in_m * model_output`` for the VE sample ``x = x0 + sigma * eps``.
+
+    ``prediction``: ``"epsilon"`` (uses ``sigma_hat``, the churned level, when given), ``"v_prediction"``,
+    ``"sample"`` (or ``"original_sample"``), ``"flow"`` (velocity of the flow sample ``x / (1 + sigma)``).
+
+    Example:
+        >>> ve_x0_coefs("v_prediction", 1.0)[0]
+        0.5
+    """
+    sh = sigma if sigma_hat is None else sigma_hat
+    vec = isinstance(sigma, np.ndarray)
+    if prediction == "epsilon":
+        return (np.ones_like(sh) if vec else 1.0), -sh
+    if prediction == "v_prediction":
+        return 1.0 / (sigma * sigma + 1.0), -sigma / sqrt(sigma * sigma + 1.0)
+    if prediction in ("sample", "original_sample"):
+        return (np.zeros_like(sigma), np.ones_like(sigma)) if vec else (0.0, 1.0)
+    if prediction == "flow":
+        return 1.0 / (1.0 + sigma), -sigma / (1.0 + sigma)
+    raise ValueError(f"prediction_type must be one of 'epsilon', 'v_prediction', 'sample', got {prediction!r}")
+
+
+def vp_x0_coefs(prediction: str, alpha: Scalar, sigma: Scalar) -> Tuple[Scalar, Scalar]:
+    """``(in_x, in_m)`` with ``x0 = in_x * x + in_m * model_output`` for the VP sample ``x = alpha x0 + sigma eps``.
+
+    Example:
+        >>> vp_x0_coefs("epsilon", 0.5, 0.75)
+        (2.0, -1.5)
+    """
+    if prediction == "epsilon":
+        return 1.0 / alpha, -sigma / alpha
+    if prediction == "sample":
+        return (np.zeros_like(alpha), np.ones_like(alpha)) if isinstance(alpha, np.ndarray) else (0.0, 1.0)
+    if prediction == "v_prediction":
+        return alpha, -sigma
+    raise ValueError(f"prediction_type must be one of 'epsilon', 'sample', 'v_prediction', got {prediction!r}")
+
+
+# ------------------------------------------------------------------------------------------ stochasticity
+def churn_gamma(sigma: Scalar, s_churn: float, n: int, s_tmin: float, s_tmax: float) -> float:
+    """EDM churn factor ``gamma = min(s_churn / n, sqrt(2) - 1)`` inside ``[s_tmin, s_tmax]``, else 0.
+
+    Example:
+        >>> churn_gamma(1.0, 0.4, 4, 0.0, 10.0)
+        0.1
+    """
+    return min(s_churn / n, SQRT2_MINUS_1) if s_tmin <= sigma <= s_tmax else 0.0
+
+
+def churn_schedule(sigmas: Sequence[Scalar], s_churn: float, s_tmin: float, s_tmax: float,
+                   s_noise: float) -> Tuple[List[Scalar], List[float]]:
+    """EDM stochastic churn (Karras et al. 2022, Alg. 2): per step ``sigma_hat`` and the noise scale.
+
+    ``sigma_hat_i = sigma_i (1 + gamma_i)`` and ``x_hat = x + s_noise sqrt(sigma_hat^2 - sigma^2) z``.
+    0-d tensors (``fastdiff.k_diffusion``) return ``sigma_hat`` as 0-d tensors.
+
+    Example:
+        >>> hats, scales = churn_schedule([10.0, 1.0, 0.0], s_churn=0.4, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0)
+        >>> [round(h, 6) for h in hats]
+        [12.0, 1.2]
+    """
+    n = len(sigmas) - 1
+    hats, scales = [], []
+    for i in range(n):
+        s = sigmas[i]
+        gamma = churn_gamma(s, s_churn, n, s_tmin, s_tmax)
+        sh = s * (gamma + 1.0)
+        hats.append(sh)
+        scales.append(s_noise * F(sqrt(sh ** 2 - s ** 2)) if gamma > 0 else 0.0)
+    return hats, scales
+
+
+def ancestral_split(sigma: Scalar, sigma_next: Scalar, eta: float = 1.0) -> Tuple[Scalar, Scalar]:
+    """``(sigma_down, sigma_up)`` of an ancestral step (Ho et al. 2020 posterior variance, scaled by ``eta``).
+
+    ``sigma_up = min(sigma_next, eta sqrt(sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2))``,
+    ``sigma_down = sqrt(sigma_next^2 - sigma_up^2)``: the step's total variance reaches ``sigma_next^2``.
+
+    Example:
+        >>> [round(v, 6) for v in ancestral_split(2.0, 1.0)]
+        [0.5, 0.866025]
+    """
+    if not eta:
+        return sigma_next, 0.0
+    variance = sigma_next ** 2 * (sigma ** 2 - sigma_next ** 2) / sigma ** 2
+    scaled = eta * sqrt(variance)
+    up = np.minimum(sigma_next, scaled) if isinstance(scaled, np.ndarray) else min(sigma_next, scaled)
+    return sqrt(sigma_next ** 2 - up ** 2), up
+
+
+def euler_coefs(sigma: Scalar, sigma_to: Scalar) -> dict:
+    """Step coefficients of the Euler step ``x + (sigma_to - sigma) (x - D) / sigma`` (k-diffusion's rounding:
+    the step ``dt`` is formed in the scalars' own dtype).
+
+    Example:
+        >>> euler_coefs(2.0, 1.0)
+        {'out_x': 0.5, 'out_d': 0.5}
+    """
+    dt, s = F(sigma_to - sigma), F(sigma)
+    return dict(out_x=1.0 + dt / s, out_d=-dt / s)
+
+
+# ------------------------------------------------------------------------------------------ multistep weights
+def lms_coefficients(t: Sequence[float], i: int, order: int) -> List[float]:
+    """Adams-type linear multistep weights: integrals over ``[t_i, t_{i+1}]`` of the Lagrange basis
+    on nodes ``t_i, t_{i-1}, ..., t_{i-order+1}`` (exact polynomial integration in float64, pure Python
+    so that torch.compile traces the planning without a break).
+
+    Example (second order on times 3, 2 -> 1: weights of the derivatives at t=2 and t=3):
+        >>> [round(w, 6) for w in lms_coefficients([3.0, 2.0, 1.0], 1, 2)]
+        [-1.5, 0.5]
+    """
+    nodes = [t[i - j] for j in range(order)]
+    out = []
+    for j in range(order):
+        poly = [1.0]  # coefficients, lowest degree first
+        for k in range(order):
+            if k != j:
+                scale = 1.0 / (nodes[j] - nodes[k])
+                shifted = [0.0] + poly  # multiply by (x - nodes[k]) / (nodes[j] - nodes[k])
+                poly = [(shifted[n] - nodes[k] * (poly[n] if n < len(poly) else 0.0)) * scale
+                        for n in range(len(shifted))]
+
+        def antiderivative(x: float, c=poly) -> float:
+            return sum(cn * x ** (n + 1) / (n + 1) for n, cn in enumerate(c))
+
+        out.append(antiderivative(t[i + 1]) - antiderivative(t[i]))
+    return out
+
+
+def _solve(m: np.ndarray, v: np.ndarray) -> np.ndarray:
+    # singular only when the step is infinite (a final sigma of 0 reached with order > 1): drop the
+    # higher-order terms there, which keeps the step finite
+    try:
+        return np.linalg.solve(m, v)
+    except np.linalg.LinAlgError:
+        return np.zeros(len(v))
+
+
+def unipc_rhos(hh: float, rks: Sequence[float], order: int, variant: str) -> Tuple[float, List[float], List[float]]:
+    """UniPC weights (Zhao et al. 2023): ``(B_h, rhos_p, rhos_c)`` for step ``hh = -h`` and ratios ``rks``.
+
+    ``rks`` holds ``r_k = (lambda_{s_k} - lambda_{s_0}) / h`` for the older points, then ``1.0``;
+    ``variant`` is ``"bh1"`` (``B(h) = hh``) or ``"bh2"`` (``B(h) = expm1(hh)``).
+
+    Example:
+        >>> b_h, rhos_p, rhos_c = unipc_rhos(-0.5, [-1.0, 1.0], order=2, variant="bh2")
+        >>> rhos_p
+        [0.5]
+    """
+    h_phi_1 = math.expm1(hh)
+    h_phi_k = h_phi_1 / hh - 1.0
+    b_h = hh if variant == "bh1" else math.expm1(hh)
+    fact = 1.0
+    big_r, b = [], []
+    for i in range(1, order + 1):
+        big_r.append([r ** (i - 1) for r in rks])
+        b.append(h_phi_k * fact / b_h)
+        fact *= i + 1
+        h_phi_k = h_phi_k / hh - 1.0 / fact
+    big_r, b = np.array(big_r), np.array(b)
+    if order == 1:
+        rhos_p = []
+    elif order == 2:
+        rhos_p = [0.5]
+    else:
+        rhos_p = list(_solve(big_r[:-1, :-1], b[:-1]))
+    rhos_c = [0.5] if order == 1 else list(_solve(big_r, b))
+    return b_h, rhos_p, rhos_c
