@@ -1,0 +1,114 @@
+"""The k-diffusion face's run: k-diffusion's model call, scalar arithmetic, noise draws and callback dicts.
+
+The samplers of :mod:`fastdiff.samplers` run on it unchanged. What it supplies:
+
+* the schedule as 0-d tensors of the caller's ``sigmas`` (one host copy, read before the loop), so every scalar
+  of a step is computed in k-diffusion's dtype and order of operations;
+* ``model(x, sigma * s_in, **extra_args)``, the model returning the x0 estimate;
+* noise from k-diffusion's sources, in k-diffusion's order: EDM churn ``torch.randn_like(x)`` at the start of
+  every step of euler / heun / dpm_2 (drawn even without churn, so the global RNG advances as k-diffusion's),
+  a pass of its own when churn is active; the ancestral and SDE noise from the ``noise_sampler`` at the times
+  k-diffusion asks it for, passed to the fused step as ``noise=``;
+* k-diffusion's callback dict, before each step.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+
+from ..ops._common import check_batch
+from ..ops.step import fused_step
+from ..sampler_run import Run
+from ..solvers import sigma_of, t_of
+from .noise import NoiseSampler
+
+__all__ = ["KDiffusionRun"]
+
+
+def _backend_for(x: torch.Tensor) -> str:
+    # the Triton kernels store float32/16/bf16; float64 runs on the PyTorch path
+    return "torch" if x.dtype == torch.float64 else "auto"
+
+
+class KDiffusionRun(Run):
+    """One k-diffusion-style sampling run (see the module docstring)."""
+
+    fuses_churn = False
+    heun_keeps_derivative = False
+
+    def __init__(self, model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: Optional[Dict[str, Any]],
+                 callback: Optional[Callable], disable: Optional[bool]) -> None:
+        if not callable(model):
+            raise TypeError(f"model must be callable as model(x, sigma, **extra_args), got {type(model).__name__}")
+        check_batch("x", x)
+        if not isinstance(sigmas, torch.Tensor) or not sigmas.dtype.is_floating_point:
+            raise TypeError(f"sigmas must be a floating-point torch.Tensor, got "
+                            f"{sigmas.dtype if isinstance(sigmas, torch.Tensor) else type(sigmas).__name__}")
+        if sigmas.dim() != 1 or sigmas.numel() < 2:
+            raise ValueError(f"sigmas must be 1-D with at least 2 entries, got shape {tuple(sigmas.shape)}")
+        if extra_args is not None and not isinstance(extra_args, dict):
+            raise TypeError(f"extra_args must be a dict or None, got {type(extra_args).__name__}")
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+        # the one host read of the run, before the loop; the samplers' scalar math runs on these 0-d tensors
+        self.host = sigmas.detach().to("cpu")
+        super().__init__(x, list(self.host), _backend_for(x))
+        self.model, self.device_sigmas = model, sigmas
+        self.extra = {} if extra_args is None else extra_args
+        self.callback, self.disable = callback, disable
+        self.s_in = x.new_ones([x.shape[0]])
+        self.noise_sampler: Optional[NoiseSampler] = None
+        self._draws_churn = False
+
+    # --- planning ----------------------------------------------------------------------------
+    def churn_plan(self, churn):
+        self._draws_churn = True
+        return super().churn_plan(churn)
+
+    def _finish_plan(self, model_sigmas: List[Any]) -> None:
+        ms = [torch.as_tensor(s, dtype=self.host.dtype).reshape(()) for s in model_sigmas]
+        self.msig = (torch.stack(ms) if ms else self.host.new_zeros(1)).to(self.device)
+
+    # --- the loop ------------------------------------------------------------------------------
+    def steps(self):
+        from tqdm.auto import trange
+
+        return trange(self.n, disable=self.disable)
+
+    def churn(self, x: torch.Tensor, i: int, pre: Optional[int]) -> torch.Tensor:
+        if not self._draws_churn:
+            return x
+        eps = torch.randn_like(x)  # every step, churn or not: the global RNG advances as k-diffusion's
+        if pre is None:
+            return x
+        return fused_step(x, x, self.table, coef_row=self.pass_index(pre), noise=eps, backend=self.backend)
+
+    def eval(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """``model(x, sigma * s_in, **extra_args)`` exactly as k-diffusion calls it."""
+        return self.model(x, self.msig[k] * self.s_in, **self.extra)
+
+    def _noise(self, draw: Any) -> torch.Tensor:
+        """The noise sampler's draw for ``draw``: step ``i``'s interval, or a stage of dpmpp_sde's step."""
+        s = self.device_sigmas
+        if isinstance(draw, tuple):
+            # dpmpp_sde: the noise-sampler arguments with k-diffusion's exact scalar ops on sigmas' device
+            # (a Brownian tree is a function of these times); elementwise, so no host sync
+            i, r, stage = draw
+            t, t_next = t_of(s[i]), t_of(s[i + 1])
+            end = t + (t_next - t) * r if stage == "mid" else t_next
+            return self.noise_sampler(sigma_of(t), sigma_of(end))
+        return self.noise_sampler(s[draw], s[draw + 1])
+
+    def _launch(self, x, raw, k, x_eval, history, aux, draw):
+        noise = None if draw is None else self._noise(draw)
+        if noise is not None and self.coefs[k]["out_noise"] == 0.0:
+            noise = None
+        return fused_step(x, raw, self.table, x_eval=x_eval, history=history, coef_row=k, noise=noise, write_aux=aux,
+                          backend=self.backend)
+
+    def report(self, i: int, x: torch.Tensor, raw: torch.Tensor, k: int, sigma_hat: Any = None) -> None:
+        if self.callback is not None:
+            sigma = self.device_sigmas[i]
+            self.callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma if sigma_hat is None else self.msig[k],
+                           "denoised": raw})

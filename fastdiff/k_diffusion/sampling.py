@@ -1,0 +1,206 @@
+"""k-diffusion's ``sample_*`` functions: the same signatures, calls, noise draws and callbacks, on fastdiff's samplers.
+
+Each function is a signature adapter: it builds a :class:`~fastdiff.k_diffusion.run.KDiffusionRun` (k-diffusion's
+model call, scalar arithmetic and noise sources) and runs the one implementation in :mod:`fastdiff.samplers`.
+
+Example:
+    >>> import torch
+    >>> den = lambda x, s: x / (1 + s[:, None] ** 2)
+    >>> sample_dpmpp_2m(den, torch.ones(2, 3), get_sigmas_karras(4, 0.1, 10.0)).shape
+    torch.Size([2, 3])
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional
+
+import torch
+
+from .. import samplers as core
+from .noise import NoiseSampler, brownian_default, resolve_noise
+from .run import KDiffusionRun
+from .schedules import get_sigmas_karras  # noqa: F401 - the docstring examples use it
+
+__all__ = ["sample_euler", "sample_heun", "sample_dpm_2", "sample_euler_ancestral", "sample_dpm_2_ancestral", "sample_lms", "sample_dpmpp_2s_ancestral", "sample_dpmpp_sde", "sample_dpmpp_2m", "sample_dpmpp_2m_sde", "sample_dpmpp_3m_sde", "SAMPLERS"]
+
+
+@torch.no_grad()
+def sample_euler(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: Optional[Dict[str, Any]] = None,
+                 callback: Optional[Callable] = None, disable: Optional[bool] = None, s_churn: float = 0.0,
+                 s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0) -> torch.Tensor:
+    """Euler steps of Karras et al. (2022), Algorithm 2 (with optional churn).
+
+    Example:
+        >>> den = lambda x, s: x / (1 + s[:, None] ** 2)
+        >>> sample_euler(den, torch.ones(2, 3), get_sigmas_karras(4, 0.1, 10.0)).shape
+        torch.Size([2, 3])
+    """
+    run = KDiffusionRun(model, x, sigmas, extra_args, callback, disable)
+    return core.sample_euler(run, x, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
+
+
+@torch.no_grad()
+def sample_heun(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: Optional[Dict[str, Any]] = None,
+                callback: Optional[Callable] = None, disable: Optional[bool] = None, s_churn: float = 0.0,
+                s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0) -> torch.Tensor:
+    """Heun steps of Karras et al. (2022), Algorithm 2.
+
+    Example:
+        >>> den = lambda x, s: x / (1 + s[:, None] ** 2)
+        >>> sample_heun(den, torch.ones(2, 3), get_sigmas_karras(4, 0.1, 10.0)).shape
+        torch.Size([2, 3])
+    """
+    run = KDiffusionRun(model, x, sigmas, extra_args, callback, disable)
+    return core.sample_heun(run, x, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
+
+
+@torch.no_grad()
+def sample_dpm_2(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: Optional[Dict[str, Any]] = None,
+                 callback: Optional[Callable] = None, disable: Optional[bool] = None, s_churn: float = 0.0,
+                 s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0) -> torch.Tensor:
+    """DPM-Solver-2 steps (Lu et al. 2022) in the Algorithm-2 frame of Karras et al. (2022).
+
+    Example:
+        >>> den = lambda x, s: x / (1 + s[:, None] ** 2)
+        >>> sample_dpm_2(den, torch.ones(2, 3), get_sigmas_karras(4, 0.1, 10.0)).shape
+        torch.Size([2, 3])
+    """
+    run = KDiffusionRun(model, x, sigmas, extra_args, callback, disable)
+    return core.sample_dpm_2(run, x, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
+
+
+@torch.no_grad()
+def sample_euler_ancestral(model: Callable, x: torch.Tensor, sigmas: torch.Tensor,
+                           extra_args: Optional[Dict[str, Any]] = None, callback: Optional[Callable] = None,
+                           disable: Optional[bool] = None, eta: float = 1.0, s_noise: float = 1.0,
+                           noise_sampler: Optional[NoiseSampler] = None) -> torch.Tensor:
+    """Ancestral sampling with Euler steps (Ho et al. 2020 ancestral noise; k-diffusion's euler_a).
+
+    Example:
+        >>> den = lambda x, s: x / (1 + s[:, None] ** 2)
+        >>> sample_euler_ancestral(den, torch.ones(2, 3), get_sigmas_karras(4, 0.1, 10.0)).shape
+        torch.Size([2, 3])
+    """
+    run = KDiffusionRun(model, x, sigmas, extra_args, callback, disable)
+    run.noise_sampler = resolve_noise(x, noise_sampler)
+    return core.sample_euler_ancestral(run, x, eta=eta, s_noise=s_noise)
+
+
+@torch.no_grad()
+def sample_dpm_2_ancestral(model: Callable, x: torch.Tensor, sigmas: torch.Tensor,
+                           extra_args: Optional[Dict[str, Any]] = None, callback: Optional[Callable] = None,
+                           disable: Optional[bool] = None, eta: float = 1.0, s_noise: float = 1.0,
+                           noise_sampler: Optional[NoiseSampler] = None) -> torch.Tensor:
+    """Ancestral sampling with DPM-Solver-2 steps (Lu et al. 2022; k-diffusion's dpm_2_a).
+
+    Example:
+        >>> den = lambda x, s: x / (1 + s[:, None] ** 2)
+        >>> sample_dpm_2_ancestral(den, torch.ones(2, 3), get_sigmas_karras(4, 0.1, 10.0)).shape
+        torch.Size([2, 3])
+    """
+    run = KDiffusionRun(model, x, sigmas, extra_args, callback, disable)
+    run.noise_sampler = resolve_noise(x, noise_sampler)
+    return core.sample_dpm_2_ancestral(run, x, eta=eta, s_noise=s_noise)
+
+
+@torch.no_grad()
+def sample_lms(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: Optional[Dict[str, Any]] = None,
+               callback: Optional[Callable] = None, disable: Optional[bool] = None, order: int = 4) -> torch.Tensor:
+    """Linear multistep (Adams-Bashforth) on the probability-flow ODE in sigma (Karras et al. 2022; k-diffusion).
+
+    Orders above 4 fold the oldest derivatives into the last history slot (one extra pass).
+
+    Example:
+        >>> den = lambda x, s: x / (1 + s[:, None] ** 2)
+        >>> sample_lms(den, torch.ones(2, 3), get_sigmas_karras(4, 0.1, 10.0)).shape
+        torch.Size([2, 3])
+    """
+    run = KDiffusionRun(model, x, sigmas, extra_args, callback, disable)
+    return core.sample_lms(run, x, order=order)
+
+
+@torch.no_grad()
+def sample_dpmpp_2s_ancestral(model: Callable, x: torch.Tensor, sigmas: torch.Tensor,
+                              extra_args: Optional[Dict[str, Any]] = None, callback: Optional[Callable] = None,
+                              disable: Optional[bool] = None, eta: float = 1.0, s_noise: float = 1.0,
+                              noise_sampler: Optional[NoiseSampler] = None) -> torch.Tensor:
+    """Ancestral sampling with DPM-Solver++(2S) steps (Lu et al. 2022, DPM-Solver++).
+
+    Example:
+        >>> den = lambda x, s: x / (1 + s[:, None] ** 2)
+        >>> sample_dpmpp_2s_ancestral(den, torch.ones(2, 3), get_sigmas_karras(4, 0.1, 10.0)).shape
+        torch.Size([2, 3])
+    """
+    run = KDiffusionRun(model, x, sigmas, extra_args, callback, disable)
+    run.noise_sampler = resolve_noise(x, noise_sampler)
+    return core.sample_dpmpp_2s_ancestral(run, x, eta=eta, s_noise=s_noise)
+
+
+@torch.no_grad()
+def sample_dpmpp_sde(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: Optional[Dict[str, Any]] = None,
+                     callback: Optional[Callable] = None, disable: Optional[bool] = None, eta: float = 1.0,
+                     s_noise: float = 1.0, noise_sampler: Optional[NoiseSampler] = None, r: float = 1 / 2) -> torch.Tensor:
+    """DPM-Solver++ stochastic two-stage steps (Lu et al. 2022, DPM-Solver++; k-diffusion's dpmpp_sde).
+
+    Example:
+        >>> den = lambda x, s: x / (1 + s[:, None] ** 2)
+        >>> sample_dpmpp_sde(den, torch.ones(2, 3), get_sigmas_karras(4, 0.1, 10.0),
+        ...                  noise_sampler=lambda a, b: torch.zeros(2, 3)).shape
+        torch.Size([2, 3])
+    """
+    run = KDiffusionRun(model, x, sigmas, extra_args, callback, disable)
+    run.noise_sampler = brownian_default(x, sigmas, noise_sampler, used=True)
+    return core.sample_dpmpp_sde(run, x, eta=eta, s_noise=s_noise, r=r)
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: Optional[Dict[str, Any]] = None,
+                    callback: Optional[Callable] = None, disable: Optional[bool] = None) -> torch.Tensor:
+    """DPM-Solver++(2M), multistep second order (Lu et al. 2022, DPM-Solver++ Algorithm 2).
+
+    Example:
+        >>> den = lambda x, s: x / (1 + s[:, None] ** 2)
+        >>> sample_dpmpp_2m(den, torch.ones(2, 3), get_sigmas_karras(4, 0.1, 10.0)).shape
+        torch.Size([2, 3])
+    """
+    run = KDiffusionRun(model, x, sigmas, extra_args, callback, disable)
+    return core.sample_dpmpp_2m(run, x)
+
+
+@torch.no_grad()
+def sample_dpmpp_2m_sde(model: Callable, x: torch.Tensor, sigmas: torch.Tensor,
+                        extra_args: Optional[Dict[str, Any]] = None, callback: Optional[Callable] = None,
+                        disable: Optional[bool] = None, eta: float = 1.0, s_noise: float = 1.0,
+                        noise_sampler: Optional[NoiseSampler] = None, solver_type: str = "midpoint") -> torch.Tensor:
+    """DPM-Solver++(2M) SDE (Lu et al. 2022, DPM-Solver++; k-diffusion's dpmpp_2m_sde).
+
+    Example:
+        >>> den = lambda x, s: x / (1 + s[:, None] ** 2)
+        >>> sample_dpmpp_2m_sde(den, torch.ones(2, 3), get_sigmas_karras(4, 0.1, 10.0), eta=0.0).shape
+        torch.Size([2, 3])
+    """
+    run = KDiffusionRun(model, x, sigmas, extra_args, callback, disable)
+    run.noise_sampler = brownian_default(x, sigmas, noise_sampler, used=bool(eta))
+    return core.sample_dpmpp_2m_sde(run, x, eta=eta, s_noise=s_noise, solver_type=solver_type)
+
+
+@torch.no_grad()
+def sample_dpmpp_3m_sde(model: Callable, x: torch.Tensor, sigmas: torch.Tensor,
+                        extra_args: Optional[Dict[str, Any]] = None, callback: Optional[Callable] = None,
+                        disable: Optional[bool] = None, eta: float = 1.0, s_noise: float = 1.0,
+                        noise_sampler: Optional[NoiseSampler] = None) -> torch.Tensor:
+    """DPM-Solver++(3M) SDE (Lu et al. 2022, DPM-Solver++; k-diffusion's dpmpp_3m_sde).
+
+    Example:
+        >>> den = lambda x, s: x / (1 + s[:, None] ** 2)
+        >>> sample_dpmpp_3m_sde(den, torch.ones(2, 3), get_sigmas_karras(4, 0.1, 10.0), eta=0.0).shape
+        torch.Size([2, 3])
+    """
+    run = KDiffusionRun(model, x, sigmas, extra_args, callback, disable)
+    run.noise_sampler = brownian_default(x, sigmas, noise_sampler, used=bool(eta))
+    return core.sample_dpmpp_3m_sde(run, x, eta=eta, s_noise=s_noise)
+
+
+#: k-diffusion sampler names (without ``sample_``) -> functions.
+SAMPLERS: Dict[str, Callable[..., torch.Tensor]] = {name: globals()[f"sample_{name}"] for name in (
+    "euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2s_ancestral", "dpmpp_sde",
+    "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde")}
