@@ -41,6 +41,8 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
+from .solvers import ve_x0_coefs
+
 __all__ = [
     "Denoiser", "EpsDenoiser", "VDenoiser", "X0Denoiser", "FlowDenoiser", "CFGDenoiser",
     "DiscreteEpsDDPMDenoiser", "DiscreteVDDPMDenoiser",
@@ -131,7 +133,7 @@ class EpsDenoiser(Denoiser):
     """
 
     def conversion(self, sigma: float) -> Tuple[float, float]:
-        return 1.0, -float(sigma)
+        return ve_x0_coefs("epsilon", float(sigma))
 
 
 class VDenoiser(Denoiser):
@@ -143,8 +145,7 @@ class VDenoiser(Denoiser):
     """
 
     def conversion(self, sigma: float) -> Tuple[float, float]:
-        s = float(sigma)
-        return 1.0 / (s * s + 1.0), -s / math.sqrt(s * s + 1.0)
+        return ve_x0_coefs("v_prediction", float(sigma))
 
 
 class X0Denoiser(Denoiser):
@@ -156,7 +157,7 @@ class X0Denoiser(Denoiser):
     """
 
     def conversion(self, sigma: float) -> Tuple[float, float]:
-        return 0.0, 1.0
+        return ve_x0_coefs("sample", float(sigma))
 
 
 class FlowDenoiser(Denoiser):

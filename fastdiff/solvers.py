@@ -107,7 +107,7 @@ def ve_x0_coefs(prediction: str, sigma: Scalar, sigma_hat: Scalar = None) -> Tup
     """``(in_x, in_m)`` with ``x0 = in_x * x + in_m * model_output`` for the VE sample ``x = x0 + sigma * eps``.
 
     ``prediction``: ``"epsilon"`` (uses ``sigma_hat``, the churned level, when given), ``"v_prediction"``,
-    ``"sample"`` (or ``"original_sample"``), ``"flow"`` (velocity of the flow sample ``x / (1 + sigma)``).
+    ``"sample"`` (or ``"original_sample"``).
 
     Example:
         >>> ve_x0_coefs("v_prediction", 1.0)[0]
@@ -121,8 +121,6 @@ def ve_x0_coefs(prediction: str, sigma: Scalar, sigma_hat: Scalar = None) -> Tup
         return 1.0 / (sigma * sigma + 1.0), -sigma / sqrt(sigma * sigma + 1.0)
     if prediction in ("sample", "original_sample"):
         return (np.zeros_like(sigma), np.ones_like(sigma)) if vec else (0.0, 1.0)
-    if prediction == "flow":
-        return 1.0 / (1.0 + sigma), -sigma / (1.0 + sigma)
     raise ValueError(f"prediction_type must be one of 'epsilon', 'v_prediction', 'sample', got {prediction!r}")
 
 
@@ -144,13 +142,17 @@ def vp_x0_coefs(prediction: str, alpha: Scalar, sigma: Scalar) -> Tuple[Scalar, 
 
 # ------------------------------------------------------------------------------------------ stochasticity
 def churn_gamma(sigma: Scalar, s_churn: float, n: int, s_tmin: float, s_tmax: float) -> float:
-    """EDM churn factor ``gamma = min(s_churn / n, sqrt(2) - 1)`` inside ``[s_tmin, s_tmax]``, else 0.
+    """EDM churn factor ``gamma = min(s_churn / n, sqrt(2) - 1)`` inside ``[s_tmin, s_tmax]``, else 0
+    (elementwise for a numpy array of sigmas).
 
     Example:
         >>> churn_gamma(1.0, 0.4, 4, 0.0, 10.0)
         0.1
     """
-    return min(s_churn / n, SQRT2_MINUS_1) if s_tmin <= sigma <= s_tmax else 0.0
+    gamma = min(s_churn / n, SQRT2_MINUS_1)
+    if isinstance(sigma, np.ndarray):
+        return np.where((s_tmin <= sigma) & (sigma <= s_tmax), gamma, 0.0)
+    return gamma if s_tmin <= sigma <= s_tmax else 0.0
 
 
 def churn_schedule(sigmas: Sequence[Scalar], s_churn: float, s_tmin: float, s_tmax: float,

@@ -40,6 +40,7 @@ import torch
 
 from ..ops import fused_encode
 from ..ops.step import fused_step, step_coefs
+from ..random import draw_seed
 from ..schedules import DiscreteVPSchedule
 from ._compat import ConfigMixin, SchedulerMixin, randn_tensor, resolve_output
 
@@ -67,11 +68,6 @@ def check_steps(n, num_train_timesteps: int, cap: bool) -> None:
     if cap and n > num_train_timesteps:
         raise ValueError(f"`num_inference_steps`: {n} cannot be larger than `self.config.train_timesteps`: "
                          f"{num_train_timesteps}")
-
-
-def _draw_seed() -> int:
-    # a CPU draw from torch's global generator: reproducible with torch.manual_seed, no device sync
-    return int(torch.randint(0, 2**62, (1,), device="cpu")[0])
 
 
 def spaced_timesteps(n: int, T: int, spacing: str, steps_offset: int = 0, extra: int = 0,
@@ -239,7 +235,7 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
             return {"noise": randn_tensor(tuple(shape), generator=generator, device=device, dtype=dtype)}
         if self._seed is None:
             # noise asked for by a step-time option (or a step before set_timesteps): draw the run's seed now
-            self._seed = _draw_seed()
+            self._seed = draw_seed()
         return {"seed": self._seed, "stream": index * 4 + k}
 
     def _draws_noise(self) -> bool:
@@ -248,7 +244,7 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
 
     def _start_run(self) -> None:
         """End of ``set_timesteps``: draw the run's Philox seed now when the run will need one."""
-        self._seed = _draw_seed() if self._draws_noise() else None
+        self._seed = draw_seed() if self._draws_noise() else None
 
     # ------------------------------------------------------------------ the fused launch
     def _launch(self, sample: torch.Tensor, model_output: torch.Tensor, table: torch.Tensor, row: int, *,

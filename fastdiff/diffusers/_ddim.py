@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..schedules import inference_timesteps
+from ..solvers import vp_x0_coefs
 from ._base import ZTSNR_ALPHA_BAR, DiscreteBetaMixin, FusedSchedulerBase, check_steps, rows
 from ._compat import make_output, register_to_config
 
@@ -26,15 +27,11 @@ _PREDICTIONS = ("epsilon", "sample", "v_prediction")
 def x0_coefs(prediction_type: str, abar: np.ndarray):
     """float64 ``(in_x, in_m)`` with ``x0 = in_x * x_t + in_m * model_output`` on a VP schedule."""
     abar = np.asarray(abar, dtype=np.float64)
-    alpha, sigma = np.sqrt(abar), np.sqrt(1.0 - abar)
     if prediction_type == "epsilon":
-        safe = np.maximum(abar, ZTSNR_ALPHA_BAR)  # finite at zero terminal SNR (module docstring)
-        return 1.0 / np.sqrt(safe), -np.sqrt(1.0 - safe) / np.sqrt(safe)
-    if prediction_type == "sample":
-        return np.zeros_like(abar), np.ones_like(abar)
-    if prediction_type == "v_prediction":
-        return alpha, -sigma
-    raise ValueError(f"prediction_type must be one of {_PREDICTIONS}, got {prediction_type!r}")
+        abar = np.maximum(abar, ZTSNR_ALPHA_BAR)  # finite at zero terminal SNR (module docstring)
+    elif prediction_type not in _PREDICTIONS:
+        raise ValueError(f"prediction_type must be one of {_PREDICTIONS}, got {prediction_type!r}")
+    return vp_x0_coefs(prediction_type, np.sqrt(abar), np.sqrt(1.0 - abar))
 
 
 class _DiscreteVPBase(DiscreteBetaMixin, FusedSchedulerBase):

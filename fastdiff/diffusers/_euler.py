@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..random import philox_normal
+from ..solvers import ancestral_split, churn_gamma, ve_x0_coefs
 from ._base import DiscreteBetaMixin, FusedSchedulerBase, check_one_of, check_steps, interp, rows, sigma_to_t
 from ._compat import make_output, register_to_config
 
@@ -29,15 +30,8 @@ def sigma_x0_coefs(prediction_type: str, sigma: np.ndarray, sigma_hat: Optional[
     ``sigma_hat`` (the churned sigma) is what epsilon prediction uses; v prediction uses ``sigma``
     (diffusers' Euler does the same).
     """
-    sigma = np.asarray(sigma, dtype=np.float64)
-    sh = sigma if sigma_hat is None else np.asarray(sigma_hat, dtype=np.float64)
-    if prediction_type == "epsilon":
-        return np.ones_like(sh), -sh
-    if prediction_type == "v_prediction":
-        return 1.0 / (sigma**2 + 1.0), -sigma / np.sqrt(sigma**2 + 1.0)
-    if prediction_type in ("sample", "original_sample"):
-        return np.zeros_like(sigma), np.ones_like(sigma)
-    raise ValueError(f"prediction_type must be one of 'epsilon', 'v_prediction', 'sample', got {prediction_type!r}")
+    sh = None if sigma_hat is None else np.asarray(sigma_hat, dtype=np.float64)
+    return ve_x0_coefs(prediction_type, np.asarray(sigma, dtype=np.float64), sh)
 
 
 def _f32_spacing(n: int, T: int, spacing: str, steps_offset: int) -> np.ndarray:
@@ -229,8 +223,7 @@ class EulerDiscreteScheduler(_SigmaBase):
     def _build_table(self, key) -> torch.Tensor:
         s_churn, s_tmin, s_tmax = key
         s, s_next = self._sig[:-1], self._sig[1:]
-        in_range = (s_tmin <= s) & (s <= s_tmax)
-        gamma = np.where(in_range, min(s_churn / (len(self._sig) - 1), 2**0.5 - 1), 0.0)
+        gamma = churn_gamma(s, s_churn, len(self._sig) - 1, s_tmin, s_tmax)
         sh = s * (gamma + 1.0)
         in_x, in_m = sigma_x0_coefs(self.config.prediction_type, s, sh)
         ratio = (s_next - sh) / sh  # dt / sigma_hat: x_next = x + (x - x0) * dt / sigma_hat
@@ -246,8 +239,7 @@ class EulerDiscreteScheduler(_SigmaBase):
         key = (float(s_churn), float(s_tmin), float(s_tmax))
         table = self._table(key, sample.device)
         sigma = self._sig_host[i]
-        gamma = (min(key[0] / (len(self._sig_host) - 1), 2**0.5 - 1)
-                 if key[0] != 0.0 and key[1] <= sigma <= key[2] else 0.0)  # s_churn = 0: no churn
+        gamma = churn_gamma(sigma, key[0], len(self._sig_host) - 1, key[1], key[2]) if key[0] != 0.0 else 0.0
         x = sample
         if gamma > 0:
             # churn: the model saw x, but the step starts from x + noise * sqrt(sigma_hat**2 - sigma**2)
@@ -313,8 +305,7 @@ class EulerAncestralDiscreteScheduler(_SigmaBase):
 
     def _build_table(self, key) -> torch.Tensor:
         s_from, s_to = self._sig[:-1], self._sig[1:]
-        up = np.sqrt(s_to**2 * (s_from**2 - s_to**2) / s_from**2)
-        down = np.sqrt(s_to**2 - up**2)
+        down, up = ancestral_split(s_from, s_to)
         pt = self.config.prediction_type
         if pt == "sample":
             raise NotImplementedError("prediction_type not implemented yet: sample")

@@ -14,6 +14,7 @@ import torch
 
 from ._base import DiscreteBetaMixin, FusedSchedulerBase, check_one_of, check_steps, interp, rows, sigma_to_t, \
     spaced_timesteps
+from ..solvers import unipc_rhos, vp_x0_coefs
 from ._compat import make_output, register_to_config
 
 __all__ = ["DPMSolverMultistepScheduler", "UniPCMultistepScheduler"]
@@ -84,13 +85,7 @@ class _MultistepBase(DiscreteBetaMixin, FusedSchedulerBase):
         return len(self.timesteps) - 1  # diffusers: an unknown timestep maps to the last step
 
     def _x0_coefs(self, i: int):
-        pt = self.config.prediction_type
-        a, s = self._alpha[i], self._sigma[i]
-        if pt == "epsilon":
-            return 1.0 / a, -s / a
-        if pt == "sample":
-            return 0.0, 1.0
-        return a, -s  # v_prediction
+        return vp_x0_coefs(self.config.prediction_type, self._alpha[i], self._sigma[i])
 
     def scale_model_input(self, sample: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """Identity (the solvers see the VP sample unscaled)."""
@@ -454,41 +449,16 @@ class UniPCMultistepScheduler(_MultistepBase):
         """Coefficients of one UniPC update (bh, x0 form) as A (on x), c0 (on m0), ck (on m_k), ct (on model_t)."""
         a, s, lam = self._alpha, self._sigma, self._lam
         h = lam[i_t] - lam[i_s0]
-        n_d = order - 1 if corrector else order - 1
-        rks = [(lam[j] - lam[i_s0]) / h for j in hist_idx[:n_d]] + [1.0]
-        rks = np.array(rks)
-        hh = -h
-        h_phi_1 = np.expm1(hh)
-        h_phi_k = h_phi_1 / hh - 1.0
-        fact = 1
-        B_h = hh if self.config.solver_type == "bh1" else np.expm1(hh)
-        R, b = [], []
-        for j in range(1, order + 1):
-            R.append(rks ** (j - 1))
-            b.append(h_phi_k * fact / B_h)
-            fact *= j + 1
-            h_phi_k = h_phi_k / hh - 1.0 / fact
-        R, b = np.stack(R), np.array(b)
+        rks = [(lam[j] - lam[i_s0]) / h for j in hist_idx[:order - 1]] + [1.0]
+        B_h, rhos_p, rhos_c = unipc_rhos(-h, rks, order, self.config.solver_type)
         A = s[i_t] / s[i_s0]
-        c0 = -a[i_t] * h_phi_1
+        c0 = -a[i_t] * np.expm1(-h)
         ck = np.zeros(len(rks) - 1)
         ct = 0.0
-        def solve(m, v):
-            # singular only when h is infinite (a final sigma of 0 reached with order > 1, where diffusers
-            # fails): drop the higher-order terms there, which keeps the step finite
-            try:
-                return np.linalg.solve(m, v)
-            except np.linalg.LinAlgError:
-                return np.zeros(len(v))
-
+        rhos = rhos_c if corrector else rhos_p
         if corrector:
-            rhos = np.array([0.5]) if order == 1 else solve(R, b)
             ct = -a[i_t] * B_h * rhos[-1]
             c0 -= ct  # D1_t = model_t - m0
-        elif len(rks) > 1:
-            rhos = np.array([0.5]) if order == 2 else solve(R[:-1, :-1], b[:-1])
-        else:
-            rhos = np.zeros(0)
         for k in range(len(rks) - 1):  # D1_k = (m_k - m0) / r_k
             w = -a[i_t] * B_h * rhos[k] / rks[k]
             ck[k] += w
