@@ -172,4 +172,3 @@ class VESchedule:
         if bool((sig < 0).any()) or bool(torch.isnan(sig).any()):
             raise ValueError("sigma must be non-negative")
         return (torch.log(sig) - self._log_min) / self._log_ratio
-

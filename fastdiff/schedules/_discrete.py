@@ -44,7 +44,6 @@ def _check_beta_endpoint(name: str, value: Any) -> float:
     return fvalue
 
 
-
 # --------------------------------------------------------------------------
 # discrete betas
 # --------------------------------------------------------------------------
@@ -381,4 +380,3 @@ class DiscreteVPSchedule:
                 tab = host.to(dtype).to(dev).contiguous()
                 self._tables[key] = tab
             return tab
-
