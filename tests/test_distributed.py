@@ -296,6 +296,12 @@ def test_bad_arguments():
         fdist.sample(den, (2,), sig, num_samples=0, seed=0)
     with pytest.raises(ValueError, match="batch_size"):
         fdist.sample(den, (2,), sig, batch_size=0, **ok)
+    with pytest.raises(TypeError, match="batch_size"):  # the library's int check: a non-int is a TypeError
+        fdist.sample(den, (2,), sig, batch_size=2.0, **ok)
+    with pytest.raises(TypeError, match="num_chains"):
+        fdist.langevin(P.GMM.grad_log_prob, (2,), num_chains=True, step_size=0.1, n_steps=1, seed=0)
+    with pytest.raises(TypeError, match="n_steps"):
+        fdist.langevin(P.GMM.grad_log_prob, (2,), num_chains=4, step_size=0.1, n_steps=1.0, seed=0)
     with pytest.raises(ValueError, match="seed"):
         fdist.sample(den, (2,), sig, num_samples=4, seed=-1)
     with pytest.raises(TypeError, match="seed"):
