@@ -46,6 +46,7 @@ from ._langevin import annealed_langevin, langevin
 from ._mala import mala, mala_log_accept, philox_uniform
 from ._pc import CORRECTORS, PREDICTORS, SNR_RULES, predictor_corrector  # noqa: F401 (the choices, importable)
 from ._sde import VESDE, VPSDE, SubVPSDE
+from ._util import Callback, StepSize  # noqa: F401 (the types of the signatures, importable)
 from ._util import _check_callable, _value_and_grad
 
 __all__ = [
@@ -85,7 +86,7 @@ class EnergyGrad:
         >>> x = fastdiff.langevin(g, torch.randn(512, 2), 1e-2, 100, seed=0)
     """
 
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], kind: str = "energy"):
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], kind: str = "energy") -> None:
         _check_callable("module_or_fn", fn)
         if kind not in ("energy", "log_prob"):
             raise ValueError(f"kind must be 'energy' (log p = -E) or 'log_prob', got {kind!r}")

@@ -46,6 +46,7 @@ Example:
     >>> sigmas.shape, sigmas.dtype
     (torch.Size([11]), torch.float64)
 """
+from ._checks import DeviceLike, TensorLike  # noqa: F401 (the types of the signatures, importable)
 from ._continuous import ContinuousVPSchedule, VESchedule
 from ._discrete import BETA_SCHEDULES, DiscreteVPSchedule, make_betas, rescale_zero_terminal_snr
 from ._flow import FlowMatchingSchedule
