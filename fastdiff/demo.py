@@ -35,6 +35,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from .random import MAX_SEED
+
 __all__ = ["add_parser", "run", "DemoConfig", "config_for"]
 
 
@@ -113,8 +115,8 @@ def run(args: argparse.Namespace) -> int:
         device = _resolve_device(getattr(args, "device", "auto"))
         out_dir = _prepare_out(getattr(args, "out", "fastdiff-demo"))
         seed = getattr(args, "seed", 0)
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**62:
-            raise DemoError(f"--seed must be an integer in [0, 2**62), got {seed!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise DemoError(f"--seed must be an integer in [0, 2**63), got {seed!r}")
         try:
             import matplotlib  # noqa: F401
         except ImportError:
@@ -282,6 +284,11 @@ class _Demo:
         self.failures: List[str] = []
         self.files: List[Path] = []
 
+    def _seed(self, offset: int) -> int:
+        """The seed of one of the run's random streams: ``--seed + offset``, wrapped into [0, 2**63) (any
+        seed the library accepts works; below 2**62 nothing wraps)."""
+        return (self.seed + offset) % (MAX_SEED + 1)
+
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -391,15 +398,15 @@ class _Demo:
             "mixture": (_Counted(gmm.denoiser), _Counted(_gmm_flow_denoiser(gmm)),
                         lambda k: fastdiff.karras_sigmas(k, 0.01, 40.0),
                         lambda k: flow.sigmas(k),
-                        gmm.sample(n, seed=self.seed + 1, dtype=torch.float32)),
+                        gmm.sample(n, seed=self._seed(1), dtype=torch.float32)),
             "model": (EpsDenoiser(_Counted(net), schedule), _eps_as_flow(_Counted(net), schedule),
                       toy_sigmas,
                       lambda k: _ve_to_flow(toy_sigmas(k)),
-                      toy.two_d_shapes(n, "moons", seed=self.seed + 1).float()),
+                      toy.two_d_shapes(n, "moons", seed=self._seed(1)).float()),
         }
         # the sampling-noise floor: mean sliced-W between independent exact sample sets of the same size
-        fresh = {"mixture": lambda j: gmm.sample(n, seed=self.seed + 100 + j, dtype=torch.float32),
-                 "model": lambda j: toy.two_d_shapes(n, "moons", seed=self.seed + 100 + j)}
+        fresh = {"mixture": lambda j: gmm.sample(n, seed=self._seed(100 + j), dtype=torch.float32),
+                 "model": lambda j: toy.two_d_shapes(n, "moons", seed=self._seed(100 + j))}
         self.floors = {tg: sum(_sw(targets[tg][4], fresh[tg](j)) for j in range(3)) / 3 for tg in targets}
         self.truth = {k: v[4] for k, v in targets.items()}
         z = initial_noise((n, 2), self.seed, device=dev)
@@ -417,13 +424,13 @@ class _Demo:
             try:
                 if dev.type == "cuda" and (tg, name) not in warm:
                     # compile the Triton kernels outside the timed run
-                    sample(den, x, sigmas, sampler=name, seed=self.seed + 7)
+                    sample(den, x, sigmas, sampler=name, seed=self._seed(7))
                     warm.add((tg, name))
                 counter.calls = 0
                 self._sync()
                 t0 = time.perf_counter()
                 with torch.no_grad():
-                    out = sample(den, x, sigmas, sampler=name, seed=self.seed + 7)
+                    out = sample(den, x, sigmas, sampler=name, seed=self._seed(7))
                 self._sync()
                 ms = 1e3 * (time.perf_counter() - t0)
             except Exception as err:  # report and go on: one broken sampler must not hide the others
@@ -450,13 +457,13 @@ class _Demo:
 
         cfg, dev = self.cfg, self.device
         n, n_steps = cfg.langevin_chains, cfg.langevin_steps
-        truth = gmm.sample(n, seed=self.seed + 3, dtype=torch.float32)
+        truth = gmm.sample(n, seed=self._seed(3), dtype=torch.float32)
         # start spread over the ring so that every mode gets chains (Langevin does not hop between
         # well-separated modes; the demo shows local mixing and the accuracy of each update)
-        x0 = 3.0 * fastdiff.philox_normal((n, 2), self.seed + 11, 0, device=dev)
+        x0 = 3.0 * fastdiff.philox_normal((n, 2), self._seed(11), 0, device=dev)
         every = max(1, n_steps // 10)
         results: Dict[str, Any] = {
-            "floor": sum(_sw(truth, gmm.sample(n, seed=self.seed + 200 + j, dtype=torch.float32))
+            "floor": sum(_sw(truth, gmm.sample(n, seed=self._seed(200 + j), dtype=torch.float32))
                          for j in range(3)) / 3}
         for name in ("ULA", "MALA"):
             traj: List[torch.Tensor] = []
@@ -470,12 +477,12 @@ class _Demo:
             self._sync()
             t0 = time.perf_counter()
             if name == "ULA":
-                x = mcmc.langevin(gmm.grad_log_prob, x0, 0.01, n_steps, seed=self.seed + 5, callback=keep,
+                x = mcmc.langevin(gmm.grad_log_prob, x0, 0.01, n_steps, seed=self._seed(5), callback=keep,
                                   progress=True)
                 extra = "h=0.01"
             else:
                 x, acc = mcmc.mala(gmm.log_prob, x0, 0.05, n_steps, grad_log_prob=gmm.grad_log_prob,
-                                   seed=self.seed + 6, adapt_steps=n_steps // 4, callback=keep, progress=True)
+                                   seed=self._seed(6), adapt_steps=n_steps // 4, callback=keep, progress=True)
                 extra = f"acceptance {float(acc.mean()):.2f}"
             self._sync()
             ms = 1e3 * (time.perf_counter() - t0)

@@ -54,7 +54,23 @@ def test_ops_do_not_import_samplers_or_compat(path):
     assert not bad, f"{path} imports {bad}"
 
 
+def source_files(name: str) -> list:
+    """The files of ``fastdiff.<name>``: the module's file, or every file of the package."""
+    package = ROOT / "fastdiff" / name
+    files = sorted(package.rglob("*.py")) if package.is_dir() else [ROOT / "fastdiff" / f"{name}.py"]
+    assert files and all(f.is_file() for f in files), f"fastdiff.{name} has no source files"
+    return files
+
+
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_samplers_do_not_import_compat_layers(name):
-    bad = imported_fastdiff_modules(ROOT / "fastdiff" / f"{name}.py") & COMPAT
-    assert not bad, f"fastdiff/{name}.py imports {bad}"
+    for path in source_files(name):
+        bad = imported_fastdiff_modules(path) & COMPAT
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_schedules_are_a_shared_bottom_layer():
+    """Samplers and compat layers build on the schedules, never the other way round."""
+    for path in source_files("schedules"):
+        bad = imported_fastdiff_modules(path) & (SAMPLERS | COMPAT)
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"

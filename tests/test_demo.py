@@ -128,3 +128,30 @@ def test_bad_device_choice_is_an_argparse_error(tmp_path):
     with pytest.raises(SystemExit) as exc:
         _run(["demo", "--device", "tpu", "--out", str(tmp_path)])
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**63)])
+def test_seed_outside_the_library_range_is_refused(tmp_path, seed):
+    rc, _, stderr = _run(["demo", "--quick", "--device", "cpu", "--seed", seed, "--out", str(tmp_path / "out")])
+    assert rc == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "--seed" in lines[0] and "[0, 2**63)" in lines[0] and "Traceback" not in stderr
+
+
+def test_every_library_seed_is_accepted(tmp_path, monkeypatch):
+    """--seed takes the library's range [0, 2**63): the seeds derived from it wrap instead of overflowing."""
+    from fastdiff import demo
+    from fastdiff.random import MAX_SEED, split_seed
+
+    seen = {}
+
+    def fake_run(self):
+        seen["seeds"] = [self._seed(k) for k in (0, 11, 200)]
+        return 0
+
+    monkeypatch.setattr(demo._Demo, "run", fake_run)
+    rc, _, stderr = _run(["demo", "--quick", "--device", "cpu", "--seed", str(MAX_SEED), "--out", str(tmp_path)])
+    assert rc == 0, stderr
+    assert seen["seeds"] == [MAX_SEED, 10, 199]
+    for s in seen["seeds"]:
+        split_seed(s)  # valid Philox keys

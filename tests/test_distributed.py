@@ -18,6 +18,8 @@ import fastdiff
 import fastdiff.distributed as fdist
 import fastdiff.mcmc
 import fastdiff.sampling
+from fastdiff.distributed._plan import _missing, _plan
+from fastdiff.distributed._shards import _shard_name
 
 SCRIPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dist_scripts")
 sys.path.insert(0, SCRIPTS)
@@ -116,7 +118,7 @@ def test_kill_and_resume_matches_uninterrupted(runs, reference):
     assert set(runs["killed"]) <= set(os.listdir(d)), (runs["killed"], ranges)
     assert not [f for f in os.listdir(d) if ".tmp." in f]
     for r in range(2):
-        assert _load(runs["res"] / f"langevin_dir.rank{r}.pt") == [str(d / fdist._shard_name(s, e)) for s, e in ranges]
+        assert _load(runs["res"] / f"langevin_dir.rank{r}.pt") == [str(d / _shard_name(s, e)) for s, e in ranges]
 
 
 def test_mismatched_manifest_refused_on_every_rank(runs):
@@ -160,8 +162,8 @@ def test_row_shares_and_plan_cover_each_missing_row_once():
         done = [(a, b) for a, b in zip(cuts[::2], cuts[1::2]) if a < b]
         world = int(torch.randint(1, 6, (), generator=g))
         bs = None if int(torch.randint(0, 3, (), generator=g)) == 0 else int(torch.randint(1, 7, (), generator=g))
-        todo = fdist._missing(n, done)
-        plans = fdist._plan(todo, world, bs)
+        todo = _missing(n, done)
+        plans = _plan(todo, world, bs)
         rows = sorted(r for p in plans for s, e in p for r in range(s, e))
         assert sorted(rows + [r for s, e in done for r in range(s, e)]) == list(range(n))
         sizes = [sum(e - s for s, e in p) for p in plans]
@@ -223,7 +225,7 @@ def test_out_dir_resume_in_process(tmp_path, reference):
     paths = fdist.sample(P.denoiser, (2,), P.SIGMAS, num_samples=ROWS, sampler=P.SAMPLER, seed=P.SEED, batch_size=4,
                          out_dir=str(d), callback=lambda info: calls.append(info["rows"]))
     assert calls == [(6, 10)]  # only the missing rows were computed
-    assert [os.path.basename(p) for p in paths] == [fdist._shard_name(s, e) for s, e in [(0, 3), (3, 6), (6, 10)]]
+    assert [os.path.basename(p) for p in paths] == [_shard_name(s, e) for s, e in [(0, 3), (3, 6), (6, 10)]]
     assert torch.equal(fdist.load_shards(d), reference["sample"])
     # a finished run restarted: nothing to do, same paths
     assert fdist.sample(P.denoiser, (2,), P.SIGMAS, num_samples=ROWS, sampler=P.SAMPLER, seed=P.SEED,
@@ -294,6 +296,12 @@ def test_bad_arguments():
         fdist.sample(den, (2,), sig, num_samples=0, seed=0)
     with pytest.raises(ValueError, match="batch_size"):
         fdist.sample(den, (2,), sig, batch_size=0, **ok)
+    with pytest.raises(TypeError, match="batch_size"):  # the library's int check: a non-int is a TypeError
+        fdist.sample(den, (2,), sig, batch_size=2.0, **ok)
+    with pytest.raises(TypeError, match="num_chains"):
+        fdist.langevin(P.GMM.grad_log_prob, (2,), num_chains=True, step_size=0.1, n_steps=1, seed=0)
+    with pytest.raises(TypeError, match="n_steps"):
+        fdist.langevin(P.GMM.grad_log_prob, (2,), num_chains=4, step_size=0.1, n_steps=1.0, seed=0)
     with pytest.raises(ValueError, match="seed"):
         fdist.sample(den, (2,), sig, num_samples=4, seed=-1)
     with pytest.raises(TypeError, match="seed"):

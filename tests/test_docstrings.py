@@ -8,8 +8,11 @@ import torch
 import fastdiff
 
 MODULES = [
-    "fastdiff.schedules", "fastdiff.random", "fastdiff.toy", "fastdiff.sampling", "fastdiff.denoisers",
-    "fastdiff.mcmc", "fastdiff.ops.step", "fastdiff.ops.encode", "fastdiff.ops.langevin", "fastdiff.k_diffusion",
+    "fastdiff.schedules", "fastdiff.schedules._discrete", "fastdiff.schedules._continuous", "fastdiff.schedules._flow",
+    "fastdiff.schedules._timesteps", "fastdiff.schedules._sigmas", "fastdiff.random", "fastdiff.toy",
+    "fastdiff.sampling", "fastdiff.denoisers",
+    "fastdiff.mcmc", "fastdiff.mcmc._langevin", "fastdiff.mcmc._mala", "fastdiff.mcmc._sde", "fastdiff.mcmc._pc",
+    "fastdiff.ops.step", "fastdiff.ops.encode", "fastdiff.ops.langevin", "fastdiff.k_diffusion",
     "fastdiff.diffusers._ddim", "fastdiff.diffusers._euler", "fastdiff.diffusers._multistep",
     "fastdiff.diffusers._flow", "fastdiff.bench",
 ]

@@ -5,9 +5,11 @@ import math
 import os
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
+import fastdiff
 from fastdiff import mcmc
 from fastdiff.toy import GaussianMixture
 
@@ -126,6 +128,18 @@ def test_sde_marginals_and_discretisations():
     assert abs(g2 - 50.0 ** 2) < 1e-6 * 2500
     f, g = vp.discretize(1.0, n)
     assert abs(g ** 2 - 20.0 / n) < 1e-12 and abs(f - (math.sqrt(1 - 20.0 / n) - 1)) < 1e-12
+
+
+def test_vp_sdes_take_their_marginals_from_the_schedule():
+    # one formula: the VP and sub-VP SDEs read alpha (and the VP sigma) from a ContinuousVPSchedule, bit for bit
+    t = torch.linspace(0, 1, 101, dtype=torch.float64)
+    for cls in (mcmc.VPSDE, mcmc.SubVPSDE):
+        sde = cls(0.5, 7.0)
+        sched = fastdiff.ContinuousVPSchedule(0.5, 7.0)
+        assert (sde.schedule.beta_min, sde.schedule.beta_max) == (sde.beta_min, sde.beta_max) == (0.5, 7.0)
+        alpha, sigma = sde.marginal(t)
+        assert torch.equal(alpha, sched.alpha_sigma(t)[0])
+        assert torch.equal(sigma, sched.alpha_sigma(t)[1] if cls is mcmc.VPSDE else -torch.expm1(2 * sched.log_alpha(t)))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -380,6 +394,17 @@ def test_bad_arguments_raise():
         mcmc.VESDE(1.0, 0.5)
     with pytest.raises(ValueError, match="seed"):
         mcmc.langevin(lambda v: -v, x, 0.1, 3, seed=-1)
+    # step counts: the library's int check (TypeError for a non-int, bools included; any integer type is taken)
+    with pytest.raises(TypeError, match="n_steps"):
+        mcmc.langevin(lambda v: -v, x, 0.1, 3.0, seed=0)
+    with pytest.raises(TypeError, match="adapt_steps"):
+        mcmc.mala(_gauss, x, 0.1, 3, adapt_steps=True, seed=0)
+    with pytest.raises(ValueError, match="n_steps_each"):
+        mcmc.annealed_langevin(lambda v, s: -v, x, [1.0], n_steps_each=0, seed=0)
+    with pytest.raises(TypeError, match="n_corrector_steps"):
+        mcmc.predictor_corrector(lambda v, t: -v, x, "ve", 3, n_corrector_steps=1.0, seed=0)
+    assert torch.equal(mcmc.langevin(lambda v: -v, x, 0.1, np.int64(3), seed=0),
+                       mcmc.langevin(lambda v: -v, x, 0.1, 3, seed=0))
 
 
 def test_callback_progress_and_inputs_untouched():
