@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLERS = {"sampling", "mcmc", "denoisers"}
+SAMPLERS = {"sampling", "samplers", "sampler_run", "solvers", "mcmc", "denoisers"}
 COMPAT = {"diffusers", "k_diffusion", "distributed", "demo", "bench", "cli", "cli_bench"}
 
 
@@ -74,3 +74,15 @@ def test_schedules_are_a_shared_bottom_layer():
     for path in source_files("schedules"):
         bad = imported_fastdiff_modules(path) & (SAMPLERS | COMPAT)
         assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_the_sampler_math_imports_no_other_layer():
+    """``fastdiff.solvers`` is pure weight functions: every face builds on it, it builds on nothing of fastdiff."""
+    assert imported_fastdiff_modules(ROOT / "fastdiff" / "solvers.py") == set()
+
+
+def test_the_core_samplers_know_no_face():
+    """A sampler is written once against the run context; the faces adapt, the core never names them."""
+    for name in ("samplers", "sampler_run"):
+        bad = imported_fastdiff_modules(ROOT / "fastdiff" / f"{name}.py") & (COMPAT | {"sampling"})
+        assert not bad, f"fastdiff/{name}.py imports {bad}"
