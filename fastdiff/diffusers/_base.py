@@ -41,7 +41,7 @@ import torch
 from ..ops import fused_encode
 from ..ops.step import fused_step, step_coefs
 from ..random import draw_seed
-from ..schedules import DiscreteVPSchedule
+from ..schedules import DiscreteVPSchedule, spaced_timesteps
 from ._compat import ConfigMixin, SchedulerMixin, randn_tensor, resolve_output
 
 __all__ = ["FusedSchedulerBase", "DiscreteBetaMixin", "ZTSNR_ALPHA_BAR", "sigma_to_t", "spaced_timesteps",
@@ -68,28 +68,6 @@ def check_steps(n, num_train_timesteps: int, cap: bool) -> None:
     if cap and n > num_train_timesteps:
         raise ValueError(f"`num_inference_steps`: {n} cannot be larger than `self.config.train_timesteps`: "
                          f"{num_train_timesteps}")
-
-
-def spaced_timesteps(n: int, T: int, spacing: str, steps_offset: int = 0, extra: int = 0,
-                     last: Optional[int] = None) -> np.ndarray:
-    """diffusers' timestep spacings as float64 numpy values (not yet rounded/cast).
-
-    ``extra=1`` is the multistep solvers' variant (``n + 1`` points, the last dropped);
-    ``last`` the end of the range (``lambda_min_clipped``), default ``T``.
-    """
-    last = T if last is None else last
-    if spacing == "linspace":
-        ts = np.linspace(0, last - 1, n + extra)
-        ts = ts[::-1][: n] if extra else ts[::-1]
-        return ts.copy()
-    if spacing == "leading":
-        ratio = last // (n + extra)
-        ts = (np.arange(0, n + extra) * ratio).round()[::-1][: n].astype(np.float64)
-        return ts + steps_offset
-    if spacing == "trailing":
-        ratio = T / n
-        return np.arange(last, 0, -ratio).round() - 1
-    raise ValueError(f"timestep_spacing must be one of 'linspace', 'leading', 'trailing', got {spacing!r}")
 
 
 def interp(t: np.ndarray, table: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ import torch
 
 from ..random import philox_normal
 from ..solvers import ancestral_split, churn_gamma, ve_x0_coefs
+from ..schedules import spaced_timesteps
 from ._base import DiscreteBetaMixin, FusedSchedulerBase, check_one_of, check_steps, interp, rows, sigma_to_t
 from ._compat import make_output, register_to_config
 
@@ -36,16 +37,10 @@ def sigma_x0_coefs(prediction_type: str, sigma: np.ndarray, sigma_hat: Optional[
 
 def _f32_spacing(n: int, T: int, spacing: str, steps_offset: int) -> np.ndarray:
     """The float32 timesteps of diffusers' sigma schedulers (linspace is not rounded here)."""
-    if spacing == "linspace":
-        return np.linspace(0, T - 1, n, dtype=np.float32)[::-1].copy()
-    if spacing == "leading":
-        ratio = T // n
-        return (np.arange(0, n) * ratio).round()[::-1].copy().astype(np.float32) + np.float32(steps_offset)
-    if spacing == "trailing":
-        ratio = T / n
-        return np.arange(T, 0, -ratio).round().copy().astype(np.float32) - np.float32(1)
-    raise ValueError(f"{spacing} is not supported. Please make sure to choose one of 'linspace', 'leading' or "
-                     f"'trailing'.")
+    if spacing not in ("linspace", "leading", "trailing"):
+        raise ValueError(f"{spacing} is not supported. Please make sure to choose one of 'linspace', 'leading' or "
+                         f"'trailing'.")
+    return spaced_timesteps(n, T, spacing, steps_offset).astype(np.float32)
 
 
 class _SigmaBase(DiscreteBetaMixin, FusedSchedulerBase):

@@ -26,9 +26,10 @@ Contents (one private module per job, everything imported from here):
   2021) and :class:`VESchedule` (geometric VE SDE); ``_flow`` --
   :class:`FlowMatchingSchedule` (rectified flow with the static timestep
   shift of SD3).
-* ``_timesteps`` -- :func:`inference_timesteps`: the ``leading`` /
-  ``trailing`` / ``linspace`` timestep spacings of ``diffusers``'
-  ``DDIMScheduler`` / ``DDPMScheduler``.
+* ``_timesteps`` -- :func:`spaced_timesteps`: the ``leading`` /
+  ``trailing`` / ``linspace`` timestep spacings of ``diffusers`` (one
+  implementation for every drop-in), and :func:`inference_timesteps`, its
+  checked int64 form of ``DDIMScheduler`` / ``DDPMScheduler``.
 * ``_sigmas`` -- :func:`karras_sigmas`, :func:`exponential_sigmas`,
   :func:`polyexponential_sigmas`, :func:`vp_sigmas`: sampling noise levels
   in the k-diffusion convention (``n`` decreasing VE sigmas then a final 0).
@@ -51,7 +52,7 @@ from ._continuous import ContinuousVPSchedule, VESchedule
 from ._discrete import BETA_SCHEDULES, DiscreteVPSchedule, make_betas, rescale_zero_terminal_snr
 from ._flow import FlowMatchingSchedule
 from ._sigmas import exponential_sigmas, karras_sigmas, polyexponential_sigmas, vp_sigmas
-from ._timesteps import TIMESTEP_SPACINGS, inference_timesteps
+from ._timesteps import TIMESTEP_SPACINGS, inference_timesteps, spaced_timesteps
 
 __all__ = [
     "BETA_SCHEDULES",
@@ -63,6 +64,7 @@ __all__ = [
     "VESchedule",
     "FlowMatchingSchedule",
     "inference_timesteps",
+    "spaced_timesteps",
     "karras_sigmas",
     "exponential_sigmas",
     "polyexponential_sigmas",

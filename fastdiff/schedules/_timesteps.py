@@ -1,14 +1,15 @@
 """Inference timestep spacings of ``diffusers``' ``DDIMScheduler`` / ``DDPMScheduler``."""
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
+import numpy as np
 import torch
 
 from ..ops._common import check_int
-from ._checks import _F64, _check_str_choice, _linspace
+from ._checks import _check_str_choice
 
-__all__ = ["TIMESTEP_SPACINGS", "inference_timesteps"]
+__all__ = ["TIMESTEP_SPACINGS", "inference_timesteps", "spaced_timesteps"]
 
 #: Spacings accepted by :func:`inference_timesteps`.
 TIMESTEP_SPACINGS: Tuple[str, ...] = ("leading", "trailing", "linspace")
@@ -54,16 +55,35 @@ def inference_timesteps(
             f"num_inference_steps must be <= num_train_timesteps, got num_inference_steps={n} "
             f"and num_train_timesteps={T}"
         )
-    if spacing == "linspace":
-        ts = torch.round(_linspace(0.0, float(T - 1), n)).flip(0)
-    elif spacing == "leading":
-        ts = (torch.arange(n, dtype=_F64) * (T // n)).flip(0) + offset
-    else:  # trailing: numpy's arange(T, 0, -T/n) fills start + i * ((start + step) - start)
-        delta = (T + (-T / n)) - T
-        ts = torch.round(T + torch.arange(n, dtype=_F64) * delta) - 1
-    out = ts.to(torch.int64)
+    ts = np.round(spaced_timesteps(n, T, spacing, offset))[:n]  # trailing: numpy's arange can give n + 1
+    out = torch.from_numpy(ts.astype(np.int64))
     if int(out[0]) > T - 1:
         raise ValueError(
             f"steps_offset={offset} pushes the first timestep to {int(out[0])}, past num_train_timesteps - 1 = {T - 1}"
         )
     return out
+
+
+def spaced_timesteps(n: int, T: int, spacing: str, steps_offset: int = 0, extra: int = 0,
+                     last: Optional[int] = None) -> np.ndarray:
+    """diffusers' timestep spacings as float64 numpy values (not yet rounded or cast): the one implementation
+    behind :func:`inference_timesteps` (DDPM/DDIM), the sigma schedulers' float32 timesteps and the multistep
+    solvers' (``extra=1``: ``n + 1`` points, the last dropped; ``last``: the end of the range, default ``T``).
+
+    Example:
+        >>> spaced_timesteps(4, 1000, "linspace").tolist()
+        [999.0, 666.0, 333.0, 0.0]
+    """
+    last = T if last is None else last
+    if spacing == "linspace":
+        ts = np.linspace(0, last - 1, n + extra)
+        ts = ts[::-1][: n] if extra else ts[::-1]
+        return ts.copy()
+    if spacing == "leading":
+        ratio = last // (n + extra)
+        ts = (np.arange(0, n + extra) * ratio).round()[::-1][: n].astype(np.float64)
+        return ts + steps_offset
+    if spacing == "trailing":
+        ratio = T / n
+        return np.arange(last, 0, -ratio).round() - 1
+    raise ValueError(f"timestep_spacing must be one of 'linspace', 'leading', 'trailing', got {spacing!r}")
