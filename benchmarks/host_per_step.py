@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Host time per step of every face: the drop-in schedulers, ``fastdiff.sample`` and the k-diffusion functions.
+
+The sample is tiny (1x4x8x8) and the model trivial, so a step's time is almost all Python: argument handling,
+table lookups, the launch path. Run it on one tree::
+
+    TRITON_INTERPRET=1 python benchmarks/host_per_step.py
+
+or side by side against another checkout, alternating the two in one run (3 rounds each, medians)::
+
+    TRITON_INTERPRET=1 python benchmarks/host_per_step.py --against /path/to/other/checkout
+
+A row's ratio is this tree's time over the other's (below 1: this tree is faster).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from typing import Callable, Dict
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+SHAPE = (1, 4, 8, 8)
+STEPS = 20
+
+
+def _median_us(run: Callable[[], int], repeats: int) -> float:
+    run()  # warm-up: tables, caches
+    per = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        n = run()
+        per.append((time.perf_counter() - t0) / n * 1e6)
+    return statistics.median(per)
+
+
+def measure(repeats: int = 15) -> Dict[str, float]:
+    import torch
+
+    import fastdiff
+    import fastdiff.diffusers as fdd
+    from fastdiff import k_diffusion as K
+
+    torch.set_num_threads(1)
+    rows: Dict[str, float] = {}
+    x0 = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+
+    def model(x, t):
+        return x * 0.5
+
+    configs = {"DDPMScheduler": {}, "DDIMScheduler": {}, "EulerDiscreteScheduler": {},
+               "EulerAncestralDiscreteScheduler": {}, "HeunDiscreteScheduler": {},
+               "DPMSolverMultistepScheduler": {}, "UniPCMultistepScheduler": {},
+               "FlowMatchEulerDiscreteScheduler": {"shift": 3.0}}
+    for name, cfg in configs.items():
+        sched = getattr(fdd, name)(**cfg)
+
+        def loop(sched=sched):
+            sched.set_timesteps(STEPS)
+            x = x0 * float(getattr(sched, "init_noise_sigma", 1.0))
+            for t in sched.timesteps:
+                inp = sched.scale_model_input(x, t) if hasattr(sched, "scale_model_input") else x
+                x = sched.step(model(inp, t), t, x).prev_sample
+            return len(sched.timesteps)
+
+        rows[f"diffusers {name}.step"] = _median_us(loop, repeats)
+
+    gmm = fastdiff.toy.GaussianMixture.ring(k=4)
+    xs = fastdiff.initial_noise((4, 2), seed=0) * 10.0
+    sig = fastdiff.karras_sigmas(STEPS, 0.02, 10.0)
+    for sampler in ("euler", "euler_ancestral", "heun", "dpmpp_2m", "dpmpp_2m_sde", "lms", "unipc"):
+        evals = 2 * STEPS - 1 if sampler == "heun" else STEPS
+
+        def run(sampler=sampler, evals=evals):
+            fastdiff.sample(gmm.denoiser, xs, sig, sampler=sampler, seed=1, backend="torch")
+            return evals
+
+        rows[f"fastdiff.sample({sampler}) per evaluation"] = _median_us(run, repeats)
+
+    ksig = K.get_sigmas_karras(STEPS, 0.02, 10.0)
+    for sampler in ("euler", "euler_ancestral", "heun", "dpmpp_2m", "lms"):
+        fn = getattr(K, f"sample_{sampler}")
+        evals = 2 * STEPS - 1 if sampler == "heun" else STEPS
+
+        def run(fn=fn, evals=evals):
+            fn(gmm.denoiser, xs, ksig, disable=True)
+            return evals
+
+        rows[f"k_diffusion.sample_{sampler} per evaluation"] = _median_us(run, repeats)
+    return rows
+
+
+def _child(tree: str) -> Dict[str, float]:
+    env = dict(os.environ, PYTHONPATH=tree)
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--json"], env=env, check=True,
+                         capture_output=True, text=True, cwd=tree).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--against", help="another checkout to time side by side (alternating, 3 rounds)")
+    p.add_argument("--json", action="store_true", help="print the rows as one JSON line")
+    args = p.parse_args(argv)
+    warnings.simplefilter("ignore")
+    if args.json:
+        print(json.dumps(measure()))
+        return 0
+    if not args.against:
+        rows = measure()
+        width = max(map(len, rows))
+        print(f"{'host time per step':{width}s}  median us")
+        for name, us in rows.items():
+            print(f"{name:{width}s}  {us:9.1f}")
+        return 0
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    runs: Dict[str, list] = {"this": [], "other": []}
+    for _ in range(3):
+        runs["other"].append(_child(os.path.abspath(args.against)))
+        runs["this"].append(_child(here))
+    names = list(runs["this"][0])
+    width = max(map(len, names))
+    print(f"{'host time per step (median of 3 alternating runs)':{width}s}  {'other us':>9s}  {'this us':>9s}  ratio")
+    for name in names:
+        a = statistics.median(r[name] for r in runs["other"] if name in r)
+        b = statistics.median(r[name] for r in runs["this"])
+        print(f"{name:{width}s}  {a:9.1f}  {b:9.1f}  {b / a:5.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

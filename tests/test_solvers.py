@@ -1,0 +1,141 @@
+"""The sampler math (``fastdiff.solvers``): each weight function against its definition, on every scalar kind.
+
+The same function serves host floats (``fastdiff.sample``), 0-d tensors (``fastdiff.k_diffusion``: the tensors'
+own dtype) and numpy arrays (``fastdiff.diffusers``: vectorised). The tests check each function's defining
+property in float64, then that the three kinds agree: numpy arrays exactly (the same libm calls), float64 tensors
+to a few ulp (torch's vectorised sqrt/exp are not always correctly rounded: sqrt(0.5) is 1 ulp off), float32
+tensors to float32 rounding.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fastdiff import solvers as S
+
+RNG = np.random.default_rng(0)
+SIGMA_PAIRS = [(float(a), float(a * f)) for a, f in zip(RNG.uniform(0.02, 80.0, 40), RNG.uniform(0.0, 1.0, 40))]
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.3, 1.0])
+def test_ancestral_split_reaches_sigma_next_and_agrees_on_every_kind(eta):
+    for s, s1 in SIGMA_PAIRS:
+        down, up = S.ancestral_split(s, s1, eta)
+        assert down ** 2 + up ** 2 == pytest.approx(s1 ** 2, rel=1e-12, abs=1e-300)
+        assert 0.0 <= up <= s1 and 0.0 <= down <= s1
+        if eta == 1.0:  # the DDPM posterior std in VE variables
+            assert up == pytest.approx(s1 * math.sqrt(1 - s1 ** 2 / s ** 2), rel=1e-12)
+        t_down, t_up = S.ancestral_split(torch.tensor(s, dtype=torch.float64), torch.tensor(s1, dtype=torch.float64),
+                                         eta)
+        assert float(t_down) == pytest.approx(down, rel=4e-16, abs=1e-300)
+        assert float(t_up) == pytest.approx(up, rel=4e-16, abs=1e-300)
+    arr = np.array(SIGMA_PAIRS)
+    a_down, a_up = S.ancestral_split(arr[:, 0], arr[:, 1], eta)
+    want = [S.ancestral_split(s, s1, eta) for s, s1 in SIGMA_PAIRS]
+    np.testing.assert_array_equal(np.broadcast_to(a_down, len(want)), [w[0] for w in want])
+    np.testing.assert_array_equal(np.broadcast_to(a_up, len(want)), [w[1] for w in want])
+
+
+def test_ancestral_split_in_float32_tensors_rounds_like_float32():
+    for s, s1 in SIGMA_PAIRS:
+        down, up = S.ancestral_split(torch.tensor(s), torch.tensor(s1))
+        assert down.dtype == torch.float32
+        exact = S.ancestral_split(float(torch.tensor(s)), float(torch.tensor(s1)))
+        # a handful of float32 operations on values <= s1: a few ulp of s1, and sigma_down = sqrt(s1^2 - up^2)
+        # amplifies the rounding of s1^2 - up^2 by s1 / sigma_down
+        assert abs(float(down) - exact[0]) <= 8 * 2**-24 * (s1 + s1 ** 2 / max(exact[0], 1e-30))
+        assert abs(float(up) - exact[1]) <= 8 * 2**-24 * s1 + 1e-30
+
+
+def test_churn_gamma_and_schedule():
+    assert S.churn_gamma(1.0, 0.4, 4, 0.0, 10.0) == pytest.approx(0.1)
+    assert S.churn_gamma(1.0, 100.0, 4, 0.0, 10.0) == S.SQRT2_MINUS_1  # capped
+    assert S.churn_gamma(11.0, 0.4, 4, 0.0, 10.0) == 0.0  # outside [s_tmin, s_tmax]
+    sig = np.array([0.5, 2.0, 11.0])
+    np.testing.assert_array_equal(S.churn_gamma(sig, 0.4, 4, 1.0, 10.0), [0.0, 0.1, 0.0])
+    hats, scales = S.churn_schedule([4.0, 2.0, 0.0], s_churn=0.5, s_tmin=0.0, s_tmax=5.0, s_noise=1.5)
+    g = 0.25
+    assert hats == pytest.approx([4.0 * (1 + g), 2.0 * (1 + g)])
+    assert scales == pytest.approx([1.5 * math.sqrt(h ** 2 - s ** 2) for h, s in zip(hats, [4.0, 2.0])])
+    t_hats, t_scales = S.churn_schedule(torch.tensor([4.0, 2.0, 0.0], dtype=torch.float64), 0.5, 0.0, 5.0, 1.5)
+    assert [float(h) for h in t_hats] == hats
+    assert t_scales == pytest.approx(scales, rel=4e-16)
+
+
+def test_euler_coefs_define_the_euler_step():
+    for s, s1 in SIGMA_PAIRS:
+        c = S.euler_coefs(s, s1)
+        x, d = 0.7, -1.3
+        assert c["out_x"] * x + c["out_d"] * d == pytest.approx(x + (s1 - s) * (x - d) / s, rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
+def test_x0_conversions_invert_the_forward_process(prediction):
+    g = torch.Generator().manual_seed(1)
+    x0, eps = torch.randn(50, generator=g, dtype=torch.float64), torch.randn(50, generator=g, dtype=torch.float64)
+    for abar in (0.999, 0.5, 1e-3):
+        a, s = math.sqrt(abar), math.sqrt(1 - abar)
+        x_vp = a * x0 + s * eps
+        out = {"epsilon": eps, "v_prediction": a * eps - s * x0, "sample": x0}[prediction]
+        in_x, in_m = S.vp_x0_coefs(prediction, a, s)
+        torch.testing.assert_close(in_x * x_vp + in_m * out, x0, rtol=0, atol=1e-9)
+        sigma = s / a  # the same point in VE variables: x_ve = x_vp / a = x0 + sigma eps
+        in_x, in_m = S.ve_x0_coefs(prediction, sigma)
+        torch.testing.assert_close(in_x * (x_vp / a) + in_m * out, x0, rtol=0, atol=1e-9)
+        vec = S.ve_x0_coefs(prediction, np.array([sigma, sigma]))
+        assert [float(v[0]) for v in vec] == [float(v) for v in S.ve_x0_coefs(prediction, sigma)]
+
+
+def test_x0_conversions_refuse_unknown_predictions():
+    with pytest.raises(ValueError, match="prediction_type"):
+        S.ve_x0_coefs("flow", 1.0)
+    with pytest.raises(ValueError, match="prediction_type"):
+        S.vp_x0_coefs("velocity", 0.5, 0.5)
+
+
+@pytest.mark.parametrize("order", [1, 2, 3, 4])
+def test_lms_weights_integrate_polynomials_exactly(order):
+    t = [5.0, 3.5, 2.2, 1.1, 0.4]
+    i = order - 1
+    w = S.lms_coefficients(t, i, order)
+    for deg in range(order):  # the rule is exact for derivatives that are polynomials of degree < order
+        approx = sum(wj * t[i - j] ** deg for j, wj in enumerate(w))
+        exact = (t[i + 1] ** (deg + 1) - t[i] ** (deg + 1)) / (deg + 1)
+        assert approx == pytest.approx(exact, rel=1e-11, abs=1e-11)
+
+
+@pytest.mark.parametrize("variant", ["bh1", "bh2"])
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_unipc_rhos_solve_the_order_conditions(order, variant):
+    hh = -0.4
+    rks = [-1.3, -0.6][: order - 1] + [1.0]
+    b_h, rhos_p, rhos_c = S.unipc_rhos(hh, rks, order, variant)
+    assert b_h == (hh if variant == "bh1" else math.expm1(hh))
+    assert len(rhos_p) == max(order - 1, 0) and len(rhos_c) == order
+    # the corrector's rhos satisfy sum_k rho_k r_k^(i-1) = b_i (Zhao et al. 2023, eq. for the B(h) variants)
+    if order > 1:
+        h_phi_k, fact, b = math.expm1(hh) / hh - 1.0, 1.0, []
+        for i in range(1, order + 1):
+            b.append(h_phi_k * fact / b_h)
+            fact *= i + 1
+            h_phi_k = h_phi_k / hh - 1.0 / fact
+        for i in range(order):
+            assert sum(r ** i * rho for r, rho in zip(rks, rhos_c)) == pytest.approx(b[i], rel=1e-10, abs=1e-12)
+    # a singular system (an infinite step) drops the higher-order terms instead of raising
+    if order == 3:
+        assert S.unipc_rhos(hh, [1.0, 1.0, 1.0], 3, variant)[2] == [0.0, 0.0, 0.0]
+
+
+def test_elementary_functions_keep_the_scalar_kind():
+    t32 = torch.tensor(0.5)
+    for fn in (S.log, S.exp, S.expm1, S.sqrt):
+        assert fn(t32).dtype == torch.float32
+        assert isinstance(fn(0.5), float)
+        assert isinstance(fn(np.array([0.5])), np.ndarray)
+        assert float(fn(torch.tensor(0.5, dtype=torch.float64))) == pytest.approx(fn(0.5), rel=4e-16)
+    assert S.log(0.0) == -math.inf and math.isnan(S.log(-1.0))
+    assert S.sqrt(-1e-300) == 0.0  # a difference of equal squares rounded below 0
+    assert float(S.lerp_half(torch.tensor(1.0), torch.tensor(3.0))) == S.lerp_half(1.0, 3.0) == 2.0
+    assert S.t_of(0.0) == math.inf and S.sigma_of(math.inf) == 0.0
+    assert S.like(2.0, torch.tensor(1.0, dtype=torch.float64)).dtype == torch.float64
