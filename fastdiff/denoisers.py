@@ -278,11 +278,16 @@ class CFGDenoiser(Denoiser):
 
     def raw(self, x: torch.Tensor, sigma: torch.Tensor, t: Optional[torch.Tensor] = None,
             **model_kwargs: Any) -> torch.Tensor:
+        return self._doubled("raw", x, sigma, t, model_kwargs)
+
+    def _doubled(self, method: str, x: torch.Tensor, sigma: torch.Tensor, t: Optional[torch.Tensor],
+                 model_kwargs: Dict[str, Any]) -> torch.Tensor:
+        """One call of the inner network (its ``method``, or the plain callable) on ``[x; x]`` with ``[uncond; cond]``."""
         kw = dict(model_kwargs)
         kw.update(self._cond)
         x2, s2 = torch.cat([x, x]), torch.cat([sigma, sigma])
         if isinstance(self.inner, Denoiser):
-            return self.inner.raw(x2, s2, None if t is None else torch.cat([t, t]), **kw)
+            return getattr(self.inner, method)(x2, s2, None if t is None else torch.cat([t, t]), **kw)
         return self.inner(x2, s2, **kw)
 
     def flow_raw(self, x: torch.Tensor, s: torch.Tensor, t: Optional[torch.Tensor] = None,
@@ -291,12 +296,7 @@ class CFGDenoiser(Denoiser):
         plain flow-space x0 callable's output."""
         if isinstance(self.inner, Denoiser) and not hasattr(self.inner, "flow_raw"):
             raise ValueError(f"{type(self.inner).__name__} has no flow-time interface; use a FlowDenoiser")
-        kw = dict(model_kwargs)
-        kw.update(self._cond)
-        x2, s2 = torch.cat([x, x]), torch.cat([s, s])
-        if isinstance(self.inner, Denoiser):
-            return self.inner.flow_raw(x2, s2, None if t is None else torch.cat([t, t]), **kw)
-        return self.inner(x2, s2, **kw)
+        return self._doubled("flow_raw", x, s, t, model_kwargs)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **model_kwargs: Any) -> torch.Tensor:
         """Guided x0 estimate, in PyTorch."""

@@ -86,6 +86,11 @@ def _churned(run: Run, s_churn: float, s_tmin: float, s_tmax: float, s_noise: fl
     return hats, run.churn_plan(churn)
 
 
+def _final_euler(run: Run, pre: Optional[int], sh: Any, s1: Any, nxt: float) -> Tuple:
+    """The plan entry of a churned sampler's step to sigma = 0: one Euler step."""
+    return pre, run.row(sh, **euler_coefs(sh, s1), out_noise=nxt), None, (None, None), False
+
+
 # ----------------------------------------------------------------------------------------------
 # samplers
 # ----------------------------------------------------------------------------------------------
@@ -114,7 +119,7 @@ def sample_heun(run: Run, x: torch.Tensor, *, s_churn: float = 0.0, s_tmin: floa
     for i in range(run.n):
         sh, s1, nxt = hats[i], s[i + 1], run.next_churn(i)
         if F(s1) == 0:
-            plan.append((pre[i], run.row(sh, **euler_coefs(sh, s1), out_noise=nxt), None, (None, None), False))
+            plan.append(_final_euler(run, pre[i], sh, s1, nxt))
             continue
         dt, shf, s1f = F(s1 - sh), F(sh), F(s1)
         if run.heun_keeps_derivative:
@@ -148,7 +153,7 @@ def sample_dpm_2(run: Run, x: torch.Tensor, *, s_churn: float = 0.0, s_tmin: flo
     for i in range(run.n):
         sh, s1, nxt = hats[i], s[i + 1], run.next_churn(i)
         if F(s1) == 0:
-            plan.append((pre[i], run.row(sh, **euler_coefs(sh, s1), out_noise=nxt), None, (None, None), False))
+            plan.append(_final_euler(run, pre[i], sh, s1, nxt))
         else:
             plan.append((pre[i], *_midpoint(run, sh, s1, nxt, None), False))
     run.plan()

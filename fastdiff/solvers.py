@@ -53,20 +53,21 @@ def log(v: Scalar) -> Scalar:
     return -math.inf if v == 0 else math.nan
 
 
-def exp(v: Scalar) -> Scalar:
-    if isinstance(v, torch.Tensor):
-        return v.exp()
-    if isinstance(v, np.ndarray):
-        return np.exp(v)
-    return math.exp(v)
+def _elementwise(name: str, host: Any) -> Any:
+    def fn(v: Scalar) -> Scalar:
+        if isinstance(v, torch.Tensor):
+            return getattr(v, name)()
+        if isinstance(v, np.ndarray):
+            return getattr(np, name)(v)
+        return host(v)
+
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = f"``{name}`` of a float (math), 0-d tensor (its dtype) or numpy array."
+    return fn
 
 
-def expm1(v: Scalar) -> Scalar:
-    if isinstance(v, torch.Tensor):
-        return v.expm1()
-    if isinstance(v, np.ndarray):
-        return np.expm1(v)
-    return math.expm1(v)
+exp = _elementwise("exp", math.exp)
+expm1 = _elementwise("expm1", math.expm1)
 
 
 def sqrt(v: Scalar) -> Scalar:
