@@ -282,7 +282,7 @@ class CFGDenoiser(Denoiser):
 
     def _doubled(self, method: str, x: torch.Tensor, sigma: torch.Tensor, t: Optional[torch.Tensor],
                  model_kwargs: Dict[str, Any]) -> torch.Tensor:
-        """One call of the inner network (its ``method``, or the plain callable) on ``[x; x]`` with ``[uncond; cond]``."""
+        """One call of the inner network (its ``method``, or the plain callable) on ``[x; x]``, ``[uncond; cond]``."""
         kw = dict(model_kwargs)
         kw.update(self._cond)
         x2, s2 = torch.cat([x, x]), torch.cat([sigma, sigma])

@@ -20,7 +20,11 @@ from .noise import NoiseSampler, brownian_default, resolve_noise
 from .run import KDiffusionRun
 from .schedules import get_sigmas_karras  # noqa: F401 - the docstring examples use it
 
-__all__ = ["sample_euler", "sample_heun", "sample_dpm_2", "sample_euler_ancestral", "sample_dpm_2_ancestral", "sample_lms", "sample_dpmpp_2s_ancestral", "sample_dpmpp_sde", "sample_dpmpp_2m", "sample_dpmpp_2m_sde", "sample_dpmpp_3m_sde", "SAMPLERS"]
+__all__ = [
+    "sample_euler", "sample_heun", "sample_dpm_2", "sample_euler_ancestral", "sample_dpm_2_ancestral", "sample_lms",
+    "sample_dpmpp_2s_ancestral", "sample_dpmpp_sde", "sample_dpmpp_2m", "sample_dpmpp_2m_sde", "sample_dpmpp_3m_sde",
+    "SAMPLERS",
+]
 
 
 @torch.no_grad()
