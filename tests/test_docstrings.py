@@ -11,7 +11,8 @@ MODULES = [
     "fastdiff.schedules", "fastdiff.random", "fastdiff.toy", "fastdiff.sampling", "fastdiff.denoisers",
     "fastdiff.mcmc", "fastdiff.ops.step", "fastdiff.ops.encode", "fastdiff.ops.langevin", "fastdiff.k_diffusion",
     "fastdiff.diffusers._ddim", "fastdiff.diffusers._euler", "fastdiff.diffusers._multistep",
-    "fastdiff.diffusers._flow", "fastdiff.bench",
+    "fastdiff.diffusers._flow", "fastdiff.bench", "fastdiff.bench.sizes", "fastdiff.bench.timing",
+    "fastdiff.bench.cases_step", "fastdiff.bench.runner", "fastdiff.bench.report", "fastdiff.bench.profiling",
 ]
 
 
