@@ -1,11 +1,11 @@
 """The Langevin case: one unadjusted Langevin update (ULA) of many chains with fresh noise."""
 from __future__ import annotations
 
+import math
 from typing import List
 
 import torch
 
-from ..ops.langevin import langevin_reference
 from . import common
 from .registry import Case, Fn, Spec, provider, register_case
 
@@ -26,10 +26,9 @@ def _lang_fd(spec: Spec) -> Fn:
 
 @provider("langevin", "eager")
 def _lang_eager(spec: Spec) -> Fn:
-    # langevin_reference itself with z = torch.randn_like(x): x + h grad + sqrt(2h) z, one draw and 4 passes
-    # in the storage dtype.
-    def fn(inp):
-        x = inp["x"]
-        return (langevin_reference(x, inp["grad"], common.LANGEVIN_H, noise=torch.randn_like(x))[0],)
-
-    return fn
+    # The formula of fastdiff.ops.langevin.naive.langevin_reference at temperature 1, x + h grad + sqrt(2h) z
+    # with z = randn_like(x): one draw and 4 passes in the storage dtype. (langevin_reference itself adds
+    # three dtype conversions and its checks per call: +40% at 1x4x8x8.)
+    h = common.LANGEVIN_H
+    scale = math.sqrt(2 * h)
+    return lambda inp: (inp["x"] + h * inp["grad"] + scale * torch.randn_like(inp["x"]),)

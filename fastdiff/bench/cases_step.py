@@ -1,8 +1,10 @@
 """Denoising-step cases: the fused step as DDIM, DDIM with CFG, DPM-Solver++(2M) and Euler ancestral.
 
 Each case builds one ``step_coefs`` row from the shared schedule; the ``fastdiff`` provider runs it with
-``fused_step`` and the ``eager`` provider evaluates the same row with :func:`eager_step` (the reference
-formula, one torch op per term that counts).
+``fused_step``, and the ``eager`` provider writes the formula of ``fastdiff.ops.step.naive.step_reference``
+(``d = in_x x + in_m m``, ``out = out_x x + out_m m + out_d d + out_h h + out_noise z``, ``aux = d``) with
+that row's values and only the terms the case uses, in the storage dtype: what one writes by hand.
+(``step_reference`` itself evaluates all 13 terms per call, twice the passes of a hand-written DDIM step.)
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from ..sampling import ancestral_split
 from . import common
 from .registry import Case, Fn, Spec, provider, register_case
 
-__all__ = ["eager_step", "guided", "ddim_coefs"]
+__all__ = ["guided", "ddim_coefs"]
 
 
 def guided(eps2: torch.Tensor, scale: float) -> torch.Tensor:
@@ -25,43 +27,10 @@ def guided(eps2: torch.Tensor, scale: float) -> torch.Tensor:
     return uncond + scale * (cond - uncond)
 
 
-def _sum(*terms: Tuple[float, torch.Tensor]) -> torch.Tensor:
-    """``sum(c * t)`` over the terms with ``c != 0``, a term with ``c == 1`` added without a multiply."""
-    acc = None
-    for c, t in terms:
-        if c == 0.0:
-            continue
-        v = t if c == 1.0 else c * t
-        acc = v if acc is None else acc + v
-    return acc
-
-
-def eager_step(coefs: torch.Tensor, *, guidance: bool = False,
-               aux: bool = False) -> Callable[..., Tuple[torch.Tensor, ...]]:
-    """The formula of ``fastdiff.ops.step.naive.step_reference`` written as eager PyTorch, for one table row.
-
-    ``coefs`` is the one-row table the fused provider runs; its values are read once here, as Python floats.
-    The returned ``step(x, m, history=())`` computes, in the storage dtype: ``m = u + g (c - u)`` (with
-    ``guidance``), ``d = in_x x + in_m m``, ``out = out_x x + out_m m + out_d d + sum_k out_h[k] h_k +
-    out_noise * randn_like(x)`` and, with ``aux``, ``aux_x x + aux_d d`` -- leaving out each term whose
-    coefficient is 0 and each multiplication by 1, as one writes it by hand (``step_reference`` itself
-    evaluates all 13 terms, twice the passes of a hand-written DDIM step).
-    """
-    c = dict(zip(COEF_NAMES, coefs[0].tolist()))
-    need_d = c["out_d"] != 0.0 or (aux and c["aux_d"] != 0.0)
-
-    def step(x: torch.Tensor, m: torch.Tensor, history: Sequence[torch.Tensor] = ()) -> Tuple[torch.Tensor, ...]:
-        if guidance:
-            m = guided(m, c["guidance"])
-        d = _sum((c["in_x"], x), (c["in_m"], m)) if need_d else None
-        terms = [(c["out_x"], x), (c["out_m"], m), (c["out_d"], d)]
-        terms += [(c[f"out_h{k}"], h) for k, h in enumerate(history)]
-        if c["out_noise"] != 0.0:
-            terms.append((c["out_noise"], torch.randn_like(x)))
-        out = _sum(*terms)
-        return (out, _sum((c["aux_x"], x), (c["aux_d"], d))) if aux else (out,)
-
-    return step
+def _row(coefs: torch.Tensor, *names: str) -> Tuple[float, ...]:
+    """The named coefficients of a one-row ``step_coefs`` table as Python floats (read once, untimed)."""
+    row = dict(zip(COEF_NAMES, coefs[0].tolist()))
+    return tuple(row[n] for n in names)
 
 
 def _alpha_sigma(t: int) -> Tuple[float, float]:
@@ -114,6 +83,17 @@ def _ancestral_coefs(device: torch.device) -> torch.Tensor:
     return step_coefs(in_x=1.0, in_m=-s, out_x=r, out_d=1.0 - r, out_noise=up, device=device)
 
 
+def _eager_ddim_step(coefs: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    # d = in_x x + in_m eps (the x0 estimate); out = out_m eps + out_d d: 6 passes.
+    in_x, in_m, out_m, out_d = _row(coefs, "in_x", "in_m", "out_m", "out_d")
+
+    def step(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        d = in_x * x + in_m * eps
+        return out_m * eps + out_d * d
+
+    return step
+
+
 def _ddim_scheduler(spec: Spec) -> Any:
     sched = common.import_diffusers().DDIMScheduler(**common.diffusers_kwargs(), clip_sample=False,
                                                     set_alpha_to_one=False)
@@ -137,8 +117,8 @@ def _ddim_fd(spec: Spec) -> Fn:
 
 @provider("step_ddim", "eager")
 def _ddim_eager(spec: Spec) -> Fn:
-    step = eager_step(_ddim_coefs(spec.device))  # d = in_x x + in_m eps; out = out_m eps + out_d d: 6 passes
-    return lambda inp: step(inp["x"], inp["eps"])
+    step = _eager_ddim_step(_ddim_coefs(spec.device))
+    return lambda inp: (step(inp["x"], inp["eps"]),)
 
 
 @provider("step_ddim", "diffusers")
@@ -164,8 +144,9 @@ def _cfg_fd(spec: Spec) -> Fn:
 
 @provider("step_cfg", "eager")
 def _cfg_eager(spec: Spec) -> Fn:
-    step = eager_step(_ddim_coefs(spec.device), guidance=True)  # the guidance (3 passes), then the DDIM step
-    return lambda inp: step(inp["x"], inp["eps2"])
+    coefs = _ddim_coefs(spec.device)
+    step, (g,) = _eager_ddim_step(coefs), _row(coefs, "guidance")
+    return lambda inp: (step(inp["x"], guided(inp["eps2"], g)),)  # the guidance (3 passes), then the step
 
 
 @provider("step_cfg", "diffusers")
@@ -191,10 +172,16 @@ def _dpm_fd(spec: Spec) -> Fn:
 
 @provider("step_dpmpp2m", "eager")
 def _dpm_eager(spec: Spec) -> Fn:
-    # d = in_x x + in_m eps (the x0 estimate, also the aux output); out = out_x x + out_d d + out_h0 hist:
-    # 8 passes (diffusers' midpoint form of the same update takes 10).
-    step = eager_step(_dpm_coefs(spec.device), aux=True)
-    return lambda inp: step(inp["x"], inp["eps"], (inp["hist"],))
+    # d = in_x x + in_m eps (the x0 estimate, also written); out = out_x x + out_d d + out_h0 hist: 8 passes
+    # (k-diffusion's form of the same update takes 9, diffusers' midpoint form 10).
+    in_x, in_m, out_x, out_d, out_h0 = _row(_dpm_coefs(spec.device), "in_x", "in_m", "out_x", "out_d", "out_h0")
+
+    def fn(inp):
+        x, eps = inp["x"], inp["eps"]
+        d = in_x * x + in_m * eps
+        return out_x * x + out_d * d + out_h0 * inp["hist"], d
+
+    return fn
 
 
 @provider("step_dpmpp2m", "diffusers")
@@ -227,10 +214,16 @@ def _anc_fd(spec: Spec) -> Fn:
 
 @provider("step_ancestral", "eager")
 def _anc_eager(spec: Spec) -> Fn:
-    # x0 = x - s eps; out = r x + (1 - r) x0 + up * randn_like(x): one draw and 7 passes (diffusers' to-derivative
-    # form of the same step takes 8).
-    step = eager_step(_ancestral_coefs(spec.device))
-    return lambda inp: step(inp["x"], inp["eps"])
+    # d = x + in_m eps (the x0 estimate, in_x = 1); out = out_x x + out_d d + out_noise randn_like(x): one draw
+    # and 7 passes (the derivative form diffusers and k-diffusion write takes 8).
+    in_m, out_x, out_d, up = _row(_ancestral_coefs(spec.device), "in_m", "out_x", "out_d", "out_noise")
+
+    def fn(inp):
+        x, eps = inp["x"], inp["eps"]
+        d = x + in_m * eps
+        return (out_x * x + out_d * d + up * torch.randn_like(x),)
+
+    return fn
 
 
 @provider("step_ancestral", "diffusers")
