@@ -8,7 +8,7 @@ coefficient columns per call: +50% at 1x4x8x8, and a target that ``add_noise`` d
 """
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import torch
 
@@ -17,10 +17,19 @@ from .registry import Case, Fn, Spec, provider, register_case
 
 __all__: List[str] = []  # importing the module registers its cases
 
-def _per_sample(table: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-    """The columns of ``table[t]`` (one row per sample) in ``like``'s dtype, shaped to broadcast over a sample."""
-    rows = table[t].to(like.dtype)
-    return rows.view(*rows.shape, *([1] * (like.dim() - 1))).unbind(1)
+
+def _eager(spec: Spec, formula: Callable[..., Tuple[torch.Tensor, ...]]) -> Fn:
+    """An eager provider: ``formula(x0, a, s, inputs)``, (a, s) = the schedule's ``table()[t]`` gathered once per
+    call and shaped to broadcast over each sample, in x0's dtype."""
+    table = common.schedule().table(spec.device)
+
+    def fn(inp):
+        x0 = inp["x0"]
+        rows = table[inp["t"]].to(x0.dtype)
+        a, s = rows.view(*rows.shape, *([1] * (x0.dim() - 1))).unbind(1)
+        return formula(x0, a, s, inp)
+
+    return fn
 
 
 # add_noise: x_t = a_t x0 + s_t noise, noise given (the diffusers API).
@@ -40,15 +49,7 @@ def _add_noise_fd(spec: Spec) -> Fn:
 
 @provider("add_noise", "eager")
 def _add_noise_eager(spec: Spec) -> Fn:
-    # x_t = a_t x0 + s_t noise: 3 passes.
-    table = common.schedule().table(spec.device)
-
-    def fn(inp):
-        x0 = inp["x0"]
-        a, s = _per_sample(table, inp["t"], x0)
-        return (a * x0 + s * inp["noise"],)
-
-    return fn
+    return _eager(spec, lambda x0, a, s, inp: (a * x0 + s * inp["noise"],))  # x_t = a x0 + s noise: 3 passes
 
 
 @provider("add_noise", "diffusers")
@@ -72,18 +73,16 @@ def _encode_v_fd(spec: Spec) -> Fn:
     return lambda inp: fastdiff.add_noise_with_target(inp["x0"], inp["t"], sched, seed=0, target="v_prediction")
 
 
+def _x_t_and_v(x0: torch.Tensor, a: torch.Tensor, s: torch.Tensor,
+               inp: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    # z = randn_like(x0), x_t = a x0 + s z and v = a z - s x0 (Salimans & Ho 2022): one draw, 6 passes.
+    z = torch.randn_like(x0)
+    return a * x0 + s * z, a * z - s * x0
+
+
 @provider("encode_v", "eager")
 def _encode_v_eager(spec: Spec) -> Fn:
-    # z = randn_like(x0), x_t = a_t x0 + s_t z and v = a_t z - s_t x0 (Salimans & Ho 2022): one draw, 6 passes.
-    table = common.schedule().table(spec.device)
-
-    def fn(inp):
-        x0 = inp["x0"]
-        a, s = _per_sample(table, inp["t"], x0)
-        z = torch.randn_like(x0)
-        return a * x0 + s * z, a * z - s * x0
-
-    return fn
+    return _eager(spec, _x_t_and_v)
 
 
 @provider("encode_v", "diffusers")
