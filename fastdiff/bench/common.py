@@ -26,15 +26,18 @@ INFERENCE_STEPS = 50
 MID_STEP = 25  # the step of a 50-step run that the scheduler providers time
 
 
+_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+
+
 @functools.lru_cache(maxsize=None)
 def schedule() -> DiscreteVPSchedule:
     """The training schedule of every case (built once)."""
-    return DiscreteVPSchedule(1000, 0.00085, 0.012, "scaled_linear")
+    return DiscreteVPSchedule(**_SCHEDULE)
 
 
 def diffusers_kwargs() -> Dict[str, Any]:
-    """The same schedule as diffusers scheduler config keys."""
-    return dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    """The same schedule as diffusers scheduler config keys (the names are the same)."""
+    return dict(_SCHEDULE)
 
 
 def import_scheduler_module(module: str) -> Any:
