@@ -181,7 +181,7 @@ def main(argv=None) -> int:
     _log(f"copy bandwidth {peak['gbps']:.1f} GB/s; benchmarking {sizes} {dtypes} {providers}")
     # Cheapest and most goal-bearing first, so that a slow torch.compile in the core suite can only cost core
     # rows (skipped past the budget): the loop overheads, the drop-in schedulers at the 16x4x128x128
-    # fp16 (when a plugin registered them), then the core ops (and any other plugin group) at the large size.
+    # fp16, then the core ops (every other group) at the large size.
     extras: dict = {}
     _log("50-step loop overhead (batch 1, 4x64x64, trivial denoiser)")
     try:
@@ -190,19 +190,15 @@ def main(argv=None) -> int:
             extras["loop_graph"] = bench.step_loop_overhead(dev, cuda_graph=True, quick=args.quick)
     except Exception as exc:  # reported, not fatal
         extras["loop_error"] = f"{type(exc).__name__}: {exc}"
-    bench.load_plugins()
-    drop = None
-    if any(c.group == "dropin" for c in bench.CASES.values()):
-        drop = bench.run_suite(device=dev, sizes=["16x4x128x128" if dev.type == "cuda" else "1x4x8x8"],
-                               dtypes=["fp16" if dev.type == "cuda" else "fp32"], providers=providers,
-                               groups=["dropin"], quick=args.quick, deadline=deadline - 45, log=_log,
-                               copy_bandwidth=peak)
+    drop = bench.run_suite(device=dev, sizes=["16x4x128x128" if dev.type == "cuda" else "1x4x8x8"],
+                           dtypes=["fp16" if dev.type == "cuda" else "fp32"], providers=providers,
+                           groups=["dropin"], quick=args.quick, deadline=deadline - 45, log=_log,
+                           copy_bandwidth=peak)
     core_groups = sorted({c.group for c in bench.CASES.values() if c.group != "dropin"})
     report = bench.run_suite(device=dev, sizes=sizes, dtypes=dtypes, providers=providers, groups=core_groups,
                              quick=args.quick, deadline=deadline - 30, log=_log, copy_bandwidth=peak)
-    if drop is not None:
-        report.rows.extend(drop.rows)
-        report.meta["cases"].update(drop.meta["cases"])
+    report.rows.extend(drop.rows)
+    report.meta["cases"].update(drop.meta["cases"])
     peaks = {f"{r.op} {r.dtype}": round(r.peak_extra_bytes / (r.numel * {"fp32": 4}.get(r.dtype, 2)), 3)
              for r in report.rows if r.provider == "fastdiff" and r.peak_extra_bytes is not None}
     if peaks:

@@ -8,7 +8,7 @@ so expect modest ratios; in-kernel-noise cases pay for a PyTorch Philox there.
 * ``test_interleaved`` -- fastdiff / eager (/ diffusers) timed interleaved in one process; the
   ratios land in the JSON's ``extra_info`` and are printed (``-s``);
 * ``test_dropin_goal`` -- the drop-in schedulers' goal (>= 3x diffusers at 1x4x8x8, >= 5x at
-  16x4x64x64, geometric mean), once a plugin registers cases in the ``dropin`` group. It also times
+  16x4x64x64, geometric mean) over the cases of the ``dropin`` group. It also times
   the case's one-pass floor (``bench.floor_call``: a copy under the same input rotation, scaled to the
   case's bytes) and reports ``ceiling = diffusers time / floor``: the most any implementation could
   show in that run. A goal above the ceiling cannot be met by a faster kernel, only by a faster memory.
@@ -25,7 +25,6 @@ import torch
 from fastdiff import bench
 
 torch.set_num_threads(int(os.environ.get("FASTDIFF_BENCH_THREADS", "1")))
-bench.load_plugins()
 
 SIZES = ["1x4x8x8", "16x4x64x64"]
 CPU = torch.device("cpu")
@@ -65,7 +64,7 @@ def test_op(benchmark, op, prov, size):
     benchmark.group = f"{op} {size}"
     benchmark.extra_info.update(bytes=bench.CASES[op].bytes_moved(math.prod(bench.parse_size(size)), torch.float32))
     out = benchmark(call)
-    assert all(torch.isfinite(t).all() for t in bench._tuple(out))
+    assert all(torch.isfinite(t).all() for t in bench.registry.as_tuple(out))
 
 
 def _interleaved(op: str, size: str) -> dict:
@@ -101,9 +100,6 @@ def test_interleaved(benchmark, op, size):
 
 @pytest.mark.parametrize("size", SIZES)
 def test_dropin_goal(benchmark, size):
-    if not DROPIN:
-        pytest.skip("no drop-in scheduler cases registered (group 'dropin')")
-
     if not _has_diffusers():
         pytest.skip("diffusers is not importable: no baseline")
 

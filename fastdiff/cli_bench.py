@@ -53,7 +53,6 @@ def run(args: argparse.Namespace) -> int:
     from . import bench
 
     if args.list:
-        bench.load_plugins()
         for name, case in bench.CASES.items():
             print(f"{name:16s} [{case.group}] {case.description}: {case.formula()}")
         return 0

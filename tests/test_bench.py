@@ -50,7 +50,6 @@ def test_byte_counts(op, units, dtype, size):
     ("dropin_flow_euler", 3),  # x, velocity -> prev_sample
 ])
 def test_dropin_byte_counts_match_what_the_step_returns(op, units):
-    bench.load_plugins()
     assert bench.CASES[op].bytes_moved(1000, torch.float32) == units * 1000 * 4
 
 
@@ -145,7 +144,7 @@ def test_unavailable_provider_is_skipped_cleanly(monkeypatch):
     def missing():
         raise bench.Unavailable("diffusers not importable (test)")
 
-    monkeypatch.setattr(bench, "_diffusers", missing)
+    monkeypatch.setattr(bench.common, "import_diffusers", missing)
     rep = _run(ops=["step_ddim"], providers=["fastdiff", "diffusers"])
     row = rep.find("step_ddim", "diffusers")[0]
     assert row.status.startswith("skipped: diffusers not importable") and row.time_ms is None
@@ -179,7 +178,7 @@ def test_register_case_and_provider_extension():
     finally:
         bench.CASES.pop("test_axpy", None)
         for p in bench.PROVIDERS:
-            bench._FACTORIES.pop(("test_axpy", p), None)
+            bench.registry._FACTORIES.pop(("test_axpy", p), None)
 
 
 def test_diffusers_providers_match_eager():
@@ -346,7 +345,6 @@ def test_gpu_check_script_runs_end_to_end_on_cpu(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (js,) = tmp_path.glob("*-cpu-quick.json")
     data = json.loads(js.read_text())
-    bench.load_plugins()
     assert {r["op"] for r in data["rows"]} == set(bench.CASES)
     assert all(r["status"] == "ok" or r["status"].startswith("skipped") for r in data["rows"]), \
         [(r["op"], r["provider"], r["status"]) for r in data["rows"] if r["status"] != "ok"]
@@ -399,7 +397,6 @@ def test_gpu_check_installs_then_restarts_itself(monkeypatch):
 def test_gpu_check_judges_every_goal_from_a_cuda_report():
     """The verdict lines only a CUDA run prints, checked on a made-up report (so they cannot rot unseen)."""
     mod = _load_script("gpu_check")
-    bench.load_plugins()
     big, n = "16x4x512x512", 16 * 4 * 512 * 512
 
     def row(op, group, dtype="fp32", shape=big, numel=n, **kw):

@@ -14,7 +14,8 @@ MODULES = [
     "fastdiff.mcmc", "fastdiff.mcmc._langevin", "fastdiff.mcmc._mala", "fastdiff.mcmc._sde", "fastdiff.mcmc._pc",
     "fastdiff.ops.step", "fastdiff.ops.encode", "fastdiff.ops.langevin", "fastdiff.k_diffusion",
     "fastdiff.diffusers._ddim", "fastdiff.diffusers._euler", "fastdiff.diffusers._multistep",
-    "fastdiff.diffusers._flow", "fastdiff.bench",
+    "fastdiff.diffusers._flow", "fastdiff.bench", "fastdiff.bench.sizes", "fastdiff.bench.timing",
+    "fastdiff.bench.cases_step", "fastdiff.bench.runner", "fastdiff.bench.report", "fastdiff.bench.profiling",
 ]
 
 

@@ -1,0 +1,51 @@
+"""Drop-in scheduler cases: ``fastdiff.diffusers.<Name>.step`` vs ``diffusers.<Name>.step``, same config and state.
+
+Both schedulers of a case are brought to the same mid-trajectory step of a 50-step run (:func:`common.at_step`)
+and set back to it before every timed call (:func:`common.rewind`, host-side state only). DDIM and Euler
+return pred_original_sample beside prev_sample; DPM-Solver++ keeps its x0 as the next step's history.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+from . import common
+from .registry import Case, Factory, Fn, Spec, register_case, register_provider
+
+__all__: List[str] = []  # importing the module registers its cases
+
+# (case, scheduler class, config, history tensors read, x0 written)
+_DROPIN = (
+    ("dropin_ddim", "DDIMScheduler", dict(common.diffusers_kwargs(), clip_sample=False, set_alpha_to_one=False),
+     0, True),
+    ("dropin_euler", "EulerDiscreteScheduler", common.diffusers_kwargs(), 0, True),
+    ("dropin_dpmpp2m", "DPMSolverMultistepScheduler",
+     dict(common.diffusers_kwargs(), algorithm_type="dpmsolver++", solver_order=2), 1, True),
+    ("dropin_flow_euler", "FlowMatchEulerDiscreteScheduler", dict(num_train_timesteps=1000, shift=3.0), 0, False),
+)
+
+
+def _dropin_factory(module: str, cls_name: str, config: Dict[str, Any], n_hist: int) -> Factory:
+    own_history = module == "fastdiff.diffusers"  # fastdiff's multistep drop-in keeps its own history list
+
+    def factory(spec: Spec) -> Fn:
+        sched = getattr(common.import_scheduler_module(module), cls_name)(**config)
+        k = common.MID_STEP
+        t = common.at_step(sched, spec, k, warm_history=bool(n_hist))
+
+        def fn(inp):
+            common.rewind(sched, k, inp["hist"] if n_hist else None, own_history=own_history)
+            return (sched.step(inp["eps"], t, inp["x"]).prev_sample,)
+
+        return fn
+
+    return factory
+
+
+for _name, _cls, _cfg, _nh, _x0 in _DROPIN:
+    register_case(Case(
+        _name, f"drop-in {_cls}.step (50 steps, mid-trajectory)",
+        inputs={"x": 1, "eps": 1, **({"hist": 1} if _nh else {})},
+        writes={"out": 1, **({"x0": 1} if _x0 else {})}, group="dropin",
+        check=("fastdiff",), reference="diffusers", op=f"fastdiff.diffusers.{_cls}().step(eps, t, x)"))
+    register_provider(_name, "fastdiff", _dropin_factory("fastdiff.diffusers", _cls, _cfg, _nh))
+    register_provider(_name, "diffusers", _dropin_factory("diffusers", _cls, _cfg, _nh))

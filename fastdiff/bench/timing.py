@@ -1,0 +1,155 @@
+"""Timers: ``triton.testing.do_bench`` on CUDA, interleaved medians of repeats on CPU, and what they need.
+
+Each timed call rotates among several input sets (:func:`rotating`) whose total is twice the last-level
+cache where memory allows (:func:`rotation_sets`), so no provider is timed on cache-resident inputs the others
+would not see; the "peak" is a device-to-device ``Tensor.copy_`` (:func:`measure_copy_bandwidth`).
+"""
+from __future__ import annotations
+
+import functools
+import math
+import statistics
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+
+import torch
+
+__all__ = [
+    "sync", "rotating", "time_cuda", "time_interleaved", "measure_copy_bandwidth", "rotation_sets", "peak_extra",
+]
+
+
+def sync(device: torch.device) -> None:
+    """Wait for ``device``'s queued work (a no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def rotating(fn: Callable[[Dict[str, torch.Tensor]], Any],
+             sets: Sequence[Dict[str, torch.Tensor]]) -> Callable[[], Any]:
+    """A no-argument callable that applies ``fn`` to the next input set each call (defeats cache reuse).
+
+    Example:
+        >>> call = rotating(lambda s: s["i"], [{"i": 0}, {"i": 1}])
+        >>> [call() for _ in range(3)]
+        [0, 1, 0]
+    """
+    state = [0]
+    n = len(sets)
+
+    def call():
+        i = state[0]
+        state[0] = i + 1 if i + 1 < n else 0
+        return fn(sets[i])
+
+    return call
+
+
+def time_cuda(fn: Callable[[], Any], *, quick: bool = False) -> float:
+    """Median milliseconds of ``fn`` by ``triton.testing.do_bench`` (device events, L2 flushed per rep)."""
+    from triton.testing import do_bench
+
+    return float(do_bench(fn, warmup=10 if quick else 25, rep=30 if quick else 100, return_mode="median"))
+
+
+def time_interleaved(fns: Mapping[str, Callable[[], Any]], *, rounds: int = 7, target_s: float = 0.02,
+                     device: Union[str, torch.device] = "cpu") -> Dict[str, Dict[str, float]]:
+    """Median seconds per call of each callable, measured interleaved in one process.
+
+    Each callable is first calibrated to a batch of ``number`` calls lasting
+    about ``target_s``; then every round times one batch of each, in a rotated
+    order, so slow drift (clocks, other load) affects all alike. Returns
+    ``{name: {"median": s, "min": s, "iqr": s, "number": n}}``.
+
+    Example:
+        >>> r = time_interleaved({"a": lambda: sum(range(100)), "b": lambda: sum(range(200))}, rounds=3)
+        >>> r["a"]["median"] < r["b"]["median"]  # doctest: +SKIP
+        True
+    """
+    device = torch.device(device)
+    names = list(fns)
+    number = {}
+    for n in names:
+        fns[n]()  # warm-up (allocator, lazy init)
+        sync(device)
+        t0 = time.perf_counter()
+        fns[n]()
+        sync(device)
+        one = max(time.perf_counter() - t0, 1e-7)
+        number[n] = max(1, min(100000, int(target_s / one)))
+    samples: Dict[str, List[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for n in order:
+            f, k = fns[n], number[n]
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(k):
+                f()
+            sync(device)
+            samples[n].append((time.perf_counter() - t0) / k)
+    out = {}
+    for n in names:
+        s = sorted(samples[n])
+        q = statistics.quantiles(s, n=4) if len(s) >= 2 else [s[0], s[0], s[0]]
+        out[n] = {"median": statistics.median(s), "min": s[0], "iqr": q[2] - q[0], "number": number[n]}
+    return out
+
+
+def measure_copy_bandwidth(device: Union[str, torch.device], nbytes: Optional[int] = None,
+                           quick: bool = False) -> Dict[str, float]:
+    """Device-to-device ``Tensor.copy_`` bandwidth in GB/s (bytes read + bytes written), the "peak".
+
+    Defaults: 1 GiB buffers on CUDA, 64 MiB on CPU (16 MiB with ``quick``).
+    """
+    device = torch.device(device)
+    if nbytes is None:
+        nbytes = (2**28 if quick else 2**30) if device.type == "cuda" else (2**24 if quick else 2**26)
+    src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    fn = functools.partial(dst.copy_, src)
+    if device.type == "cuda":
+        sec = time_cuda(fn, quick=quick) * 1e-3
+    else:
+        res = time_interleaved({"copy": fn}, rounds=3 if quick else 7, target_s=0.02 if quick else 0.05)
+        sec = res["copy"]["median"]
+    moved = 2 * src.numel() * 4
+    del src, dst
+    return {"gbps": moved / sec / 1e9, "bytes": float(moved), "seconds": sec}
+
+
+def _cache_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return int(getattr(props, "L2_cache_size", 0) or 50 * 2**20)
+    for idx in (3, 2):
+        try:
+            with open(f"/sys/devices/system/cpu/cpu0/cache/index{idx}/size") as f:
+                text = f.read().strip().upper()
+            mult = {"K": 2**10, "M": 2**20}.get(text[-1], 1)
+            return int(text.rstrip("KM")) * mult
+        except (OSError, ValueError):
+            continue
+    return 32 * 2**20
+
+
+def rotation_sets(set_bytes: int, device: torch.device) -> int:
+    """Enough input sets to cover twice the last-level cache, within a memory cap (at most 64)."""
+    want = math.ceil(2 * _cache_bytes(device) / max(set_bytes, 1))
+    cap_bytes = 8 * 2**30 if device.type == "cuda" else 1 * 2**30
+    cap = max(1, cap_bytes // max(set_bytes, 1))
+    return int(max(2 if device.type == "cuda" else 1, min(want, 64, cap)))
+
+
+def peak_extra(fn: Callable[[], Any], device: torch.device) -> Optional[int]:
+    """Peak device memory allocated during one call beyond what was live before it (outputs included)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    out = fn()
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device) - base
+    del out
+    return int(peak)
