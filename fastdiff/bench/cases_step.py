@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence, Tuple, Union
 import torch
 
 from ..ops.step import COEF_NAMES, step_coefs
-from ..sampling import ancestral_split
+from ..solvers import ancestral_split
 from . import common
 from .registry import Case, Fn, Spec, provider, register_case
 
