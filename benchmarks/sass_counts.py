@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Static instruction counts of the kernels for sm_90, without a GPU: SASS instructions per element.
 
-Compiles kernel variants ahead of time (as ``tests/aot_compile_kernels.py`` does), disassembles the cubin
+Compiles kernel variants ahead of time (as ``tests/suites/aot_compile_kernels.py`` does), disassembles the cubin
 with the ``cuobjdump`` that ships with Triton, and divides the straight-line instruction count by the
 elements each thread handles. It is an upper bound of the work per element (code in branches counts even
 when not taken), useful to compare variants and to see which ops can stay memory-bound::
@@ -22,7 +22,7 @@ import sys
 
 os.environ.pop("TRITON_INTERPRET", None)
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "suites"))
 
 DEFAULT = (
     "step bf16 grouped=True per_row=True noise=0 idx64=False",

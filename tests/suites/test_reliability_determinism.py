@@ -55,8 +55,8 @@ def test_same_seed_same_bits_in_process_kernel(backend):
 
 
 _CHILD = r"""
-import json, sys
-sys.path.insert(0, sys.argv[1])
+import json, os, sys
+sys.path[:0] = [sys.argv[1], os.path.dirname(sys.argv[1])]  # this file's folder and the tests' shared helpers
 import torch
 torch.manual_seed(int(sys.argv[2]))          # different global RNG state: must not matter when seeds are given
 from test_reliability_determinism import _run_all

@@ -36,7 +36,7 @@ def test_all_kernel_variants_compile_for_sm80_and_sm90():
 def test_noise_kernels_stay_cheap_in_sass():
     """The grouped-noise Langevin kernel, bf16, sm_90: under 120 SASS instructions per element (84 with
     ``sincos_turns``; 190 with libdevice sin/cos). A regression guard for the instruction-bound noise ops."""
-    script = Path(__file__).parent.parent / "benchmarks" / "sass_counts.py"
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "sass_counts.py"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     variant = "langevin bf16 grouped=True per_row=False"
     proc = subprocess.run([sys.executable, str(script), variant], env=env, capture_output=True, text=True,

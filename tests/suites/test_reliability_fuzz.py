@@ -1,4 +1,4 @@
-"""Property-based extension of tests/test_fuzz_ops.py: the kernels' int64-offset variant (IDX64=True, forced on
+"""Property-based extension of tests/ops/test_fuzz_ops.py: the kernels' int64-offset variant (IDX64=True, forced on
 small tensors) must give the same bits as the int32 variant on random shapes, per-row coefficients, row ids and
 guidance. Examples: FASTDIFF_FUZZ_EXAMPLES (default 10 here); the slow variant runs 20x more with --runslow."""
 import os

@@ -1,7 +1,7 @@
 """Property-based tests: every fused op against its reference on random shapes, strides, dtypes and aliasing.
 
 Examples per test: FASTDIFF_FUZZ_EXAMPLES (default 25, sized for CI); `--runslow` style larger runs:
-FASTDIFF_FUZZ_EXAMPLES=500 python -m pytest tests/test_fuzz_ops.py
+FASTDIFF_FUZZ_EXAMPLES=500 python -m pytest tests/ops/test_fuzz_ops.py
 """
 import os
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = {
     # script: a line fragment its output must contain
     "diffusers_dropin.py": ("max |fastdiff - diffusers|", "diffusers is not installed"),

@@ -1,4 +1,4 @@
-"""torchrun worker for tests/test_distributed.py: runs the named jobs and saves each rank's result.
+"""torchrun worker for tests/faces/test_distributed.py: runs the named jobs and saves each rank's result.
 
     python -m torch.distributed.run --standalone --nproc_per_node=2 run_job.py \
         --jobs sample,langevin --rows 12 --batch-size 4 --results DIR [--out-dir DIR] [--timeout S]

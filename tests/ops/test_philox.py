@@ -36,7 +36,7 @@ def test_kernel_noise_equals_the_pytorch_stream(shape):
     z_kernel = noise_via_kernel(shape, seed=2**40 + 3, stream=9)
     z_torch = philox_normal(shape, seed=2**40 + 3, stream=9)
     # the interpreter runs the kernel's float32 operations in numpy, as the CPU twin does: the same bits
-    # (on a GPU, fused multiply-adds and libdevice's log round differently: tests/test_gpu.py allows 1e-5)
+    # (on a GPU, fused multiply-adds and libdevice's log round differently: tests/suites/test_gpu.py allows 1e-5)
     assert torch.equal(z_kernel, z_torch)
 
 

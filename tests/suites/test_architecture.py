@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLERS = {"sampling", "samplers", "sampler_run", "solvers", "mcmc", "denoisers"}
 COMPAT = {"diffusers", "k_diffusion", "distributed", "demo", "bench", "cli", "cli_bench"}
 

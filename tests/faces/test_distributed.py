@@ -1,7 +1,7 @@
 """fastdiff.distributed: world-size and batch-size invariance, resumable shards, failure handling.
 
 The multi-rank tests launch real ``torchrun`` jobs (gloo on CPU) on the tiny problem of
-``tests/dist_scripts/dist_problem.py``; the in-process tests run at world size 1 (no
+``tests/faces/dist_scripts/dist_problem.py``; the in-process tests run at world size 1 (no
 process group). Every comparison is bit-exact: a row's result depends only on
 (seed, row id), so any split of the rows must reproduce the one-process run exactly.
 """
