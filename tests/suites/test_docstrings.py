@@ -10,9 +10,10 @@ import fastdiff
 MODULES = [
     "fastdiff.schedules", "fastdiff.schedules._discrete", "fastdiff.schedules._continuous", "fastdiff.schedules._flow",
     "fastdiff.schedules._timesteps", "fastdiff.schedules._sigmas", "fastdiff.random", "fastdiff.toy",
-    "fastdiff.sampling", "fastdiff.denoisers",
+    "fastdiff.sampling", "fastdiff.samplers", "fastdiff.solvers", "fastdiff.denoisers",
     "fastdiff.mcmc", "fastdiff.mcmc._langevin", "fastdiff.mcmc._mala", "fastdiff.mcmc._sde", "fastdiff.mcmc._pc",
     "fastdiff.ops.step", "fastdiff.ops.encode", "fastdiff.ops.langevin", "fastdiff.k_diffusion",
+    "fastdiff.k_diffusion.sampling", "fastdiff.k_diffusion.schedules", "fastdiff.k_diffusion.noise", "fastdiff.demo_run",
     "fastdiff.diffusers._ddim", "fastdiff.diffusers._euler", "fastdiff.diffusers._multistep",
     "fastdiff.diffusers._flow", "fastdiff.bench", "fastdiff.bench.sizes", "fastdiff.bench.timing",
     "fastdiff.bench.cases_step", "fastdiff.bench.runner", "fastdiff.bench.report", "fastdiff.bench.profiling",
