@@ -8,14 +8,11 @@ __all__ = ["add_noise", "add_noise_with_target", "encoder_transition", "fused_en
 
 import torch as _torch
 
-from .._backend import interpret_mode as _interpret_mode
-from .._backend import triton_available as _triton_available
+from .backend import interpret_mode as _interpret_mode
+from .backend import triton_available as _triton_available
+from .dispatch import load_launchers as _load_launchers
 
 if _triton_available() and (_torch.cuda.is_available() or _interpret_mode()):
-    # Where the kernels can run, register torch.ops.fastdiff.* as soon as fastdiff is imported. Elsewhere
-    # (CPU, no interpreter) the launchers import on first use: triton_op pulls in torch._inductor (~1.1 s).
-    from .encode import fused as _encode_fused  # noqa: F401
-    from .langevin import fused as _langevin_fused  # noqa: F401
-    from .step import _load_launchers as _load_step_launchers
-
-    _load_step_launchers()  # fused_step reads them from a module global, so traced code never imports
+    # Where the kernels can run, register torch.ops.fastdiff.* as soon as fastdiff is imported, so traced code
+    # never imports. Elsewhere (CPU, no interpreter) they load on first use: triton_op pulls in torch._inductor.
+    _load_launchers()

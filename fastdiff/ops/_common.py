@@ -12,6 +12,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..random import split_seed
+
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -69,6 +71,19 @@ def check_index(name: str, t, batch: int, device: torch.device, rows: Optional[i
     return t.to(torch.int64).contiguous()
 
 
+def maybe_rows(row_ids: Optional[torch.Tensor], batch: int, device: torch.device) -> Optional[torch.Tensor]:
+    """Validate per-row global ids (int64, shape (batch,)) and move them next to the data."""
+    if row_ids is None:
+        return None
+    if not isinstance(row_ids, torch.Tensor):
+        raise TypeError(f"row_ids must be an int64 tensor, got {type(row_ids).__name__}")
+    if row_ids.dtype != torch.int64 or row_ids.shape != (batch,):
+        raise ValueError(
+            f"row_ids must be an int64 tensor of shape ({batch},), got {tuple(row_ids.shape)} {row_ids.dtype}"
+        )
+    return row_ids.to(device).contiguous()
+
+
 def check_out(name: str, out: Optional[torch.Tensor], like: torch.Tensor, dtype=None) -> Optional[torch.Tensor]:
     """``out=`` buffers: same shape and device as x, contiguous, a float dtype (x's dtype unless ``dtype``)."""
     if out is None:
@@ -99,8 +114,6 @@ def bcast(v: torch.Tensor, ndim: int) -> torch.Tensor:
 
 
 def as_seed_args(seed: Optional[int]) -> tuple[int, int]:
-    from ..random import split_seed
-
     return (0, 0) if seed is None else split_seed(seed)
 
 

@@ -356,13 +356,13 @@ def test_gpu_check_script_runs_end_to_end_on_cpu(tmp_path):
 
 
 def test_host_overhead_script_runs_and_restores_the_launchers():
-    import fastdiff.ops.step as step_op
+    from fastdiff.ops.dispatch import launcher
 
     mod = _load_script("host_overhead")
-    before = step_op._LAUNCHERS
+    before = [(launcher(name).op, launcher(name).direct) for name in mod.LAUNCHERS]
     rows = mod.main(n=50)
-    assert len(rows) == 5 and all(us > 0 for _, us in rows)
-    assert step_op._LAUNCHERS is before
+    assert len(rows) == 9 and all(us > 0 for _, us in rows)
+    assert [(launcher(name).op, launcher(name).direct) for name in mod.LAUNCHERS] == before
 
 
 def test_gpu_check_installs_then_restarts_itself(monkeypatch):

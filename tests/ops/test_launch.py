@@ -9,13 +9,14 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastdiff
-from fastdiff import _backend
-from fastdiff.ops.encode import fused as encode_fused
-from fastdiff.ops.langevin import fused as langevin_fused
-from fastdiff.ops import step as step_op
-from fastdiff.ops.step import fused as step_fused
+from fastdiff.ops import dispatch
+from fastdiff.ops.backend import triton_available
+from fastdiff.ops.records import StepArgs
+from fastdiff.ops.step import parse as step_parse
 
-pytestmark = pytest.mark.skipif(not _backend.triton_available(), reason="triton not importable")
+pytestmark = pytest.mark.skipif(not triton_available(), reason="triton not importable")
+
+LAUNCHERS = ("fused_step", "fused_encode", "langevin_step", "langevin_select")
 
 
 class _PassThrough(TorchDispatchMode):
@@ -26,18 +27,16 @@ class _PassThrough(TorchDispatchMode):
 def _spy(monkeypatch):
     """Record which path each launch takes, still running the real launch."""
     taken = []
-    for mod, names in ((step_fused, ("fused_step",)), (encode_fused, ("fused_encode",)),
-                       (langevin_fused, ("langevin_step", "langevin_select"))):
-        for name in names:
-            for kind in ("direct", "triton"):
-                real = getattr(mod, f"{name}_{kind}")
+    for name in LAUNCHERS:
+        found = dispatch.launcher(name)
+        for kind in ("direct", "op"):
+            real = getattr(found, kind)
 
-                def wrapped(*args, _real=real, _tag=f"{name}:{kind}"):
-                    taken.append(_tag)
-                    return _real(*args)
+            def wrapped(*args, _real=real, _tag=f"{name}:{kind}"):
+                taken.append(_tag)
+                return _real(*args)
 
-                monkeypatch.setattr(mod, f"{name}_{kind}", wrapped)
-    monkeypatch.setattr(step_op, "_LAUNCHERS", ())  # the step op caches its launchers on first use
+            monkeypatch.setattr(found, kind, wrapped)
     return taken
 
 
@@ -71,7 +70,7 @@ def test_calls_someone_must_see_go_through_the_op(monkeypatch, context):
     else:
         x.requires_grad_(True)
         _calls(x)
-    assert taken == ["fused_step:triton", "fused_encode:triton", "langevin_step:triton", "langevin_select:triton"]
+    assert taken == ["fused_step:op", "fused_encode:op", "langevin_step:op", "langevin_select:op"]
 
 
 def test_tensor_subclass_goes_through_the_op():
@@ -79,12 +78,12 @@ def test_tensor_subclass_goes_through_the_op():
         pass
 
     x = torch.randn(2, 3, 5)
-    assert _backend._plain_eager((x, None, 1, 2.0))
-    assert not _backend._plain_eager((x, x.as_subclass(Marked)))
+    assert dispatch.plain_eager((x, None, x))
+    assert not dispatch.plain_eager((x, x.as_subclass(Marked)))
     with torch.enable_grad():
-        assert not _backend._plain_eager((x.clone().requires_grad_(True),))
+        assert not dispatch.plain_eager((x.clone().requires_grad_(True),))
     with torch.no_grad():
-        assert _backend._plain_eager((x.clone().requires_grad_(True),))
+        assert dispatch.plain_eager((x.clone().requires_grad_(True),))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -94,11 +93,16 @@ def test_direct_and_op_launches_agree_bit_for_bit(dtype):
     m = torch.randn(3, 4, 7, generator=g).to(dtype)
     h = torch.randn(3, 4, 7, generator=g).to(dtype)
     coefs = fastdiff.step_coefs(in_x=0.3, in_m=0.8, out_x=0.9, out_d=0.1, out_h=[0.05], out_noise=0.2, aux_x=0.1)
+    step = dispatch.launcher("fused_step")
     outs = []
-    for fn in (step_fused.fused_step_direct, step_fused.fused_step_triton):
+    for direct in (True, False):
         out, aux = torch.full_like(x, float("nan")), torch.full_like(x, float("nan"))
-        with _backend.interpreter_guard():
-            fn(x, m, coefs, None, h, None, None, None, None, None, out, aux, 0, 1, False, None, 1, 11, 0, 2)
+        args = StepArgs(x, m, coefs, None, h, None, None, None, None, None, out, aux, 0, 1, False, None, 1, 11, 0, 2)
+        with dispatch.interpreter_guard():
+            if direct:
+                step.direct(args)
+            else:
+                step.op(*args)
         outs.append((out, aux))
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
     assert not outs[0][0].isnan().any() and not outs[0][1].isnan().any()
@@ -140,7 +144,8 @@ def test_kernel_fast_path_matches_the_fully_checked_call(monkeypatch, case, dtyp
     def no_full_checks(*a, **k):
         raise AssertionError("took the fully checked path")
 
-    monkeypatch.setattr(step_op, "check_float", no_full_checks)
+    for name in ("check_float", "check_coefs", "check_out", "check_stream", "seq", "rows_of"):
+        monkeypatch.setattr(step_parse, name, no_full_checks)
     got = fastdiff.fused_step(x, m, coefs, coef_row=1, backend="triton", **kw)
     want, got = (want, got) if isinstance(got, tuple) else ((want,), (got,))
     assert len(want) == len(got)

@@ -179,14 +179,20 @@ def test_cheap_check_kernel_calls_on_cuda_match_the_reference(dtype, kw):
 
 
 def test_direct_and_op_launches_agree_bit_for_bit_on_cuda():
-    from fastdiff.ops.step import fused as step_fused
+    from fastdiff.ops.dispatch import launcher
+    from fastdiff.ops.records import StepArgs
 
     x, m, hist, coefs, _ = _case((4, 3, 40), torch.bfloat16, seed=9, n_hist=1)
     x, m, h, coefs = x.cuda(), m.cuda(), hist[0].cuda(), coefs.cuda().contiguous()
+    step = launcher("fused_step")
     outs = []
-    for fn in (step_fused.fused_step_direct, step_fused.fused_step_triton):
+    for direct in (True, False):
         out, aux = poisoned_like(x), poisoned_like(x)
-        fn(x, m, coefs, None, h, None, None, None, None, None, out, aux, 1, 1, False, None, 1, 17, 0, 3)
+        args = StepArgs(x, m, coefs, None, h, None, None, None, None, None, out, aux, 1, 1, False, None, 1, 17, 0, 3)
+        if direct:
+            step.direct(args)
+        else:
+            step.op(*args)
         outs.append((out, aux))
     torch.cuda.synchronize()
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])

@@ -15,8 +15,12 @@ from typing import Optional, Union
 
 import torch
 
-from ..._backend import launch, maybe_rows, profiled, resolve_backend
-from .._common import KERNEL_DTYPES, as_seed_args, check_float, check_out, check_stream, contig, rows_of
+from ...random import draw_seed
+from .._common import KERNEL_DTYPES, as_seed_args, check_float, check_out, check_stream, contig, maybe_rows, rows_of
+from ..backend import resolve_backend
+from ..dispatch import launcher
+from ..profiling import profiled
+from ..records import EncodeArgs
 from .naive import encode_cpu, encode_reference
 
 __all__ = ["add_noise", "add_noise_with_target", "encoder_transition", "fused_encode", "encode_reference",
@@ -133,7 +137,7 @@ def fused_encode(
             raise ValueError("pass either seed (in-kernel noise) or noise, not both")
     elif seed is None:
         # No noise and no seed: draw a seed from torch's global CPU generator (reproducible with manual_seed).
-        seed = int(torch.randint(0, 2**62, (1,)).item())
+        seed = draw_seed()
     seed_lo, seed_hi = as_seed_args(seed if noise is None else None)
     check_stream(stream)
     row_ids = maybe_rows(row_ids, batch, dev)
@@ -142,13 +146,11 @@ def fused_encode(
     if impl == "triton":
         if x0.dtype not in KERNEL_DTYPES:
             raise TypeError(f"backend='triton' supports float32/float16/bfloat16 storage, got x0.dtype={x0.dtype}")
-        from .fused import fused_encode_direct, fused_encode_triton
-
         out = torch.empty_like(x0, memory_format=torch.contiguous_format) if out is None else out
         target = torch.empty_like(out) if write_target else None
         noise_out = torch.empty_like(out) if write_noise else None
-        launch(fused_encode_triton, fused_encode_direct, contig(x0), coefs.contiguous(), index, contig(noise),
-               row_ids, out, target, noise_out, seed_lo, seed_hi, stream)
+        launcher("fused_encode")(EncodeArgs(contig(x0), coefs.contiguous(), index, contig(noise), row_ids, out, target,
+                                            noise_out, seed_lo, seed_hi, stream))
     elif impl == "torch":
         out, target, z = encode_cpu(x0, coefs, index, noise=noise, seed=seed if noise is None else None,
                                     stream=stream, row_ids=row_ids, write_target=write_target, out=out)

@@ -16,8 +16,11 @@ from typing import Optional, Union
 
 import torch
 
-from ..._backend import launch, maybe_rows, profiled, resolve_backend
-from .._common import KERNEL_DTYPES, as_seed_args, check_float, check_out, check_stream, contig, rows_of
+from .._common import KERNEL_DTYPES, as_seed_args, check_float, check_out, check_stream, contig, maybe_rows, rows_of
+from ..backend import resolve_backend
+from ..dispatch import launcher
+from ..profiling import profiled
+from ..records import LangevinArgs, SelectArgs
 from .naive import langevin_cpu, langevin_reference
 
 __all__ = ["langevin_step", "langevin_select", "langevin_reference", "check_step_tensor"]
@@ -108,13 +111,11 @@ def langevin_step(
     if impl == "triton":
         if x.dtype not in KERNEL_DTYPES:
             raise TypeError(f"backend='triton' supports float32/float16/bfloat16 storage, got x.dtype={x.dtype}")
-        from .fused import langevin_step_direct, langevin_step_triton
-
         out = torch.empty_like(x, memory_format=torch.contiguous_format) if out is None else out
         per_row = isinstance(step, torch.Tensor)
-        launch(langevin_step_triton, langevin_step_direct, contig(x), contig(grad), step if per_row else None,
-               contig(noise), row_ids, out, noise_out, 0.0 if per_row else step, float(temperature), seed_lo,
-               seed_hi, stream)
+        launcher("langevin_step")(LangevinArgs(contig(x), contig(grad), step if per_row else None, contig(noise), row_ids,
+                                               out, noise_out, 0.0 if per_row else step, float(temperature), seed_lo,
+                                               seed_hi, stream))
         return out
     if impl == "torch":
         # noise_out sharing out's memory: keep the reference's order (noise stored first, then the result)
@@ -160,11 +161,8 @@ def langevin_select(
     check_out("out", out, x)
     impl = resolve_backend(backend, x.device)
     if impl == "triton":
-        from .fused import langevin_select_direct, langevin_select_triton
-
         out = torch.empty_like(x, memory_format=torch.contiguous_format) if out is None else out
-        launch(langevin_select_triton, langevin_select_direct, contig(x), contig(proposal), accept.contiguous(),
-               out)
+        launcher("langevin_select")(SelectArgs(contig(x), contig(proposal), accept.contiguous(), out))
         return out
     res = torch.where(accept.reshape(batch, *([1] * (x.dim() - 1))), proposal, x)
     return res if out is None else out.copy_(res)

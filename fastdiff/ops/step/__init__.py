@@ -19,80 +19,17 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import torch
 
-from ..._backend import (interpret_mode, launch, maybe_rows, profiled, resolve_backend,
-                         triton_available)
-from ...random import philox_normal
-from .._common import (FLOAT_DTYPES, KERNEL_DTYPES, as_seed_args, check_float, check_index, check_out, check_stream,
-                       contig, host_row, rows_of, seq)
+from .._common import host_row
+from ..dispatch import launcher
+from ..profiling import profiled
 from .cpu import step_cpu
 from .naive import COEF_NAMES, MAX_HISTORY, NUM_COEFS, step_reference
+from .parse import StepArgs, parse_step
 
 __all__ = ["fused_step", "step_coefs", "coef_table", "COEF_NAMES", "COEF_DEFAULTS", "NUM_COEFS", "MAX_HISTORY",
            "step_reference"]
 
 _Coef = Union[float, Sequence[float], torch.Tensor]
-_CPU_BACKENDS = ("auto", "torch")
-_Tensor = torch.Tensor
-_FLOATS = frozenset(FLOAT_DTYPES)
-_NO_HISTORY = ()
-
-
-def _plain_cpu(t) -> bool:
-    """A plain (not subclassed) float CPU tensor: what the cheap path of ``fused_step`` accepts."""
-    return type(t) is _Tensor and t.is_cpu and t.dtype in _FLOATS
-
-
-def _plain_history(history, x: torch.Tensor) -> bool:
-    return (type(history) in (tuple, list) and len(history) <= MAX_HISTORY
-            and all(_plain_cpu(h) and h.shape == x.shape for h in history))
-
-
-def _halves(mshape: torch.Size, xshape: torch.Size) -> bool:
-    """model_output holds [uncond; cond] halves of x's batch (guidance)."""
-    return len(mshape) == len(xshape) and mshape[0] == 2 * xshape[0] and mshape[1:] == xshape[1:]
-
-
-def _plain_scalars(coefs: torch.Tensor, coef_row, clip, stream) -> bool:
-    """The cheap paths' checks of the table's shape, the row, clip and stream (as the full checks would pass)."""
-    cs = coefs.shape
-    return (len(cs) == 2 and cs[1] == NUM_COEFS and type(coef_row) is int and 0 <= coef_row < cs[0]
-            and (clip is None or (type(clip) in (int, float) and clip > 0))
-            and type(stream) is int and 0 <= stream < 2**32)
-
-
-_KERNEL_SET = frozenset(KERNEL_DTYPES)
-
-
-def _kernel_ready(x: torch.Tensor, backend: str) -> bool:
-    """x would run the Triton kernel: a plain contiguous CUDA tensor (CPU under the interpreter) of a kernel dtype."""
-    if type(x) is not _Tensor or x.dtype not in _KERNEL_SET or not x.dim() or not x.is_contiguous():
-        return False
-    if x.is_cuda:
-        return backend in ("auto", "triton") and triton_available()
-    return backend == "triton" and x.is_cpu and interpret_mode()
-
-
-def _like(t, x: torch.Tensor) -> bool:
-    """A plain contiguous tensor with x's dtype, device and shape (no copy or check needed before a launch)."""
-    return (type(t) is _Tensor and t.dtype is x.dtype and t.shape == x.shape and t.device == x.device
-            and t.is_contiguous())
-
-
-_LAUNCHERS: tuple = ()
-
-
-def _load_launchers() -> tuple:
-    """(op, direct) launchers of the step kernel, imported on first use (importing registers the op)."""
-    global _LAUNCHERS
-    from .fused import fused_step_direct, fused_step_triton
-
-    _LAUNCHERS = (fused_step_triton, fused_step_direct)
-    return _LAUNCHERS
-
-
-def _plain_out(buf, x: torch.Tensor) -> bool:
-    """``out=`` buffers the cheap path accepts: contiguous float CPU tensors of x's shape (as ``check_out``)."""
-    return _plain_cpu(buf) and buf.shape == x.shape and buf.is_contiguous()
 
 
 def step_coefs(
@@ -212,124 +149,27 @@ def fused_step(
     Returns:
         ``out``, or ``(out, aux)`` when ``write_aux`` or ``aux_out`` is given.
     """
-    if (backend in _CPU_BACKENDS and coef_index is None and seed is None and noise is None and row_ids is None
-            and x_eval is None and type(x) is _Tensor and type(model_output) is _Tensor
-            and x.is_cpu and model_output.is_cpu and x.dtype in _FLOATS and model_output.dtype in _FLOATS
-            and x.dim() and (model_output.shape == x.shape if not guidance else _halves(model_output.shape, x.shape))
-            and type(coefs) is _Tensor and coefs.is_cpu and coefs.dtype in _FLOATS
-            and _plain_scalars(coefs, coef_row, clip, stream)
-            and (history is _NO_HISTORY or _plain_history(history, x))
-            and (out is None or _plain_out(out, x)) and (aux_out is None or _plain_out(aux_out, x))
-            and not torch.compiler.is_compiling()):
-        # the common CPU call, validated by the cheap checks above: straight to the host-coefficient path
-        want_aux = write_aux or aux_out is not None
-        res, aux = step_cpu(x, model_output, host_row(coefs, coef_row), x_eval=None, history=history,
-                            guidance=guidance, clip=clip, noise=None, want_aux=want_aux, out=out, aux_out=aux_out)
+    path, want_aux, a = parse_step(x, model_output, coefs, x_eval, history, coef_index, coef_row, guidance, clip,
+                                   seed, stream, row_ids, noise, out, aux_out, write_aux, backend)
+    if path == "triton":
+        launcher("fused_step")(a)
+        return (a.out, a.aux_out) if want_aux else a.out
+    if path == "cpu":
+        res, aux = step_cpu(a, host_row(a.coefs, a.coef_row), want_aux)
         return (res, aux) if want_aux else res
+    return _reference(a, want_aux, None if path == "reference" else torch.float64 if a.x.dtype == torch.float64
+                      else torch.float32)
 
-    if (not torch.compiler.is_compiling() and coef_index is None and noise is None and row_ids is None
-            and out is None and aux_out is None and _kernel_ready(x, backend)
-            and (_like(model_output, x) if not guidance else
-                 (type(model_output) is _Tensor and model_output.dtype is x.dtype and model_output.device == x.device
-                  and model_output.is_contiguous() and _halves(model_output.shape, x.shape)))
-            and type(coefs) is _Tensor and coefs.dtype is torch.float32 and coefs.device == x.device
-            and coefs.is_contiguous() and _plain_scalars(coefs, coef_row, clip, stream)
-            and (x_eval is None or _like(x_eval, x))
-            and (history is _NO_HISTORY or (type(history) in (tuple, list) and len(history) <= MAX_HISTORY
-                                            and all(_like(h, x) for h in history)))):
-        # the common kernel call (a sampler's step), validated by the cheap checks above: ~10 us less host
-        # work per step than the full checks below, which every other call takes (same errors as before)
-        launchers = _LAUNCHERS or _load_launchers()
-        seed_lo, seed_hi = (0, 0) if seed is None else as_seed_args(seed)
-        out = torch.empty_like(x)
-        aux_out = torch.empty_like(x) if write_aux else None
-        hs = (*history, None, None, None)
-        launch(*launchers, x, model_output, coefs, x_eval, hs[0], hs[1], hs[2], None, None, None, out, aux_out,
-               coef_row, len(history), guidance, None if clip is None else float(clip), 0 if seed is None else 1,
-               seed_lo, seed_hi, stream)
-        return (out, aux_out) if write_aux else out
 
-    check_float("x", x)
-    batch, _ = rows_of(x)
-    dev = x.device
-    mshape = ((2 * batch,) + tuple(x.shape[1:])) if guidance else tuple(x.shape)
-    check_float("model_output", model_output, like=x)
-    if tuple(model_output.shape) != mshape:
-        hint = " ([uncond; cond] halves for guidance)" if guidance else ""
-        raise ValueError(f"model_output must have shape {mshape}{hint}, got {tuple(model_output.shape)}")
-    if not isinstance(coefs, torch.Tensor) or coefs.dim() != 2 or coefs.shape[1] != NUM_COEFS:
-        raise ValueError(f"coefs must be a (R, {NUM_COEFS}) tensor from step_coefs, got "
-                         f"{tuple(coefs.shape) if isinstance(coefs, torch.Tensor) else type(coefs).__name__}")
-    if not coefs.dtype.is_floating_point:
-        raise TypeError(f"coefs must be a float table from step_coefs, got {coefs.dtype}")
-    if coefs.device != dev:
-        raise ValueError(f"coefs is on {coefs.device} but x is on {dev}; build the table on x's device once")
-    if x_eval is not None:
-        check_float("x_eval", x_eval, like=x, shape=x.shape)
-    history = seq("history", history)
-    if len(history) > MAX_HISTORY:
-        raise ValueError(f"history takes at most {MAX_HISTORY} tensors, got {len(history)}")
-    for k, h in enumerate(history):
-        check_float(f"history[{k}]", h, like=x, shape=x.shape)
-    if isinstance(coef_row, bool) or not isinstance(coef_row, int):
-        raise TypeError(f"coef_row must be an int, got {type(coef_row).__name__}")
-    if coef_index is not None:
-        coef_index = check_index("coef_index", coef_index, batch, dev, rows=coefs.shape[0])
-    elif not 0 <= coef_row < coefs.shape[0]:
-        raise ValueError(f"coef_row must be in [0, {coefs.shape[0]}), got {coef_row}")
-    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float))):
-        raise TypeError(f"clip must be a positive float or None, got {type(clip).__name__}")
-    if clip is not None and not clip > 0:
-        raise ValueError(f"clip must be a positive float or None, got {clip}")
-    if noise is not None:
-        check_float("noise", noise, like=x, shape=x.shape)
-        if seed is not None:
-            raise ValueError("pass either seed (in-kernel noise) or noise, not both")
-    seed_lo, seed_hi = as_seed_args(seed)
-    check_stream(stream)
-    row_ids = maybe_rows(row_ids, batch, dev)
-    check_out("out", out, x)
-    check_out("aux_out", aux_out, x, dtype=None)
-    want_aux = write_aux or aux_out is not None
-
-    impl = resolve_backend(backend, dev)
-    if impl == "triton":
-        if x.dtype not in KERNEL_DTYPES:
-            raise TypeError(f"backend='triton' supports float32/float16/bfloat16 storage, got x.dtype={x.dtype}")
-        if out is None:
-            out = torch.empty_like(x, memory_format=torch.contiguous_format)
-        if want_aux and aux_out is None:
-            aux_out = torch.empty_like(out)
-        hs = [contig(h) for h in history] + [None] * (MAX_HISTORY - len(history))
-        noise_mode = 2 if noise is not None else (1 if seed is not None else 0)
-        launch(
-            *(_LAUNCHERS or _load_launchers()),
-            contig(x), contig(model_output), coefs.to(torch.float32).contiguous(), contig(x_eval), hs[0], hs[1],
-            hs[2], contig(noise), coef_index, row_ids, out, aux_out, coef_row, len(history), guidance,
-            None if clip is None else float(clip), noise_mode, seed_lo, seed_hi, stream,
-        )
-        return (out, aux_out) if want_aux else out
-
-    # Host-float coefficients need a concrete table: under torch.compile the generic path traces instead.
-    if impl == "torch" and dev.type == "cpu" and coef_index is None and not torch.compiler.is_compiling():
-        if noise is None and seed is not None:
-            noise = philox_normal(x.shape, seed, stream, row_ids=row_ids, device=dev)
-        res, aux = step_cpu(x, model_output, host_row(coefs, coef_row), x_eval=x_eval, history=history,
-                            guidance=guidance, clip=clip, noise=noise, want_aux=want_aux, out=out, aux_out=aux_out)
-        return (res, aux) if want_aux else res
-
-    compute = None if impl == "reference" else (torch.float64 if x.dtype == torch.float64 else torch.float32)
+def _reference(a: StepArgs, want_aux: bool, compute_dtype: Optional[torch.dtype]):
+    """``fused_step``'s result from ``step_reference`` in ``compute_dtype`` (None: x's dtype)."""
+    x = a.x
     res, aux = step_reference(
-        x, model_output, coefs, x_eval=x_eval, history=history, coef_index=coef_index, coef_row=coef_row,
-        guidance=guidance, clip=clip, seed=seed, stream=stream, row_ids=row_ids, noise=noise,
-        compute_dtype=compute,
+        x, a.model_output, a.coefs, x_eval=a.x_eval, history=a.history, coef_index=a.coef_index,
+        coef_row=a.coef_row, guidance=a.guidance, clip=a.clip, seed=a.seed, stream=a.stream, row_ids=a.row_ids,
+        noise=a.noise, compute_dtype=compute_dtype,
     )
-    return _finish(x, res, aux, out, aux_out, want_aux)
-
-
-def _finish(x, res, aux, out, aux_out, want_aux):
-    out = res.to(x.dtype) if out is None else out.copy_(res)
+    out = res.to(x.dtype) if a.out is None else a.out.copy_(res)
     if want_aux:
-        aux_out = aux.to(x.dtype) if aux_out is None else aux_out.copy_(aux)
-        return out, aux_out
+        return out, (aux.to(x.dtype) if a.aux_out is None else a.aux_out.copy_(aux))
     return out

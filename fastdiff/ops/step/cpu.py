@@ -18,19 +18,23 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
+from ...random import philox_normal
+from ..records import StepArgs
+
 __all__ = ["step_cpu"]
 
 # float32 rounds c to 1.0 exactly when 1 - 2**-25 <= c <= 1 + 2**-24 (ties go to the even 1.0).
 _ONE_F32 = (1.0 - 2.0**-25, 1.0 + 2.0**-24)
-
+_ONE_F64 = (1.0, 1.0)
+_F32, _F64 = torch.float32, torch.float64
 
 _NEG_ZERO = torch.tensor(-0.0)
 
 
 def _is_one(c: float, dt: torch.dtype) -> bool:
-    if dt is torch.float64:
-        return c == 1.0
-    return _ONE_F32[0] <= c <= _ONE_F32[1]
+    """Whether ``c`` rounds to 1 in the compute dtype ``dt`` (the hot paths test ``lo <= c <= hi`` inline)."""
+    lo, hi = _ONE_F64 if dt is _F64 else _ONE_F32
+    return lo <= c <= hi
 
 
 def _combine(terms: List[Tuple[torch.Tensor, float]], like: torch.Tensor, dt: torch.dtype,
@@ -42,7 +46,8 @@ def _combine(terms: List[Tuple[torch.Tensor, float]], like: torch.Tensor, dt: to
             return dst.zero_()
         return torch.zeros(like.shape, dtype=dt, device=like.device)
     t0, c0 = terms[0]
-    if len(terms) > 1 and _is_one(c0, dt):
+    lo, hi = _ONE_F64 if dt is _F64 else _ONE_F32
+    if len(terms) > 1 and lo <= c0 <= hi:
         t1, c1 = terms[1]
         acc = torch.add(t0, t1, alpha=c1) if dst is None else torch.add(t0, t1, alpha=c1, out=dst)
         rest = terms[2:]
@@ -67,9 +72,10 @@ def _lin2(a: torch.Tensor, ca: float, b: torch.Tensor, cb: float, dt: torch.dtyp
         return torch.add(_NEG_ZERO, b, alpha=cb)
     if cb == 0.0:
         return torch.add(_NEG_ZERO, a, alpha=ca)
-    if _is_one(ca, dt):
+    lo, hi = _ONE_F64 if dt is _F64 else _ONE_F32
+    if lo <= ca <= hi:
         return torch.add(a, b, alpha=cb)
-    if _is_one(cb, dt):
+    if lo <= cb <= hi:
         return torch.add(b, a, alpha=ca)
     return torch.add(_NEG_ZERO, a, alpha=ca).add_(b, alpha=cb)
 
@@ -79,28 +85,21 @@ def _shares(buf: torch.Tensor, tensors) -> bool:
     return any(t is not None and t.untyped_storage().data_ptr() == p for t in tensors)
 
 
-def step_cpu(
-    x: torch.Tensor,
-    model_output: torch.Tensor,
-    row: Sequence[float],
-    *,
-    x_eval: Optional[torch.Tensor],
-    history: Sequence[torch.Tensor],
-    guidance: bool,
-    clip: Optional[float],
-    noise: Optional[torch.Tensor],
-    want_aux: bool,
-    out: Optional[torch.Tensor] = None,
-    aux_out: Optional[torch.Tensor] = None,
-) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Return ``(out, aux)`` for one row of coefficients ``row`` (host floats, ``COEF_NAMES`` order).
+def step_cpu(a: StepArgs, row: Sequence[float], want_aux: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Return ``(out, aux)`` for the parsed step ``a`` (``parse_step``'s record for backend "torch") with one row
+    of coefficients ``row`` (host floats, ``COEF_NAMES`` order).
 
-    The results have x's dtype, or are the ``out``/``aux_out`` buffers (filled) when given; ``aux`` is None
-    unless ``want_aux``.
+    The results have x's dtype, or are the ``a.out``/``a.aux_out`` buffers (filled) when given; ``aux`` is None
+    unless ``want_aux``. Noise is ``a.noise``, or drawn here from ``a.seed`` (``philox_normal``).
     """
+    (x, model_output, _, x_eval, hist0, hist1, hist2, noise, _, row_ids, out, aux_out, _, n_hist, guidance, clip,
+     noise_mode, _, _, stream) = a
+    history = (hist0, hist1, hist2)[:n_hist]
+    if noise_mode == 1:
+        noise = philox_normal(x.shape, a.seed, stream, row_ids=row_ids, device=x.device)
     in_x, in_m, g, out_x, out_e, out_m, out_d, h0, h1, h2, out_n, aux_x, aux_d = row
     xd = x.dtype
-    dt = torch.float64 if xd is torch.float64 else torch.float32
+    dt = _F64 if xd is _F64 else _F32
     xs = x if xd is dt else x.to(dt)
     if (x_eval is None and not guidance and clip is None and noise is None and not history and out is None
             and aux_out is None):

@@ -1,0 +1,90 @@
+"""The argument list of each kernel launch, written once: one NamedTuple per ``torch.library`` op.
+
+A record's fields are its op's parameters, in order, annotated with the op's types (``dispatch.define_launcher``
+infers the schema from them); the launch body in ``fused.py`` reads the fields by name. The step op's parse
+(``ops/step/parse.py``) builds a ``StepArgs`` for every backend: its CPU path and reference read the same record.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+
+__all__ = ["StepArgs", "EncodeArgs", "LangevinArgs", "SelectArgs"]
+
+
+class StepArgs(NamedTuple):
+    """``fused_step_kernel``'s launch (``torch.ops.fastdiff.fused_step_``): writes ``out`` and ``aux_out``."""
+
+    x: torch.Tensor
+    model_output: torch.Tensor
+    coefs: torch.Tensor
+    x_eval: Optional[torch.Tensor]
+    h0: Optional[torch.Tensor]
+    h1: Optional[torch.Tensor]
+    h2: Optional[torch.Tensor]
+    noise: Optional[torch.Tensor]
+    coef_index: Optional[torch.Tensor]
+    row_ids: Optional[torch.Tensor]
+    out: torch.Tensor  # None before the kernel path allocates it (the CPU path and reference write their own)
+    aux_out: Optional[torch.Tensor]
+    coef_row: int
+    n_hist: int
+    guidance: bool
+    clip: Optional[float]
+    noise_mode: int  # 0: none, 1: Philox from (seed_lo, seed_hi), 2: the ``noise`` tensor
+    seed_lo: int
+    seed_hi: int
+    stream: int
+
+    @property
+    def history(self) -> tuple:
+        """The history tensors given (``h0..h{n_hist-1}``)."""
+        return (self.h0, self.h1, self.h2)[: self.n_hist]
+
+    @property
+    def seed(self) -> Optional[int]:
+        """The Philox seed (None unless ``noise_mode == 1``)."""
+        return self.seed_lo | (self.seed_hi << 32) if self.noise_mode == 1 else None
+
+
+class EncodeArgs(NamedTuple):
+    """``fused_encode_kernel``'s launch (``torch.ops.fastdiff.fused_encode_``): noise from ``noise`` or Philox."""
+
+    x0: torch.Tensor
+    coefs: torch.Tensor
+    index: Optional[torch.Tensor]
+    noise: Optional[torch.Tensor]
+    row_ids: Optional[torch.Tensor]
+    out: torch.Tensor
+    target_out: Optional[torch.Tensor]
+    noise_out: Optional[torch.Tensor]
+    seed_lo: int
+    seed_hi: int
+    stream: int
+
+
+class LangevinArgs(NamedTuple):
+    """``langevin_kernel``'s launch (``torch.ops.fastdiff.langevin_step_``): per-chain ``step`` or ``step_scalar``."""
+
+    x: torch.Tensor
+    grad: torch.Tensor
+    step: Optional[torch.Tensor]
+    noise: Optional[torch.Tensor]
+    row_ids: Optional[torch.Tensor]
+    out: torch.Tensor
+    noise_out: Optional[torch.Tensor]
+    step_scalar: float
+    temperature: float
+    seed_lo: int
+    seed_hi: int
+    stream: int
+
+
+class SelectArgs(NamedTuple):
+    """``langevin_select_kernel``'s launch (``torch.ops.fastdiff.langevin_select_``)."""
+
+    x: torch.Tensor
+    proposal: torch.Tensor
+    accept: torch.Tensor
+    out: torch.Tensor
