@@ -16,10 +16,21 @@ from ..random import split_seed
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_Tensor = torch.Tensor
+_FLOATS = frozenset(FLOAT_DTYPES)
+
+
+def plain_float(t, device: torch.device, shape) -> bool:
+    """A plain (not subclassed) float tensor on ``device`` with ``shape``: what ``check_float(name, t, like=x,
+    shape=shape)`` accepts in the common case, answered without building a message (False: run the check)."""
+    return t.__class__ is _Tensor and t.dtype in _FLOATS and t.device == device and t.shape == shape
 
 
 def check_float(name: str, t, *, like: Optional[torch.Tensor] = None, shape=None) -> torch.Tensor:
     """Require a floating tensor (on ``like``'s device, with ``shape`` when given)."""
+    if (t.__class__ is _Tensor and t.dtype in _FLOATS and (like is None or t.device == like.device)
+            and (shape is None or t.shape == shape)):
+        return t  # the common case, accepted without the checks below
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in FLOAT_DTYPES:
@@ -145,8 +156,10 @@ def host_row(table: torch.Tensor, r: int) -> list:
     except RuntimeError:  # inference-mode tensors keep no version counter
         return table[r].tolist()
     ent = _HOST_ROWS.get(id(table))
-    if ent is not None and ent[0] is table and ent[1] == ver and ent[2] == table.data_ptr():
-        return ent[3][r]
+    if ent is not None:
+        held, held_ver, ptr, rows = ent
+        if held is table and held_ver == ver and ptr == table.data_ptr():
+            return rows[r]
     if table.numel() > _HOST_ROWS_MAX_ELEMS:
         return table[r].tolist()
     rows = table.tolist()

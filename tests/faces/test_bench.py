@@ -283,7 +283,7 @@ def test_instrument_ops_names_torch_path_and_restores():
         x, m = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
         coefs = fastdiff.step_coefs(in_x=1.0, in_m=-0.5, out_d=0.9)
         with bench.instrument_ops(nvtx=False), torch.profiler.profile() as prof:
-            # The ops carry their own profiler names (fastdiff._backend.profiled): nothing to wrap twice.
+            # The ops carry their own profiler names (fastdiff.ops.profiling.profiled): nothing to wrap twice.
             assert hasattr(original, "__fastdiff_wrapped__") and fastdiff.fused_step is original
             holder.fused_step(x, m, coefs)
             fastdiff.add_noise(x, torch.tensor([3, 7]), fastdiff.DiscreteVPSchedule(), seed=0)

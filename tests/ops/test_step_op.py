@@ -180,7 +180,7 @@ def test_backends_agree_float32():
 
 
 def test_auto_backend_on_cpu_is_the_torch_path():
-    from fastdiff._backend import resolve_backend
+    from fastdiff.ops.backend import resolve_backend
 
     assert resolve_backend("auto", torch.device("cpu")) == "torch"
     with pytest.raises(ValueError, match="backend must be one of"):

@@ -86,3 +86,15 @@ def test_the_core_samplers_know_no_face():
     for name in ("samplers", "sampler_run"):
         bad = imported_fastdiff_modules(ROOT / "fastdiff" / f"{name}.py") & (COMPAT | {"sampling"})
         assert not bad, f"fastdiff/{name}.py imports {bad}"
+
+
+def test_backend_module_re_exports_the_ops_helpers():
+    """``fastdiff._backend`` is kept for older imports: each of its names is the ops layer's own object."""
+    from fastdiff import _backend
+    from fastdiff.ops import _common, backend, dispatch, launch, profiling
+
+    homes = (_common, backend, dispatch, launch, profiling)
+    for name in _backend.__all__:
+        obj = getattr(_backend, name)
+        assert any(getattr(home, name, None) is obj for home in homes), name
+    assert {"BACKENDS", "maybe_rows", "resolve_backend", "interpret_mode", "triton_available"} <= set(_backend.__all__)

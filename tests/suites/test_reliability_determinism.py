@@ -226,7 +226,7 @@ def test_triton_backend_from_threads_under_the_interpreter():
     """Launches from 4 threads at once (serialised by the interpreter guard) give the sequential results."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from fastdiff._backend import interpret_mode
+    from fastdiff.ops.backend import interpret_mode
 
     if not interpret_mode():
         pytest.skip("this checks the CPU interpreter's launch guard; on a GPU see the cuda thread test")

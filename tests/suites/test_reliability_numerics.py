@@ -154,7 +154,7 @@ def test_half_storage_encode_and_langevin_finite(dtype):
 
 # ------------------------------------------------------------------------------ int64 offsets
 def test_idx64_threshold():
-    from fastdiff._backend import idx64
+    from fastdiff.ops.launch import idx64
     assert not idx64(2 ** 31 - 2)
     assert idx64(2 ** 31 - 1) and idx64(2 ** 31 + 5)
     assert idx64(2 ** 30, 2 ** 30)   # CFG: the cond half starts at offset total

@@ -17,8 +17,8 @@ from typing import Optional, Sequence
 import torch
 
 from ...random import split_seed
-from .._common import FLOAT_DTYPES, KERNEL_DTYPES, check_float, check_index, check_out, check_stream, maybe_rows, \
-    rows_of, seq
+from .._common import (FLOAT_DTYPES, KERNEL_DTYPES, check_float, check_index, check_out, check_stream, maybe_rows,
+                       plain_float, rows_of, seq)
 from ..backend import resolve_backend
 from ..records import StepArgs
 from .naive import MAX_HISTORY, NUM_COEFS
@@ -29,13 +29,9 @@ _Tensor = torch.Tensor
 _FLOATS = frozenset(FLOAT_DTYPES)
 _KERNEL_SET = frozenset(KERNEL_DTYPES)
 _F32 = torch.float32
+_CPU = torch.device("cpu")
 _STREAMS = 2**32
 _new = tuple.__new__  # _new(StepArgs, fields) costs ~0.2 us less than StepArgs(*fields) for 20 fields
-
-
-def _plain_like(t, dev: torch.device, shape: torch.Size) -> bool:
-    """The quick form of ``check_float(name, t, like=x, shape=shape)``: a plain float tensor on ``dev``."""
-    return t.__class__ is _Tensor and t.dtype in _FLOATS and t.device == dev and t.shape == shape
 
 
 def check_coefs(coefs, device: torch.device) -> torch.Tensor:
@@ -98,7 +94,7 @@ def parse_step(
         check_coefs(coefs, dev)
         cshape = coefs.shape
     n_rows = cshape[0]
-    if x_eval is not None and not _plain_like(x_eval, dev, shape):
+    if x_eval is not None and not plain_float(x_eval, dev, shape):
         check_float("x_eval", x_eval, like=x, shape=shape)
 
     if history.__class__ is not tuple and history.__class__ is not list:
@@ -109,7 +105,7 @@ def parse_step(
         if n_hist > MAX_HISTORY:
             raise ValueError(f"history takes at most {MAX_HISTORY} tensors, got {n_hist}")
         for k, h in enumerate(history):
-            if not _plain_like(h, dev, shape):
+            if not plain_float(h, dev, shape):
                 check_float(f"history[{k}]", h, like=x, shape=shape)
         h0, h1, h2 = (*history, None, None)[:MAX_HISTORY]
 
@@ -127,7 +123,7 @@ def parse_step(
 
     noise_mode = 0
     if noise is not None:
-        if not _plain_like(noise, dev, shape):
+        if not plain_float(noise, dev, shape):
             check_float("noise", noise, like=x, shape=shape)
         if seed is not None:
             raise ValueError("pass either seed (in-kernel noise) or noise, not both")
@@ -140,9 +136,9 @@ def parse_step(
         check_stream(stream)
     if row_ids is not None:
         row_ids = maybe_rows(row_ids, batch, dev)
-    if out is not None and not (_plain_like(out, dev, shape) and out.is_contiguous()):
+    if out is not None and not (plain_float(out, dev, shape) and out.is_contiguous()):
         check_out("out", out, x)
-    if aux_out is not None and not (_plain_like(aux_out, dev, shape) and aux_out.is_contiguous()):
+    if aux_out is not None and not (plain_float(aux_out, dev, shape) and aux_out.is_contiguous()):
         check_out("aux_out", aux_out, x)
     want_aux = write_aux or aux_out is not None
 
@@ -166,7 +162,7 @@ def parse_step(
             aux_out = torch.empty_like(out)
         if clip is not None:
             clip = float(clip)
-    elif path == "torch" and coef_index is None and x.is_cpu and not torch.compiler.is_compiling():
+    elif path == "torch" and coef_index is None and dev == _CPU and not torch.compiler.is_compiling():
         # host-float coefficients need a concrete table: under torch.compile the generic path traces instead
         path = "cpu"
     return path, want_aux, _new(StepArgs, (x, model_output, coefs, x_eval, h0, h1, h2, noise, coef_index, row_ids,
