@@ -151,10 +151,11 @@ def plain_eager(tensors: Sequence[Optional[torch.Tensor]]) -> bool:
 # Triton's CPU interpreter patches triton.language module state for the duration of each launch, so two
 # threads launching at once crash inside it; compiled launches on a GPU need no lock.
 _INTERPRETER_LOCK = threading.RLock()
+_NO_LOCK = contextlib.nullcontext()  # reusable: one object instead of a new one per launch
 
 
 def interpreter_guard():
     """A lock around kernel launches under the CPU interpreter; a no-op context on GPUs and under torch.compile."""
     if interpret_mode() and not torch.compiler.is_compiling():
         return _INTERPRETER_LOCK
-    return contextlib.nullcontext()
+    return _NO_LOCK
