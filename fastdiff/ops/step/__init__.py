@@ -1,7 +1,8 @@
 """The denoising-step op: one fused memory pass per sampler step.
 
-Layers: ``fastdiff.kernels.step`` (Triton) -> ``fused.py`` (launcher, torch.library
-op) -> this module's ``fused_step`` (validation, backend choice) -> samplers.
+Layers: ``fastdiff.kernels.step`` (Triton) -> ``fused.py`` (the launcher: torch.library
+op and direct launch) -> this module's ``fused_step`` (``parse.py`` checks the arguments
+and picks the path; the kernel, ``cpu.py`` or the reference runs) -> samplers.
 ``naive.py`` holds the plain-PyTorch reference.
 
 Example (one DDIM step, eta=0, epsilon prediction, written as coefficients):

@@ -1,11 +1,11 @@
 """``fused_step``'s arguments, validated and normalised once per call into one ``StepArgs`` record.
 
 ``parse_step`` is one pass over the arguments in a fixed order (the order decides which error a call with
-several bad arguments raises). Each rule is written once, as a quick test that accepts the common case -- a
-plain tensor of a float dtype on x's device with the expected shape, an int row in range -- followed, only when
-that test fails, by the argument's full check (``ops._common``), which raises the documented error or accepts
-what the quick test leaves out (a tensor subclass, an int subclass, a generator of history tensors). A
-sampler's call (contiguous tensors of one dtype, a float32 table) therefore runs only the quick tests.
+several bad arguments raises), each argument checked in one place: a quick test that accepts the common case --
+a plain tensor of a float dtype on x's device with the expected shape, an int row in range -- and, only when that
+test fails, the argument's full check (``ops._common``), which raises the documented error or accepts what the
+quick test leaves out (a tensor subclass, an int subclass, a generator of history tensors). A sampler's call
+(contiguous tensors of one dtype, a float32 table) therefore runs only the quick tests.
 
 The record is normalised for the implementation that will run: for the kernel, contiguous tensors, a float32
 table, allocated outputs and a float ``clip``; for the PyTorch paths, the arguments as given.
