@@ -24,6 +24,7 @@ from torch.library import triton_op  # noqa: E402
 
 import fastdiff  # noqa: E402
 from fastdiff.ops import dispatch  # noqa: E402
+from fastdiff.ops.records import StepArgs  # noqa: E402
 from fastdiff.ops.step import fused_step, step_coefs  # noqa: E402
 
 LAUNCHERS = ("fused_step", "fused_encode", "langevin_step", "langevin_select")
@@ -67,7 +68,8 @@ def main(n: int = 20000) -> list:
     coefs = step_coefs(out_x=[0.9, 0.8], out_d=[0.1, 0.2], out_h=[0.05])
     sched, t = fastdiff.DiscreteVPSchedule(), torch.tensor([500])
     accept = torch.tensor([True])
-    args = (x, m, coefs, None, h, None, None, None, None, None, x, None, 0, 1, False, None, 0, 0, 0, 0)
+    args = StepArgs(x, m, coefs, None, h, None, None, None, None, None, x, None, 0, 1, False, None, 0, 0, 0, 0)
+    tensors = args[: dispatch.launcher("fused_step").tensors]  # what a step's launch checks
     with stubbed_launches():
         rows = [
             ("fused_step, a sampler's call", _us(n, lambda: fused_step(x, m, coefs, coef_row=1, backend="triton"))),
@@ -82,7 +84,7 @@ def main(n: int = 20000) -> list:
             ("langevin_select", _us(n, lambda: fastdiff.langevin_select(x, m, accept, backend="triton"))),
         ]
     rows += [
-        ("of which choosing the launch path (plain_eager, 20 args)", _us(n, lambda: dispatch.plain_eager(args))),
+        ("of which choosing the launch path (plain_eager, a step)", _us(n, lambda: dispatch.plain_eager(tensors))),
         ("dispatcher round trip of an empty triton_op (now skipped)", _us(n, lambda: _empty_op(x, x, 1, 2.0))),
     ]
     width = max(len(r[0]) for r in rows)
