@@ -73,8 +73,8 @@ def main(n: int = 20000) -> list:
     with stubbed_launches():
         rows = [
             ("fused_step, a sampler's call", _us(n, lambda: fused_step(x, m, coefs, coef_row=1, backend="triton"))),
-            ("fused_step, history + aux", _us(n, lambda: fused_step(x, m, coefs, coef_row=1, history=[h], write_aux=True,
-                                                                    backend="triton"))),
+            ("fused_step, history + aux", _us(n, lambda: fused_step(x, m, coefs, coef_row=1, history=[h],
+                                                                    write_aux=True, backend="triton"))),
             ("fused_step, noise= given", _us(n, lambda: fused_step(x, m, coefs, coef_row=1, noise=h,
                                                                    backend="triton"))),
             ("add_noise_with_target, seeded", _us(n, lambda: fastdiff.add_noise_with_target(x, t, sched, seed=1,

@@ -52,9 +52,9 @@ RULES = [
 # pairs that cannot both be wrong: the later one is checked only when the earlier one holds a value
 _EXCLUSIVE = {("x", "x-0d"), ("model_output-type", "model_output-device"), ("coefs-shape", "coefs-dtype"),
               ("coefs-shape", "coefs-device"), ("coefs-dtype", "coefs-device"), ("history-tensor", "history-length"),
-              ("history-tensor", "history-item"), ("history-length", "history-item"), ("coef_row-type", "coef_row-range"),
-              ("coef_index", "coef_row-range"), ("clip-type", "clip-value"), ("noise", "noise-and-seed"),
-              ("noise-and-seed", "seed")}
+              ("history-tensor", "history-item"), ("history-length", "history-item"),
+              ("coef_row-type", "coef_row-range"), ("coef_index", "coef_row-range"), ("clip-type", "clip-value"),
+              ("noise", "noise-and-seed"), ("noise-and-seed", "seed")}
 
 
 def _call(**kw):

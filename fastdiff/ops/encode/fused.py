@@ -1,4 +1,5 @@
-"""Launcher of ``fused_encode_kernel``: ``dispatch.launcher("fused_encode")``, op ``torch.ops.fastdiff.fused_encode_``."""
+"""Launcher of ``fused_encode_kernel``: ``dispatch.launcher("fused_encode")``, op
+``torch.ops.fastdiff.fused_encode_``."""
 from __future__ import annotations
 
 import triton

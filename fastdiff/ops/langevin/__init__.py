@@ -113,9 +113,9 @@ def langevin_step(
             raise TypeError(f"backend='triton' supports float32/float16/bfloat16 storage, got x.dtype={x.dtype}")
         out = torch.empty_like(x, memory_format=torch.contiguous_format) if out is None else out
         per_row = isinstance(step, torch.Tensor)
-        launcher("langevin_step")(LangevinArgs(contig(x), contig(grad), step if per_row else None, contig(noise), row_ids,
-                                               out, noise_out, 0.0 if per_row else step, float(temperature), seed_lo,
-                                               seed_hi, stream))
+        launcher("langevin_step")(LangevinArgs(contig(x), contig(grad), step if per_row else None, contig(noise),
+                                               row_ids, out, noise_out, 0.0 if per_row else step, float(temperature),
+                                               seed_lo, seed_hi, stream))
         return out
     if impl == "torch":
         # noise_out sharing out's memory: keep the reference's order (noise stored first, then the result)
