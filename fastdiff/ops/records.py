@@ -52,13 +52,13 @@ class EncodeArgs(NamedTuple):
     """``fused_encode_kernel``'s launch (``torch.ops.fastdiff.fused_encode_``): noise from ``noise`` or Philox."""
 
     x0: torch.Tensor
-    coefs: torch.Tensor
-    index: Optional[torch.Tensor]
-    noise: Optional[torch.Tensor]
+    coefs: torch.Tensor  # (R, 4) rows of (a, s, ta, tn): x_t = a*x0 + s*z, target = ta*x0 + tn*z
+    index: Optional[torch.Tensor]  # int64 (batch,): the row of each sample (row b for sample b when None)
+    noise: Optional[torch.Tensor]  # z given; else Philox noise of (seed_lo, seed_hi, row id, stream)
     row_ids: Optional[torch.Tensor]
     out: torch.Tensor
-    target_out: Optional[torch.Tensor]
-    noise_out: Optional[torch.Tensor]
+    target_out: Optional[torch.Tensor]  # also write the training target
+    noise_out: Optional[torch.Tensor]  # also write z
     seed_lo: int
     seed_hi: int
     stream: int
@@ -69,11 +69,11 @@ class LangevinArgs(NamedTuple):
 
     x: torch.Tensor
     grad: torch.Tensor
-    step: Optional[torch.Tensor]
-    noise: Optional[torch.Tensor]
+    step: Optional[torch.Tensor]  # float32 (n_chains,) step sizes; None: every chain takes step_scalar
+    noise: Optional[torch.Tensor]  # z given; else Philox noise of (seed_lo, seed_hi, chain id, stream)
     row_ids: Optional[torch.Tensor]
     out: torch.Tensor
-    noise_out: Optional[torch.Tensor]
+    noise_out: Optional[torch.Tensor]  # also write z (MALA's proposal density needs it)
     step_scalar: float
     temperature: float
     seed_lo: int
