@@ -6,11 +6,13 @@ table lookups, the launch path. Run it on one tree::
 
     TRITON_INTERPRET=1 python benchmarks/host_per_step.py
 
-or side by side against another checkout, alternating the two in one run (3 rounds each, medians)::
+or side by side against another checkout, alternating the two in one run (5 rounds each, medians of
+this thread's CPU time, so other processes on the machine do not count)::
 
     TRITON_INTERPRET=1 python benchmarks/host_per_step.py --against /path/to/other/checkout
 
-A row's ratio is this tree's time over the other's (below 1: this tree is faster).
+A row's ratio is the median over rounds of this tree's time over the other's, each round timing the two back to
+back (below 1: this tree is faster); the range shows the machine's noise.
 """
 from __future__ import annotations
 
@@ -31,13 +33,15 @@ STEPS = 20
 
 
 def _median_us(run: Callable[[], int], repeats: int) -> float:
+    """Least CPU time of this thread per step over ``repeats`` runs: the run least disturbed by interrupts,
+    frequency changes and cache misses (other processes do not count at all)."""
     run()  # warm-up: tables, caches
     per = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         n = run()
-        per.append((time.perf_counter() - t0) / n * 1e6)
-    return statistics.median(per)
+        per.append((time.thread_time() - t0) / n * 1e6)
+    return min(per)
 
 
 def measure(repeats: int = 15) -> Dict[str, float]:
@@ -105,8 +109,9 @@ def _child(tree: str) -> Dict[str, float]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--against", help="another checkout to time side by side (alternating, 3 rounds)")
+    p.add_argument("--against", help="another checkout to time side by side (alternating rounds)")
     p.add_argument("--json", action="store_true", help="print the rows as one JSON line")
+    p.add_argument("--rounds", type=int, default=5, help="alternations with --against (default: %(default)s)")
     args = p.parse_args(argv)
     warnings.simplefilter("ignore")
     if args.json:
@@ -115,22 +120,25 @@ def main(argv=None) -> int:
     if not args.against:
         rows = measure()
         width = max(map(len, rows))
-        print(f"{'host time per step':{width}s}  median us")
+        print(f"{'host time per step':{width}s}  min us")
         for name, us in rows.items():
             print(f"{name:{width}s}  {us:9.1f}")
         return 0
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     runs: Dict[str, list] = {"this": [], "other": []}
-    for _ in range(3):
+    for _ in range(args.rounds):
         runs["other"].append(_child(os.path.abspath(args.against)))
         runs["this"].append(_child(here))
     names = list(runs["this"][0])
     width = max(map(len, names))
-    print(f"{'host time per step (median of 3 alternating runs)':{width}s}  {'other us':>9s}  {'this us':>9s}  ratio")
+    print(f"{'host time per step (min us; ratio: median over rounds of this/other)':{width}s}  {'other':>7s}  "
+          f"{'this':>7s}  ratio  (range)")
     for name in names:
-        a = statistics.median(r[name] for r in runs["other"] if name in r)
+        a = statistics.median(r[name] for r in runs["other"])
         b = statistics.median(r[name] for r in runs["this"])
-        print(f"{name:{width}s}  {a:9.1f}  {b:9.1f}  {b / a:5.3f}")
+        ratios = sorted(t[name] / o[name] for t, o in zip(runs["this"], runs["other"]))
+        print(f"{name:{width}s}  {a:7.1f}  {b:7.1f}  {statistics.median(ratios):5.3f}  "
+              f"({ratios[0]:.2f}-{ratios[-1]:.2f})")
     return 0
 
 
