@@ -81,14 +81,22 @@ def _multistep_loop(run: Run, x: torch.Tensor, plan: Sequence[Tuple[int, int, An
     return x
 
 
-def _churned(run: Run, s_churn: float, s_tmin: float, s_tmax: float, s_noise: float):
-    hats, churn = churn_schedule(run.sigmas, s_churn, s_tmin, s_tmax, s_noise)
-    return hats, run.churn_plan(churn)
-
-
-def _final_euler(run: Run, pre: Optional[int], sh: Any, s1: Any, nxt: float) -> Tuple:
-    """The plan entry of a churned sampler's step to sigma = 0: one Euler step."""
-    return pre, run.row(sh, **euler_coefs(sh, s1), out_noise=nxt), None, (None, None), False
+def _churned_run(run: Run, x: torch.Tensor, churn: Tuple[float, float, float, float],
+                 second_order: Optional[Callable[[Any, Any, float], Tuple]] = None) -> torch.Tensor:
+    """Plan and loop of the EDM-churned samplers (euler, heun, dpm_2): churn at each step's start, then an Euler
+    step, or ``second_order(sigma_hat, sigma_next, next_churn) -> (ka, kb, draws, hist)`` unless sigma_next = 0."""
+    s = run.sigmas
+    hats, churn_noise = churn_schedule(s, *churn)
+    pre = run.churn_plan(churn_noise)
+    plan = []
+    for i in range(run.n):
+        sh, s1, nxt = hats[i], s[i + 1], run.next_churn(i)
+        if second_order is None or F(s1) == 0:
+            plan.append((pre[i], run.row(sh, **euler_coefs(sh, s1), out_noise=nxt), None, (None, None), False))
+        else:
+            plan.append((pre[i], *second_order(sh, s1, nxt)))
+    run.plan()
+    return _loop(run, x, plan, hats)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -97,12 +105,7 @@ def _final_euler(run: Run, pre: Optional[int], sh: Any, s1: Any, nxt: float) -> 
 def sample_euler(run: Run, x: torch.Tensor, *, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
                  s_noise: float = 1.0) -> torch.Tensor:
     """Euler's method on the probability-flow ODE, optional EDM churn (Karras et al. 2022, Alg. 2, first order)."""
-    s = run.sigmas
-    hats, pre = _churned(run, s_churn, s_tmin, s_tmax, s_noise)
-    plan = [(pre[i], run.row(hats[i], **euler_coefs(hats[i], s[i + 1]), out_noise=run.next_churn(i)), None,
-             (None, None), False) for i in range(run.n)]
-    run.plan()
-    return _loop(run, x, plan, hats)
+    return _churned_run(run, x, (s_churn, s_tmin, s_tmax, s_noise))
 
 
 def sample_heun(run: Run, x: torch.Tensor, *, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
@@ -113,26 +116,18 @@ def sample_heun(run: Run, x: torch.Tensor, *, s_churn: float = 0.0, s_tmin: floa
     (written by the predictor's pass) or, equivalently, its x0 estimate ``D1`` as the history entry; which one is
     the run's choice (each face's float32 roundings are pinned by its parity tests).
     """
-    s = run.sigmas
-    hats, pre = _churned(run, s_churn, s_tmin, s_tmax, s_noise)
-    plan = []
-    for i in range(run.n):
-        sh, s1, nxt = hats[i], s[i + 1], run.next_churn(i)
-        if F(s1) == 0:
-            plan.append(_final_euler(run, pre[i], sh, s1, nxt))
-            continue
+    def second_order(sh: Any, s1: Any, nxt: float) -> Tuple:
         dt, shf, s1f = F(s1 - sh), F(sh), F(s1)
         if run.heun_keeps_derivative:
             ka = run.row(sh, **euler_coefs(sh, s1), aux_x=1.0 / shf, aux_d=-1.0 / shf)
             kb = run.row(s1, out_x=1.0, out_h=(dt / 2,), out_e=dt / (2 * s1f), out_d=-dt / (2 * s1f), out_noise=nxt)
-            plan.append((pre[i], ka, kb, (None, None), "aux"))
-        else:
-            ka = run.row(sh, **euler_coefs(sh, s1))
-            kb = run.row(s1, out_x=1.0 + dt / (2 * shf), out_h=(-dt / (2 * shf),), out_e=dt / (2 * s1f),
-                         out_d=-dt / (2 * s1f), out_noise=nxt)
-            plan.append((pre[i], ka, kb, (None, None), True))
-    run.plan()
-    return _loop(run, x, plan, hats)
+            return ka, kb, (None, None), "aux"
+        ka = run.row(sh, **euler_coefs(sh, s1))
+        kb = run.row(s1, out_x=1.0 + dt / (2 * shf), out_h=(-dt / (2 * shf),), out_e=dt / (2 * s1f),
+                     out_d=-dt / (2 * s1f), out_noise=nxt)
+        return ka, kb, (None, None), True
+
+    return _churned_run(run, x, (s_churn, s_tmin, s_tmax, s_noise), second_order)
 
 
 def _midpoint(run: Run, sh: Any, s_to: Any, noise: float, draw: Any) -> Tuple[int, Optional[int], Tuple]:
@@ -147,17 +142,8 @@ def _midpoint(run: Run, sh: Any, s_to: Any, noise: float, draw: Any) -> Tuple[in
 def sample_dpm_2(run: Run, x: torch.Tensor, *, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
                  s_noise: float = 1.0) -> torch.Tensor:
     """DPM-Solver-2 (midpoint) in sigma with EDM churn (Lu et al. 2022; Karras et al. 2022 variant)."""
-    s = run.sigmas
-    hats, pre = _churned(run, s_churn, s_tmin, s_tmax, s_noise)
-    plan = []
-    for i in range(run.n):
-        sh, s1, nxt = hats[i], s[i + 1], run.next_churn(i)
-        if F(s1) == 0:
-            plan.append(_final_euler(run, pre[i], sh, s1, nxt))
-        else:
-            plan.append((pre[i], *_midpoint(run, sh, s1, nxt, None), False))
-    run.plan()
-    return _loop(run, x, plan, hats)
+    return _churned_run(run, x, (s_churn, s_tmin, s_tmax, s_noise),
+                        lambda sh, s1, nxt: (*_midpoint(run, sh, s1, nxt, None), False))
 
 
 def sample_dpm_2_ancestral(run: Run, x: torch.Tensor, *, eta: float = 1.0, s_noise: float = 1.0) -> torch.Tensor:
