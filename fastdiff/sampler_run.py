@@ -24,7 +24,7 @@ from .denoisers import Denoiser
 from .ops._common import FLOAT_DTYPES
 from .ops.step import COEF_DEFAULTS, MAX_HISTORY, coef_table, fused_step
 
-__all__ = ["Run", "SamplerContext", "History", "PRE_CHURN_STREAM"]
+__all__ = ["Run", "SamplerContext", "History", "PRE_CHURN_STREAM", "check_no_repeats"]
 
 #: Philox stream of the EDM churn noise added before the first evaluation
 PRE_CHURN_STREAM = 0
@@ -48,6 +48,24 @@ class History:
         if n > len(self._items) or (n and not self.maxlen):
             raise RuntimeError(f"sampler bug: asked for {n} history entries, {len(self._items)} exist")
         return tuple(list(self._items)[:n])
+
+
+def check_no_repeats(sig: Sequence[float]) -> None:
+    """Raise ValueError if two consecutive entries of the host list ``sig`` are equal.
+
+    A repeated noise level is a step of length zero: the multistep and log-sigma solvers (lms, dpmpp_2m,
+    dpmpp_2m_sde, dpmpp_3m_sde, unipc) divide by it, so every sampler and face rejects it up front.
+
+    Example:
+        >>> check_no_repeats([20.0, 5.0, 5.0, 1.0, 0.0])
+        Traceback (most recent call last):
+        ...
+        ValueError: sigmas must be strictly decreasing (no repeated values): sigmas[2] = 5.0 repeats sigmas[1]
+    """
+    for i in range(1, len(sig)):
+        if sig[i] == sig[i - 1]:
+            raise ValueError(f"sigmas must be strictly decreasing (no repeated values): sigmas[{i}] = {sig[i]} "
+                             f"repeats sigmas[{i - 1}]")
 
 
 def _coef_row(coefs: Dict[str, Any]) -> Dict[str, float]:

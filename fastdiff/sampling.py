@@ -54,7 +54,7 @@ import torch
 from ._backend import BACKENDS, maybe_rows
 from .ops._common import check_batch
 from .random import MAX_SEED, draw_seed, philox_normal
-from .sampler_run import PRE_CHURN_STREAM, History, SamplerContext, _supports_flow
+from .sampler_run import PRE_CHURN_STREAM, History, SamplerContext, _supports_flow, check_no_repeats
 from .samplers import SAMPLERS, STOCHASTIC
 from .solvers import ancestral_split, churn_schedule, lms_coefficients, unipc_rhos
 
@@ -131,6 +131,7 @@ def host_sigmas(sigmas: Any, flow: bool = False) -> List[float]:
         raise ValueError(f"sigmas must end in 0, got last value {sig[-1]}")
     if any(v == 0 for v in sig[:-1]):
         raise ValueError("only the last entry of sigmas may be 0")
+    check_no_repeats(sig)
     if flow and sig[0] > 1:
         raise ValueError(f"flow_euler takes flow times s in [0, 1] as sigmas, got sigmas[0] = {sig[0]}")
     return sig
@@ -166,7 +167,8 @@ def sample(
             doubled batch; guidance fused into the step).
         x: the starting sample (float tensor, batch first), e.g. ``initial_noise(...) * sigmas[0]``.
             It is not modified.
-        sigmas: non-increasing noise levels ending in 0 (flow times in [0, 1] for ``flow_euler``).
+        sigmas: strictly decreasing noise levels ending in 0, no value repeated (flow times in [0, 1] for
+            ``flow_euler``).
         sampler: one of :func:`list_samplers`.
         seed: Philox key of all noise; ``None`` draws one from torch's global CPU generator.
         row_ids: int64 ``(batch,)`` global row ids (default ``arange(batch)``): a row's noise

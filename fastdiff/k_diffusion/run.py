@@ -19,7 +19,7 @@ import torch
 
 from ..ops._common import check_batch
 from ..ops.step import fused_step
-from ..sampler_run import Run
+from ..sampler_run import Run, check_no_repeats
 from ..solvers import sigma_of, t_of
 from .noise import NoiseSampler
 
@@ -53,6 +53,8 @@ class KDiffusionRun(Run):
             raise TypeError(f"callback must be callable, got {type(callback).__name__}")
         # the one host read of the run, before the loop; the samplers' scalar math runs on these 0-d tensors
         self.host = sigmas.detach().to("cpu")
+        # a repeated sigma is a zero-length step that k-diffusion's multistep samplers divide by
+        check_no_repeats(self.host.tolist())
         super().__init__(x, list(self.host), _backend_for(x))
         self.model, self.device_sigmas = model, sigmas
         self.extra = {} if extra_args is None else extra_args

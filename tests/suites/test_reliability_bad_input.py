@@ -183,6 +183,10 @@ SAMPLE_CASES = [
     case("sample-cuda_graph-on-cpu", lambda: fastdiff.sample(DEN, X, SIG, cuda_graph=True), ValueError, "cuda_graph"),
     case("sample-lms-order", lambda: fastdiff.sample(DEN, X, SIG, sampler="lms", order=0), ValueError, "order"),
     case("sample-unipc-variant", lambda: fastdiff.sample(DEN, X, SIG, sampler="unipc", variant="bh9"), ValueError, "variant"),
+    # --- sampler inputs
+    case("sample-sigmas-repeated", lambda: fastdiff.sample(DEN, X, torch.tensor([20.0, 5.0, 5.0, 1.0, 0.0]), sampler="lms"), ValueError, "sigmas", "sigmas[2]"),
+    case("k_diffusion-sigmas-repeated", lambda: fastdiff.k_diffusion.sample_dpmpp_2m(DEN, X, torch.tensor([20.0, 5.0, 5.0, 1.0, 0.0]), disable=True), ValueError, "sigmas", "sigmas[2]"),
+    # --- end sampler inputs
     case("EpsDenoiser-model", lambda: fastdiff.EpsDenoiser(3), TypeError, "model"),
     case("EpsDenoiser-schedule", lambda: fastdiff.EpsDenoiser(eps_model, "linear"), TypeError, "schedule"),
     case("CFGDenoiser-scale-nan", lambda: fastdiff.CFGDenoiser(DEN, X, X, math.nan), ValueError, "scale"),
