@@ -58,8 +58,9 @@ from .sampler_run import PRE_CHURN_STREAM, History, SamplerContext, _supports_fl
 from .samplers import SAMPLERS, STOCHASTIC
 from .solvers import ancestral_split, churn_schedule, lms_coefficients, unipc_rhos
 
-__all__ = ["sample", "initial_noise", "list_samplers", "SAMPLERS", "STOCHASTIC", "SamplerContext", "History",
-           "INITIAL_NOISE_STREAM", "host_sigmas", "churn_schedule", "ancestral_split", "lms_coefficients", "unipc_rhos"]
+__all__ = ["sample", "initial_noise", "list_samplers", "resolve_sampler", "SAMPLERS", "STOCHASTIC", "SamplerContext",
+           "History", "INITIAL_NOISE_STREAM", "host_sigmas", "churn_schedule", "ancestral_split", "lms_coefficients",
+           "unipc_rhos"]
 
 #: Philox stream reserved for :func:`initial_noise` (no sampler step ever uses it).
 INITIAL_NOISE_STREAM = 2**32 - 1
@@ -96,6 +97,64 @@ def list_samplers() -> List[str]:
         True
     """
     return list(SAMPLERS)
+
+
+#: A1111 / ComfyUI spellings (after :func:`_normalise_name`) of a sampler that have one meaning here.
+SAMPLER_ALIASES: Dict[str, str] = {
+    "euler_a": "euler_ancestral", "dpm2": "dpm_2", "dpm2_a": "dpm_2_ancestral", "dpm_2_a": "dpm_2_ancestral",
+    "dpmpp_2s_a": "dpmpp_2s_ancestral", "uni_pc": "unipc",
+    "dpmpp_sde_gpu": "dpmpp_sde", "dpmpp_2m_sde_gpu": "dpmpp_2m_sde", "dpmpp_3m_sde_gpu": "dpmpp_3m_sde",
+}
+_SCHEDULE_WORDS = {"karras": "karras_sigmas", "exponential": "exponential_sigmas"}
+
+
+def _normalise_name(name: str) -> str:
+    # "DPM++ 2M SDE" -> "dpmpp_2m_sde"; underscores are kept, so "dpmpp2m" stays a misspelling
+    return "_".join(name.strip().lower().replace("++", "pp").replace("-", " ").split())
+
+
+def resolve_sampler(name: Any) -> str:
+    """The sampler name of :func:`list_samplers` that ``name`` means.
+
+    Exact names, their case-insensitive forms and the unambiguous A1111 / ComfyUI spellings
+    (``"Euler a"``, ``"euler_a"``, ``"DPM++ 2M"``, ``"dpmpp_2m_sde_gpu"``, ...) are accepted. Anything else is a
+    ValueError that lists the valid names and suggests the closest one; a name with a schedule in it
+    (``"DPM++ 2M Karras"``) says which sampler and which sigmas function it means.
+
+    Example:
+        >>> resolve_sampler("DPM++ 2M")
+        'dpmpp_2m'
+        >>> resolve_sampler("euler_a")
+        'euler_ancestral'
+    """
+    if isinstance(name, str):
+        if name in SAMPLERS:
+            return name
+        key = _normalise_name(name)
+        key = SAMPLER_ALIASES.get(key, key)
+        if key in SAMPLERS:
+            return key
+    valid = list_samplers()
+    msg = f"sampler must be one of {valid}, got {name!r}"
+    if not isinstance(name, str):
+        raise ValueError(msg)
+    words = key.split("_")
+    if len(words) > 1 and words[-1] in _SCHEDULE_WORDS:
+        base = "_".join(words[:-1])
+        base = SAMPLER_ALIASES.get(base, base)
+        if base in SAMPLERS:
+            fn = _SCHEDULE_WORDS[words[-1]]
+            raise ValueError(f"{msg}: {name!r} is sampler {base!r} with {fn}(...); {words[-1].capitalize()} is a "
+                             f"schedule, not a sampler: pass sampler={base!r}, "
+                             f"sigmas=fastdiff.{fn}(n, sigma_min, sigma_max)")
+    import difflib
+
+    candidates = {n: n for n in valid}
+    candidates.update(SAMPLER_ALIASES)
+    close = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.6)
+    if close:
+        msg += f"; did you mean {candidates[close[0]]!r}?"
+    raise ValueError(msg)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -169,7 +228,8 @@ def sample(
             It is not modified.
         sigmas: strictly decreasing noise levels ending in 0, no value repeated (flow times in [0, 1] for
             ``flow_euler``).
-        sampler: one of :func:`list_samplers`.
+        sampler: one of :func:`list_samplers` (or an unambiguous A1111 / ComfyUI spelling of one, such as
+            ``"Euler a"`` or ``"DPM++ 2M"``; see :func:`resolve_sampler`).
         seed: Philox key of all noise; ``None`` draws one from torch's global CPU generator.
         row_ids: int64 ``(batch,)`` global row ids (default ``arange(batch)``): a row's noise
             depends only on ``(seed, row id)``.
@@ -195,8 +255,7 @@ def sample(
         >>> x0.shape
         torch.Size([4, 2])
     """
-    if not isinstance(sampler, str) or sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {list_samplers()}, got {sampler!r}")
+    sampler = resolve_sampler(sampler)
     fn = SAMPLERS[sampler]
     params = inspect.signature(fn).parameters
     valid = [p for p, v in params.items() if v.kind == inspect.Parameter.KEYWORD_ONLY]

@@ -38,3 +38,45 @@ def test_strictly_decreasing_schedules_still_accepted(sampler):
                 torch.tensor([10.0, 1.0, 0.0])):
         out = sample(den, X, sig, sampler=sampler, seed=0)
         assert out.shape == X.shape and torch.isfinite(out).all()
+
+
+# --- sampler names ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("spelling,name", [
+    ("euler_a", "euler_ancestral"), ("Euler a", "euler_ancestral"), ("Euler", "euler"), ("DPM++ 2M", "dpmpp_2m"),
+    ("DPM++ 2M SDE", "dpmpp_2m_sde"), ("DPM++ 3M SDE", "dpmpp_3m_sde"), ("DPM++ SDE", "dpmpp_sde"),
+    ("DPM++ 2S a", "dpmpp_2s_ancestral"), ("DPM2", "dpm_2"), ("DPM2 a", "dpm_2_ancestral"), ("LMS", "lms"),
+    ("UniPC", "unipc"), ("uni_pc", "unipc"), ("DDIM", "ddim"), ("dpmpp_2m_sde_gpu", "dpmpp_2m_sde"),
+    ("dpmpp_sde_gpu", "dpmpp_sde"), ("dpmpp_3m_sde_gpu", "dpmpp_3m_sde"),
+])
+def test_common_sampler_spellings_are_accepted(spelling, name):
+    assert fastdiff.sampling.resolve_sampler(spelling) == name
+    sig = fastdiff.karras_sigmas(4, 0.1, 10.0)
+    assert torch.equal(sample(den, X, sig, sampler=spelling, seed=3), sample(den, X, sig, sampler=name, seed=3))
+
+
+@pytest.mark.parametrize("spelling,suggestion", [("dpmpp2m", "dpmpp_2m"), ("eulr", "euler"),
+                                                 ("dpmpp_2m_sd", "dpmpp_2m_sde"), ("uni_pc_bh2", "unipc")])
+def test_misspelt_sampler_suggests_the_closest(spelling, suggestion):
+    with pytest.raises(ValueError, match=f"did you mean '{suggestion}'") as info:
+        sample(den, X, fastdiff.karras_sigmas(4, 0.1, 10.0), sampler=spelling)
+    assert all(repr(n) in str(info.value) for n in list_samplers())  # the valid names are still listed
+
+
+@pytest.mark.parametrize("spelling,name,fn", [("DPM++ 2M Karras", "dpmpp_2m", "karras_sigmas"),
+                                              ("DPM++ SDE Karras", "dpmpp_sde", "karras_sigmas"),
+                                              ("Euler a Karras", "euler_ancestral", "karras_sigmas"),
+                                              ("DPM++ 2M SDE Exponential", "dpmpp_2m_sde", "exponential_sigmas")])
+def test_schedule_in_the_sampler_name_is_explained(spelling, name, fn):
+    with pytest.raises(ValueError, match="schedule, not a sampler") as info:
+        sample(den, X, fastdiff.karras_sigmas(4, 0.1, 10.0), sampler=spelling)
+    assert f"{spelling!r} is sampler {name!r} with {fn}(...)" in str(info.value)
+    assert "dpmpp_3m_sde" in str(info.value)
+
+
+def test_unknown_sampler_without_a_close_name():
+    with pytest.raises(ValueError, match="sampler must be one of") as info:
+        sample(den, X, fastdiff.karras_sigmas(4, 0.1, 10.0), sampler="zzzzzz")
+    assert "did you mean" not in str(info.value)
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        sample(den, X, fastdiff.karras_sigmas(4, 0.1, 10.0), sampler=None)
