@@ -53,7 +53,7 @@ import torch
 
 from ._backend import BACKENDS, maybe_rows
 from .ops._common import check_batch
-from .random import MAX_SEED, draw_seed, philox_normal
+from .random import DRAWN_SEED_BOUND, MAX_SEED, draw_seed, philox_normal
 from .sampler_run import PRE_CHURN_STREAM, History, SamplerContext, _supports_flow, check_no_repeats
 from .samplers import SAMPLERS, STOCHASTIC
 from .solvers import ancestral_split, churn_schedule, lms_coefficients, unipc_rhos
@@ -207,6 +207,7 @@ def sample(
     *,
     sampler: str = "dpmpp_2m",
     seed: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
     row_ids: Optional[torch.Tensor] = None,
     guidance_scale: Optional[float] = None,
     callback: Optional[Callable[[Dict[str, Any]], None]] = None,
@@ -230,7 +231,11 @@ def sample(
             ``flow_euler``).
         sampler: one of :func:`list_samplers` (or an unambiguous A1111 / ComfyUI spelling of one, such as
             ``"Euler a"`` or ``"DPM++ 2M"``; see :func:`resolve_sampler`).
-        seed: Philox key of all noise; ``None`` draws one from torch's global CPU generator.
+        seed: Philox key of all noise; ``None`` draws one from torch's global CPU generator (or from ``generator``).
+        generator: a ``torch.Generator`` to take the seed from instead (not with ``seed``): one draw
+            ``torch.randint(0, 2**62, (1,), generator=generator)`` on the generator's device, read on the host
+            (a device sync for a CUDA generator), becomes ``seed``; the global RNG is not touched. The same
+            generator state gives the same samples; the noise itself is still Philox noise keyed by the seed.
         row_ids: int64 ``(batch,)`` global row ids (default ``arange(batch)``): a row's noise
             depends only on ``(seed, row id)``.
         guidance_scale: classifier-free guidance scale (only with a ``CFGDenoiser``; default its ``scale``).
@@ -279,6 +284,12 @@ def sample(
         if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
                 or not math.isfinite(guidance_scale):
             raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        if seed is not None:
+            raise ValueError("pass seed or generator, not both (generator only draws a seed)")
+        seed = int(torch.randint(0, DRAWN_SEED_BOUND, (1,), generator=generator, device=generator.device).item())
     if seed is None:
         seed = draw_seed()  # a CPU draw: no device sync
     elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:

@@ -80,3 +80,28 @@ def test_unknown_sampler_without_a_close_name():
     assert "did you mean" not in str(info.value)
     with pytest.raises(ValueError, match="sampler must be one of"):
         sample(den, X, fastdiff.karras_sigmas(4, 0.1, 10.0), sampler=None)
+
+
+# --- generator --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sampler", ["euler_ancestral", "dpmpp_2m_sde"])
+def test_generator_gives_the_seed(sampler):
+    sig = fastdiff.karras_sigmas(5, 0.1, 10.0)
+    g = torch.Generator().manual_seed(123)
+    state = torch.random.get_rng_state()
+    a = sample(den, X, sig, sampler=sampler, generator=g)
+    b = sample(den, X, sig, sampler=sampler, generator=torch.Generator().manual_seed(123))
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is untouched
+    assert torch.equal(a, b)
+    c = sample(den, X, sig, sampler=sampler, generator=g)  # g advanced: a new seed
+    assert not torch.equal(a, c)
+    seed = int(torch.randint(0, 2 ** 62, (1,), generator=torch.Generator().manual_seed(123)).item())
+    assert torch.equal(a, sample(den, X, sig, sampler=sampler, seed=seed))
+
+
+def test_generator_bad_uses():
+    sig = fastdiff.karras_sigmas(4, 0.1, 10.0)
+    with pytest.raises(ValueError, match="seed or generator"):
+        sample(den, X, sig, seed=1, generator=torch.Generator())
+    with pytest.raises(TypeError, match="generator"):
+        sample(den, X, sig, generator=5)

@@ -188,6 +188,8 @@ SAMPLE_CASES = [
     case("k_diffusion-sigmas-repeated", lambda: fastdiff.k_diffusion.sample_dpmpp_2m(DEN, X, torch.tensor([20.0, 5.0, 5.0, 1.0, 0.0]), disable=True), ValueError, "sigmas", "sigmas[2]"),
     case("sample-sampler-misspelt", lambda: fastdiff.sample(DEN, X, SIG, sampler="dpmpp2m"), ValueError, "sampler", "did you mean 'dpmpp_2m'"),
     case("sample-sampler-with-schedule", lambda: fastdiff.sample(DEN, X, SIG, sampler="DPM++ 2M Karras"), ValueError, "sampler", "karras_sigmas"),
+    case("sample-seed-and-generator", lambda: fastdiff.sample(DEN, X, SIG, seed=1, generator=torch.Generator()), ValueError, "seed", "generator"),
+    case("sample-generator-not-a-generator", lambda: fastdiff.sample(DEN, X, SIG, generator=1), TypeError, "generator"),
     # --- end sampler inputs
     case("EpsDenoiser-model", lambda: fastdiff.EpsDenoiser(3), TypeError, "model"),
     case("EpsDenoiser-schedule", lambda: fastdiff.EpsDenoiser(eps_model, "linear"), TypeError, "schedule"),
