@@ -200,6 +200,12 @@ class Run:
         """The callback of step ``i`` (before its step), with evaluation ``k``'s x0 estimate."""
 
 
+def _sigma_hint(ndim: int) -> str:
+    shape = ", ".join(["-1"] + ["1"] * (ndim - 1))
+    return ("fastdiff calls denoiser(x, sigma) with sigma a (batch,) tensor: reshape it against x with "
+            f"sigma.view(-1, *[1] * (x.dim() - 1)) (here sigma.view({shape}))")
+
+
 def _supports_flow(den: Any) -> bool:
     if not isinstance(den, Denoiser):
         return True
@@ -295,15 +301,25 @@ class SamplerContext(Run):
         den, kw = self.denoiser, self.model_kwargs
         if isinstance(den, Denoiser):
             raw = den.flow_raw(x, sig, t, **kw) if self.space == "flow" else den.raw(x, sig, t, **kw)
-        else:
+        elif self._checked:
             raw = den(x, sig, **kw)
+        else:
+            try:
+                raw = den(x, sig, **kw)
+            except RuntimeError as err:
+                # most likely sigma used as a scalar against x; the error is re-raised as it is, with a note
+                text = str(err)
+                if hasattr(err, "add_note") and any(w in text for w in ("size of tensor", "shape", "broadcast")):
+                    err.add_note(_sigma_hint(len(self.x_shape)))
+                raise
         if not self._checked:
             want = ((2 * self.batch,) if self.guided else (self.batch,)) + self.x_shape[1:]
             if not isinstance(raw, torch.Tensor):
                 raise TypeError(f"the denoiser must return a tensor, got {type(raw).__name__}")
             if tuple(raw.shape) != want:
                 what = " ([uncond; cond] halves)" if self.guided else ""
-                raise ValueError(f"the denoiser returned shape {tuple(raw.shape)}; expected {want}{what}")
+                hint = "" if isinstance(den, Denoiser) else "; " + _sigma_hint(len(self.x_shape))
+                raise ValueError(f"the denoiser returned shape {tuple(raw.shape)}; expected {want}{what}{hint}")
             if raw.dtype not in FLOAT_DTYPES or raw.device != self.device:
                 raise TypeError(f"the denoiser must return a float tensor on {self.device}, got "
                                 f"{raw.dtype} on {raw.device}")

@@ -1,4 +1,6 @@
 """Sampler inputs a newcomer gets wrong: repeated sigmas, sampler spellings, generators, denoiser sigma shapes."""
+import sys
+
 import pytest
 import torch
 
@@ -105,3 +107,34 @@ def test_generator_bad_uses():
         sample(den, X, sig, seed=1, generator=torch.Generator())
     with pytest.raises(TypeError, match="generator"):
         sample(den, X, sig, generator=5)
+
+
+# --- the denoiser's sigma is a (batch,) tensor -------------------------------------------------
+
+def test_wrong_denoiser_output_shape_explains_sigma():
+    sig = fastdiff.karras_sigmas(4, 0.1, 10.0)
+    with pytest.raises(ValueError, match=r"returned shape \(2,\).*sigma a \(batch,\) tensor.*sigma\.view\(-1, 1\)"):
+        sample(lambda x, s: x[:, 0] / (1 + s ** 2), X, sig)  # drops the feature dim
+
+
+def test_broadcast_failure_in_the_denoiser_gets_a_note():
+    x = torch.randn(2, 3, 4, 4)
+    sig = fastdiff.karras_sigmas(4, 0.1, 10.0)
+    with pytest.raises(RuntimeError, match="size of tensor") as info:
+        sample(lambda x, s: x / (1 + s ** 2), x, sig)  # sigma (2,) against the last dim (4)
+    notes = getattr(info.value, "__notes__", [])
+    if sys.version_info >= (3, 11):
+        assert any("(batch,) tensor" in n and "sigma.view(-1, 1, 1, 1)" in n for n in notes)
+    else:
+        assert not notes
+
+
+def test_other_denoiser_errors_are_untouched():
+    def broken(x, s):
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory") as info:
+        sample(broken, X, fastdiff.karras_sigmas(4, 0.1, 10.0))
+    assert not getattr(info.value, "__notes__", [])
+    with pytest.raises(KeyError):
+        sample(lambda x, s: {}["k"], X, fastdiff.karras_sigmas(4, 0.1, 10.0))
