@@ -170,6 +170,8 @@ def host_sigmas(sigmas: Any, flow: bool = False) -> List[float]:
         [2.0, 1.0, 0.0]
     """
     if isinstance(sigmas, torch.Tensor):
+        if sigmas.is_meta:
+            raise ValueError("sigmas is on the meta device; pass real values")
         if sigmas.dim() != 1:
             raise ValueError(f"sigmas must be 1-D with at least 2 entries, got shape {tuple(sigmas.shape)}")
         sig = sigmas.detach().to("cpu", torch.float64).tolist()
@@ -294,6 +296,8 @@ def sample(
         seed = draw_seed()  # a CPU draw: no device sync
     elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise ValueError(f"seed must be an int in [0, 2**63) or None, got {seed!r}")
+    if isinstance(row_ids, torch.Tensor) and row_ids.is_meta:
+        raise ValueError("row_ids is on the meta device; pass real values")
     row_ids = maybe_rows(row_ids, x.shape[0], x.device)
     if not isinstance(progress, bool):
         raise TypeError(f"progress must be a bool, got {type(progress).__name__}")

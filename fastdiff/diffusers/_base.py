@@ -33,6 +33,7 @@ Example:
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, Hashable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -68,6 +69,12 @@ def check_steps(n, num_train_timesteps: int, cap: bool) -> None:
     if cap and n > num_train_timesteps:
         raise ValueError(f"`num_inference_steps`: {n} cannot be larger than `self.config.train_timesteps`: "
                          f"{num_train_timesteps}")
+
+
+def check_timestep_value(value: float) -> None:
+    """A host-read timestep must be a finite number (a NaN or inf one would otherwise fail far from the call)."""
+    if not math.isfinite(value):
+        raise ValueError(f"timestep must be a finite number (one of the scheduler's timesteps), got {value}")
 
 
 def interp(t: np.ndarray, table: np.ndarray) -> np.ndarray:
@@ -151,6 +158,7 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
             value = float(timestep.detach().reshape(-1)[0].cpu())
         else:
             value = float(timestep)
+        check_timestep_value(value)
         if schedule_timesteps is None:
             host = self._host_timesteps_f32
         else:

@@ -16,7 +16,7 @@ import torch
 
 from ..schedules import inference_timesteps
 from ..solvers import vp_x0_coefs
-from ._base import ZTSNR_ALPHA_BAR, DiscreteBetaMixin, FusedSchedulerBase, check_steps, rows
+from ._base import ZTSNR_ALPHA_BAR, DiscreteBetaMixin, FusedSchedulerBase, check_steps, check_timestep_value, rows
 from ._compat import make_output, register_to_config
 
 __all__ = ["DDPMScheduler", "DDIMScheduler", "x0_coefs"]
@@ -71,6 +71,7 @@ class _DiscreteVPBase(DiscreteBetaMixin, FusedSchedulerBase):
         """Row index for ``timestep``: from its value when on the host, else the step counter (no sync)."""
         value = self._host_value(timestep)
         if value is not None:
+            check_timestep_value(value)
             return self._ts_pos.get(int(value))
         if self._step_index is None:
             self._init_step_index(timestep)

@@ -45,6 +45,8 @@ class KDiffusionRun(Run):
         if not isinstance(sigmas, torch.Tensor) or not sigmas.dtype.is_floating_point:
             raise TypeError(f"sigmas must be a floating-point torch.Tensor, got "
                             f"{sigmas.dtype if isinstance(sigmas, torch.Tensor) else type(sigmas).__name__}")
+        if sigmas.is_meta:
+            raise ValueError("sigmas is on the meta device; pass real values")
         if sigmas.dim() != 1 or sigmas.numel() < 2:
             raise ValueError(f"sigmas must be 1-D with at least 2 entries, got shape {tuple(sigmas.shape)}")
         if extra_args is not None and not isinstance(extra_args, dict):

@@ -138,3 +138,43 @@ def test_other_denoiser_errors_are_untouched():
     assert not getattr(info.value, "__notes__", [])
     with pytest.raises(KeyError):
         sample(lambda x, s: {}["k"], X, fastdiff.karras_sigmas(4, 0.1, 10.0))
+
+
+# --- drop-in schedulers: a non-finite timestep ----------------------------------------------------
+
+@pytest.mark.parametrize("name", ["DDIMScheduler", "DDPMScheduler", "EulerDiscreteScheduler",
+                                  "DPMSolverMultistepScheduler"])
+@pytest.mark.parametrize("timestep", [float("nan"), float("inf"), torch.tensor(float("nan")),
+                                      torch.tensor([float("nan")])], ids=["nan", "inf", "nan-0d", "nan-1d"])
+def test_scheduler_step_rejects_a_non_finite_timestep(name, timestep):
+    from fastdiff import diffusers as fd
+
+    s = getattr(fd, name)()
+    s.set_timesteps(10)
+    x = torch.randn(1, 2)
+    with pytest.raises(ValueError, match="timestep must be a finite number"):
+        s.step(torch.zeros_like(x), timestep, x)
+
+
+@pytest.mark.parametrize("name", ["DDPMScheduler", "EulerDiscreteScheduler"])
+def test_scheduler_step_unknown_timestep_names_it(name):
+    from fastdiff import diffusers as fd
+
+    s = getattr(fd, name)()
+    s.set_timesteps(10)
+    x = torch.randn(1, 2)
+    with pytest.raises(ValueError, match="timestep 12345.5 is not one of the scheduler's timesteps"):
+        s.step(torch.zeros_like(x), 12345.5, x)
+
+
+# --- meta tensors ------------------------------------------------------------------------------
+
+def test_meta_sigmas_and_row_ids_are_named():
+    meta = torch.device("meta")
+    sig = fastdiff.karras_sigmas(4, 0.1, 10.0)
+    with pytest.raises(ValueError, match="sigmas is on the meta device"):
+        sample(den, X, sig.to(meta))
+    with pytest.raises(ValueError, match="row_ids is on the meta device"):
+        sample(den, X, sig, row_ids=torch.arange(2, device=meta))
+    with pytest.raises(ValueError, match="sigmas is on the meta device"):
+        K.sample_euler(den, X, sig.to(meta), disable=True)

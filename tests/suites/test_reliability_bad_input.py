@@ -190,6 +190,12 @@ SAMPLE_CASES = [
     case("sample-sampler-with-schedule", lambda: fastdiff.sample(DEN, X, SIG, sampler="DPM++ 2M Karras"), ValueError, "sampler", "karras_sigmas"),
     case("sample-seed-and-generator", lambda: fastdiff.sample(DEN, X, SIG, seed=1, generator=torch.Generator()), ValueError, "seed", "generator"),
     case("sample-generator-not-a-generator", lambda: fastdiff.sample(DEN, X, SIG, generator=1), TypeError, "generator"),
+    case("sample-sigmas-meta", lambda: fastdiff.sample(DEN, X, SIG.to(META)), ValueError, "sigmas", "meta"),
+    case("sample-row_ids-meta", lambda: fastdiff.sample(DEN, X, SIG, row_ids=torch.arange(2, device=META)), ValueError, "row_ids", "meta"),
+    case("k_diffusion-sigmas-meta", lambda: fastdiff.k_diffusion.sample_euler(DEN, X, SIG.to(META), disable=True), ValueError, "sigmas", "meta"),
+    case("DDIMScheduler-step-nan-timestep", lambda: (lambda sc: (sc.set_timesteps(4), sc.step(torch.zeros_like(X), math.nan, X)))(fd.DDIMScheduler()), ValueError, "timestep"),
+    case("DDPMScheduler-step-inf-timestep", lambda: (lambda sc: (sc.set_timesteps(4), sc.step(torch.zeros_like(X), math.inf, X)))(fd.DDPMScheduler()), ValueError, "timestep"),
+    case("EulerDiscreteScheduler-step-nan-timestep", lambda: (lambda sc: (sc.set_timesteps(4), sc.step(torch.zeros_like(X), torch.tensor(math.nan), X)))(fd.EulerDiscreteScheduler()), ValueError, "timestep"),
     # --- end sampler inputs
     case("EpsDenoiser-model", lambda: fastdiff.EpsDenoiser(3), TypeError, "model"),
     case("EpsDenoiser-schedule", lambda: fastdiff.EpsDenoiser(eps_model, "linear"), TypeError, "schedule"),
