@@ -143,7 +143,9 @@ def test_other_denoiser_errors_are_untouched():
 # --- drop-in schedulers: a non-finite timestep ----------------------------------------------------
 
 @pytest.mark.parametrize("name", ["DDIMScheduler", "DDPMScheduler", "EulerDiscreteScheduler",
-                                  "DPMSolverMultistepScheduler"])
+                                  "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
+                                  "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
+                                  "FlowMatchEulerDiscreteScheduler"])
 @pytest.mark.parametrize("timestep", [float("nan"), float("inf"), torch.tensor(float("nan")),
                                       torch.tensor([float("nan")])], ids=["nan", "inf", "nan-0d", "nan-1d"])
 def test_scheduler_step_rejects_a_non_finite_timestep(name, timestep):
