@@ -34,6 +34,14 @@ def _canon(v: Any) -> Any:
         return {"tensor_sha256": _tensor_digest(v), "shape": list(v.shape), "dtype": str(v.dtype)}
     if isinstance(v, (torch.dtype, torch.device)):
         return str(v)
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        b = bytes(v)
+        return {"bytes_sha256": hashlib.sha256(b).hexdigest(), "len": len(b)}
+    if isinstance(v, (set, frozenset)):  # order-free: the members' descriptions, sorted
+        return {"set": sorted((_canon(u) for u in v), key=lambda c: json.dumps(c, sort_keys=True))}
+    nd = _numpy_canon(v)
+    if nd is not None:
+        return nd
     if isinstance(v, (list, tuple)):
         return [_canon(u) for u in v]
     if isinstance(v, dict):
@@ -43,6 +51,59 @@ def _canon(v: Any) -> Any:
         name = getattr(v, "__qualname__", None) or type(v).__qualname__
         return {"callable": f"{mod}.{name}"}
     return {"object": f"{type(v).__module__}.{type(v).__qualname__}"}
+
+
+def _numpy_canon(v: Any) -> Optional[Any]:
+    """A numpy array by content hash, dtype and shape; a numpy scalar as its Python value; else None."""
+    np = sys.modules.get("numpy")
+    if np is None:
+        return None
+    if isinstance(v, np.ndarray):
+        if v.dtype.hasobject:
+            return {"ndarray": [_canon(u) for u in v.reshape(-1).tolist()], "shape": list(v.shape)}
+        a = np.ascontiguousarray(v)
+        return {"ndarray_sha256": hashlib.sha256(a.tobytes()).hexdigest(), "shape": list(a.shape),
+                "dtype": a.dtype.str}
+    if isinstance(v, np.generic):
+        return _canon(v.item())
+    return None
+
+
+def _canon_metadata(metadata: Optional[Dict[str, Any]]) -> Any:
+    """``metadata`` as recorded in the manifest: JSON values as they are, bytes, sets, numpy arrays and tensors
+    by a content digest. Anything else could only be recorded by its type name, so a resume with other values
+    would pass unnoticed: it is refused (TypeError naming the key and the type)."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict):
+        raise TypeError(f"metadata must be a dict of JSON-able values or None, got {type(metadata).__name__}")
+
+    def check(v: Any, where: str) -> None:
+        if v is None or isinstance(v, (bool, int, float, str, bytes, bytearray, memoryview, torch.Tensor,
+                                       torch.dtype, torch.device)):
+            return
+        np = sys.modules.get("numpy")
+        if np is not None and isinstance(v, (np.ndarray, np.generic)):
+            if isinstance(v, np.ndarray) and v.dtype.hasobject:
+                for i, u in enumerate(v.reshape(-1).tolist()):
+                    check(u, f"{where}[{i}]")
+            return
+        if isinstance(v, (list, tuple, set, frozenset)):
+            for i, u in enumerate(v):
+                check(u, f"{where}[{i}]")
+            return
+        if isinstance(v, dict):
+            for k, u in v.items():
+                check(u, f"{where}[{k!r}]")
+            return
+        raise TypeError(f"metadata {where} is a {type(v).__module__}.{type(v).__qualname__}, which fastdiff cannot "
+                        "record and compare on resume; pass JSON values (str, int, float, bool, None, lists, "
+                        "dicts), bytes, sets, numpy arrays or tensors (recorded by a content digest), e.g. "
+                        "str(value) or a hash of it")
+
+    for key, value in metadata.items():
+        check(value, f"[{key!r}]")
+    return _canon(metadata)
 
 
 def _digest(config: Dict[str, Any]) -> str:
@@ -154,8 +215,12 @@ def _prepare_out_dir(out_dir: str, config: Dict[str, Any], info: Dict[str, Any])
         _atomic_write(os.path.join(out_dir, MANIFEST_NAME),
                       lambda f: f.write((json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()))
     elif old["config"] != config:
+        legacy = ""
+        if '"object": ' in json.dumps(old["config"].get("metadata")):
+            legacy = ("\nThe manifest records some metadata by its type name only (earlier fastdiff versions did so for "
+                      "bytes, sets and arrays), so it cannot be checked against this run's values.")
         raise ValueError(f"{out_dir} holds a run with a different configuration, refusing to mix them:\n"
-                         f"{_describe_diff(old['config'], config)}\n"
+                         f"{_describe_diff(old['config'], config)}{legacy}\n"
                          "Restart with the original settings or use a new out_dir.")
     for f in os.listdir(out_dir):
         if f.startswith(".shard-") and ".pt.tmp." in f:  # left by a killed writer; never renamed into place

@@ -324,3 +324,58 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="init"):
         fdist.langevin(P.GMM.grad_log_prob, (2,), num_chains=4, step_size=0.1, n_steps=1, seed=0,
                        init=lambda r: torch.zeros(1, 2))
+
+
+def test_metadata_bytes_sets_arrays_are_compared_on_resume(tmp_path):
+    """Non-JSON metadata is recorded by a content digest, so a resume with other values is refused."""
+    import numpy as np
+
+    base = dict(num_samples=4, seed=0, batch_size=2)
+    meta = {"ckpt": b"\x00sha-a", "tags": {"x", "y"}, "w": np.arange(3, dtype=np.float32)}
+    fdist.sample(P.GMM.denoiser, (2,), P.SIGMAS, out_dir=tmp_path, metadata=meta, **base)
+    recorded = json.loads((tmp_path / fdist.MANIFEST_NAME).read_text())["config"]["metadata"]
+    assert "bytes_sha256" in recorded["ckpt"] and "ndarray_sha256" in recorded["w"]
+    # the same values (a new bytes object, a set built in another order, an equal array) resume
+    same = {"ckpt": bytes(b"\x00sha-a"), "tags": {"y", "x"}, "w": np.arange(3, dtype=np.float32)}
+    paths = fdist.sample(P.GMM.denoiser, (2,), P.SIGMAS, out_dir=tmp_path, metadata=same, **base)
+    assert len(paths) == 2
+    for change in ({"ckpt": b"\x00sha-b"}, {"tags": {"x", "z"}}, {"w": np.arange(3, dtype=np.float64)},
+                   {"w": np.arange(1, 4, dtype=np.float32)}):
+        with pytest.raises(ValueError, match=r"different configuration(.|\n)*  metadata: "):
+            fdist.sample(P.GMM.denoiser, (2,), P.SIGMAS, out_dir=tmp_path, metadata={**meta, **change}, **base)
+
+
+def test_metadata_that_cannot_be_compared_is_refused(tmp_path):
+    class Opaque:
+        pass
+
+    with pytest.raises(TypeError, match=r"metadata \['model'\]\['obj'\] is a .*Opaque"):
+        fdist.sample(P.GMM.denoiser, (2,), P.SIGMAS, num_samples=2, seed=0, out_dir=tmp_path,
+                     metadata={"model": {"obj": Opaque()}})
+    with pytest.raises(TypeError, match=r"metadata \['f'\] is a"):
+        fdist.langevin(P.GMM.grad_log_prob, (2,), num_chains=2, step_size=0.1, n_steps=1, seed=0,
+                       metadata={"f": object()})
+    assert not os.listdir(tmp_path)  # refused before anything was written
+
+
+def test_legacy_type_name_metadata_manifest_is_refused_with_a_reason(tmp_path):
+    fdist.sample(P.GMM.denoiser, (2,), P.SIGMAS, num_samples=2, seed=0, out_dir=tmp_path, metadata={"a": "1"})
+    m = json.loads((tmp_path / fdist.MANIFEST_NAME).read_text())
+    m["config"]["metadata"] = {"a": {"object": "builtins.bytes"}}  # what earlier versions wrote for bytes
+    (tmp_path / fdist.MANIFEST_NAME).write_text(json.dumps(m))
+    with pytest.raises(ValueError, match="type name only"):
+        fdist.sample(P.GMM.denoiser, (2,), P.SIGMAS, num_samples=2, seed=0, out_dir=tmp_path, metadata={"a": b"1"})
+
+
+def test_cuda_device_without_cuda_is_a_value_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device in ("cuda", "cuda:1", torch.device("cuda", 0)):
+        with pytest.raises(ValueError, match="device"):
+            fdist.sample(P.GMM.denoiser, (2,), P.SIGMAS, num_samples=2, seed=0, device=device)
+        with pytest.raises(ValueError, match="device"):
+            fdist.langevin(P.GMM.grad_log_prob, (2,), num_chains=2, step_size=0.1, n_steps=1, seed=0, device=device)
+    with pytest.raises(ValueError, match="device"):
+        fdist.sample(P.GMM.denoiser, (2,), P.SIGMAS, num_samples=2, seed=0, device="not-a-device")
+    with pytest.raises(TypeError, match="device"):
+        fdist.sample(P.GMM.denoiser, (2,), P.SIGMAS, num_samples=2, seed=0, device=1.5)
+    assert fdist.sample(P.GMM.denoiser, (2,), P.SIGMAS, num_samples=2, seed=0, device="cpu").shape == (2, 2)
