@@ -1,6 +1,7 @@
 """Shard files and the run manifest: the configuration fingerprint, atomic writes, resume and loading."""
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import math
@@ -11,7 +12,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
-__all__ = ["load_shards", "MANIFEST_NAME"]
+__all__ = ["load_shards", "MANIFEST_NAME", "LOCK_NAME"]
 
 MANIFEST_NAME = "manifest.json"
 _FORMAT = "fastdiff-distributed-v1"
@@ -147,6 +148,82 @@ def _atomic_write(path: str, write: Callable[[Any], None]) -> None:
             os.close(fd)
     except OSError:
         pass
+
+
+LOCK_NAME = ".fastdiff-run.lock"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    except OSError:
+        return False
+    try:  # a zombie (exited, not yet reaped) is not a writer
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _acquire_lock(out_dir: str) -> Tuple[str, str]:
+    """Rank 0: claim ``out_dir`` for this run; return ``(lock path, run token)``.
+
+    The lock file names the writer's host, pid and a token. It is refused while that process is alive on this
+    host, or when it was written on another host (that cannot be checked from here); a lock left by a dead
+    process on this host is taken over."""
+    import socket
+    import uuid
+
+    path = os.path.join(out_dir, LOCK_NAME)
+    host, token = socket.gethostname(), uuid.uuid4().hex
+    record = json.dumps({"pid": os.getpid(), "host": host, "token": token,
+                         "created": datetime.datetime.now().astimezone().isoformat()})
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:
+                with open(path) as f:
+                    old = json.load(f)
+                pid, old_host = int(old["pid"]), str(old["host"])
+            except (OSError, ValueError, KeyError, TypeError):
+                old, pid, old_host = None, -1, host  # unreadable (e.g. half written): treat as stale
+            if old is not None and (old_host != host or _pid_alive(pid)):
+                where = f"process {pid} on {old_host}" if old_host != host else f"process {pid}"
+                raise ValueError(f"{out_dir} is in use by another run ({where}, started {old.get('created')}); "
+                                 "two runs in one out_dir would mix their shards. Wait for it to finish or stop "
+                                 f"it (kill the torchrun agent and its workers); if no run is active, delete "
+                                 f"{path}")
+            try:
+                os.remove(path)  # stale: its writer is gone
+            except FileNotFoundError:
+                pass
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(record + "\n")
+        return path, token
+    raise ValueError(f"could not claim {out_dir}: {path} keeps reappearing; is another run starting there?")
+
+
+def _lock_token(out_dir: str) -> Optional[str]:
+    """The token in ``out_dir``'s lock file, or None when there is none (e.g. a node-local out_dir)."""
+    try:
+        with open(os.path.join(out_dir, LOCK_NAME)) as f:
+            return str(json.load(f).get("token"))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _release_lock(path: str, token: str) -> None:
+    if _lock_token(os.path.dirname(path)) == token:
+        try:
+            os.remove(path)
+        except OSError:
+            pass
 
 
 def _read_manifest(out_dir: str) -> Optional[Dict[str, Any]]:
