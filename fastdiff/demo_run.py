@@ -338,7 +338,7 @@ class _Demo:
         self.notes.append("the model's truth is held-out data; its sliced-W also includes the training error")
         caveat = [f"{s} at <= {k} steps" for s, k in _FEW_STEP_CAVEAT.items() if min(cfg.steps) <= k]
         if caveat:
-            self.notes.append(f"{', '.join(caveat)} is far off by design of the method: k-diffusion's sampler of "
+            self.notes.append(f"{', '.join(caveat)} is far off, and k-diffusion's sampler of "
                               "the same name does the same; it converges by 20 steps")
 
     # --- 3. Langevin -------------------------------------------------------------------------
