@@ -24,14 +24,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastdiff", description="Fused Triton kernels for diffusion sampling.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command")
-    for module in _commands().values():
-        module.add_parser(sub)
+    parser.set_defaults(_subparsers={})
+    for name, module in _commands().items():
+        parser.get_default("_subparsers")[name] = module.add_parser(sub)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # reported by the sub-command's parser: "fastdiff <cmd>: error: ..." (status 2), as its own errors
+        sub = parser.get_default("_subparsers").get(getattr(args, "command", None), parser)
+        sub.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.version:
         from . import __version__
 

@@ -46,6 +46,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _error(msg: str) -> None:
+    """A user-facing error line, in the same form as argparse's and ``fastdiff demo``'s (exit status 2)."""
+    print(f"fastdiff bench: error: {msg}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark described by ``args``; prints the table and returns an exit status."""
     import torch
@@ -58,11 +63,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.threads is not None:
         if args.threads < 1:
-            print("error: --threads must be >= 1", file=sys.stderr)
+            _error("--threads must be >= 1")
             return 2
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but no CUDA device is available", file=sys.stderr)
+        _error("--device cuda: no CUDA device is available to PyTorch; use --device cpu (or leave it out)")
         return 2
     t0 = time.monotonic()
     try:
@@ -70,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
                                  providers=args.providers, ops=args.ops, quick=args.quick,
                                  log=lambda line: print(f"  {line}", file=sys.stderr, flush=True))
     except (ValueError, TypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(str(exc))
         return 2
     report.meta["wall_s"] = round(time.monotonic() - t0, 2)
     if args.json_path:

@@ -126,13 +126,37 @@ def _table_cells(report: Report) -> List[List[str]]:
     cells = []
     for r in report.rows:
         if not r.ok:
-            cells.append([r.op, r.shape, r.dtype, r.provider, r.status, "", "", "", "", ""])
+            # a skip's reason is said once under the table (see _skip_notes); errors keep theirs in the row
+            status = "skipped" if r.status.startswith("skipped") else r.status
+            cells.append([r.op, r.shape, r.dtype, r.provider, status, "", "", "", "", ""])
             continue
         sp = [f"{r.speedup[b]:.2f}x" if b in r.speedup else "-" for b in BASELINES]
         note = "" if r.status == "ok" else " !"
         cells.append([r.op, r.shape, r.dtype, r.provider + note, _fmt_time(r.time_ms), f"{r.gbps:.1f}",
                       f"{r.pct_copy:.1f}", *sp])
     return cells
+
+
+# what to install when a provider's package does not import (the names of pyproject's extras)
+_EXTRAS = {"diffusers": "pip install 'fastdiff[compat]'", "matplotlib": "pip install 'fastdiff[demo]'"}
+
+
+def _skip_notes(report: Report) -> List[str]:
+    """One line per distinct skip reason: which providers it hit, why, and what to install when a package is
+    missing."""
+    by_reason: Dict[str, List[str]] = {}
+    for r in report.rows:
+        if not r.ok and r.status.startswith("skipped"):
+            reason = r.status[len("skipped"):].lstrip(": ") or "not run"
+            provs = by_reason.setdefault(reason, [])
+            if r.provider not in provs:
+                provs.append(r.provider)
+    notes = []
+    for reason, provs in by_reason.items():
+        hint = next((f"; to include it: {cmd}" for pkg, cmd in _EXTRAS.items()
+                     if reason.startswith(f"{pkg} not importable")), "")
+        notes.append(f"skipped {', '.join(provs)}: {reason}{hint}")
+    return notes
 
 
 def format_table(report: Report) -> str:
@@ -152,6 +176,7 @@ def format_table(report: Report) -> str:
     flagged = [r for r in report.rows if r.ok and r.status != "ok"]
     for r in flagged:
         out.append(f"! {r.op} {r.shape} {r.dtype} {r.provider}: {r.status}")
+    out.extend(_skip_notes(report))
     return "\n".join(out)
 
 
@@ -167,6 +192,9 @@ def format_markdown(report: Report, title: str = "fastdiff benchmark") -> str:
              "| " + " | ".join(_COLUMNS) + " |", "|" + "|".join("---" for _ in _COLUMNS) + "|"]
     for c in _table_cells(report):
         lines.append("| " + " | ".join(x if x else "" for x in c) + " |")
+    notes = _skip_notes(report)
+    if notes:
+        lines += [""] + [f"- {n}" for n in notes]
     summ = geomean_speedups(report)
     if summ:
         lines += ["", "Geometric-mean speedup of fastdiff:", ""]

@@ -20,6 +20,17 @@ message, so a rank that raises stops every rank at once, and a rank that dies or
 hangs is noticed within ``timeout`` seconds; by default (``on_error="abort"``)
 every rank then logs the cause and exits with status 1 instead of hanging.
 
+A rank also watches the process that launched it (the torchrun agent): if that
+process dies, the rank exits with status 1 within about a second, from a
+background thread, even while blocked in a collective or in the model, and
+writes no further shard. To stop a job, kill the torchrun agent (or its whole
+process group, ``kill -- -PGID``); the workers follow. While a run writes into
+``out_dir``, rank 0 holds ``out_dir/.fastdiff-run.lock`` (host, pid, run token):
+another run into the same directory is refused while that process is alive (or
+when the lock comes from another host: delete the file once no run is active),
+and a lock left by a dead process is taken over. A rank whose ``out_dir`` was
+claimed by a newer run stops before its next shard.
+
 Everything is imported from here; the code lives in one private module per job:
 ``_api`` (:func:`sample`, :func:`langevin`), ``_run`` (the engine both share),
 ``_plan`` (which rows each rank computes), ``_shards`` (shard files, manifest,

@@ -10,7 +10,7 @@ import torch
 from ..ops._common import check_int
 from ._comm import _Timeout
 from ._run import _check_common, _default_device, _run
-from ._shards import _Device, _canon, _library_version, _tensor_digest
+from ._shards import _Device, _canon, _canon_metadata, _library_version, _tensor_digest
 
 __all__ = ["sample", "langevin"]
 
@@ -56,7 +56,9 @@ def sample(
         timeout: seconds a rank waits for the others at each micro-batch boundary before declaring the
             job failed (must exceed the slowest micro-batch); default: the process group's timeout.
         dtype, device: the samples' dtype (default float32) and device (default: this rank's GPU, else CPU).
-        metadata: extra JSON-able facts recorded in (and checked against) the manifest, e.g. a checkpoint hash.
+        metadata: extra facts recorded in (and checked against) the manifest, e.g. a checkpoint hash: JSON
+            values, or bytes, sets, numpy arrays and tensors (recorded by a content digest); any other type
+            raises TypeError naming its key.
         callback: called on each rank after each micro-batch with ``{"rank", "rows", "x", "path"}``.
         on_error: "abort" (default): if any rank fails, every rank logs and exits with status 1;
             "raise": the failing rank re-raises, the others raise DistributedRunError.
@@ -89,8 +91,7 @@ def sample(
         raise TypeError("pass callback= for per-micro-batch reports; per-step callbacks are not supported here")
     flow = sampler == "flow_euler"
     host = _sampling.host_sigmas(sigmas, flow)  # validates; float64 list
-    if metadata is not None and not isinstance(metadata, dict):
-        raise TypeError(f"metadata must be a dict of JSON-able values or None, got {type(metadata).__name__}")
+    meta = _canon_metadata(metadata)  # TypeError naming a key whose value cannot be recorded and compared
     dev = _default_device(device)
     # float64 host copy: the sampler reads it once, exactly as it would read the caller's sigmas
     sig64 = torch.tensor(host, dtype=torch.float64)
@@ -108,7 +109,7 @@ def sample(
         "kind": "sample", "fastdiff_version": _library_version(), "num_samples": num_samples,
         "sample_shape": list(sample_shape), "dtype": str(dtype), "seed": seed, "sampler": _canon(sampler),
         "sigmas_sha256": _tensor_digest(torch.tensor(host, dtype=torch.float64)), "num_sigmas": len(host),
-        "options": _canon(options), "denoiser": _canon(denoiser), "metadata": _canon(metadata),
+        "options": _canon(options), "denoiser": _canon(denoiser), "metadata": meta,
     }
     return _run("sample", config, sample_shape, dtype, dev, compute, batch_size=batch_size,
                 out_dir=None if out_dir is None else os.fspath(out_dir), progress=progress, timeout=timeout,
@@ -188,8 +189,7 @@ def langevin(
             raise ValueError(f"init must have shape {(num_chains, *sample_shape)}, got {tuple(init.shape)}")
     elif init is not None and not callable(init):
         raise TypeError(f"init must be None, a tensor or a callable(row_ids) -> x, got {type(init).__name__}")
-    if metadata is not None and not isinstance(metadata, dict):
-        raise TypeError(f"metadata must be a dict of JSON-able values or None, got {type(metadata).__name__}")
+    meta = _canon_metadata(metadata)  # TypeError naming a key whose value cannot be recorded and compared
 
     def compute(rows: torch.Tensor) -> torch.Tensor:
         shape = (rows.numel(), *sample_shape)
@@ -211,7 +211,7 @@ def langevin(
         "kind": "langevin", "fastdiff_version": _library_version(), "num_samples": num_chains,
         "sample_shape": list(sample_shape), "dtype": str(dtype), "seed": seed, "n_steps": n_steps,
         "step_size": _canon(step_size), "temperature": float(temperature), "init": _canon(init),
-        "grad_log_prob": _canon(grad_log_prob), "backend": backend, "metadata": _canon(metadata),
+        "grad_log_prob": _canon(grad_log_prob), "backend": backend, "metadata": meta,
     }
     return _run("langevin", config, sample_shape, dtype, dev, compute, batch_size=batch_size,
                 out_dir=None if out_dir is None else os.fspath(out_dir), progress=progress, timeout=timeout,

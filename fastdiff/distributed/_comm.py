@@ -5,6 +5,7 @@ import datetime
 import math
 import os
 import sys
+import threading
 import traceback
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
@@ -143,3 +144,56 @@ def _talk(comm: _Comm, on_error: str, what: str, fn: Callable, *args: Any, own: 
             _fail(comm, on_error, own, True, f"this rank failed, and {what} with the others failed too "
                                              f"({type(e).__name__}: {e})")
         _fail(comm, on_error, e, False, f"lost contact with another rank while {what} ({type(e).__name__}: {e})")
+
+
+# ---- a lost launcher -------------------------------------------------------------------------------
+# A torchrun worker's parent is its agent. When the agent is killed, the workers are re-parented (to init or a
+# subreaper) and would otherwise keep computing and writing shards beside whatever runs next. Every rank
+# therefore watches its parent pid: between micro-batches, and from a daemon thread (so a rank blocked in a
+# collective or inside the model notices too) every ``_WATCH_INTERVAL_S`` seconds.
+_getppid = os.getppid  # replaced in tests
+_WATCH_INTERVAL_S = 1.0
+
+
+def _launched() -> bool:
+    """True under a launcher whose death should end this process: torchrun (TORCHELASTIC_RUN_ID) or a
+    multi-rank process group."""
+    if "TORCHELASTIC_RUN_ID" in os.environ or os.environ.get("FASTDIFF_WATCH_PARENT") == "1":
+        return True
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class _ParentWatch:
+    """Notices that the process that launched this rank is gone (``lost()``), and with ``exit_on_loss`` ends the
+    process from a background thread (status 1) even while the main thread is blocked."""
+
+    def __init__(self, rank: int, exit_on_loss: bool, interval: Optional[float] = None):
+        self.rank = rank
+        self.enabled = _launched()
+        self.parent = _getppid() if self.enabled else None
+        self._stop = threading.Event()
+        self._thread = None
+        if self.enabled and exit_on_loss:
+            self._thread = threading.Thread(target=self._watch, name="fastdiff-parent-watch", daemon=True,
+                                            args=(_WATCH_INTERVAL_S if interval is None else interval,))
+            self._thread.start()
+
+    def lost(self) -> Optional[str]:
+        """None while the parent lives, else why this rank must stop."""
+        if not self.enabled:
+            return None
+        now = _getppid()
+        if now == self.parent:
+            return None
+        return (f"the launcher that started this rank (pid {self.parent}, e.g. the torchrun agent) is gone "
+                f"(parent pid is now {now}); stopping without writing further shards")
+
+    def _watch(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            why = self.lost()
+            if why is not None:
+                _log(self.rank, f"aborting: {why}")
+                os._exit(1)
+
+    def close(self) -> None:
+        self._stop.set()

@@ -12,9 +12,10 @@ import torch.distributed as dist
 
 from ..ops._common import check_int
 from ..random import split_seed
-from ._comm import _Comm, _fail, _talk, _Timeout
+from ._comm import DistributedRunError, _Comm, _fail, _log, _ParentWatch, _talk, _Timeout
 from ._plan import _missing, _plan
-from ._shards import _FORMAT, _atomic_write, _Device, _digest, _prepare_out_dir, _shard_name
+from ._shards import (_FORMAT, _acquire_lock, _atomic_write, _Device, _digest, _lock_token, _prepare_out_dir,
+                      _release_lock, _shard_name)
 
 Rows = Tuple[int, int]
 
@@ -44,7 +45,26 @@ def _check_common(sample_shape: Any, num: Any, num_name: str, seed: Any, batch_s
 
 def _default_device(device: _Device) -> torch.device:
     if device is not None:
-        return torch.device(device)
+        if not isinstance(device, (str, torch.device, int)) or isinstance(device, bool):
+            raise TypeError(f"device must be a str, a torch.device or None, got {type(device).__name__}")
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, ValueError) as err:
+            raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r} ({err})") \
+                from None
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ValueError(f"device={device!r} but CUDA is not available to this torch "
+                                 f"({torch.__version__}); pass device='cpu' or None (this rank's GPU, else CPU)")
+            if dev.index is not None and dev.index >= torch.cuda.device_count():
+                raise ValueError(f"device={device!r} but this process sees {torch.cuda.device_count()} CUDA "
+                                 "device(s)")
+        elif dev.type not in ("cpu", "meta"):
+            backend = getattr(torch, dev.type, None)
+            is_avail = getattr(backend, "is_available", None)
+            if callable(is_avail) and not is_avail():
+                raise ValueError(f"device={device!r} but the {dev.type} backend is not available to this torch")
+        return dev
     if torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
@@ -68,6 +88,24 @@ class _Job:
 
     def __post_init__(self) -> None:
         self.digest = _digest(self.config)
+        self.watch: Optional[_ParentWatch] = None
+        self.lock: Optional[Tuple[str, str]] = None  # rank 0 with out_dir: (lock file, run token)
+        self.token: Optional[str] = None  # the run token every rank checks before writing a shard
+
+    def check_alive(self) -> None:
+        """Stop this rank if its launcher is gone or another run took over ``out_dir``: no further shards."""
+        why = None if self.watch is None else self.watch.lost()
+        if why is None and self.out_dir is not None and self.token is not None:
+            now = _lock_token(self.out_dir)
+            if now is not None and now != self.token:
+                why = (f"another run has claimed {self.out_dir} (its lock file changed); stopping without writing "
+                       "further shards")
+        if why is None:
+            return
+        if self.on_error == "abort" and self.comm.active:  # at world size 1 errors are raised, as any other
+            _log(self.comm.rank, f"aborting: {why}")
+            os._exit(1)
+        raise DistributedRunError(why)
 
     def talk(self, what: str, fn: Callable, *args: Any, own: Optional[BaseException] = None, **kwargs: Any) -> Any:
         return _talk(self.comm, self.on_error, what, fn, *args, own=own, **kwargs)
@@ -78,10 +116,15 @@ def _run(kind: str, config: Dict[str, Any], sample_shape: Tuple[int, ...], dtype
          out_dir: Optional[str], progress: bool, timeout: _Timeout, callback: Optional[Callable],
          on_error: str) -> Union[torch.Tensor, List[str]]:
     comm = _Comm(timeout, device)
+    job = _Job(comm, kind, config, sample_shape, dtype, device, compute, batch_size, out_dir, callback, on_error)
+    # under a launcher: exit (status 1) within about a second of losing it, even from inside a collective
+    job.watch = _ParentWatch(comm.rank, exit_on_loss=True)
     try:
-        job = _Job(comm, kind, config, sample_shape, dtype, device, compute, batch_size, out_dir, callback, on_error)
         return _run_job(job, progress)
     finally:
+        job.watch.close()
+        if job.lock is not None:
+            _release_lock(*job.lock)
         comm.close()
 
 
@@ -99,6 +142,7 @@ def _run_job(job: _Job, progress: bool) -> Union[torch.Tensor, List[str]]:
     try:
         for r in range(max(len(p) for p in plans)):
             failed, rows_done, err = 0, 0, None
+            job.check_alive()
             if r < len(mine):
                 try:
                     rows_done = _micro_batch(job, mine[r], local)
@@ -123,18 +167,25 @@ def _agree_on_setup(job: _Job) -> List[Rows]:
     """The row ranges already on disk. The setup is decided on rank 0 and shared, so every rank raises the same
     error at the same point (no hang); ranks called with different configurations are refused."""
     comm = job.comm
-    setup: Dict[str, Any] = {"error": None, "done": []}
+    setup: Dict[str, Any] = {"error": None, "done": [], "token": None}
     if comm.rank == 0:
         try:
             if job.out_dir is not None:
                 info = {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
                         "torch_version": torch.__version__, "world_size": comm.world, "batch_size": job.batch_size}
+                os.makedirs(job.out_dir, exist_ok=True)
+                job.lock = _acquire_lock(job.out_dir)  # refused while another live run holds out_dir
+                setup["token"] = job.lock[1]
                 setup["done"] = _prepare_out_dir(job.out_dir, job.config, info)
         except Exception as err:  # shared below: raising on rank 0 alone would leave the others waiting
+            if job.lock is not None:
+                _release_lock(*job.lock)
+                job.lock = None
             if not comm.active:
                 raise
             setup["error"] = (type(err).__name__, str(err))
     setup = job.talk("sharing the run's setup", comm.broadcast_obj, setup)
+    job.token = setup.get("token")
     if setup["error"] is not None:
         name, msg = setup["error"]
         raise {"ValueError": ValueError, "TypeError": TypeError, "OSError": OSError}.get(name, RuntimeError)(msg)
@@ -157,6 +208,7 @@ def _micro_batch(job: _Job, rows_range: Rows, local: List[torch.Tensor]) -> int:
     x = x.detach().to(job.dtype)
     path = None
     if job.out_dir is not None:
+        job.check_alive()  # the micro-batch may have taken long: is this run still the out_dir's writer?
         path = os.path.join(job.out_dir, _shard_name(start, end))
         payload = {"format": _FORMAT, "start": start, "end": end, "config_sha256": job.digest,
                    "samples": x.to("cpu").contiguous()}

@@ -1,6 +1,7 @@
 """Shard files and the run manifest: the configuration fingerprint, atomic writes, resume and loading."""
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import math
@@ -11,7 +12,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
-__all__ = ["load_shards", "MANIFEST_NAME"]
+__all__ = ["load_shards", "MANIFEST_NAME", "LOCK_NAME"]
 
 MANIFEST_NAME = "manifest.json"
 _FORMAT = "fastdiff-distributed-v1"
@@ -34,6 +35,14 @@ def _canon(v: Any) -> Any:
         return {"tensor_sha256": _tensor_digest(v), "shape": list(v.shape), "dtype": str(v.dtype)}
     if isinstance(v, (torch.dtype, torch.device)):
         return str(v)
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        b = bytes(v)
+        return {"bytes_sha256": hashlib.sha256(b).hexdigest(), "len": len(b)}
+    if isinstance(v, (set, frozenset)):  # order-free: the members' descriptions, sorted
+        return {"set": sorted((_canon(u) for u in v), key=lambda c: json.dumps(c, sort_keys=True))}
+    nd = _numpy_canon(v)
+    if nd is not None:
+        return nd
     if isinstance(v, (list, tuple)):
         return [_canon(u) for u in v]
     if isinstance(v, dict):
@@ -43,6 +52,59 @@ def _canon(v: Any) -> Any:
         name = getattr(v, "__qualname__", None) or type(v).__qualname__
         return {"callable": f"{mod}.{name}"}
     return {"object": f"{type(v).__module__}.{type(v).__qualname__}"}
+
+
+def _numpy_canon(v: Any) -> Optional[Any]:
+    """A numpy array by content hash, dtype and shape; a numpy scalar as its Python value; else None."""
+    np = sys.modules.get("numpy")
+    if np is None:
+        return None
+    if isinstance(v, np.ndarray):
+        if v.dtype.hasobject:
+            return {"ndarray": [_canon(u) for u in v.reshape(-1).tolist()], "shape": list(v.shape)}
+        a = np.ascontiguousarray(v)
+        return {"ndarray_sha256": hashlib.sha256(a.tobytes()).hexdigest(), "shape": list(a.shape),
+                "dtype": a.dtype.str}
+    if isinstance(v, np.generic):
+        return _canon(v.item())
+    return None
+
+
+def _canon_metadata(metadata: Optional[Dict[str, Any]]) -> Any:
+    """``metadata`` as recorded in the manifest: JSON values as they are, bytes, sets, numpy arrays and tensors
+    by a content digest. Anything else could only be recorded by its type name, so a resume with other values
+    would pass unnoticed: it is refused (TypeError naming the key and the type)."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict):
+        raise TypeError(f"metadata must be a dict of JSON-able values or None, got {type(metadata).__name__}")
+
+    def check(v: Any, where: str) -> None:
+        if v is None or isinstance(v, (bool, int, float, str, bytes, bytearray, memoryview, torch.Tensor,
+                                       torch.dtype, torch.device)):
+            return
+        np = sys.modules.get("numpy")
+        if np is not None and isinstance(v, (np.ndarray, np.generic)):
+            if isinstance(v, np.ndarray) and v.dtype.hasobject:
+                for i, u in enumerate(v.reshape(-1).tolist()):
+                    check(u, f"{where}[{i}]")
+            return
+        if isinstance(v, (list, tuple, set, frozenset)):
+            for i, u in enumerate(v):
+                check(u, f"{where}[{i}]")
+            return
+        if isinstance(v, dict):
+            for k, u in v.items():
+                check(u, f"{where}[{k!r}]")
+            return
+        raise TypeError(f"metadata {where} is a {type(v).__module__}.{type(v).__qualname__}, which fastdiff cannot "
+                        "record and compare on resume; pass JSON values (str, int, float, bool, None, lists, "
+                        "dicts), bytes, sets, numpy arrays or tensors (recorded by a content digest), e.g. "
+                        "str(value) or a hash of it")
+
+    for key, value in metadata.items():
+        check(value, f"[{key!r}]")
+    return _canon(metadata)
 
 
 def _digest(config: Dict[str, Any]) -> str:
@@ -86,6 +148,82 @@ def _atomic_write(path: str, write: Callable[[Any], None]) -> None:
             os.close(fd)
     except OSError:
         pass
+
+
+LOCK_NAME = ".fastdiff-run.lock"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    except OSError:
+        return False
+    try:  # a zombie (exited, not yet reaped) is not a writer
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _acquire_lock(out_dir: str) -> Tuple[str, str]:
+    """Rank 0: claim ``out_dir`` for this run; return ``(lock path, run token)``.
+
+    The lock file names the writer's host, pid and a token. It is refused while that process is alive on this
+    host, or when it was written on another host (that cannot be checked from here); a lock left by a dead
+    process on this host is taken over."""
+    import socket
+    import uuid
+
+    path = os.path.join(out_dir, LOCK_NAME)
+    host, token = socket.gethostname(), uuid.uuid4().hex
+    record = json.dumps({"pid": os.getpid(), "host": host, "token": token,
+                         "created": datetime.datetime.now().astimezone().isoformat()})
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:
+                with open(path) as f:
+                    old = json.load(f)
+                pid, old_host = int(old["pid"]), str(old["host"])
+            except (OSError, ValueError, KeyError, TypeError):
+                old, pid, old_host = None, -1, host  # unreadable (e.g. half written): treat as stale
+            if old is not None and (old_host != host or _pid_alive(pid)):
+                where = f"process {pid} on {old_host}" if old_host != host else f"process {pid}"
+                raise ValueError(f"{out_dir} is in use by another run ({where}, started {old.get('created')}); "
+                                 "two runs in one out_dir would mix their shards. Wait for it to finish or stop "
+                                 f"it (kill the torchrun agent and its workers); if no run is active, delete "
+                                 f"{path}")
+            try:
+                os.remove(path)  # stale: its writer is gone
+            except FileNotFoundError:
+                pass
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(record + "\n")
+        return path, token
+    raise ValueError(f"could not claim {out_dir}: {path} keeps reappearing; is another run starting there?")
+
+
+def _lock_token(out_dir: str) -> Optional[str]:
+    """The token in ``out_dir``'s lock file, or None when there is none (e.g. a node-local out_dir)."""
+    try:
+        with open(os.path.join(out_dir, LOCK_NAME)) as f:
+            return str(json.load(f).get("token"))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _release_lock(path: str, token: str) -> None:
+    if _lock_token(os.path.dirname(path)) == token:
+        try:
+            os.remove(path)
+        except OSError:
+            pass
 
 
 def _read_manifest(out_dir: str) -> Optional[Dict[str, Any]]:
@@ -154,8 +292,12 @@ def _prepare_out_dir(out_dir: str, config: Dict[str, Any], info: Dict[str, Any])
         _atomic_write(os.path.join(out_dir, MANIFEST_NAME),
                       lambda f: f.write((json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()))
     elif old["config"] != config:
+        legacy = ""
+        if '"object": ' in json.dumps(old["config"].get("metadata")):
+            legacy = ("\nThe manifest records some metadata by its type name only (earlier fastdiff versions did so for "
+                      "bytes, sets and arrays), so it cannot be checked against this run's values.")
         raise ValueError(f"{out_dir} holds a run with a different configuration, refusing to mix them:\n"
-                         f"{_describe_diff(old['config'], config)}\n"
+                         f"{_describe_diff(old['config'], config)}{legacy}\n"
                          "Restart with the original settings or use a new out_dir.")
     for f in os.listdir(out_dir):
         if f.startswith(".shard-") and ".pt.tmp." in f:  # left by a killed writer; never renamed into place

@@ -149,8 +149,26 @@ def test_unavailable_provider_is_skipped_cleanly(monkeypatch):
     row = rep.find("step_ddim", "diffusers")[0]
     assert row.status.startswith("skipped: diffusers not importable") and row.time_ms is None
     assert rep.find("step_ddim", "fastdiff")[0].ok
-    assert "skipped: diffusers" in bench.format_table(rep)
+    table = bench.format_table(rep)
+    row_line = next(line for line in table.splitlines() if line.startswith("step_ddim") and "diffusers" in line)
+    assert row_line.split()[-1] == "skipped" and "importable" not in row_line  # a short time column
+    notes = [line for line in table.splitlines() if "not importable" in line]
+    assert len(notes) == 1 and "pip install 'fastdiff[compat]'" in notes[0]  # said once, with the extra
+    assert "pip install 'fastdiff[compat]'" in bench.format_markdown(rep)
     assert rep.find("langevin", "diffusers") == []  # no diffusers equivalent: no row at all
+
+
+def test_cli_says_once_which_extra_to_install(monkeypatch, capsys):
+    def missing():
+        raise bench.Unavailable("diffusers not importable (ModuleNotFoundError)")
+
+    monkeypatch.setattr(bench.common, "import_diffusers", missing)
+    args = _cli_args(["--quick", "--device", "cpu", "--sizes", "1x4x8x8", "--providers", "fastdiff,diffusers",
+                      "--ops", "step_ddim,add_noise"])
+    assert cli_bench.run(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("fastdiff[compat]") == 1
+    assert "skipped: diffusers" not in out.split("copy bandwidth")[0]  # the table itself stays short
 
 
 def test_register_case_and_provider_extension():
@@ -253,7 +271,31 @@ def test_cli_errors_and_list(capsys):
     assert cli_bench.run(_cli_args(["--list"])) == 0
     assert "step_dpmpp2m" in capsys.readouterr().out
     assert cli_bench.run(_cli_args(["--quick", "--providers", "nope"])) == 2
-    assert "providers" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "providers" in err and err.startswith("fastdiff bench: error: ")
+
+
+@pytest.mark.parametrize("argv", [["bench", "--quick", "--providers", "nope"], ["bench", "--threads", "0"],
+                                  ["demo", "--quick", "--seed", "-1"]])
+def test_cli_errors_have_one_form_and_status_2(argv, capsys, tmp_path):
+    """``fastdiff <cmd>: error: ...`` and exit status 2 for a bad argument, in bench and demo alike."""
+    from fastdiff.cli import main
+
+    if argv[0] == "demo":
+        argv = [*argv, "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"fastdiff {argv[0]}: error: "), err
+
+
+@pytest.mark.parametrize("cmd", ["bench", "demo"])
+def test_cli_argparse_errors_have_the_same_form(cmd, capsys):
+    from fastdiff.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([cmd, "--no-such-option"])
+    assert exc.value.code == 2
+    assert f"fastdiff {cmd}: error: " in capsys.readouterr().err
 
 
 # ---- profiling -----------------------------------------------------------------------------------

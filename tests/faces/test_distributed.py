@@ -324,3 +324,168 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="init"):
         fdist.langevin(P.GMM.grad_log_prob, (2,), num_chains=4, step_size=0.1, n_steps=1, seed=0,
                        init=lambda r: torch.zeros(1, 2))
+
+
+def test_metadata_bytes_sets_arrays_are_compared_on_resume(tmp_path):
+    """Non-JSON metadata is recorded by a content digest, so a resume with other values is refused."""
+    import numpy as np
+
+    base = dict(num_samples=4, seed=0, batch_size=2)
+    meta = {"ckpt": b"\x00sha-a", "tags": {"x", "y"}, "w": np.arange(3, dtype=np.float32)}
+    fdist.sample(P.GMM.denoiser, (2,), P.SIGMAS, out_dir=tmp_path, metadata=meta, **base)
+    recorded = json.loads((tmp_path / fdist.MANIFEST_NAME).read_text())["config"]["metadata"]
+    assert "bytes_sha256" in recorded["ckpt"] and "ndarray_sha256" in recorded["w"]
+    # the same values (a new bytes object, a set built in another order, an equal array) resume
+    same = {"ckpt": bytes(b"\x00sha-a"), "tags": {"y", "x"}, "w": np.arange(3, dtype=np.float32)}
+    paths = fdist.sample(P.GMM.denoiser, (2,), P.SIGMAS, out_dir=tmp_path, metadata=same, **base)
+    assert len(paths) == 2
+    for change in ({"ckpt": b"\x00sha-b"}, {"tags": {"x", "z"}}, {"w": np.arange(3, dtype=np.float64)},
+                   {"w": np.arange(1, 4, dtype=np.float32)}):
+        with pytest.raises(ValueError, match=r"different configuration(.|\n)*  metadata: "):
+            fdist.sample(P.GMM.denoiser, (2,), P.SIGMAS, out_dir=tmp_path, metadata={**meta, **change}, **base)
+
+
+def test_metadata_that_cannot_be_compared_is_refused(tmp_path):
+    class Opaque:
+        pass
+
+    with pytest.raises(TypeError, match=r"metadata \['model'\]\['obj'\] is a .*Opaque"):
+        fdist.sample(P.GMM.denoiser, (2,), P.SIGMAS, num_samples=2, seed=0, out_dir=tmp_path,
+                     metadata={"model": {"obj": Opaque()}})
+    with pytest.raises(TypeError, match=r"metadata \['f'\] is a"):
+        fdist.langevin(P.GMM.grad_log_prob, (2,), num_chains=2, step_size=0.1, n_steps=1, seed=0,
+                       metadata={"f": object()})
+    assert not os.listdir(tmp_path)  # refused before anything was written
+
+
+def test_legacy_type_name_metadata_manifest_is_refused_with_a_reason(tmp_path):
+    fdist.sample(P.GMM.denoiser, (2,), P.SIGMAS, num_samples=2, seed=0, out_dir=tmp_path, metadata={"a": "1"})
+    m = json.loads((tmp_path / fdist.MANIFEST_NAME).read_text())
+    m["config"]["metadata"] = {"a": {"object": "builtins.bytes"}}  # what earlier versions wrote for bytes
+    (tmp_path / fdist.MANIFEST_NAME).write_text(json.dumps(m))
+    with pytest.raises(ValueError, match="type name only"):
+        fdist.sample(P.GMM.denoiser, (2,), P.SIGMAS, num_samples=2, seed=0, out_dir=tmp_path, metadata={"a": b"1"})
+
+
+def test_cuda_device_without_cuda_is_a_value_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device in ("cuda", "cuda:1", torch.device("cuda", 0)):
+        with pytest.raises(ValueError, match="device"):
+            fdist.sample(P.GMM.denoiser, (2,), P.SIGMAS, num_samples=2, seed=0, device=device)
+        with pytest.raises(ValueError, match="device"):
+            fdist.langevin(P.GMM.grad_log_prob, (2,), num_chains=2, step_size=0.1, n_steps=1, seed=0, device=device)
+    with pytest.raises(ValueError, match="device"):
+        fdist.sample(P.GMM.denoiser, (2,), P.SIGMAS, num_samples=2, seed=0, device="not-a-device")
+    with pytest.raises(TypeError, match="device"):
+        fdist.sample(P.GMM.denoiser, (2,), P.SIGMAS, num_samples=2, seed=0, device=1.5)
+    assert fdist.sample(P.GMM.denoiser, (2,), P.SIGMAS, num_samples=2, seed=0, device="cpu").shape == (2, 2)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# a lost launcher, and two runs in one out_dir
+
+
+def _shards(d):
+    return sorted(f for f in os.listdir(d) if f.startswith("shard-"))
+
+
+def test_lost_launcher_stops_the_run_before_the_next_shard(tmp_path, monkeypatch):
+    import fastdiff.distributed._comm as comm
+
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")  # as under torchrun: the parent is the agent
+    monkeypatch.setattr(comm, "_WATCH_INTERVAL_S", 3600.0)  # the main thread's check, not the watchdog
+    parent = {"pid": 4242}
+    monkeypatch.setattr(comm, "_getppid", lambda: parent["pid"])
+
+    def agent_dies(info):
+        parent["pid"] = 1  # re-parented to init: the agent was killed
+
+    with pytest.raises(fdist.DistributedRunError, match=r"launcher .*pid 4242.* is gone"):
+        fdist.sample(P.GMM.denoiser, (2,), P.SIGMAS, num_samples=6, seed=0, batch_size=2, out_dir=tmp_path,
+                     on_error="raise", callback=agent_dies)
+    assert _shards(tmp_path) == [_shard_name(0, 2)]  # nothing written after the loss was noticed
+    assert not (tmp_path / ".fastdiff-run.lock").exists()  # released on the way out
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
+    # the rows computed so far are kept; a new run completes the job
+    fdist.sample(P.GMM.denoiser, (2,), P.SIGMAS, num_samples=6, seed=0, batch_size=2, out_dir=tmp_path)
+    assert fdist.load_shards(tmp_path).shape == (6, 2)
+
+
+def _pid_gone(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_orphaned_worker_exits_when_its_launcher_is_killed(tmp_path):
+    """A worker whose launcher got SIGKILL notices within about a second and exits without writing more."""
+    import signal
+
+    out, pid_file = tmp_path / "out", tmp_path / "worker.pid"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("TORCHELASTIC_RUN_ID", None)
+    launcher = subprocess.Popen([sys.executable, os.path.join(SCRIPTS, "orphan_job.py"), "launcher", str(out),
+                                 str(pid_file)], env=env)
+    worker = None
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (out.exists() and _shards(out)):
+            time.sleep(0.1)
+        assert out.exists() and _shards(out), "the worker never wrote a shard"
+        worker = int(pid_file.read_text())
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait(10)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 15 and not _pid_gone(worker):
+            time.sleep(0.1)
+        assert _pid_gone(worker), "the orphaned worker is still running 15 s after its launcher died"
+        written = _shards(out)
+        time.sleep(1.0)
+        assert _shards(out) == written and len(written) < 200
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        if worker is not None and not _pid_gone(worker):
+            os.kill(worker, 9)
+
+
+def _write_lock(d, **fields):
+    import socket
+
+    rec = {"pid": os.getpid(), "host": socket.gethostname(), "token": "other", "created": "earlier", **fields}
+    d.mkdir(exist_ok=True)
+    (d / ".fastdiff-run.lock").write_text(json.dumps(rec))
+
+
+def test_out_dir_held_by_a_live_run_is_refused(tmp_path):
+    d = tmp_path / "run"
+    args = dict(num_samples=4, seed=0, batch_size=2, out_dir=d)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _write_lock(d, pid=sleeper.pid)  # another process, alive, holds the directory
+        with pytest.raises(ValueError, match=rf"in use by another run \(process {sleeper.pid}"):
+            fdist.sample(P.GMM.denoiser, (2,), P.SIGMAS, **args)
+        assert not _shards(d) and not (d / fdist.MANIFEST_NAME).exists()
+        _write_lock(d, host="some-other-host")  # cannot be checked from here: refused, naming the file
+        with pytest.raises(ValueError, match=r"some-other-host(.|\n)*delete .*\.fastdiff-run\.lock"):
+            fdist.sample(P.GMM.denoiser, (2,), P.SIGMAS, **args)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    _write_lock(d, pid=sleeper.pid)  # its writer is dead now: taken over
+    assert len(fdist.sample(P.GMM.denoiser, (2,), P.SIGMAS, **args)) == 2
+    assert not (d / ".fastdiff-run.lock").exists()  # released at the end
+
+
+def test_a_run_whose_out_dir_was_taken_over_stops_writing(tmp_path):
+    def take_over(info):
+        _write_lock(tmp_path, token="a newer run")
+
+    with pytest.raises(fdist.DistributedRunError, match="another run has claimed"):
+        fdist.sample(P.GMM.denoiser, (2,), P.SIGMAS, num_samples=6, seed=0, batch_size=2, out_dir=tmp_path,
+                     callback=take_over)
+    assert _shards(tmp_path) == [_shard_name(0, 2)]
+    assert (tmp_path / ".fastdiff-run.lock").exists()  # the newer run's lock is left alone

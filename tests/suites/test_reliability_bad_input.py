@@ -237,7 +237,30 @@ MCMC_CASES = [
          ValueError, "step_lr"),
     case("energy_grad-kind", lambda: fastdiff.energy_grad(lambda v: v.sum(1), kind="score"), ValueError, "kind"),
     case("energy_grad-output-shape", lambda: fastdiff.energy_grad(lambda v: v)(X), ValueError, "module_or_fn"),
+    # --- distributed and tools
+    case("distributed-device-cuda-without-cuda",
+         lambda: _fdist().sample(_GMM.denoiser, (2,), [1.0, 0.0], num_samples=2, seed=0, device="cuda"),
+         ValueError, "device", "CUDA", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present")),
+    case("distributed-device-unknown",
+         lambda: _fdist().sample(_GMM.denoiser, (2,), [1.0, 0.0], num_samples=2, seed=0, device="gpu0"),
+         ValueError, "device"),
+    case("distributed-metadata-uncomparable",
+         lambda: _fdist().sample(_GMM.denoiser, (2,), [1.0, 0.0], num_samples=2, seed=0, metadata={"m": object()}),
+         TypeError, "metadata", "'m'", "object"),
+    case("distributed-langevin-metadata-uncomparable",
+         lambda: _fdist().langevin(_GMM.grad_log_prob, (2,), num_chains=2, step_size=0.1, n_steps=1, seed=0,
+                                   metadata={"run": {"cfg": lambda: 0}}),
+         TypeError, "metadata", "'cfg'", "function"),
 ]
+
+
+def _fdist():
+    import fastdiff.distributed
+
+    return fastdiff.distributed
+
+
+_GMM = fastdiff.toy.GaussianMixture.ring(k=4)
 
 
 @pytest.mark.parametrize("fn, exc, names", OPS_CASES + SCHEDULE_CASES + SAMPLE_CASES + MCMC_CASES)
