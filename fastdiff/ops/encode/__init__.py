@@ -192,7 +192,9 @@ def add_noise(
     """Sample the encoder q(x_t | x0): ``x_t = alpha_t*x0 + sigma_t*noise`` in one pass.
 
     ``timesteps``: integer indices (batch,) for a discrete schedule, or times in
-    [0, 1] for a continuous/flow schedule; gathered per sample in-kernel.
+    [0, 1] for a continuous/flow schedule; gathered per sample in-kernel. Values
+    outside the domain (NaN included) raise a ValueError for Python numbers and
+    CPU tensors; CUDA tensors are not read on the host (no sync): pass valid values.
     ``noise`` given, or generated in-kernel from ``seed`` (Philox; a fresh seed
     from torch's global generator when both are None).
 
