@@ -90,6 +90,8 @@ def check_shape(shape, name: str = "shape") -> tuple:
         raise ValueError(f"{name} must have at least one (row) dimension, got ()")
     if any(d < 0 for d in shape):
         raise ValueError(f"{name} must hold sizes >= 0, got {shape}")
+    if any(d > MAX_NUMEL for d in shape):
+        raise ValueError(f"{name}={shape} has a size above 2**63 - 1, more than a tensor dimension can hold")
     if math.prod(shape) > MAX_NUMEL:
         raise ValueError(f"{name}={shape} has {math.prod(shape)} elements, more than a tensor can hold (2**63 - 1)")
     return shape
@@ -321,13 +323,15 @@ def philox_normal(
     if isinstance(stream, bool) or not isinstance(stream, int) or not 0 <= stream <= _MASK32:
         raise ValueError(f"stream must be an int in [0, 2**32), got {stream!r}")
     device = check_device(device)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     if row_ids is not None and not isinstance(row_ids, torch.Tensor):
         raise TypeError(f"row_ids must be an int64 tensor, got {type(row_ids).__name__}")
     if row_ids is not None and device is None:
         device = row_ids.device
     rows = shape[0]
     cols = math.prod(shape[1:])
-    if cols > MAX_COLUMNS:
+    if rows and cols > MAX_COLUMNS:
         raise ValueError(f"shape={shape} has {cols} columns per row; the Philox column counter allows at most "
                          f"4 * 2**32 = {MAX_COLUMNS}")
     if rows and cols:
@@ -337,11 +341,15 @@ def philox_normal(
         if need > MAX_NUMEL:
             raise ValueError(f"shape={shape} needs {need} bytes of Philox state, more than can be allocated")
     if row_ids is None:
+        if rows == 0 or cols == 0:
+            return torch.empty(shape, dtype=dtype, device=device)
         row_ids = torch.arange(rows, dtype=torch.int64, device=device)
     else:
         if row_ids.dtype != torch.int64 or row_ids.shape != (rows,):
             raise ValueError(f"row_ids must be an int64 tensor of shape ({rows},), got {tuple(row_ids.shape)} {row_ids.dtype}")
         row_ids = row_ids.to(device)
+    if rows == 0 or cols == 0:  # nothing to draw (and no (rows,) row ids to build for a (huge, 0) shape)
+        return torch.empty(shape, dtype=dtype, device=device)
     groups = (cols + 3) // 4
     # the numpy Philox is the fast CPU path; under torch.compile dynamo cannot trace numpy uint64 code, so a
     # traced region takes the int64 torch emulation below (the same words, hence the same noise)

@@ -39,3 +39,7 @@ def test_philox_normal_on_empty_shapes():
     assert fastdiff.philox_normal((0, 5), seed=0).shape == (0, 5)
     assert fastdiff.philox_normal((3, 0, 2), seed=0).shape == (3, 0, 2)
     assert fastdiff.initial_noise((0, 2), seed=0).shape == (0, 2)
+    # nothing is drawn, so nothing is allocated for the rows of a (huge, 0) shape
+    assert fastdiff.philox_normal((2 ** 62, 0), seed=0).shape == (2 ** 62, 0)
+    assert fastdiff.philox_normal((0, 2 ** 40), seed=0).shape == (0, 2 ** 40)
+    assert fastdiff.philox_normal((2, 0), seed=0, row_ids=torch.tensor([5, 6])).shape == (2, 0)
