@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import math
+import operator
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -81,9 +82,12 @@ def check_shape(shape, name: str = "shape") -> tuple:
     for d in dims:
         if isinstance(d, bool):
             raise TypeError(f"{name} must hold ints, got bool in {dims!r}")
+        if type(d) is int:  # the common case (and the one torch.compile traces)
+            out.append(d)
+            continue
         try:
-            out.append(type(d).__index__(d))
-        except (AttributeError, TypeError):
+            out.append(operator.index(d))
+        except TypeError:
             raise TypeError(f"{name} must hold ints, got {type(d).__name__} in {dims!r}") from None
     shape = tuple(out)
     if len(shape) == 0:
