@@ -23,7 +23,6 @@ LP = lambda v: -0.5 * (v ** 2).sum(1)  # noqa: E731
 GLP = lambda v: -v  # noqa: E731
 SCHED = fastdiff.DiscreteVPSchedule()
 META = torch.device("meta")
-NEEDS_NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks a torch without CUDA")
 
 
 def bug(reason):
@@ -154,7 +153,7 @@ OPS_CASES = [
     # devices: unknown names, CUDA on a torch without CUDA
     case("philox-device-bogus", lambda: fastdiff.philox_normal((2, 3), 0, device="bogus"), ValueError, "device"),
     case("philox-device-float", lambda: fastdiff.philox_normal((2, 3), 0, device=1.5), TypeError, "device"),
-    *[case(f"{n}-device-cuda-without-cuda", f, ValueError, "device", "CUDA", marks=NEEDS_NO_CUDA) for n, f in (
+    *[case(f"{n}-device-cuda-without-cuda", f, ValueError, "device", "CUDA", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="checks a torch without CUDA")) for n, f in (
         ("initial_noise", lambda: fastdiff.initial_noise((2, 3), seed=0, device="cuda")),
         ("philox", lambda: fastdiff.philox_normal((2, 3), 0, device="cuda:0")),
         ("prior_sample", lambda: fastdiff.VPSDE().prior_sample((2, 3), seed=0, device="cuda")),
