@@ -14,12 +14,14 @@ Example:
 from __future__ import annotations
 
 import math
+import operator
 from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-__all__ = ["philox_normal", "philox4x32_10", "split_seed", "draw_seed", "resolve_seed", "MAX_SEED", "DRAWN_SEED_BOUND"]
+__all__ = ["philox_normal", "philox4x32_10", "split_seed", "draw_seed", "resolve_seed", "check_device", "check_shape",
+           "MAX_SEED", "DRAWN_SEED_BOUND"]
 
 _MASK32 = 0xFFFFFFFF
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57
@@ -29,6 +31,74 @@ MAX_SEED = 2**63 - 1
 
 #: seeds drawn for ``seed=None`` lie in ``[0, DRAWN_SEED_BOUND)``; any int in ``[0, MAX_SEED]`` is accepted.
 DRAWN_SEED_BOUND = 2**62
+
+
+#: the most elements a tensor may hold (int64 offsets), as torch checks for torch.empty
+MAX_NUMEL = 2**63 - 1
+#: the Philox column counter c0 is one uint32 group of four columns, so a row has at most 4 * 2**32 columns
+MAX_COLUMNS = 4 * 2**32
+
+
+def check_device(device, name: str = "device") -> Optional[torch.device]:
+    """``device`` as a ``torch.device`` (``None`` stays ``None``): a ValueError naming ``name`` for a string torch
+    cannot parse or a CUDA device on a torch without CUDA (instead of torch's ``AssertionError``).
+
+    Example:
+        >>> check_device("cpu")
+        device(type='cpu')
+    """
+    if device is None:
+        return None
+    if isinstance(device, torch.device):
+        dev = device
+    else:
+        if isinstance(device, bool) or not isinstance(device, (str, int)):
+            raise TypeError(f"{name} must be a str, int or torch.device, got {type(device).__name__}")
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, ValueError, TypeError) as err:
+            raise ValueError(f"{name}={device!r} is not a device torch knows ({err})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name}={str(device)!r} but this torch has no CUDA support "
+                         f"(torch.cuda.is_available() is False)")
+    return dev
+
+
+def check_shape(shape, name: str = "shape") -> tuple:
+    """``shape`` as a tuple of ints >= 0 with a leading row dimension, checked before anything is allocated:
+    negative sizes and element counts a tensor cannot hold (>= 2**63) raise a ValueError naming ``name``.
+
+    Example:
+        >>> check_shape(torch.Size([2, 3]))
+        (2, 3)
+    """
+    if isinstance(shape, (int, str, bytes)) or isinstance(shape, torch.Tensor) and shape.dim() == 0:
+        raise TypeError(f"{name} must be a sequence of ints, got {type(shape).__name__} {shape!r}")
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of ints, got {type(shape).__name__}") from None
+    out = []
+    for d in dims:
+        if isinstance(d, bool):
+            raise TypeError(f"{name} must hold ints, got bool in {dims!r}")
+        if type(d) is int:  # the common case (and the one torch.compile traces)
+            out.append(d)
+            continue
+        try:
+            out.append(operator.index(d))
+        except TypeError:
+            raise TypeError(f"{name} must hold ints, got {type(d).__name__} in {dims!r}") from None
+    shape = tuple(out)
+    if len(shape) == 0:
+        raise ValueError(f"{name} must have at least one (row) dimension, got ()")
+    if any(d < 0 for d in shape):
+        raise ValueError(f"{name} must hold sizes >= 0, got {shape}")
+    if any(d > MAX_NUMEL for d in shape):
+        raise ValueError(f"{name}={shape} has a size above 2**63 - 1, more than a tensor dimension can hold")
+    if math.prod(shape) > MAX_NUMEL:
+        raise ValueError(f"{name}={shape} has {math.prod(shape)} elements, more than a tensor can hold (2**63 - 1)")
+    return shape
 
 
 def draw_seed() -> int:
@@ -252,22 +322,38 @@ def philox_normal(
         >>> fastdiff.philox_normal((4, 3, 8, 8), seed=7).shape
         torch.Size([4, 3, 8, 8])
     """
-    shape = tuple(int(s) for s in shape)
-    if len(shape) == 0:
-        raise ValueError("shape must have at least one (row) dimension, got ()")
+    shape = check_shape(shape)
     k0, k1 = split_seed(seed)
     if isinstance(stream, bool) or not isinstance(stream, int) or not 0 <= stream <= _MASK32:
         raise ValueError(f"stream must be an int in [0, 2**32), got {stream!r}")
+    device = check_device(device)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    if row_ids is not None and not isinstance(row_ids, torch.Tensor):
+        raise TypeError(f"row_ids must be an int64 tensor, got {type(row_ids).__name__}")
     if row_ids is not None and device is None:
         device = row_ids.device
     rows = shape[0]
     cols = math.prod(shape[1:])
+    if rows and cols > MAX_COLUMNS:
+        raise ValueError(f"shape={shape} has {cols} columns per row; the Philox column counter allows at most "
+                         f"4 * 2**32 = {MAX_COLUMNS}")
+    if rows and cols:
+        # the draw holds (rows, ceil(cols/4)) counters of four words (int64 on the torch path) and the
+        # (rows, 4*ceil(cols/4)) float32 result: refuse what the host could never allocate, before allocating
+        need = rows * ((cols + 3) // 4) * 4 * 8
+        if need > MAX_NUMEL:
+            raise ValueError(f"shape={shape} needs {need} bytes of Philox state, more than can be allocated")
     if row_ids is None:
+        if rows == 0 or cols == 0:
+            return torch.empty(shape, dtype=dtype, device=device)
         row_ids = torch.arange(rows, dtype=torch.int64, device=device)
     else:
         if row_ids.dtype != torch.int64 or row_ids.shape != (rows,):
             raise ValueError(f"row_ids must be an int64 tensor of shape ({rows},), got {tuple(row_ids.shape)} {row_ids.dtype}")
         row_ids = row_ids.to(device)
+    if rows == 0 or cols == 0:  # nothing to draw (and no (rows,) row ids to build for a (huge, 0) shape)
+        return torch.empty(shape, dtype=dtype, device=device)
     groups = (cols + 3) // 4
     # the numpy Philox is the fast CPU path; under torch.compile dynamo cannot trace numpy uint64 code, so a
     # traced region takes the int64 torch emulation below (the same words, hence the same noise)

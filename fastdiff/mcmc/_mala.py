@@ -9,8 +9,8 @@ import torch
 from ..ops._common import check_int
 from ..ops.langevin import langevin_select, langevin_step
 from ..random import philox4x32_10, resolve_seed, split_seed
-from ._util import (_MAX_STREAM, Callback, StepSize, _check_callable, _check_grad, _check_x, _compute_dtype, _iter,
-                    _rows, _step_vector, _value_and_grad)
+from ._util import (_MAX_STREAM, Callback, StepSize, _check_callable, _check_grad, _check_per_chain, _check_x,
+                    _compute_dtype, _iter, _rows, _step_vector, _value_and_grad)
 
 __all__ = ["mala", "mala_log_accept", "philox_uniform"]
 
@@ -73,8 +73,9 @@ def mala_log_accept(
     """
     b = lp_x.shape[0]
     dt = lp_x.dtype
-    s = (g_x.to(dt) + g_y.to(dt)).reshape(b, -1)
-    zz = z.to(dt).reshape(b, -1)
+    n = g_x.numel() // b if b else 0  # explicit: reshape(0, -1) is ambiguous for an empty batch
+    s = (g_x.to(dt) + g_y.to(dt)).reshape(b, n)
+    zz = z.to(dt).reshape(b, n)
     h = step_size.to(dt)
     s2 = (s * s).sum(1)
     sz = (s * zz).sum(1)
@@ -191,10 +192,7 @@ def mala(
         if grad_log_prob is None:
             lp, g = _value_and_grad(log_prob, v, batch, "log_prob")
         else:
-            lp = log_prob(v)
-            if not isinstance(lp, torch.Tensor) or lp.numel() != batch:
-                raise ValueError(f"log_prob must return one value per chain (shape ({batch},))")
-            lp = lp.reshape(batch)
+            lp = _check_per_chain(log_prob(v), batch, v.device, "log_prob")
             g = _check_grad(grad_log_prob(v), v, "grad_log_prob")
         return lp.to(cd), g.to(cd)
 

@@ -37,6 +37,16 @@ def _predictor_table(sde: _SDE, ts: Sequence[float], n: int, predictor: str, den
     return step_coefs(in_x=a, in_m=b, out_d=1.0, out_noise=c, aux_x=0.0, aux_d=1.0, device=device)
 
 
+def _check_finite_score(g_norm: torch.Tensor, step: int, t: float) -> None:
+    """ValueError naming ``score_model`` and the first chain whose score has a NaN or inf (CPU norms only)."""
+    bad = ~torch.isfinite(g_norm)
+    if bool(bad.any()):
+        chains = bad.nonzero().flatten().tolist()
+        raise ValueError(f"score_model returned a non-finite score (NaN or inf) for chain {chains[0]}"
+                         f"{f' (and {len(chains) - 1} more)' if len(chains) > 1 else ''} at step {step} (t={t:g}); "
+                         f"the corrector's step size is computed from the score's norm")
+
+
 def predictor_corrector(
     score_model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     x: torch.Tensor,
@@ -149,6 +159,10 @@ def predictor_corrector(
         sig_t = sde.marginal(torch.tensor(ts, dtype=torch.float64))[1]
         cap = (max_step_ratio * sig_t ** 2).to(device=dev, dtype=torch.float32)
     tiny = torch.finfo(torch.float32).tiny
+    # the corrector's step comes from the score's norm (over the batch for batch_mean): a NaN/inf score would
+    # give a NaN step (every chain's, for batch_mean). On CPU the norms are host memory, so a bad score is
+    # reported by chain; on a GPU this would sync once per corrector step, so it is not checked there.
+    check_scores = dev.type == "cpu" and batch > 0
     x = x.detach().clone(memory_format=torch.contiguous_format)
     with torch.no_grad():
         for i in _iter(n_steps, progress, "predictor_corrector"):
@@ -156,11 +170,13 @@ def predictor_corrector(
             for j in range(n_corr):
                 stream = i * per_step + j
                 g = _check_grad(score_model(x, t_vec), x, "score_model")
-                g_norm = g.reshape(batch, -1).to(torch.float32).norm(dim=1)
+                g_norm = g.reshape(batch, n_cols).to(torch.float32).norm(dim=1)
+                if check_scores:
+                    _check_finite_score(g_norm, i, ts[i])
                 last_mean = denoise and predictor == "none" and i == n_steps - 1 and j == n_corr - 1
                 if noise_norm == "sampled" or last_mean:
                     z = philox_normal(x.shape, seed, stream, row_ids=row_ids, device=dev, dtype=torch.float32)
-                    z_norm = z.reshape(batch, -1).norm(dim=1)
+                    z_norm = z.reshape(batch, n_cols).norm(dim=1)
                 else:
                     z = None
                     z_norm = torch.full((batch,), math.sqrt(n_cols), dtype=torch.float32, device=dev)

@@ -60,16 +60,26 @@ def _rows(row_ids: Optional[torch.Tensor], batch: int, device: torch.device) -> 
     return torch.arange(batch, dtype=torch.int64, device=device) if rid is None else rid
 
 
+def _check_per_chain(out, batch: int, device: torch.device, name: str) -> torch.Tensor:
+    """A user callable's per-chain values (``log_prob``): a float tensor of ``batch`` values on x's device,
+    reshaped to (batch,); the errors name the callable. O(1) host work, no device read."""
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"{name} must return a tensor of one value per chain (shape ({batch},)), "
+                        f"got {type(out).__name__}")
+    if out.numel() != batch or (out.dim() > 1 and out.shape[0] != batch):
+        raise ValueError(f"{name} must return one value per chain (shape ({batch},)), got {tuple(out.shape)}")
+    if out.device != device:
+        raise ValueError(f"{name} returned a tensor on {out.device} but x is on {device}; return it on x's device")
+    if not out.dtype.is_floating_point:
+        raise TypeError(f"{name} must return a float tensor, got {out.dtype}")
+    return out.reshape(batch)
+
+
 def _value_and_grad(fn: Callable, x: torch.Tensor, batch: int, name: str, sign: float = 1.0):
     """``(sign*fn(x), d(sign*fn)/dx)`` per chain by autograd; nothing of the graph outlives the call."""
     with torch.enable_grad():
         xr = x.detach().requires_grad_(True)
-        out = fn(xr)
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"{name} must return a tensor, got {type(out).__name__}")
-        if out.numel() != batch or (out.dim() > 1 and out.shape[0] != batch):
-            raise ValueError(f"{name} must return one value per chain (shape ({batch},)), got {tuple(out.shape)}")
-        out = out.reshape(batch)
+        out = _check_per_chain(fn(xr), batch, x.device, name)
         if sign != 1.0:
             out = -out
         if out.requires_grad:
@@ -86,4 +96,8 @@ def _check_grad(g, x: torch.Tensor, name: str) -> torch.Tensor:
         raise TypeError(f"{name} must return a tensor shaped like x, got {type(g).__name__}")
     if g.shape != x.shape:
         raise ValueError(f"{name} must return a tensor of shape {tuple(x.shape)}, got {tuple(g.shape)}")
+    if g.device != x.device:
+        raise ValueError(f"{name} returned a tensor on {g.device} but x is on {x.device}; return it on x's device")
+    if not g.dtype.is_floating_point:
+        raise TypeError(f"{name} must return a float tensor (the gradient), got {g.dtype}")
     return g

@@ -6,6 +6,8 @@ from typing import Any, Sequence, Tuple, Union
 
 import torch
 
+from ..random import check_device
+
 _F64 = torch.float64
 _CPU = torch.device("cpu")
 
@@ -64,7 +66,7 @@ def _to_f64(name: str, value: Any) -> torch.Tensor:
 
 
 def _finish(x: torch.Tensor, device: DeviceLike) -> torch.Tensor:
-    return x if device is None else x.to(device)
+    return x if device is None else x.to(check_device(device))
 
 
 def _linspace(start: float, stop: float, n: int) -> torch.Tensor:

@@ -8,6 +8,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import torch
 
 from ..ops._common import check_int
+from ..random import check_device
 from ._checks import _CPU, _F64, DeviceLike, TensorLike, _check_float, _linspace, _to_f64
 
 __all__ = ["BETA_SCHEDULES", "make_betas", "rescale_zero_terminal_snr", "DiscreteVPSchedule"]
@@ -366,13 +367,15 @@ class DiscreteVPSchedule:
         """
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-        dev = torch.device(device) if device is not None else _CPU
+        dev = check_device(device) if device is not None and not isinstance(device, torch.device) else (
+            device if device is not None else _CPU)
         if dev.type == "cuda" and dev.index is None and torch.cuda.is_available():
             dev = torch.device("cuda", torch.cuda.current_device())
         key = (dev, dtype)
         tab = self._tables.get(key)
         if tab is not None:
             return tab
+        check_device(dev)  # a CUDA device on a CPU-only torch: a ValueError naming device, not torch's assert
         with self._lock:
             tab = self._tables.get(key)
             if tab is None:

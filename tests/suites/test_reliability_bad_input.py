@@ -125,6 +125,44 @@ OPS_CASES = [
     case("philox-stream", lambda: fastdiff.philox_normal((2, 3), 0, -1), ValueError, "stream"),
     case("philox-shape-empty", lambda: fastdiff.philox_normal((), 0), ValueError, "shape"),
     case("initial_noise-seed", lambda: fastdiff.initial_noise((2, 3), seed=-1), ValueError, "seed"),
+    # --- ops, noise, schedules and MCMC inputs
+    # continuous timesteps outside the schedule's domain [0, 1] (Python numbers and CPU tensors)
+    *[case(f"encode-{sname}-timesteps-{tname}", (lambda s, t, f: lambda: f(X, t, s))(sch, t, f), ValueError, "timesteps")
+      for sname, sch in (("cvp", fastdiff.ContinuousVPSchedule()), ("ve", fastdiff.VESchedule()),
+                         ("flow", fastdiff.FlowMatchingSchedule()))
+      for tname, t in (("nan", math.nan), ("above-1", 1.5), ("negative", -0.5), ("tensor-nan", torch.tensor([0.5, math.nan])),
+                       ("tensor-above-1", torch.tensor([0.2, 1.5])), ("tensor-negative", torch.tensor(-0.1)),
+                       ("int-tensor", torch.tensor([0, 2])))
+      for f in (lambda x, t, s: fastdiff.add_noise(x, t, s, seed=0),
+                lambda x, t, s: fastdiff.add_noise_with_target(x, t, s, seed=0, target="flow"))],
+    case("encode-continuous-timesteps-bool", lambda: fastdiff.add_noise(X, torch.tensor([True, False]), fastdiff.VESchedule(), seed=0), TypeError, "timesteps"),
+    # shapes: negative sizes and sizes no tensor can hold, refused before anything is allocated
+    case("philox-shape-negative", lambda: fastdiff.philox_normal((-1, 3), 0), ValueError, "shape"),
+    case("philox-shape-2**64-elements", lambda: fastdiff.philox_normal((2 ** 32, 2 ** 32, 4), 0), ValueError, "shape"),
+    case("philox-shape-too-many-columns", lambda: fastdiff.philox_normal((1, 4 * 2 ** 32 + 1), 0), ValueError, "shape", "column"),
+    case("philox-shape-state-too-big", lambda: fastdiff.philox_normal((2 ** 58, 4), 0), ValueError, "shape"),
+    case("philox-shape-float", lambda: fastdiff.philox_normal((2, 1.5), 0), TypeError, "shape"),
+    case("philox-shape-int", lambda: fastdiff.philox_normal(3, 0), TypeError, "shape"),
+    case("philox-shape-dim-above-int64", lambda: fastdiff.philox_normal((2 ** 64, 0), 0), ValueError, "shape"),
+    case("philox-dtype-int", lambda: fastdiff.philox_normal((2, 3), 0, dtype=torch.int64), TypeError, "dtype"),
+    case("initial_noise-dtype-str", lambda: fastdiff.initial_noise((2, 3), seed=0, dtype="float32"), TypeError, "dtype"),
+    case("philox-row_ids-list", lambda: fastdiff.philox_normal((2, 3), 0, row_ids=[0, 1]), TypeError, "row_ids"),
+    case("initial_noise-shape-negative", lambda: fastdiff.initial_noise((2, -3), seed=0), ValueError, "shape"),
+    case("initial_noise-shape-2**64-elements", lambda: fastdiff.initial_noise((2 ** 40, 2 ** 30), seed=0), ValueError, "shape"),
+    case("prior_sample-shape-2**64-elements", lambda: fastdiff.VPSDE().prior_sample((2 ** 40, 2 ** 30), seed=0), ValueError, "shape"),
+    # devices: unknown names, CUDA on a torch without CUDA
+    case("philox-device-bogus", lambda: fastdiff.philox_normal((2, 3), 0, device="bogus"), ValueError, "device"),
+    case("philox-device-float", lambda: fastdiff.philox_normal((2, 3), 0, device=1.5), TypeError, "device"),
+    *[case(f"{n}-device-cuda-without-cuda", f, ValueError, "device", "CUDA", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="checks a torch without CUDA")) for n, f in (
+        ("initial_noise", lambda: fastdiff.initial_noise((2, 3), seed=0, device="cuda")),
+        ("philox", lambda: fastdiff.philox_normal((2, 3), 0, device="cuda:0")),
+        ("prior_sample", lambda: fastdiff.VPSDE().prior_sample((2, 3), seed=0, device="cuda")),
+        ("step_coefs", lambda: step_coefs(out_x=0.5, device="cuda")),
+        ("karras", lambda: fastdiff.karras_sigmas(4, 0.1, 10.0, device="cuda")),
+        ("flow-sigmas", lambda: fastdiff.FlowMatchingSchedule().sigmas(4, device="cuda")),
+        ("flow-timesteps", lambda: fastdiff.FlowMatchingSchedule().timesteps(4, device="cuda")),
+        ("discrete-table", lambda: fastdiff.DiscreteVPSchedule().table("cuda")),
+    )],
 ]
 
 SCHEDULE_CASES = [

@@ -78,7 +78,10 @@ def _coefs_for(schedule, timesteps, target: str, batch: int, device: torch.devic
     if not hasattr(schedule, "alpha_sigma"):
         raise TypeError(f"schedule must be a fastdiff schedule (DiscreteVPSchedule, ContinuousVPSchedule, "
                         f"VESchedule, FlowMatchingSchedule), got {type(schedule).__name__}")
+    discrete = _is_discrete(schedule)
     if isinstance(timesteps, (int, float)) and not isinstance(timesteps, bool):
+        if not discrete and not 0.0 <= timesteps <= 1.0:  # NaN fails too
+            raise ValueError(f"timesteps for a continuous schedule must be times in [0, 1], got {timesteps!r}")
         timesteps = torch.full((batch,), timesteps, device=device,
                                dtype=torch.int64 if isinstance(timesteps, int) and _is_discrete(schedule)
                                else torch.float64)
@@ -90,7 +93,7 @@ def _coefs_for(schedule, timesteps, target: str, batch: int, device: torch.devic
         raise ValueError(f"timesteps must have shape ({batch},) (one per sample), got {tuple(timesteps.shape)}")
     if timesteps.device != device:
         raise ValueError(f"timesteps is on {timesteps.device} but x0 is on {device}")
-    if _is_discrete(schedule):
+    if discrete:
         if timesteps.dtype.is_floating_point or timesteps.dtype == torch.bool:
             raise TypeError(f"timesteps for a discrete schedule must be integer indices, got {timesteps.dtype}")
         if device.type == "cpu" and timesteps.numel():  # free on CPU; on GPU this would sync
@@ -101,6 +104,13 @@ def _coefs_for(schedule, timesteps, target: str, batch: int, device: torch.devic
         return table, timesteps.to(torch.int64).contiguous()
     if transition:
         raise TypeError("encoder_transition needs a discrete schedule (it uses its betas)")
+    if timesteps.dtype == torch.bool or timesteps.dtype.is_complex:
+        raise TypeError(f"timesteps for a continuous schedule must be real times in [0, 1], got {timesteps.dtype}")
+    if device.type == "cpu" and timesteps.numel():  # free on CPU; on GPU this would sync, so not checked there
+        lo, hi = (float(v) for v in torch.aminmax(timesteps.to(torch.float64)))  # NaN gives NaN: fails below
+        if not (lo >= 0.0 and hi <= 1.0):
+            bad = "NaN" if lo != lo or hi != hi else f"[{lo}, {hi}]"
+            raise ValueError(f"timesteps for a continuous schedule must be times in [0, 1], got {bad}")
     a, s = schedule.alpha_sigma(timesteps.to(torch.float64))
     return _columns(a, s, target).to(torch.float32).contiguous(), None
 
@@ -182,7 +192,9 @@ def add_noise(
     """Sample the encoder q(x_t | x0): ``x_t = alpha_t*x0 + sigma_t*noise`` in one pass.
 
     ``timesteps``: integer indices (batch,) for a discrete schedule, or times in
-    [0, 1] for a continuous/flow schedule; gathered per sample in-kernel.
+    [0, 1] for a continuous/flow schedule; gathered per sample in-kernel. Values
+    outside the domain (NaN included) raise a ValueError for Python numbers and
+    CPU tensors; CUDA tensors are not read on the host (no sync): pass valid values.
     ``noise`` given, or generated in-kernel from ``seed`` (Philox; a fresh seed
     from torch's global generator when both are None).
 

@@ -20,6 +20,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import torch
 
+from ...random import check_device
 from .._common import host_row
 from ..dispatch import launcher
 from ..profiling import profiled
@@ -75,7 +76,7 @@ def step_coefs(
         if c.numel() not in (1, rows):
             raise ValueError(f"coefficient {name} has {c.numel()} values; expected 1 or {rows}")
     table = torch.stack([c.expand(rows) for c in cols], dim=1)
-    return table.to(device=device, dtype=dtype)
+    return table.to(device=check_device(device), dtype=dtype)
 
 
 def _coef_defaults() -> Dict[str, float]:
