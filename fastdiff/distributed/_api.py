@@ -80,8 +80,7 @@ def sample(
     sample_shape, num_samples, batch_size = _check_common(sample_shape, num_samples, "num_samples", seed,
                                                           batch_size, dtype, on_error, callback, progress)
     if isinstance(sampler, str):
-        if sampler not in _sampling.SAMPLERS:
-            raise ValueError(f"sampler must be one of {_sampling.list_samplers()} or a callable, got {sampler!r}")
+        sampler = _sampling.resolve_sampler(sampler)  # the manifest records the canonical name
     elif not callable(sampler):
         raise TypeError(f"sampler must be a sampler name or a callable, got {type(sampler).__name__}")
     for reserved in ("x", "row_ids", "progress"):

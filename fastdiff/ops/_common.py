@@ -57,10 +57,11 @@ def check_int(name: str, value, minimum: int = 0) -> int:
 
 
 def check_batch(name: str, t) -> torch.Tensor:
-    """A floating tensor (``check_float``) with a non-empty leading batch dimension: what samplers start from."""
+    """A floating tensor (``check_float``) with a leading batch dimension (0 rows is an empty batch, valid
+    everywhere): what samplers start from."""
     check_float(name, t)
-    if t.dim() == 0 or t.shape[0] == 0:
-        raise ValueError(f"{name} must have a non-empty batch dimension, got shape {tuple(t.shape)}")
+    if t.dim() == 0:
+        raise ValueError(f"{name} must have a batch dimension (rows first), got a 0-d tensor")
     return t
 
 

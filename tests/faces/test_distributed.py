@@ -489,3 +489,17 @@ def test_a_run_whose_out_dir_was_taken_over_stops_writing(tmp_path):
                      callback=take_over)
     assert _shards(tmp_path) == [_shard_name(0, 2)]
     assert (tmp_path / ".fastdiff-run.lock").exists()  # the newer run's lock is left alone
+
+
+def test_sampler_spellings_resolve_to_the_canonical_name(tmp_path):
+    """``sampler="DPM++ 2M"`` runs as ``"dpmpp_2m"`` and the manifest records the canonical name, so a resume
+    spelled either way is the same run."""
+    gmm, sig = P.GMM, P.SIGMAS
+    a = fdist.sample(gmm.denoiser, (2,), sig, num_samples=4, seed=3, sampler="DPM++ 2M")
+    b = fdist.sample(gmm.denoiser, (2,), sig, num_samples=4, seed=3, sampler="dpmpp_2m")
+    assert torch.equal(a, b)
+    d = tmp_path / "run"
+    fdist.sample(gmm.denoiser, (2,), sig, num_samples=4, seed=3, sampler="DPM++ 2M", out_dir=d)
+    assert json.loads((d / "manifest.json").read_text())["config"]["sampler"] == "dpmpp_2m"
+    fdist.sample(gmm.denoiser, (2,), sig, num_samples=4, seed=3, sampler="dpmpp_2m", out_dir=d)  # resumes
+    assert torch.equal(fdist.load_shards(d), a)

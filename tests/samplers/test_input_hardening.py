@@ -180,3 +180,29 @@ def test_meta_sigmas_and_row_ids_are_named():
         sample(den, X, sig, row_ids=torch.arange(2, device=meta))
     with pytest.raises(ValueError, match="sigmas is on the meta device"):
         K.sample_euler(den, X, sig.to(meta), disable=True)
+
+
+# --- empty batches: valid everywhere (ops, MCMC, both sampler faces)
+@pytest.mark.parametrize("name", sorted(fastdiff.SAMPLERS))
+def test_sample_on_an_empty_batch_returns_an_empty_sample(name):
+    """0 rows is a valid batch: the sampler runs (the denoiser sees 0 rows) and returns x's shape."""
+    seen = []
+
+    def den(x, sigma):
+        seen.append(x.shape)
+        return x * 0.5
+
+    x = torch.zeros(0, 3)
+    sig = fastdiff.FlowMatchingSchedule().sigmas(4) if name == "flow_euler" else fastdiff.karras_sigmas(4, 0.1, 5.0)
+    out = fastdiff.sample(den, x, sig, sampler=name, seed=0)
+    assert out.shape == (0, 3) and out.dtype == x.dtype
+    assert seen and all(s == (0, 3) for s in seen)
+
+
+@pytest.mark.parametrize("name", sorted(K.SAMPLERS))
+def test_k_diffusion_face_on_an_empty_batch(name):
+    x = torch.zeros(0, 3)
+    kw = {"noise_sampler": lambda a, b: torch.zeros(0, 3)} if name in ("dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde") \
+        else {}
+    out = K.SAMPLERS[name](lambda v, s: v * 0.5, x, K.get_sigmas_karras(4, 0.1, 5.0), disable=True, **kw)
+    assert out.shape == (0, 3)
