@@ -179,14 +179,15 @@ class DDPMScheduler(_DiscreteVPBase):
     def _draws_noise(self) -> bool:
         return True  # every step but the last adds noise
 
-    def previous_timestep(self, timestep) -> int:
-        """The next timestep of the schedule (-1 after the last)."""
+    def previous_timestep(self, timestep):
+        """The next timestep of the schedule (-1 after the last), as diffusers returns it: a 0-d int64 tensor
+        once ``set_timesteps`` has run, else ``timestep - 1`` of the type passed in."""
+        if not (self.custom_timesteps or self.num_inference_steps):
+            return timestep - 1
         v = self._host_value(timestep)
         v = int(v if v is not None else float(timestep))  # outside step: a device read is acceptable here
-        if not (self.custom_timesteps or self.num_inference_steps):
-            return v - 1
         i = self._ts_pos[v]
-        return self._ts[i + 1] if i + 1 < len(self._ts) else -1
+        return torch.tensor(self._ts[i + 1] if i + 1 < len(self._ts) else -1)
 
     def _build_table(self, key) -> torch.Tensor:
         t = np.asarray(self._ts, dtype=np.int64)

@@ -214,6 +214,18 @@ class DiscreteVPSchedule:
         self._tables: Dict[Tuple[torch.device, torch.dtype], torch.Tensor] = {}
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> Dict[str, Any]:
+        # the lock cannot be pickled and the per-device table cache is rebuilt on demand (a CUDA table in a
+        # pickle would tie it to a device): copy.deepcopy, pickle and multiprocessing get the schedule itself
+        state = self.__dict__.copy()
+        del state["_lock"]
+        state["_tables"] = {}
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     @classmethod
     def from_betas(cls, betas: TensorLike) -> "DiscreteVPSchedule":
         """Build a schedule from an explicit beta sequence (its length is T).

@@ -1,0 +1,67 @@
+"""A drop-in scheduler is a plain Python object: ``copy.deepcopy(pipe.scheduler)``, pickling (multiprocessing,
+saving a pipeline's state) and a copy taken mid-run all work, and a copy steps exactly as the original."""
+import copy
+import pickle
+import warnings
+
+import pytest
+import torch
+
+import fastdiff.diffusers as fdd
+from fastdiff.schedules import DiscreteVPSchedule
+
+CLASSES = ["DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
+           "HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
+           "FlowMatchEulerDiscreteScheduler"]
+
+
+def _steps(sched, x, n_steps, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for t in sched.timesteps[len(sched.timesteps) - n_steps:] if n_steps else []:
+        inp = sched.scale_model_input(x, t) if hasattr(sched, "scale_model_input") else x
+        kw = {"generator": g} if "generator" in sched.step.__code__.co_varnames else {}
+        x = sched.step(torch.sin(inp) * 0.9, t, x, **kw).prev_sample
+        out.append(x)
+    return out
+
+
+@pytest.mark.parametrize("name", CLASSES)
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copy_taken_mid_run_steps_as_the_original(name, how):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sched = getattr(fdd, name)()
+        sched.set_timesteps(6)
+        x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1)) * float(
+            getattr(sched, "init_noise_sigma", 1.0))
+        g = torch.Generator().manual_seed(2)
+        for t in sched.timesteps[:3]:  # half the run: step counter, history and tables exist
+            inp = sched.scale_model_input(x, t) if hasattr(sched, "scale_model_input") else x
+            kw = {"generator": g} if "generator" in sched.step.__code__.co_varnames else {}
+            x = sched.step(torch.sin(inp) * 0.9, t, x, **kw).prev_sample
+        twin = copy.deepcopy(sched) if how == "deepcopy" else pickle.loads(pickle.dumps(sched))
+        rest = len(sched.timesteps) - 3
+        a, b = _steps(sched, x, rest), _steps(twin, x, rest)
+    assert len(a) == rest and all(torch.equal(p, q) for p, q in zip(a, b))
+
+
+def test_schedule_pickles_without_its_lock_or_device_cache():
+    s = DiscreteVPSchedule()
+    s.table("cpu")
+    t = pickle.loads(pickle.dumps(s))
+    assert torch.equal(t.alphas_cumprod, s.alphas_cumprod) and t._tables == {}
+    assert torch.equal(t.table("cpu"), s.table("cpu"))  # rebuilt on demand, with a working lock
+    assert torch.equal(copy.deepcopy(s).table("cpu"), s.table("cpu"))
+
+
+def test_ddpm_previous_timestep_has_diffusers_type():
+    diffusers = pytest.importorskip("diffusers")
+    ours, ref = fdd.DDPMScheduler(), diffusers.DDPMScheduler()
+    for s in (ours, ref):
+        s.set_timesteps(10)
+    for t in list(ref.timesteps) + [ref.timesteps[-1]]:
+        a, b = ours.previous_timestep(t), ref.previous_timestep(t)
+        assert isinstance(a, torch.Tensor) and a.dim() == 0 and a.dtype == b.dtype and int(a) == int(b)
+    fresh, fresh_ref = fdd.DDPMScheduler(), diffusers.DDPMScheduler()  # before set_timesteps: timestep - 1
+    assert fresh.previous_timestep(500) == fresh_ref.previous_timestep(500) == 499
