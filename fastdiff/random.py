@@ -41,7 +41,8 @@ MAX_COLUMNS = 4 * 2**32
 
 def check_device(device, name: str = "device") -> Optional[torch.device]:
     """``device`` as a ``torch.device`` (``None`` stays ``None``): a ValueError naming ``name`` for a string torch
-    cannot parse or a CUDA device on a torch without CUDA (instead of torch's ``AssertionError``).
+    cannot parse, a CUDA device on a torch without CUDA (instead of torch's ``AssertionError``), a CUDA index past
+    the visible devices, or another backend this torch does not have.
 
     Example:
         >>> check_device("cpu")
@@ -58,9 +59,17 @@ def check_device(device, name: str = "device") -> Optional[torch.device]:
             dev = torch.device(device)
         except (RuntimeError, ValueError, TypeError) as err:
             raise ValueError(f"{name}={device!r} is not a device torch knows ({err})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"{name}={str(device)!r} but this torch has no CUDA support "
-                         f"(torch.cuda.is_available() is False)")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name}={str(device)!r} but this torch has no CUDA support "
+                             f"(torch.cuda.is_available() is False)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{name}={str(device)!r} but this process sees {torch.cuda.device_count()} CUDA "
+                             "device(s)")
+    elif dev.type not in ("cpu", "meta"):
+        is_available = getattr(getattr(torch, dev.type, None), "is_available", None)
+        if callable(is_available) and not is_available():
+            raise ValueError(f"{name}={str(device)!r} but the {dev.type} backend is not available to this torch")
     return dev
 
 

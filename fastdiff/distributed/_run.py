@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 from ..ops._common import check_int
-from ..random import split_seed
+from ..random import check_device, split_seed
 from ._comm import DistributedRunError, _Comm, _fail, _log, _ParentWatch, _talk, _Timeout
 from ._plan import _missing, _plan
 from ._shards import (_FORMAT, _acquire_lock, _atomic_write, _Device, _digest, _lock_token, _prepare_out_dir,
@@ -45,26 +45,7 @@ def _check_common(sample_shape: Any, num: Any, num_name: str, seed: Any, batch_s
 
 def _default_device(device: _Device) -> torch.device:
     if device is not None:
-        if not isinstance(device, (str, torch.device, int)) or isinstance(device, bool):
-            raise TypeError(f"device must be a str, a torch.device or None, got {type(device).__name__}")
-        try:
-            dev = torch.device(device)
-        except (RuntimeError, ValueError) as err:
-            raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r} ({err})") \
-                from None
-        if dev.type == "cuda":
-            if not torch.cuda.is_available():
-                raise ValueError(f"device={device!r} but CUDA is not available to this torch "
-                                 f"({torch.__version__}); pass device='cpu' or None (this rank's GPU, else CPU)")
-            if dev.index is not None and dev.index >= torch.cuda.device_count():
-                raise ValueError(f"device={device!r} but this process sees {torch.cuda.device_count()} CUDA "
-                                 "device(s)")
-        elif dev.type not in ("cpu", "meta"):
-            backend = getattr(torch, dev.type, None)
-            is_avail = getattr(backend, "is_available", None)
-            if callable(is_avail) and not is_avail():
-                raise ValueError(f"device={device!r} but the {dev.type} backend is not available to this torch")
-        return dev
+        return check_device(device)
     if torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
