@@ -150,6 +150,8 @@ class Run:
             rows.append(c)
         rows += [_coef_row(p) for p in self._passes]
         self.coefs = [dict(COEF_DEFAULTS, **c) for c in rows]
+        # rows whose x0 estimate is the model output itself (planned once; the loop only checks the dtype)
+        self._raw_is_x0 = [c["in_x"] == 0.0 and c["in_m"] == 1.0 and c["guidance"] == 0.0 for c in self.coefs]
         self.table = coef_table(rows or [COEF_DEFAULTS], device=self.device, dtype=self.table_dtype)
         self._finish_plan([r["sigma"] for r in self._rows])
         self._planned = True
@@ -190,8 +192,7 @@ class Run:
         return out
 
     def _x0_is_raw(self, raw: torch.Tensor, x: torch.Tensor, k: int) -> bool:
-        c = self.coefs[k]
-        return c["in_x"] == 0.0 and c["in_m"] == 1.0 and c["guidance"] == 0.0 and raw.dtype == x.dtype
+        return self._raw_is_x0[k] and raw.dtype == x.dtype
 
     def _launch(self, x, raw, k, x_eval, history, aux, draw):  # pragma: no cover - abstract
         raise NotImplementedError

@@ -54,7 +54,7 @@ import torch
 from ._backend import BACKENDS, maybe_rows
 from .ops._common import check_batch
 from .random import DRAWN_SEED_BOUND, MAX_SEED, draw_seed, philox_normal
-from .sampler_run import PRE_CHURN_STREAM, History, SamplerContext, _supports_flow, check_no_repeats
+from .sampler_run import History, SamplerContext, _supports_flow, check_no_repeats
 from .samplers import SAMPLERS, STOCHASTIC
 from .solvers import ancestral_split, churn_schedule, lms_coefficients, unipc_rhos
 
@@ -64,7 +64,6 @@ __all__ = ["sample", "initial_noise", "list_samplers", "resolve_sampler", "SAMPL
 
 #: Philox stream reserved for :func:`initial_noise` (no sampler step ever uses it).
 INITIAL_NOISE_STREAM = 2**32 - 1
-_PRE_CHURN_STREAM = PRE_CHURN_STREAM
 
 
 def initial_noise(

@@ -63,13 +63,9 @@ class KDiffusionRun(Run):
         self.callback, self.disable = callback, disable
         self.s_in = x.new_ones([x.shape[0]])
         self.noise_sampler: Optional[NoiseSampler] = None
-        self._draws_churn = False
+        self._sde_times: Optional[tuple] = None  # (i, t_i, t_{i+1}) of the step dpmpp_sde is in
 
     # --- planning ----------------------------------------------------------------------------
-    def churn_plan(self, churn):
-        self._draws_churn = True
-        return super().churn_plan(churn)
-
     def _finish_plan(self, model_sigmas: List[Any]) -> None:
         ms = [torch.as_tensor(s, dtype=self.host.dtype).reshape(()) for s in model_sigmas]
         self.msig = (torch.stack(ms) if ms else self.host.new_zeros(1)).to(self.device)
@@ -81,7 +77,7 @@ class KDiffusionRun(Run):
         return trange(self.n, disable=self.disable)
 
     def churn(self, x: torch.Tensor, i: int, pre: Optional[int]) -> torch.Tensor:
-        if not self._draws_churn:
+        if not self._churn:  # only euler / heun / dpm_2 plan churn, and only they draw its noise
             return x
         eps = torch.randn_like(x)  # every step, churn or not: the global RNG advances as k-diffusion's
         if pre is None:
@@ -99,7 +95,9 @@ class KDiffusionRun(Run):
             # dpmpp_sde: the noise-sampler arguments with k-diffusion's exact scalar ops on sigmas' device
             # (a Brownian tree is a function of these times); elementwise, so no host sync
             i, r, stage = draw
-            t, t_next = t_of(s[i]), t_of(s[i + 1])
+            if self._sde_times is None or self._sde_times[0] != i:  # once per step, for both stages
+                self._sde_times = (i, t_of(s[i]), t_of(s[i + 1]))
+            _, t, t_next = self._sde_times
             end = t + (t_next - t) * r if stage == "mid" else t_next
             return self.noise_sampler(sigma_of(t), sigma_of(end))
         return self.noise_sampler(s[draw], s[draw + 1])
