@@ -15,6 +15,10 @@ gradient, the modern "score"):
 * :func:`energy_grad` -- ``grad_log_prob`` of an ``nn.Module`` energy / log-density
   by autograd, with no graph kept between steps.
 
+Diagnostics of the chains' draws, shaped (chains, draws, *event) as arviz's: :func:`ess`
+(bulk, tail and other effective sample sizes) and :func:`rhat` (rank-normalised split
+R-hat), both Vehtari et al. (2021), equal to arviz-stats' values.
+
 Every update is one fused pass (``fastdiff.ops.langevin_step`` /
 ``fastdiff.ops.fused_step``) with in-kernel Philox noise; acceptance statistics
 and adapted step sizes live on the device, so no step loop syncs with the host.
@@ -25,7 +29,7 @@ chains are batched.
 Everything is imported from here; the code lives in one private module per job:
 ``_langevin`` (ULA, annealed Langevin), ``_mala`` (MALA, step adaptation,
 Philox uniforms), ``_sde`` (the SDEs, on ``fastdiff.schedules``), ``_pc``
-(predictor-corrector) and ``_util`` (shared checks). :class:`EnergyGrad` is
+(predictor-corrector), ``_diagnostics`` (ESS, R-hat) and ``_util`` (shared checks). :class:`EnergyGrad` is
 defined in this file, so its qualified name -- which ``fastdiff.distributed``
 records in run manifests -- stays ``fastdiff.mcmc.EnergyGrad``.
 
@@ -42,6 +46,7 @@ from typing import Callable, Tuple
 import torch
 
 from ..ops._common import check_float
+from ._diagnostics import ESS_KINDS, ess, rhat
 from ._langevin import annealed_langevin, langevin
 from ._mala import mala, mala_log_accept, philox_uniform
 from ._pc import CORRECTORS, PREDICTORS, SNR_RULES, predictor_corrector  # noqa: F401 (the choices, importable)
@@ -61,6 +66,9 @@ __all__ = [
     "VESDE",
     "mala_log_accept",
     "philox_uniform",
+    "ess",
+    "rhat",
+    "ESS_KINDS",
 ]
 
 
