@@ -180,6 +180,7 @@ class _Demo:
     def run(self) -> int:
         import fastdiff
         from fastdiff import toy
+        from fastdiff.demo_mcmc import run_mcmc_panel
 
         t_start = time.perf_counter()
         cfg = self.cfg
@@ -187,21 +188,26 @@ class _Demo:
               f"({'quick' if cfg == config_for(True) else 'full'}: {cfg.n_points} points, steps {list(cfg.steps)})")
         gmm = toy.GaussianMixture.ring(k=8, radius=4.0, std=0.3)
 
-        print("\n[1/3] encoding: training an epsilon-prediction MLP with fastdiff.add_noise_with_target")
+        print("\n[1/4] encoding: training an epsilon-prediction MLP with fastdiff.add_noise_with_target")
         net, schedule, losses, train_s = self._train()
         print(f"      {cfg.train_iters} iterations in {train_s:.1f} s, final loss {losses[-50:].mean():.3f}")
 
-        print("\n[2/3] denoising: every sampler at steps "
+        print("\n[2/4] denoising: every sampler at steps "
               f"{list(cfg.steps)} on the exact mixture and on the trained model")
         t0 = time.perf_counter()
         self._denoise(gmm, net, schedule)
         print(f"      {len(self.rows)} sampler runs in {time.perf_counter() - t0:.1f} s")
 
-        print("\n[3/3] Langevin: ULA and MALA on the mixture's exact log-density")
+        print("\n[3/4] Langevin: ULA and MALA on the mixture's exact log-density")
         t0 = time.perf_counter()
         chains = self._langevin(gmm)
         print(f"      {2 * cfg.langevin_steps} updates of {cfg.langevin_chains} chains "
               f"in {time.perf_counter() - t0:.1f} s")
+
+        print("\n[4/4] MCMC: ULA, MALA, underdamped Langevin and HMC on an ill-conditioned Gaussian and a banana")
+        t0 = time.perf_counter()
+        run_mcmc_panel(self)  # its rows join the table, its figure is mcmc.png
+        print(f"      the MCMC panel in {time.perf_counter() - t0:.1f} s")
 
         t0 = time.perf_counter()
         self._figures(losses, chains)

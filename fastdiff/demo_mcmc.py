@@ -1,0 +1,277 @@
+"""The MCMC panel of ``fastdiff demo``: ULA, MALA, underdamped Langevin and HMC on two hard 2-D targets.
+
+Each sampler runs many chains from the same start at several budgets of gradient evaluations (warm-up
+included: MALA and HMC adapt their step size during the first half of each run), and the panel plots the
+sliced 2-Wasserstein distance between the final states and exact samples against the gradient evaluations
+actually spent (counted by wrapping ``grad_log_prob``). The targets:
+
+* an ill-conditioned Gaussian: standard deviations 3 and 0.3 (condition number 100), rotated by 45 degrees;
+* a banana (Haario et al.'s twisted Gaussian): ``x1 ~ N(0, 2^2)``, ``x2 = y + 0.3 (x1^2 - 4)``, ``y ~ N(0, 1)``.
+
+Both have exact samplers, so the sampling-noise floor (exact vs exact) is drawn too. Where a sampler
+records draws (``record_every``), the table also gives its bulk ESS per 1000 gradient evaluations and the
+largest R-hat over the coordinates (:func:`fastdiff.mcmc.ess`, :func:`fastdiff.mcmc.rhat`), over the
+post-warm-up half of the longest run. A sampler this build lacks is skipped with a note in the figure.
+
+Example:
+    >>> t = banana()
+    >>> x = t.sample(1000, 0)
+    >>> tuple(x.shape), tuple(t.grad_log_prob(x).shape)
+    ((1000, 2), (1000, 2))
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+
+__all__ = ["McmcTarget", "ill_conditioned_gaussian", "banana", "METHODS", "run_mcmc_panel"]
+
+
+@dataclass(frozen=True)
+class McmcTarget:
+    """A 2-D density with its exact log-density, gradient and sampler (``sample(n, seed)``, float64)."""
+
+    name: str
+    title: str
+    log_prob: Callable[[torch.Tensor], torch.Tensor]
+    grad_log_prob: Callable[[torch.Tensor], torch.Tensor]
+    sample: Callable[[int, int], torch.Tensor]
+    # per sampler: the step size (the initial one where it adapts) and its other keyword arguments
+    settings: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+
+
+def ill_conditioned_gaussian(sd: Tuple[float, float] = (3.0, 0.3), angle: float = math.pi / 4) -> McmcTarget:
+    """``N(0, R diag(sd^2) R^T)`` with R the rotation by ``angle``.
+
+    Example:
+        >>> t = ill_conditioned_gaussian()
+        >>> bool(torch.allclose(t.grad_log_prob(torch.zeros(3, 2)), torch.zeros(3, 2)))
+        True
+    """
+    c, s = math.cos(angle), math.sin(angle)
+    rot = torch.tensor([[c, -s], [s, c]], dtype=torch.float64)
+    prec = rot @ torch.diag(torch.tensor(sd, dtype=torch.float64) ** -2) @ rot.T
+    scale = rot @ torch.diag(torch.tensor(sd, dtype=torch.float64))
+
+    def grad(x: torch.Tensor) -> torch.Tensor:
+        return -x @ prec.to(x.dtype)
+
+    def log_prob(x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (x * grad(x)).sum(1)
+
+    def sample(n: int, seed: int) -> torch.Tensor:
+        z = torch.randn(n, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        return z @ scale.T
+
+    # steps: ULA's bias is O(h / sd_min^2); BAOAB is exact in law on Gaussians for h < 2 sd_min, and the
+    # friction ~ 1 / sd_max mixes the slow direction; HMC's trajectory 10 x 0.2 ~ 2/3 of sd_max
+    return McmcTarget("gaussian", f"ill-conditioned Gaussian (sd {sd[0]:g}, {sd[1]:g}; rotated)", log_prob, grad,
+                      sample, {"ULA": dict(step_size=0.02), "MALA": dict(step_size=0.05),
+                               "underdamped": dict(step_size=0.25, friction=0.5),
+                               "HMC": dict(step_size=0.2, n_leapfrog=10)})
+
+
+def banana(a: float = 2.0, b: float = 0.3) -> McmcTarget:
+    """The twisted Gaussian ``x1 ~ N(0, a^2)``, ``x2 | x1 ~ N(b (x1^2 - a^2), 1)``.
+
+    Example:
+        >>> t = banana()
+        >>> float(t.log_prob(torch.tensor([[0.0, -1.2]])))    # the mode, a = 2, b = 0.3
+        0.0
+    """
+
+    def resid(x: torch.Tensor) -> torch.Tensor:
+        return x[:, 1] - b * (x[:, 0] ** 2 - a * a)
+
+    def log_prob(x: torch.Tensor) -> torch.Tensor:
+        return -0.5 * (x[:, 0] / a) ** 2 - 0.5 * resid(x) ** 2
+
+    def grad(x: torch.Tensor) -> torch.Tensor:
+        r = resid(x)
+        return torch.stack([-x[:, 0] / (a * a) + 2.0 * b * x[:, 0] * r, -r], dim=1)
+
+    def sample(n: int, seed: int) -> torch.Tensor:
+        z = torch.randn(n, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        x1 = a * z[:, 0]
+        return torch.stack([x1, z[:, 1] + b * (x1 * x1 - a * a)], dim=1)
+
+    return McmcTarget("banana", f"banana (twisted Gaussian, a={a:g}, b={b:g})", log_prob, grad, sample,
+                      {"ULA": dict(step_size=0.02), "MALA": dict(step_size=0.05),
+                       "underdamped": dict(step_size=0.2, friction=1.0),
+                       "HMC": dict(step_size=0.15, n_leapfrog=10)})
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the samplers, one calling convention: (target, x0, n_grad, seed, record_every) -> (x, draws or None, note)
+
+
+class _Counted:
+    """Counts calls of a gradient (host counter: no device sync)."""
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.fn(x)
+
+
+def _takes(fn: Callable, name: str) -> bool:
+    return name in inspect.signature(fn).parameters
+
+
+def _unpack(result: Any, want_draws: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor], Any]:
+    """(x, draws, acceptance) out of a sampler's return value: x | (x, draws) | (x, acc) | (x, acc, draws)."""
+    if isinstance(result, torch.Tensor):
+        return result, None, None
+    parts = list(result)
+    x = parts.pop(0)
+    draws = parts.pop() if want_draws else None
+    return x, draws, (parts[0] if parts else None)
+
+
+def _run_ula(mc, t, x0, n_grad, seed, grad, rec):
+    kw = dict(record_every=rec) if rec else {}
+    return _unpack(mc.langevin(grad, x0, t.settings["ULA"]["step_size"], n_grad, seed=seed, **kw), bool(rec))
+
+
+def _run_mala(mc, t, x0, n_grad, seed, grad, rec):
+    kw = dict(record_every=rec) if rec else {}
+    out = mc.mala(t.log_prob, x0, t.settings["MALA"]["step_size"], n_grad, grad_log_prob=grad, seed=seed,
+                  adapt_steps=n_grad // 2, **kw)
+    return _unpack(out, bool(rec))
+
+
+def _run_underdamped(mc, t, x0, n_grad, seed, grad, rec):
+    s = dict(t.settings["underdamped"])
+    kw = dict(record_every=rec) if rec else {}
+    return _unpack(mc.underdamped_langevin(grad, x0, s.pop("step_size"), n_grad, seed=seed, **s, **kw), bool(rec))
+
+
+def _run_hmc(mc, t, x0, n_grad, seed, grad, rec):
+    s = dict(t.settings["HMC"])
+    n_steps = max(1, n_grad // s["n_leapfrog"])
+    kw = dict(record_every=rec) if rec else {}
+    out = mc.hmc(t.log_prob, x0, s.pop("step_size"), n_steps, grad_log_prob=grad, seed=seed,
+                 adapt_steps=n_steps // 2, **s, **kw)
+    return _unpack(out, bool(rec))
+
+
+# name -> (the fastdiff.mcmc function it needs, runner, gradient evaluations per sampler step)
+METHODS: Dict[str, Tuple[str, Callable, Callable[[McmcTarget], int]]] = {
+    "ULA": ("langevin", _run_ula, lambda t: 1),
+    "MALA": ("mala", _run_mala, lambda t: 1),
+    "underdamped": ("underdamped_langevin", _run_underdamped, lambda t: 1),
+    "HMC": ("hmc", _run_hmc, lambda t: t.settings["HMC"]["n_leapfrog"]),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the panel
+
+
+def _budgets(quick: bool) -> Tuple[int, ...]:
+    return (20, 60, 200, 600) if quick else (20, 60, 200, 600, 2000)
+
+
+def run_mcmc_panel(demo: Any) -> Dict[str, Any]:
+    """Run the panel for a ``fastdiff.demo_run._Demo``: adds its table rows and notes, saves ``mcmc.png``.
+
+    Returns the curves ``{target: {method: [(grad evals, sliced-W), ...]}}``, the floors and the skipped
+    methods (for tests and docs).
+    """
+    from . import mcmc as mc
+    from .demo_run import _Floor, _Row, _sw
+
+    quick = demo.cfg.langevin_chains <= 1000
+    n = demo.cfg.langevin_chains
+    budgets = _budgets(quick)
+    available = {m: hasattr(mc, fn) for m, (fn, _, _) in METHODS.items()}
+    skipped = [m for m, ok in available.items() if not ok]
+    curves: Dict[str, Dict[str, List[Tuple[int, float]]]] = {}
+    floors: Dict[str, Any] = {}
+    targets = (ill_conditioned_gaussian(), banana())
+    for ti, t in enumerate(targets):
+        truth = t.sample(n, demo._seed(300 + ti)).float()
+        floors[t.name] = _Floor([_sw(t.sample(n, demo._seed(310 + 2 * j)), t.sample(n, demo._seed(311 + 2 * j)))
+                                 for j in range(6)])
+        g0 = torch.Generator().manual_seed(demo._seed(320 + ti))
+        x0 = torch.randn(n, 2, generator=g0).to(demo.device)  # N(0, I): too narrow along one axis, too wide along the other
+        curves[t.name] = {}
+        for mi, (name, (fn_name, runner, per_step)) in enumerate(METHODS.items()):
+            if not available[name]:
+                continue
+            pts = []
+            for bi, budget in enumerate(budgets):
+                longest = bi == len(budgets) - 1
+                grad = _Counted(t.grad_log_prob)
+                fn = getattr(mc, fn_name)
+                steps = max(1, budget // per_step(t))
+                rec = max(1, steps // 200) if longest and _takes(fn, "record_every") else None
+                demo._sync()
+                t0 = time.perf_counter()
+                x, draws, acc = runner(mc, t, x0, budget, demo._seed(330 + 10 * ti + mi), grad, rec)
+                demo._sync()
+                ms = 1e3 * (time.perf_counter() - t0)
+                sw = _sw(x, truth)
+                pts.append((grad.calls, sw))
+                note = "" if acc is None else f"acceptance {float(acc.float().mean()):.2f}"
+                if draws is not None:
+                    note = (note + "; " if note else "") + _diagnostics_note(mc, draws, grad.calls)
+                demo.rows.append(_Row(t.name, name.lower(), steps, grad.calls, sw, ms, note))
+            curves[t.name][name] = pts
+    for m in skipped:
+        demo.notes.append(f"the MCMC panel skips {m}: fastdiff.mcmc.{METHODS[m][0]} is not in this build")
+    demo.notes.append("MCMC panel floors (sliced-W, exact vs exact): "
+                      + "; ".join(f"{k} {v}" for k, v in floors.items()))
+    _figure(demo, targets, curves, floors, skipped)
+    return dict(curves=curves, floors=floors, skipped=skipped)
+
+
+def _diagnostics_note(mc: Any, draws: torch.Tensor, n_grad: int) -> str:
+    """Bulk ESS per 1000 gradient evaluations (the whole run's, warm-up included) and max R-hat of the
+    post-warm-up half of the recorded draws."""
+    kept = draws[:, draws.shape[1] // 2:]
+    if kept.shape[1] < 4:
+        return ""
+    ess = mc.ess(kept.cpu())
+    r = mc.rhat(kept.cpu())
+    return f"bulk ESS/1000 grads {1e3 * float(ess.min()) / n_grad:.0f}, max R-hat {float(r.max()):.3f}"
+
+
+def _figure(demo: Any, targets: Tuple[McmcTarget, ...], curves: Dict[str, Any], floors: Dict[str, Any],
+            skipped: List[str]) -> None:
+    from matplotlib.figure import Figure
+
+    from .demo_run import _log_y_ticks
+
+    fig = Figure(figsize=(12, 4.6))
+    for j, t in enumerate(targets):
+        ax = fig.add_subplot(1, 2, j + 1)
+        for c, name in enumerate(METHODS):
+            pts = curves[t.name].get(name)
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, marker="os^D"[c], ms=4, color=f"C{c}", label=name)
+        fl = floors[t.name]
+        ax.axhspan(fl.lo, fl.hi, color="0.85", zorder=0, label="exact vs exact (min-max)")
+        ax.axhline(fl.mean, color="k", lw=0.8, ls=":")
+        ax.set(xscale="log", yscale="log", xlabel="gradient evaluations per chain (warm-up included)",
+               ylabel="sliced Wasserstein to exact samples", title=t.title)
+        ax.title.set_fontsize(9)
+        _log_y_ticks(ax)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"MCMC: {demo.cfg.langevin_chains} chains from N(0, I); MALA and HMC adapt the step size "
+                 "in the first half of each run", fontsize=10)
+    bottom = 0.0
+    if skipped:
+        fig.text(0.01, 0.01, "not shown: " + ", ".join(f"{m} (fastdiff.mcmc.{METHODS[m][0]} missing in this build)"
+                                                      for m in skipped), fontsize=9, color="C3", style="italic")
+        bottom = 0.05
+    fig.tight_layout(rect=(0, bottom, 1, 1))
+    demo._save(fig, "mcmc.png")
