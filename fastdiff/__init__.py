@@ -13,7 +13,7 @@ a log-density.
 """
 from . import random, toy
 from .ops import (add_noise, add_noise_with_target, encoder_transition, fused_encode, fused_step,
-                  langevin_select, langevin_step, step_coefs)
+                  langevin_select, langevin_step, step_coefs, underdamped_step)
 from .random import philox_normal
 from .schedules import (BETA_SCHEDULES, ContinuousVPSchedule, DiscreteVPSchedule, FlowMatchingSchedule,
                         VESchedule, exponential_sigmas, inference_timesteps, karras_sigmas, make_betas,
@@ -37,7 +37,7 @@ __all__ = [
     "polyexponential_sigmas", "vp_sigmas",
     # ops
     "add_noise", "add_noise_with_target", "encoder_transition", "fused_encode", "fused_step", "step_coefs",
-    "langevin_step", "langevin_select",
+    "langevin_step", "langevin_select", "underdamped_step",
     # samplers and model wrappers
     "sample", "SAMPLERS", "list_samplers", "initial_noise", "Denoiser", "EpsDenoiser", "VDenoiser", "X0Denoiser",
     "FlowDenoiser", "CFGDenoiser",
