@@ -24,7 +24,7 @@ from .denoisers import CFGDenoiser, Denoiser, EpsDenoiser, FlowDenoiser, VDenois
 from .sampling import SAMPLERS, initial_noise, list_samplers, sample
 from . import mcmc
 from .mcmc import (VESDE, VPSDE, EnergyGrad, SubVPSDE, annealed_langevin, energy_grad, langevin, mala,
-                   predictor_corrector)
+                   predictor_corrector, underdamped_langevin)
 from . import distributed, k_diffusion
 
 __version__ = "0.1.0"
@@ -42,7 +42,7 @@ __all__ = [
     "sample", "SAMPLERS", "list_samplers", "initial_noise", "Denoiser", "EpsDenoiser", "VDenoiser", "X0Denoiser",
     "FlowDenoiser", "CFGDenoiser",
     # Langevin dynamics and score-based MCMC
-    "langevin", "mala", "annealed_langevin", "predictor_corrector", "energy_grad", "EnergyGrad", "VPSDE",
+    "langevin", "mala", "underdamped_langevin", "annealed_langevin", "predictor_corrector", "energy_grad", "EnergyGrad", "VPSDE",
     "SubVPSDE", "VESDE",
     # rng, exact targets, submodules
     "philox_normal", "random", "toy", "sampling", "denoisers", "mcmc", "distributed", "k_diffusion",

@@ -27,7 +27,7 @@ from ..profiling import profiled
 from ..records import UnderdampedArgs
 from .naive import underdamped_cpu, underdamped_reference
 
-__all__ = ["underdamped_step", "underdamped_reference", "check_mass"]
+__all__ = ["underdamped_step", "underdamped_reference", "check_mass", "check_friction"]
 
 
 def _finite_float(name: str, value, *, minimum: Optional[float] = None, positive: bool = False) -> float:
@@ -38,6 +38,11 @@ def _finite_float(name: str, value, *, minimum: Optional[float] = None, positive
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be a finite float >= {minimum}, got {value!r}")
     return float(value)
+
+
+def check_friction(friction) -> float:
+    """``friction`` as a float: finite and >= 0 (0: no refresh, plain leapfrog)."""
+    return _finite_float("friction", friction, minimum=0.0)
 
 
 def check_mass(mass, x: torch.Tensor, *, check_values_on_device: bool = False) -> Union[float, torch.Tensor]:
@@ -119,7 +124,7 @@ def underdamped_step(
     check_float("grad", grad, like=x, shape=x.shape)
     step = _check_step(step_size, batch, dev)
     kick = _finite_float("kick", kick)
-    friction = _finite_float("friction", friction, minimum=0.0)
+    friction = check_friction(friction)
     temperature = _finite_float("temperature", temperature, positive=True)
     m = check_mass(mass, x)
     if not isinstance(drift, bool):
