@@ -13,7 +13,7 @@ a log-density.
 """
 from . import random, toy
 from .ops import (add_noise, add_noise_with_target, encoder_transition, fused_encode, fused_step,
-                  langevin_select, langevin_step, step_coefs)
+                  langevin_select, langevin_step, step_coefs, underdamped_step)
 from .random import philox_normal
 from .schedules import (BETA_SCHEDULES, ContinuousVPSchedule, DiscreteVPSchedule, FlowMatchingSchedule,
                         VESchedule, exponential_sigmas, inference_timesteps, karras_sigmas, make_betas,
@@ -24,7 +24,7 @@ from .denoisers import CFGDenoiser, Denoiser, EpsDenoiser, FlowDenoiser, VDenois
 from .sampling import SAMPLERS, initial_noise, list_samplers, sample
 from . import mcmc
 from .mcmc import (VESDE, VPSDE, EnergyGrad, SubVPSDE, annealed_langevin, energy_grad, langevin, mala,
-                   predictor_corrector)
+                   predictor_corrector, underdamped_langevin)
 from . import distributed, k_diffusion
 
 __version__ = "0.1.0"
@@ -37,12 +37,12 @@ __all__ = [
     "polyexponential_sigmas", "vp_sigmas",
     # ops
     "add_noise", "add_noise_with_target", "encoder_transition", "fused_encode", "fused_step", "step_coefs",
-    "langevin_step", "langevin_select",
+    "langevin_step", "langevin_select", "underdamped_step",
     # samplers and model wrappers
     "sample", "SAMPLERS", "list_samplers", "initial_noise", "Denoiser", "EpsDenoiser", "VDenoiser", "X0Denoiser",
     "FlowDenoiser", "CFGDenoiser",
     # Langevin dynamics and score-based MCMC
-    "langevin", "mala", "annealed_langevin", "predictor_corrector", "energy_grad", "EnergyGrad", "VPSDE",
+    "langevin", "mala", "underdamped_langevin", "annealed_langevin", "predictor_corrector", "energy_grad", "EnergyGrad", "VPSDE",
     "SubVPSDE", "VESDE",
     # rng, exact targets, submodules
     "philox_normal", "random", "toy", "sampling", "denoisers", "mcmc", "distributed", "k_diffusion",

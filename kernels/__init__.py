@@ -8,6 +8,7 @@ Modules:
     encode    forward noising x_t = a*x0 + s*noise (+ training target) in one pass
     step      the denoising-step family: model output -> denoised -> combination -> noise
     langevin  x + h*g + sqrt(2*h*T)*noise and the Metropolis accept/select
+    underdamped  one fused BAOAB step of kinetic Langevin (kick, drift, exact OU refresh, drift)
 """
 
-__all__ = ["philox", "encode", "step", "langevin"]
+__all__ = ["philox", "encode", "step", "langevin", "underdamped"]

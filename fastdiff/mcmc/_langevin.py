@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -10,6 +10,7 @@ from .._backend import maybe_rows
 from ..ops._common import check_int
 from ..ops.langevin import langevin_step
 from ..random import resolve_seed
+from ._draws import DrawRecorder, check_record_every
 from ._util import (_MAX_STREAM, Callback, StepSize, _check_callable, _check_grad, _check_pos_float, _check_x,
                     _compute_dtype, _iter, _step_vector)
 
@@ -27,8 +28,9 @@ def langevin(
     row_ids: Optional[torch.Tensor] = None,
     callback: Callback = None,
     progress: bool = False,
+    record_every: Optional[int] = None,
     backend: str = "auto",
-) -> torch.Tensor:
+) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """Unadjusted Langevin algorithm (Roberts & Tweedie 1996): ``x <- x + h*grad log p(x) + sqrt(2*h*T)*z``.
 
     Its stationary law tends to ``p**(1/T)`` as ``h -> 0`` (with an O(h) bias;
@@ -46,10 +48,13 @@ def langevin(
         callback: called after each step with ``{"i": step, "x": chains}`` (x is updated in
             place afterwards: clone what you keep).
         progress: show a tqdm progress bar.
+        record_every: keep the chains after every ``record_every``-th step in one preallocated buffer.
         backend: "auto" | "triton" | "torch" | "reference" (see ``fastdiff.ops.langevin_step``).
 
     Returns:
-        The chains after ``n_steps`` updates (a new tensor, x's dtype).
+        The chains after ``n_steps`` updates (a new tensor, x's dtype); with ``record_every``, ``(x, draws)``
+        where ``draws`` is shaped ``(n_chains, n_steps // record_every, *event)`` (arviz's ``(chain, draw,
+        ...)`` layout), x's dtype: ``draws[:, j]`` is the state after step ``(j + 1) * record_every``.
 
     Example:
         >>> x = fastdiff.langevin(lambda x: -x, 3 * torch.randn(8192, 2), 0.01, 1000, seed=0)
@@ -64,17 +69,21 @@ def langevin(
         h: StepSize = _step_vector(step_size, batch, x.device)
     else:
         h = _check_pos_float("step_size", step_size)
+    every = check_record_every(record_every, n_steps)
     seed = resolve_seed(seed)
     row_ids = maybe_rows(row_ids, batch, x.device)
     x = x.detach().clone(memory_format=torch.contiguous_format)
+    rec = DrawRecorder(x, n_steps, every) if every is not None else None
     with torch.no_grad():
         for i in _iter(n_steps, progress, "langevin"):
             g = _check_grad(grad_log_prob(x), x, "grad_log_prob")
             langevin_step(x, g, h, temperature=temperature, seed=seed, stream=i, row_ids=row_ids, out=x,
                           backend=backend)
+            if rec is not None:
+                rec.after_step(i, x)
             if callback is not None:
                 callback({"i": i, "x": x})
-    return x
+    return x if rec is None else (x, rec.draws)
 
 
 def _sigma_list(sigmas) -> list:

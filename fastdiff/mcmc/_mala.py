@@ -9,6 +9,7 @@ import torch
 from ..ops._common import check_int
 from ..ops.langevin import langevin_select, langevin_step
 from ..random import philox4x32_10, resolve_seed, split_seed
+from ._draws import DrawRecorder, check_record_every
 from ._util import (_MAX_STREAM, Callback, StepSize, _check_callable, _check_grad, _check_per_chain, _check_x,
                     _compute_dtype, _iter, _rows, _step_vector, _value_and_grad)
 
@@ -129,8 +130,10 @@ def mala(
     adapt_steps: int = 0,
     target_accept: float = 0.574,
     return_step_size: bool = False,
+    record_every: Optional[int] = None,
     backend: str = "auto",
-) -> Union[Tuple[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+) -> Union[Tuple[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+           Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Metropolis-adjusted Langevin algorithm (Roberts & Tweedie 1996; Besag 1994), many chains at once.
 
     Proposal ``y = x + h*grad log p(x) + sqrt(2h)*z`` (one fused pass, Philox
@@ -159,12 +162,17 @@ def mala(
         adapt_steps: warm-up steps with adaptation (0: none).
         target_accept: target acceptance probability of the adaptation, in (0, 1).
         return_step_size: also return the (frozen) per-chain step sizes.
+        record_every: keep the chains after every ``record_every``-th step (warm-up included) in one
+            preallocated buffer.
         backend: "auto" | "triton" | "torch" | "reference".
 
     Returns:
         ``(x, acceptance_rate)`` -- the chains and each chain's acceptance rate over the
         steps after warm-up (over all steps if there are none after it; NaN if
-        ``n_steps == 0``) -- plus the step sizes when ``return_step_size``.
+        ``n_steps == 0``) -- plus the step sizes when ``return_step_size``, plus ``draws`` last
+        with ``record_every``: ``(x, acceptance, draws)`` or ``(x, acceptance, step_size, draws)``.
+        ``draws`` is shaped ``(n_chains, n_steps // record_every, *event)`` (arviz's ``(chain, draw,
+        ...)`` layout), x's dtype: ``draws[:, j]`` is the state after step ``(j + 1) * record_every``.
 
     Example:
         >>> lp = lambda x: -0.5 * (x ** 2).sum(1)
@@ -182,6 +190,7 @@ def mala(
         raise ValueError(f"adapt_steps must be <= n_steps ({n_steps}), got {adapt_steps}")
     if isinstance(target_accept, bool) or not isinstance(target_accept, (int, float)) or not 0 < target_accept < 1:
         raise ValueError(f"target_accept must be a float in (0, 1), got {target_accept!r}")
+    every = check_record_every(record_every, n_steps)
     dev = x.device
     h = _step_vector(step_size, batch, dev)
     seed = resolve_seed(seed)
@@ -202,6 +211,7 @@ def mala(
     n_acc = torch.zeros(batch, dtype=torch.int64, device=dev)
     count_from = adapt_steps if adapt_steps < n_steps else 0
     adapt = _StepAdapter(h, target_accept, adapt_steps) if adapt_steps > 0 else None
+    rec = DrawRecorder(x, n_steps, every) if every is not None else None
     with torch.no_grad():
         lp, g = value_and_grad(x)
         # A chain started where log p is NaN is treated as outside the support (-inf): it moves on its
@@ -224,9 +234,12 @@ def mala(
                 h = adapt.update(i + 1, prob)
                 if i + 1 == adapt_steps:
                     h = adapt.final()
+            if rec is not None:
+                rec.after_step(i, x)
             if callback is not None:
                 callback({"i": i, "x": x, "accept": accept, "log_prob": lp, "log_accept_ratio": log_alpha,
                           "step_size": h})
     n_counted = n_steps - count_from
     rate = n_acc.to(cd) / n_counted if n_counted > 0 else torch.full((batch,), math.nan, dtype=cd, device=dev)
-    return (x, rate, h) if return_step_size else (x, rate)
+    out = (x, rate, h) if return_step_size else (x, rate)
+    return out if rec is None else out + (rec.draws,)

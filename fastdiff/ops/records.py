@@ -10,7 +10,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-__all__ = ["StepArgs", "EncodeArgs", "LangevinArgs", "SelectArgs"]
+__all__ = ["StepArgs", "EncodeArgs", "LangevinArgs", "SelectArgs", "UnderdampedArgs"]
 
 
 class StepArgs(NamedTuple):
@@ -88,3 +88,27 @@ class SelectArgs(NamedTuple):
     proposal: torch.Tensor
     accept: torch.Tensor
     out: torch.Tensor
+
+
+class UnderdampedArgs(NamedTuple):
+    """``underdamped_kernel``'s launch (``torch.ops.fastdiff.underdamped_step_``): one BAOAB pass, or only its
+    kick when ``drift`` is False (then ``x`` and ``x_out`` are not touched)."""
+
+    x: torch.Tensor
+    v: torch.Tensor
+    grad: torch.Tensor
+    step: Optional[torch.Tensor]  # float32 (n_chains,) step sizes; None: every chain takes step_scalar
+    mass: Optional[torch.Tensor]  # float32 (n_cols,) diagonal mass; None: mass_scalar for every element
+    noise: Optional[torch.Tensor]  # z given; else Philox noise of (seed_lo, seed_hi, chain id, stream)
+    row_ids: Optional[torch.Tensor]
+    x_out: torch.Tensor
+    v_out: torch.Tensor
+    step_scalar: float
+    kick: float
+    friction: float
+    temperature: float
+    mass_scalar: float
+    drift: bool
+    seed_lo: int
+    seed_hi: int
+    stream: int
