@@ -1,17 +1,17 @@
 """The MCMC panel of ``fastdiff demo``: ULA, MALA, underdamped Langevin and HMC on two hard 2-D targets.
 
-Each sampler runs many chains from the same start at several budgets of gradient evaluations (warm-up
-included: MALA and HMC adapt their step size during the first half of each run), and the panel plots the
-sliced 2-Wasserstein distance between the final states and exact samples against the gradient evaluations
-actually spent (counted by wrapping ``grad_log_prob``). The targets:
+Each sampler runs many chains from the same start for a budget of gradient evaluations, recording every
+state (``record_every=1``; MALA and HMC adapt their step size during the first third of the run), and the
+panel plots the sliced 2-Wasserstein distance between the chains after ``k`` gradient evaluations and exact
+samples against ``k`` (the evaluations are counted by wrapping ``grad_log_prob``). The targets:
 
 * an ill-conditioned Gaussian: standard deviations 3 and 0.3 (condition number 100), rotated by 45 degrees;
 * a banana (Haario et al.'s twisted Gaussian): ``x1 ~ N(0, 2^2)``, ``x2 = y + 0.3 (x1^2 - 4)``, ``y ~ N(0, 1)``.
 
-Both have exact samplers, so the sampling-noise floor (exact vs exact) is drawn too. Where a sampler
-records draws (``record_every``), the table also gives its bulk ESS per 1000 gradient evaluations and the
-largest R-hat over the coordinates (:func:`fastdiff.mcmc.ess`, :func:`fastdiff.mcmc.rhat`), over the
-post-warm-up half of the longest run. A sampler this build lacks is skipped with a note in the figure.
+Both have exact samplers, so the sampling-noise floor (exact vs exact) is drawn too. The table gives each
+run's bulk ESS (per 1000 gradient evaluations) and largest R-hat over the coordinates, from the draws after
+warm-up (:func:`fastdiff.mcmc.ess`, :func:`fastdiff.mcmc.rhat`). A sampler this build lacks is skipped with
+a note in the figure.
 
 Example:
     >>> t = banana()
@@ -25,7 +25,7 @@ import inspect
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 
@@ -107,7 +107,7 @@ def banana(a: float = 2.0, b: float = 0.3) -> McmcTarget:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# the samplers, one calling convention: (target, x0, n_grad, seed, record_every) -> (x, draws or None, note)
+# the samplers, one calling convention: (mc, target, x0, n_steps, seed, grad, record_every) -> (x, acc, draws)
 
 
 class _Counted:
@@ -121,45 +121,32 @@ class _Counted:
         return self.fn(x)
 
 
-def _takes(fn: Callable, name: str) -> bool:
-    return name in inspect.signature(fn).parameters
+def _warm_up(n_steps: int) -> int:
+    """MALA's and HMC's step-size adaptation: the first third of the run."""
+    return n_steps // 3
 
 
-def _unpack(result: Any, want_draws: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor], Any]:
-    """(x, draws, acceptance) out of a sampler's return value: x | (x, draws) | (x, acc) | (x, acc, draws)."""
-    if isinstance(result, torch.Tensor):
-        return result, None, None
-    parts = list(result)
-    x = parts.pop(0)
-    draws = parts.pop() if want_draws else None
-    return x, draws, (parts[0] if parts else None)
+def _run_ula(mc, t, x0, n_steps, seed, grad, rec):
+    x, draws = mc.langevin(grad, x0, t.settings["ULA"]["step_size"], n_steps, seed=seed, record_every=rec)
+    return x, None, draws
 
 
-def _run_ula(mc, t, x0, n_grad, seed, grad, rec):
-    kw = dict(record_every=rec) if rec else {}
-    return _unpack(mc.langevin(grad, x0, t.settings["ULA"]["step_size"], n_grad, seed=seed, **kw), bool(rec))
+def _run_mala(mc, t, x0, n_steps, seed, grad, rec):
+    return mc.mala(t.log_prob, x0, t.settings["MALA"]["step_size"], n_steps, grad_log_prob=grad, seed=seed,
+                   adapt_steps=_warm_up(n_steps), record_every=rec)
 
 
-def _run_mala(mc, t, x0, n_grad, seed, grad, rec):
-    kw = dict(record_every=rec) if rec else {}
-    out = mc.mala(t.log_prob, x0, t.settings["MALA"]["step_size"], n_grad, grad_log_prob=grad, seed=seed,
-                  adapt_steps=n_grad // 2, **kw)
-    return _unpack(out, bool(rec))
-
-
-def _run_underdamped(mc, t, x0, n_grad, seed, grad, rec):
+def _run_underdamped(mc, t, x0, n_steps, seed, grad, rec):
     s = dict(t.settings["underdamped"])
-    kw = dict(record_every=rec) if rec else {}
-    return _unpack(mc.underdamped_langevin(grad, x0, s.pop("step_size"), n_grad, seed=seed, **s, **kw), bool(rec))
+    x, draws = mc.underdamped_langevin(grad, x0, s.pop("step_size"), n_steps, seed=seed, record_every=rec, **s)
+    return x, None, draws
 
 
-def _run_hmc(mc, t, x0, n_grad, seed, grad, rec):
+def _run_hmc(mc, t, x0, n_steps, seed, grad, rec):
     s = dict(t.settings["HMC"])
-    n_steps = max(1, n_grad // s["n_leapfrog"])
-    kw = dict(record_every=rec) if rec else {}
-    out = mc.hmc(t.log_prob, x0, s.pop("step_size"), n_steps, grad_log_prob=grad, seed=seed,
-                 adapt_steps=n_steps // 2, **s, **kw)
-    return _unpack(out, bool(rec))
+    x, acc, draws = mc.hmc(t.log_prob, x0, s.pop("step_size"), n_steps, grad_log_prob=grad, seed=seed,
+                           adapt_steps=_warm_up(n_steps), record_every=rec, **s)
+    return x, acc, draws
 
 
 # name -> (the fastdiff.mcmc function it needs, runner, gradient evaluations per sampler step)
@@ -176,23 +163,37 @@ METHODS: Dict[str, Tuple[str, Callable, Callable[[McmcTarget], int]]] = {
 
 
 def _budgets(quick: bool) -> Tuple[int, ...]:
-    return (20, 60, 200, 600) if quick else (20, 60, 200, 600, 2000)
+    """Checkpoints in gradient evaluations (multiples of every sampler's evaluations per step)."""
+    # ~10 s of one CPU core for the quick panel (1000 chains); MALA's per-step cost dominates (its Philox
+    # uniform on the torch path: ~3 of its ~4 ms per step for 1000 chains, measured on a loaded 2-core machine)
+    return (20, 60, 200, 600) if quick else (20, 60, 200, 600, 1000)
+
+
+def _missing(mc: Any) -> Dict[str, str]:
+    """The methods this build cannot run, with why."""
+    out = {}
+    for name, (fn_name, _, _) in METHODS.items():
+        fn = getattr(mc, fn_name, None)
+        if fn is None:
+            out[name] = f"fastdiff.mcmc.{fn_name} is not in this build"
+        elif "record_every" not in inspect.signature(fn).parameters:
+            out[name] = f"fastdiff.mcmc.{fn_name} has no record_every in this build"
+    return out
 
 
 def run_mcmc_panel(demo: Any) -> Dict[str, Any]:
     """Run the panel for a ``fastdiff.demo_run._Demo``: adds its table rows and notes, saves ``mcmc.png``.
 
-    Returns the curves ``{target: {method: [(grad evals, sliced-W), ...]}}``, the floors and the skipped
-    methods (for tests and docs).
+    Each sampler makes one run of the largest budget, recording the chains after every step (every
+    leapfrog trajectory for HMC); the state after ``k`` gradient evaluations is the checkpoint ``k`` of that
+    run. Returns ``{"curves": {target: {method: [(grad evals, sliced-W), ...]}}, "floors", "skipped"}``.
     """
     from . import mcmc as mc
     from .demo_run import _Floor, _Row, _sw
 
-    quick = demo.cfg.langevin_chains <= 1000
     n = demo.cfg.langevin_chains
-    budgets = _budgets(quick)
-    available = {m: hasattr(mc, fn) for m, (fn, _, _) in METHODS.items()}
-    skipped = [m for m, ok in available.items() if not ok]
+    budgets = _budgets(n <= 1000)
+    skipped = _missing(mc)
     curves: Dict[str, Dict[str, List[Tuple[int, float]]]] = {}
     floors: Dict[str, Any] = {}
     targets = (ill_conditioned_gaussian(), banana())
@@ -200,52 +201,47 @@ def run_mcmc_panel(demo: Any) -> Dict[str, Any]:
         truth = t.sample(n, demo._seed(300 + ti)).float()
         floors[t.name] = _Floor([_sw(t.sample(n, demo._seed(310 + 2 * j)), t.sample(n, demo._seed(311 + 2 * j)))
                                  for j in range(6)])
-        g0 = torch.Generator().manual_seed(demo._seed(320 + ti))
-        x0 = torch.randn(n, 2, generator=g0).to(demo.device)  # N(0, I): too narrow along one axis, too wide along the other
+        # N(0, I): too narrow along the Gaussian's wide axis, too wide along its narrow one
+        x0 = torch.randn(n, 2, generator=torch.Generator().manual_seed(demo._seed(320 + ti))).to(demo.device)
         curves[t.name] = {}
-        for mi, (name, (fn_name, runner, per_step)) in enumerate(METHODS.items()):
-            if not available[name]:
+        for mi, (name, (_, runner, per_step)) in enumerate(METHODS.items()):
+            if name in skipped:
                 continue
-            pts = []
-            for bi, budget in enumerate(budgets):
-                longest = bi == len(budgets) - 1
-                grad = _Counted(t.grad_log_prob)
-                fn = getattr(mc, fn_name)
-                steps = max(1, budget // per_step(t))
-                rec = max(1, steps // 200) if longest and _takes(fn, "record_every") else None
-                demo._sync()
-                t0 = time.perf_counter()
-                x, draws, acc = runner(mc, t, x0, budget, demo._seed(330 + 10 * ti + mi), grad, rec)
-                demo._sync()
-                ms = 1e3 * (time.perf_counter() - t0)
-                sw = _sw(x, truth)
-                pts.append((grad.calls, sw))
-                note = "" if acc is None else f"acceptance {float(acc.float().mean()):.2f}"
-                if draws is not None:
-                    note = (note + "; " if note else "") + _diagnostics_note(mc, draws, grad.calls)
-                demo.rows.append(_Row(t.name, name.lower(), steps, grad.calls, sw, ms, note))
+            grad = _Counted(t.grad_log_prob)
+            n_steps = budgets[-1] // per_step(t)
+            demo._sync()
+            t0 = time.perf_counter()
+            x, acc, draws = runner(mc, t, x0, n_steps, demo._seed(330 + 10 * ti + mi), grad, 1)
+            demo._sync()
+            ms = 1e3 * (time.perf_counter() - t0)
+            per_eval = grad.calls / n_steps  # measured: 1 per step (+1 for the start), n_leapfrog for HMC
+            pts = [(round(b * per_eval), _sw(draws[:, b // per_step(t) - 1], truth)) for b in budgets]
             curves[t.name][name] = pts
-    for m in skipped:
-        demo.notes.append(f"the MCMC panel skips {m}: fastdiff.mcmc.{METHODS[m][0]} is not in this build")
-    demo.notes.append("MCMC panel floors (sliced-W, exact vs exact): "
+            note = "" if acc is None else f"acceptance {float(acc.float().mean()):.2f}; "
+            note += _diagnostics_note(mc, draws, n_steps, grad.calls)
+            demo.rows.append(_Row(t.name, name.lower(), n_steps, grad.calls, pts[-1][1], ms, note))
+    for m, why in skipped.items():
+        demo.notes.append(f"the MCMC panel skips {m}: {why}")
+    demo.notes.append("MCMC panel: sliced-W of the last state; ESS and R-hat over the draws after warm-up (MALA "
+                      "and HMC adapt in the first third); floors (exact vs exact): "
                       + "; ".join(f"{k} {v}" for k, v in floors.items()))
     _figure(demo, targets, curves, floors, skipped)
     return dict(curves=curves, floors=floors, skipped=skipped)
 
 
-def _diagnostics_note(mc: Any, draws: torch.Tensor, n_grad: int) -> str:
-    """Bulk ESS per 1000 gradient evaluations (the whole run's, warm-up included) and max R-hat of the
-    post-warm-up half of the recorded draws."""
-    kept = draws[:, draws.shape[1] // 2:]
+def _diagnostics_note(mc: Any, draws: torch.Tensor, n_steps: int, n_grad: int) -> str:
+    """Bulk ESS (smallest coordinate) per 1000 gradient evaluations of the whole run, and the largest R-hat,
+    both over the draws after warm-up."""
+    kept = draws[:, _warm_up(n_steps):].cpu()
     if kept.shape[1] < 4:
         return ""
-    ess = mc.ess(kept.cpu())
-    r = mc.rhat(kept.cpu())
-    return f"bulk ESS/1000 grads {1e3 * float(ess.min()) / n_grad:.0f}, max R-hat {float(r.max()):.3f}"
+    ess, r = mc.ess(kept), mc.rhat(kept)
+    return f"bulk ESS {float(ess.min()):.0f} ({1e3 * float(ess.min()) / n_grad:.0f}/1000 grads), " \
+           f"max R-hat {float(r.max()):.3f}"
 
 
 def _figure(demo: Any, targets: Tuple[McmcTarget, ...], curves: Dict[str, Any], floors: Dict[str, Any],
-            skipped: List[str]) -> None:
+            skipped: Dict[str, str]) -> None:
     from matplotlib.figure import Figure
 
     from .demo_run import _log_y_ticks
@@ -261,17 +257,17 @@ def _figure(demo: Any, targets: Tuple[McmcTarget, ...], curves: Dict[str, Any], 
         fl = floors[t.name]
         ax.axhspan(fl.lo, fl.hi, color="0.85", zorder=0, label="exact vs exact (min-max)")
         ax.axhline(fl.mean, color="k", lw=0.8, ls=":")
-        ax.set(xscale="log", yscale="log", xlabel="gradient evaluations per chain (warm-up included)",
+        ax.set(xscale="log", yscale="log", xlabel="gradient evaluations per chain",
                ylabel="sliced Wasserstein to exact samples", title=t.title)
         ax.title.set_fontsize(9)
         _log_y_ticks(ax)
         ax.legend(fontsize=8)
-    fig.suptitle(f"MCMC: {demo.cfg.langevin_chains} chains from N(0, I); MALA and HMC adapt the step size "
-                 "in the first half of each run", fontsize=10)
+    fig.suptitle(f"MCMC: {demo.cfg.langevin_chains} chains from N(0, I); MALA and HMC adapt their step size "
+                 "during the first third of the run", fontsize=10)
     bottom = 0.0
     if skipped:
-        fig.text(0.01, 0.01, "not shown: " + ", ".join(f"{m} (fastdiff.mcmc.{METHODS[m][0]} missing in this build)"
-                                                      for m in skipped), fontsize=9, color="C3", style="italic")
+        fig.text(0.01, 0.01, "not shown: " + "; ".join(f"{m} ({why})" for m, why in skipped.items()),
+                 fontsize=9, color="C3", style="italic")
         bottom = 0.05
     fig.tight_layout(rect=(0, bottom, 1, 1))
     demo._save(fig, "mcmc.png")

@@ -11,8 +11,10 @@ from fastdiff.cli import main
 from fastdiff.demo import config_for
 from fastdiff.sampling import list_samplers
 
-FIGURES = ("training_loss.png", "samples_mixture.png", "samples_model.png", "error_vs_steps.png", "langevin.png")
+FIGURES = ("training_loss.png", "samples_mixture.png", "samples_model.png", "error_vs_steps.png", "langevin.png",
+           "mcmc.png")
 ROW = re.compile(r"^(mixture|model)\s+(\w+)\s+(\d+)\s+(\d+)\s+(\S+)\s+(\S+)")
+MCMC_ROW = re.compile(r"^(gaussian|banana)\s+(\w+)\s+(\d+)\s+(\d+)\s+(\S+)\s+(\S+)\s*(.*)$")
 
 
 def _run(argv):
@@ -179,3 +181,33 @@ def test_error_plot_styles_are_distinct_and_the_few_step_caveat_is_captioned():
     assert len({(tuple(c), m) for c, m in styles}) == len(names)  # no two curves look alike
     assert "k-diffusion" in _grid_caption((10,), names) and "dpmpp_3m_sde" in _grid_caption((10,), names)
     assert _grid_caption((20,), names) == ""  # nothing to explain where it converges
+
+
+def test_quick_demo_mcmc_panel(quick_run):
+    """The MCMC panel: every sampler on both targets (or a note naming what this build lacks), each row with
+    the gradient evaluations actually spent, its sliced-W, bulk ESS and R-hat. Quality: at the largest budget
+    each sampler's sliced-W is under 2x the exact-vs-exact floor -- detects a sampler that misses the banana's
+    arms or the Gaussian's long axis (sliced-W >= 0.5 at these sizes), not the ULA's O(h) bias."""
+    from fastdiff.demo_mcmc import METHODS, _budgets
+
+    out = quick_run["stdout"]
+    rows = {}
+    for line in out.splitlines():
+        m = MCMC_ROW.match(line)
+        if m:
+            target, sampler, steps, evals, sw, ms, note = m.groups()
+            rows[(target, sampler)] = (int(steps), int(evals), float(sw), note)
+    floors = dict(re.findall(r"(gaussian|banana) ([\d.]+) \+- [\d.]+ \[", out))
+    assert set(floors) == {"gaussian", "banana"}, out[-1500:]
+    budget = _budgets(True)[-1]
+    for name in METHODS:
+        skipped = f"the MCMC panel skips {name}:" in out
+        for target in ("gaussian", "banana"):
+            if skipped:
+                assert (target, name.lower()) not in rows
+                continue
+            steps, evals, sw, note = rows[(target, name.lower())]
+            assert budget <= evals <= budget + 1, (target, name, evals)  # +1: the gradient at the start
+            assert math.isfinite(sw) and 0 < sw < 2 * float(floors[target]), (target, name, sw, floors)
+            assert re.search(r"bulk ESS \d+ \(\d+/1000 grads\), max R-hat [\d.]+", note), note
+    assert ("gaussian", "ula") in rows and ("gaussian", "mala") in rows  # the samplers this build always has
