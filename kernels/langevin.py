@@ -13,6 +13,15 @@ import triton.language as tl
 from .philox import flat_offsets, philox_noise
 
 
+@triton.jit
+def chain_step(step_ptr, row, mask, step_scalar, PER_ROW: tl.constexpr):
+    """Each element's step size: its chain's entry of the float32 ``step_ptr`` vector, or the one host float."""
+    if PER_ROW:
+        return tl.load(step_ptr + row, mask=mask, other=0.0).to(tl.float32)
+    else:
+        return step_scalar
+
+
 # Integer arguments equal to 1 would be specialised into constants (and recompiled); these vary per call.
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "stream"])
 def langevin_kernel(
@@ -25,10 +34,7 @@ def langevin_kernel(
     offs = flat_offsets(pid, IDX64, BLOCK)
     mask = offs < total
     row = offs // n_cols
-    if PER_ROW:
-        h = tl.load(step_ptr + row, mask=mask, other=0.0).to(tl.float32)
-    else:
-        h = step_scalar
+    h = chain_step(step_ptr, row, mask, step_scalar, PER_ROW)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if NOISE_MODE == 1:

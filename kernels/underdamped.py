@@ -15,6 +15,7 @@ the kick (``p += kick*h*g``: a run's closing half-kick); ``x`` is then neither r
 import triton
 import triton.language as tl
 
+from .langevin import chain_step
 from .philox import flat_offsets, philox_noise
 
 
@@ -48,10 +49,7 @@ def underdamped_kernel(
     offs = flat_offsets(pid, IDX64, BLOCK)
     mask = offs < total
     row = offs // n_cols
-    if PER_ROW:
-        h = tl.load(step_ptr + row, mask=mask, other=0.0).to(tl.float32)
-    else:
-        h = step_scalar
+    h = chain_step(step_ptr, row, mask, step_scalar, PER_ROW)
     p = tl.load(v_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     p = p + (kick * h) * g

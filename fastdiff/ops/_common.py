@@ -129,6 +129,16 @@ def as_seed_args(seed: Optional[int]) -> tuple[int, int]:
     return (0, 0) if seed is None else split_seed(seed)
 
 
+def check_noise_source(op: str, x: torch.Tensor, noise: Optional[torch.Tensor], seed: Optional[int]) -> None:
+    """An op's noise comes from exactly one of ``seed`` (in-kernel Philox) and ``noise`` (shaped like x)."""
+    if noise is not None:
+        check_float("noise", noise, like=x, shape=x.shape)
+        if seed is not None:
+            raise ValueError("pass either seed (in-kernel noise) or noise, not both")
+    elif seed is None:
+        raise ValueError(f"{op} needs seed= (in-kernel noise) or noise=")
+
+
 def check_stream(stream) -> int:
     if isinstance(stream, bool) or not isinstance(stream, int) or not 0 <= stream < 2**32:
         raise ValueError(f"stream must be an int in [0, 2**32), got {stream!r}")

@@ -35,6 +35,7 @@ def _run(**kw):
     ("step_dpmpp2m", 5),     # x, eps, hist -> out, x0
     ("step_ancestral", 3),   # x, eps -> out (noise in-kernel)
     ("langevin", 3),         # x, grad -> out (noise in-kernel)
+    ("underdamped", 5),      # x, v, grad -> x_out, v_out (noise in-kernel)
 ])
 @pytest.mark.parametrize("dtype, size", [(torch.float32, 4), (torch.bfloat16, 2), (torch.float16, 2)])
 def test_byte_counts(op, units, dtype, size):

@@ -16,7 +16,8 @@ from typing import Optional, Union
 
 import torch
 
-from .._common import KERNEL_DTYPES, as_seed_args, check_float, check_out, check_stream, contig, maybe_rows, rows_of
+from .._common import (KERNEL_DTYPES, as_seed_args, check_float, check_noise_source, check_out, check_stream, contig,
+                       maybe_rows, rows_of)
 from ..backend import resolve_backend
 from ..dispatch import launcher
 from ..profiling import profiled
@@ -96,12 +97,7 @@ def langevin_step(
     step = _check_step(step_size, batch, dev)
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (temperature > 0 and math.isfinite(temperature)):
         raise ValueError(f"temperature must be a positive finite float, got {temperature!r}")
-    if noise is not None:
-        check_float("noise", noise, like=x, shape=x.shape)
-        if seed is not None:
-            raise ValueError("pass either seed (in-kernel noise) or noise, not both")
-    elif seed is None:
-        raise ValueError("langevin_step needs seed= (in-kernel noise) or noise=")
+    check_noise_source("langevin_step", x, noise, seed)
     seed_lo, seed_hi = as_seed_args(seed)
     check_stream(stream)
     row_ids = maybe_rows(row_ids, batch, dev)

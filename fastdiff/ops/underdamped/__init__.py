@@ -19,7 +19,8 @@ from typing import Optional, Union
 
 import torch
 
-from .._common import KERNEL_DTYPES, as_seed_args, check_float, check_out, check_stream, contig, maybe_rows, rows_of
+from .._common import (KERNEL_DTYPES, as_seed_args, check_float, check_noise_source, check_out, check_stream, contig,
+                       maybe_rows, rows_of)
 from ..backend import resolve_backend
 from ..dispatch import launcher
 from ..langevin import _check_step
@@ -130,12 +131,7 @@ def underdamped_step(
     if not isinstance(drift, bool):
         raise TypeError(f"drift must be a bool, got {type(drift).__name__}")
     if drift:
-        if noise is not None:
-            check_float("noise", noise, like=x, shape=x.shape)
-            if seed is not None:
-                raise ValueError("pass either seed (in-kernel noise) or noise, not both")
-        elif seed is None:
-            raise ValueError("underdamped_step needs seed= (in-kernel noise) or noise=")
+        check_noise_source("underdamped_step", x, noise, seed)
     elif x_out is not None:
         raise ValueError("x_out must be None when drift=False (the kick does not move x)")
     seed_lo, seed_hi = as_seed_args(seed)
