@@ -1,10 +1,11 @@
-"""PyTorch-facing fused ops: encoding (forward noising), the denoising step, Langevin updates."""
+"""PyTorch-facing fused ops: encoding (forward noising), the denoising step, Langevin updates, HMC leapfrog passes."""
 from .encode import add_noise, add_noise_with_target, encoder_transition, fused_encode
 from .langevin import langevin_step, langevin_select
 from .step import fused_step, step_coefs
+from .hmc import hmc_leapfrog, hmc_refresh
 
 __all__ = ["add_noise", "add_noise_with_target", "encoder_transition", "fused_encode", "fused_step",
-           "step_coefs", "langevin_step", "langevin_select"]
+           "step_coefs", "langevin_step", "langevin_select", "hmc_refresh", "hmc_leapfrog"]
 
 import torch as _torch
 
