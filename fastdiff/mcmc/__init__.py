@@ -14,6 +14,9 @@ gradient, the modern "score"):
 * :func:`annealed_langevin` -- NCSN annealed Langevin over decreasing noise levels.
 * :func:`predictor_corrector` -- reverse-SDE predictor + Langevin corrector for the
   VP, sub-VP and VE SDEs (:class:`VPSDE`, :class:`SubVPSDE`, :class:`VESDE`).
+* :func:`hmc` -- Hamiltonian Monte Carlo on fused leapfrog passes, with warm-up across
+  chains: dual-averaged step sizes, ChEES trajectory lengths, a diagonal mass from the
+  chains' variances (see "Choosing HMC" below).
 * :func:`energy_grad` -- ``grad_log_prob`` of an ``nn.Module`` energy / log-density
   by autograd, with no graph kept between steps.
 
@@ -28,9 +31,17 @@ Each random draw has its own Philox stream keyed by ``(seed, chain id, stream)``
 so a chain's trajectory depends only on its id (``row_ids``), never on how the
 chains are batched.
 
+Choosing HMC: on smooth, ill-conditioned or correlated targets HMC moves much farther
+per gradient evaluation than MALA (whose steps shrink with the worst-scaled direction);
+with thousands of chains, ``adapt="chees"`` picks the trajectory length from all chains
+at once and ``adapt_mass`` rescales each coordinate, so the only input is a rough start
+step. Prefer MALA where long trajectories diverge (rough or stiff gradients, heavy tails)
+or one gradient per accept/reject is wanted, ULA when a small bias is acceptable.
+
 Everything is imported from here; the code lives in one private module per job:
 ``_langevin`` (ULA, annealed Langevin), ``_mala`` (MALA, step adaptation,
-Philox uniforms), ``_sde`` (the SDEs, on ``fastdiff.schedules``), ``_pc``
+Philox uniforms), ``_hmc`` (HMC), ``_adapt`` (its warm-up: dual averaging, ChEES,
+mass windows), ``_sde`` (the SDEs, on ``fastdiff.schedules``), ``_pc``
 (predictor-corrector), ``_diagnostics`` (ESS, R-hat) and ``_util`` (shared checks). :class:`EnergyGrad` is
 defined in this file, so its qualified name -- which ``fastdiff.distributed``
 records in run manifests -- stays ``fastdiff.mcmc.EnergyGrad``.
@@ -51,6 +62,7 @@ from ..ops._common import check_float
 from ._diagnostics import ESS_KINDS, ess, rhat
 from ._langevin import annealed_langevin, langevin
 from ._mala import mala, mala_log_accept, philox_uniform
+from ._hmc import ADAPT_METHODS, hmc, hmc_log_accept  # noqa: F401 (ADAPT_METHODS: the choices, importable)
 from ._pc import CORRECTORS, PREDICTORS, SNR_RULES, predictor_corrector  # noqa: F401 (the choices, importable)
 from ._sde import VESDE, VPSDE, SubVPSDE
 from ._underdamped import underdamped_langevin
@@ -70,6 +82,8 @@ __all__ = [
     "VESDE",
     "mala_log_accept",
     "philox_uniform",
+    "hmc",
+    "hmc_log_accept",
     "ess",
     "rhat",
     "ESS_KINDS",

@@ -1,12 +1,13 @@
 """PyTorch-facing fused ops: encoding (forward noising), the denoising step, Langevin and underdamped Langevin
-updates."""
+updates, HMC leapfrog passes."""
 from .encode import add_noise, add_noise_with_target, encoder_transition, fused_encode
+from .hmc import hmc_leapfrog, hmc_refresh
 from .langevin import langevin_step, langevin_select
 from .step import fused_step, step_coefs
 from .underdamped import underdamped_step
 
 __all__ = ["add_noise", "add_noise_with_target", "encoder_transition", "fused_encode", "fused_step",
-           "step_coefs", "langevin_step", "langevin_select", "underdamped_step"]
+           "step_coefs", "langevin_step", "langevin_select", "underdamped_step", "hmc_refresh", "hmc_leapfrog"]
 
 import torch as _torch
 

@@ -35,7 +35,7 @@ __all__ = ["Launcher", "define_launcher", "launcher", "load_launchers", "plain_e
            "as_kernel"]
 
 # the op families whose ``fused.py`` define launchers (imported by ``load_launchers``)
-_FAMILIES = ("step", "encode", "langevin", "underdamped")
+_FAMILIES = ("step", "encode", "langevin", "underdamped", "hmc")
 _LAUNCHERS: Dict[str, "Launcher"] = {}
 
 
