@@ -1,9 +1,9 @@
 """The MCMC panel of ``fastdiff demo``: ULA, MALA, underdamped Langevin and HMC on two hard 2-D targets.
 
-Each sampler runs many chains from the same start for a budget of gradient evaluations, recording every
-state (``record_every=1``; MALA and HMC adapt their step size during the first third of the run), and the
-panel plots the sliced 2-Wasserstein distance between the chains after ``k`` gradient evaluations and exact
-samples against ``k`` (the evaluations are counted by wrapping ``grad_log_prob``). The targets:
+Each sampler runs many chains from the same start for a budget of gradient evaluations (MALA and HMC
+adapt their step size during the first third of the run), and the panel plots the sliced 2-Wasserstein
+distance between the chains after ``k`` gradient evaluations and exact samples against ``k`` (the
+evaluations are counted by wrapping ``grad_log_prob``, so HMC's start-up gradient is included). The targets:
 
 * an ill-conditioned Gaussian: standard deviations 3 and 0.3 (condition number 100), rotated by 45 degrees;
 * a banana (Haario et al.'s twisted Gaussian): ``x1 ~ N(0, 2^2)``, ``x2 = y + 0.3 (x1^2 - 4)``, ``y ~ N(0, 1)``.
@@ -126,26 +126,33 @@ def _warm_up(n_steps: int) -> int:
     return n_steps // 3
 
 
-def _run_ula(mc, t, x0, n_steps, seed, grad, rec):
-    x, draws = mc.langevin(grad, x0, t.settings["ULA"]["step_size"], n_steps, seed=seed, record_every=rec)
-    return x, None, draws
+# Each runner: (mc, target, x0, n_steps, seed, grad, callback) -> (x, acceptance or None, draws after warm-up).
+# ULA, MALA and underdamped Langevin record from the first step (warm-up included); HMC from the end of warm-up.
 
 
-def _run_mala(mc, t, x0, n_steps, seed, grad, rec):
-    return mc.mala(t.log_prob, x0, t.settings["MALA"]["step_size"], n_steps, grad_log_prob=grad, seed=seed,
-                   adapt_steps=_warm_up(n_steps), record_every=rec)
+def _run_ula(mc, t, x0, n_steps, seed, grad, cb):
+    x, draws = mc.langevin(grad, x0, t.settings["ULA"]["step_size"], n_steps, seed=seed, record_every=1,
+                           callback=cb)
+    return x, None, draws[:, _warm_up(n_steps):]
 
 
-def _run_underdamped(mc, t, x0, n_steps, seed, grad, rec):
+def _run_mala(mc, t, x0, n_steps, seed, grad, cb):
+    x, acc, draws = mc.mala(t.log_prob, x0, t.settings["MALA"]["step_size"], n_steps, grad_log_prob=grad,
+                            seed=seed, adapt_steps=_warm_up(n_steps), record_every=1, callback=cb)
+    return x, acc, draws[:, _warm_up(n_steps):]
+
+
+def _run_underdamped(mc, t, x0, n_steps, seed, grad, cb):
     s = dict(t.settings["underdamped"])
-    x, draws = mc.underdamped_langevin(grad, x0, s.pop("step_size"), n_steps, seed=seed, record_every=rec, **s)
-    return x, None, draws
+    x, draws = mc.underdamped_langevin(grad, x0, s.pop("step_size"), n_steps, seed=seed, record_every=1,
+                                       callback=cb, **s)
+    return x, None, draws[:, _warm_up(n_steps):]
 
 
-def _run_hmc(mc, t, x0, n_steps, seed, grad, rec):
+def _run_hmc(mc, t, x0, n_steps, seed, grad, cb):
     s = dict(t.settings["HMC"])
     x, acc, draws = mc.hmc(t.log_prob, x0, s.pop("step_size"), n_steps, grad_log_prob=grad, seed=seed,
-                           adapt_steps=_warm_up(n_steps), record_every=rec, **s)
+                           adapt_steps=_warm_up(n_steps), record_every=1, callback=cb, **s)
     return x, acc, draws
 
 
@@ -164,9 +171,9 @@ METHODS: Dict[str, Tuple[str, Callable, Callable[[McmcTarget], int]]] = {
 
 def _budgets(quick: bool) -> Tuple[int, ...]:
     """Checkpoints in gradient evaluations (multiples of every sampler's evaluations per step)."""
-    # ~10 s of one CPU core for the quick panel (1000 chains); MALA's per-step cost dominates (its Philox
-    # uniform on the torch path: ~3 of its ~4 ms per step for 1000 chains, measured on a loaded 2-core machine)
-    return (20, 60, 200, 600) if quick else (20, 60, 200, 600, 1000)
+    # the quick panel (1000 chains) takes ~10 s of one CPU core; MALA's steps dominate (its Philox uniform on
+    # the torch path: ~3 of its ~4 ms per step for 1000 chains, measured on a loaded 2-core machine)
+    return (20, 60, 200, 400) if quick else (20, 60, 200, 600, 1000)
 
 
 def _missing(mc: Any) -> Dict[str, str]:
@@ -184,9 +191,9 @@ def _missing(mc: Any) -> Dict[str, str]:
 def run_mcmc_panel(demo: Any) -> Dict[str, Any]:
     """Run the panel for a ``fastdiff.demo_run._Demo``: adds its table rows and notes, saves ``mcmc.png``.
 
-    Each sampler makes one run of the largest budget, recording the chains after every step (every
-    leapfrog trajectory for HMC); the state after ``k`` gradient evaluations is the checkpoint ``k`` of that
-    run. Returns ``{"curves": {target: {method: [(grad evals, sliced-W), ...]}}, "floors", "skipped"}``.
+    Each sampler makes one run of the largest budget; a callback keeps the chains at each checkpoint (with
+    the gradient evaluations spent by then) and ``record_every=1`` keeps the draws after warm-up for ESS and
+    R-hat. Returns ``{"curves": {target: {method: [(grad evals, sliced-W), ...]}}, "floors", "skipped"}``.
     """
     from . import mcmc as mc
     from .demo_run import _Floor, _Row, _sw
@@ -209,13 +216,20 @@ def run_mcmc_panel(demo: Any) -> Dict[str, Any]:
                 continue
             grad = _Counted(t.grad_log_prob)
             n_steps = budgets[-1] // per_step(t)
+            at_step = {b // per_step(t) - 1: b for b in budgets}  # the step after which a checkpoint falls
+            states: List[Tuple[int, torch.Tensor]] = []
+
+            def keep(info: Dict[str, Any]) -> None:
+                if info["i"] in at_step:
+                    # a copy (x is updated in place), with the evaluations spent so far
+                    states.append((grad.calls, info["x"].detach().to("cpu", torch.float32, copy=True)))
+
             demo._sync()
             t0 = time.perf_counter()
-            x, acc, draws = runner(mc, t, x0, n_steps, demo._seed(330 + 10 * ti + mi), grad, 1)
+            x, acc, draws = runner(mc, t, x0, n_steps, demo._seed(330 + 10 * ti + mi), grad, keep)
             demo._sync()
             ms = 1e3 * (time.perf_counter() - t0)
-            per_eval = grad.calls / n_steps  # measured: 1 per step (+1 for the start), n_leapfrog for HMC
-            pts = [(round(b * per_eval), _sw(draws[:, b // per_step(t) - 1], truth)) for b in budgets]
+            pts = [(evals, _sw(state, truth)) for evals, state in states]
             curves[t.name][name] = pts
             note = "" if acc is None else f"acceptance {float(acc.float().mean()):.2f}; "
             note += _diagnostics_note(mc, draws, n_steps, grad.calls)
@@ -232,7 +246,7 @@ def run_mcmc_panel(demo: Any) -> Dict[str, Any]:
 def _diagnostics_note(mc: Any, draws: torch.Tensor, n_steps: int, n_grad: int) -> str:
     """Bulk ESS (smallest coordinate) per 1000 gradient evaluations of the whole run, and the largest R-hat,
     both over the draws after warm-up."""
-    kept = draws[:, _warm_up(n_steps):].cpu()
+    kept = draws.cpu()
     if kept.shape[1] < 4:
         return ""
     ess, r = mc.ess(kept), mc.rhat(kept)
@@ -243,6 +257,7 @@ def _diagnostics_note(mc: Any, draws: torch.Tensor, n_steps: int, n_grad: int) -
 def _figure(demo: Any, targets: Tuple[McmcTarget, ...], curves: Dict[str, Any], floors: Dict[str, Any],
             skipped: Dict[str, str]) -> None:
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     from .demo_run import _log_y_ticks
 
@@ -260,6 +275,9 @@ def _figure(demo: Any, targets: Tuple[McmcTarget, ...], curves: Dict[str, Any], 
         ax.set(xscale="log", yscale="log", xlabel="gradient evaluations per chain",
                ylabel="sliced Wasserstein to exact samples", title=t.title)
         ax.title.set_fontsize(9)
+        budgets = _budgets(demo.cfg.langevin_chains <= 1000)
+        ax.set_xticks(list(budgets), [str(b) for b in budgets])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         _log_y_ticks(ax)
         ax.legend(fontsize=8)
     fig.suptitle(f"MCMC: {demo.cfg.langevin_chains} chains from N(0, I); MALA and HMC adapt their step size "
