@@ -3,7 +3,7 @@
 Both follow Vehtari, Gelman, Simpson, Carpenter & Buerkner (2021), "Rank-normalization, folding, and
 localization: an improved R-hat for assessing convergence of MCMC", and give arviz-stats' values (its
 ``array_stats.ess`` / ``array_stats.rhat`` on ``(chain, draw)`` axes) to about 1e-12 relative on the same array.
-They are vectorised: every event column is done at once in float64 torch ops (one sort per rank transform,
+They are vectorised: every event column is done at once in float64 torch ops (one sort per rank transform (selections for quantiles and medians),
 one batched FFT for all the chains' autocovariances, Geyer's initial monotone sequence as cumulative
 products and minima over lag pairs), on the device the draws are on, with no Python loop over chains,
 columns or lags.
@@ -96,26 +96,31 @@ def _split(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x[..., :half], x[..., x.shape[-1] - half:]], dim=1)
 
 
-def _sorted_flat(x: torch.Tensor) -> torch.Tensor:
-    return torch.sort(x.reshape(x.shape[0], -1), dim=1).values
+def _order_stat(flat: torch.Tensor, i: int) -> torch.Tensor:
+    """The ``i``-th smallest (0-based) of each row of (K, M): a selection, not a sort (O(M))."""
+    return torch.kthvalue(flat, i + 1, dim=1).values
 
 
-def _lerp_sorted(s: torch.Tensor, prob: float) -> torch.Tensor:
-    """numpy's default ("linear", type 7) quantile of each row of the sorted (K, M) ``s``, as numpy rounds it."""
-    pos = prob * (s.shape[1] - 1)
+def _quantile(x: torch.Tensor, prob: float) -> torch.Tensor:
+    """numpy's default ("linear", type 7) quantile of each column over all its values, rounded as numpy does."""
+    flat = x.reshape(x.shape[0], -1)
+    m = flat.shape[1]
+    pos = prob * (m - 1)
     lo = int(math.floor(pos))
-    hi = min(lo + 1, s.shape[1] - 1)
+    hi = min(lo + 1, m - 1)
     frac = pos - lo
-    a, b = s[:, lo], s[:, hi]
+    a = _order_stat(flat, lo)
+    b = a if hi == lo else _order_stat(flat, hi)
     # numpy's _lerp: a + (b - a) t for t < 0.5, else b - (b - a)(1 - t) (exact at both ends)
     return a + (b - a) * frac if frac < 0.5 else b - (b - a) * (1.0 - frac)
 
 
 def _median(x: torch.Tensor) -> torch.Tensor:
     """numpy.median of each column over all its chains and draws: (K,) (mean of the middle two if even)."""
-    s = _sorted_flat(x)
-    m = s.shape[1]
-    return s[:, (m - 1) // 2] if m % 2 else 0.5 * (s[:, m // 2 - 1] + s[:, m // 2])
+    flat = x.reshape(x.shape[0], -1)
+    m = flat.shape[1]
+    return _order_stat(flat, (m - 1) // 2) if m % 2 else 0.5 * (_order_stat(flat, m // 2 - 1) +
+                                                              _order_stat(flat, m // 2))
 
 
 def _z_scale(x: torch.Tensor) -> torch.Tensor:
@@ -220,15 +225,13 @@ def _rhat_core(x: torch.Tensor) -> torch.Tensor:
 
 
 def _indicator_ess(x: torch.Tensor, prob: float) -> torch.Tensor:
-    q = _lerp_sorted(_sorted_flat(x), prob)
-    return _ess_core(_split((x <= q[:, None, None]).to(torch.float64)))
+    """ESS of the indicator ``x <= quantile(prob)`` (the quantile over all draws, the indicator split)."""
+    return _ess_core(_split((x <= _quantile(x, prob)[:, None, None]).to(torch.float64)))
 
 
 def _ess_tail(x: torch.Tensor, prob) -> torch.Tensor:
     lo, hi = sorted((prob, 1.0 - prob)) if isinstance(prob, (int, float)) else prob
-    s = _sorted_flat(x)  # one sort for both quantiles
-    ind = [_split((x <= _lerp_sorted(s, p)[:, None, None]).to(torch.float64)) for p in (lo, hi)]
-    return torch.minimum(_ess_core(ind[0]), _ess_core(ind[1]))
+    return torch.minimum(_indicator_ess(x, lo), _indicator_ess(x, hi))
 
 
 def _ess_mad(x: torch.Tensor, prob) -> torch.Tensor:
