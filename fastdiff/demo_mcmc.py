@@ -81,8 +81,8 @@ def banana(a: float = 2.0, b: float = 0.3) -> McmcTarget:
 
     Example:
         >>> t = banana()
-        >>> float(t.log_prob(torch.tensor([[0.0, -1.2]])))    # the mode, a = 2, b = 0.3
-        0.0
+        >>> float(t.log_prob(torch.tensor([[0.0, -1.2]]))) == 0.0    # the mode, a = 2, b = 0.3
+        True
     """
 
     def resid(x: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ MODULES = [
     "fastdiff.schedules._timesteps", "fastdiff.schedules._sigmas", "fastdiff.random", "fastdiff.toy",
     "fastdiff.sampling", "fastdiff.samplers", "fastdiff.solvers", "fastdiff.denoisers",
     "fastdiff.mcmc", "fastdiff.mcmc._langevin", "fastdiff.mcmc._mala", "fastdiff.mcmc._sde", "fastdiff.mcmc._pc",
-    "fastdiff.mcmc._underdamped", "fastdiff.ops.underdamped",
+    "fastdiff.mcmc._underdamped", "fastdiff.ops.underdamped", "fastdiff.mcmc._diagnostics", "fastdiff.demo_mcmc",
     "fastdiff.ops.step", "fastdiff.ops.encode", "fastdiff.ops.langevin", "fastdiff.k_diffusion",
     "fastdiff.k_diffusion.sampling", "fastdiff.k_diffusion.schedules", "fastdiff.k_diffusion.noise", "fastdiff.demo_run",
     "fastdiff.diffusers._ddim", "fastdiff.diffusers._euler", "fastdiff.diffusers._multistep",
