@@ -27,7 +27,8 @@ chains are batched.
 Everything is imported from here; the code lives in one private module per job:
 ``_langevin`` (ULA, annealed Langevin), ``_mala`` (MALA, step adaptation,
 Philox uniforms), ``_sde`` (the SDEs, on ``fastdiff.schedules``), ``_pc``
-(predictor-corrector) and ``_util`` (shared checks). :class:`EnergyGrad` is
+(predictor-corrector), ``_underdamped`` (underdamped Langevin), ``_draws``
+(the ``record_every`` buffer) and ``_util`` (shared checks). :class:`EnergyGrad` is
 defined in this file, so its qualified name -- which ``fastdiff.distributed``
 records in run manifests -- stays ``fastdiff.mcmc.EnergyGrad``.
 
