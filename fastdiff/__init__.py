@@ -42,8 +42,8 @@ __all__ = [
     "sample", "SAMPLERS", "list_samplers", "initial_noise", "Denoiser", "EpsDenoiser", "VDenoiser", "X0Denoiser",
     "FlowDenoiser", "CFGDenoiser",
     # Langevin dynamics and score-based MCMC
-    "langevin", "mala", "underdamped_langevin", "annealed_langevin", "predictor_corrector", "energy_grad", "EnergyGrad", "VPSDE",
-    "SubVPSDE", "VESDE",
+    "langevin", "mala", "underdamped_langevin", "annealed_langevin", "predictor_corrector", "energy_grad",
+    "EnergyGrad", "VPSDE", "SubVPSDE", "VESDE",
     # rng, exact targets, submodules
     "philox_normal", "random", "toy", "sampling", "denoisers", "mcmc", "distributed", "k_diffusion",
 ]

@@ -42,7 +42,8 @@ Example:
 """
 from __future__ import annotations
 
-from . import cases_encode, cases_step, cases_langevin, cases_dropin, cases_underdamped  # noqa: F401  (register the cases, in order)
+# register the cases, in order
+from . import cases_encode, cases_step, cases_langevin, cases_dropin, cases_underdamped  # noqa: F401
 from .loop import step_loop_overhead
 from .profiling import ProfileResult, instrument_ops, op_range, profile_sampling, register_profiled
 from .registry import (BASELINES, CASES, PROVIDERS, Case, Spec, Unavailable, provider, providers_for,

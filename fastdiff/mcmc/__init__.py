@@ -42,7 +42,8 @@ Everything is imported from here; the code lives in one private module per job:
 ``_langevin`` (ULA, annealed Langevin), ``_mala`` (MALA, step adaptation,
 Philox uniforms), ``_hmc`` (HMC), ``_adapt`` (its warm-up: dual averaging, ChEES,
 mass windows), ``_sde`` (the SDEs, on ``fastdiff.schedules``), ``_pc``
-(predictor-corrector), ``_diagnostics`` (ESS, R-hat) and ``_util`` (shared checks). :class:`EnergyGrad` is
+(predictor-corrector), ``_underdamped`` (underdamped Langevin), ``_draws``
+(the ``record_every`` buffer), ``_diagnostics`` (ESS, R-hat) and ``_util`` (shared checks). :class:`EnergyGrad` is
 defined in this file, so its qualified name -- which ``fastdiff.distributed``
 records in run manifests -- stays ``fastdiff.mcmc.EnergyGrad``.
 

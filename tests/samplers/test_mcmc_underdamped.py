@@ -191,6 +191,17 @@ def test_caller_tensors_and_global_rng_untouched():
     assert torch.equal(torch.get_rng_state(), state)
 
 
+@pytest.mark.parametrize("backend", ["triton", "torch", "reference"])
+def test_empty_batch(backend):
+    """0 chains is a valid batch for the op (every backend) and the sampler: results of x's shape."""
+    x = torch.zeros(0, 3)
+    out = fastdiff.underdamped_step(x, x, x, torch.zeros(0), seed=0, backend=backend)
+    assert [t.shape for t in out] == [x.shape] * 2
+    x1, v1, d1 = mcmc.underdamped_langevin(lambda x: -x, x, 0.1, 3, seed=0, return_velocity=True, record_every=1,
+                                           backend=backend)
+    assert x1.shape == v1.shape == x.shape and d1.shape == (0, 3, 3)
+
+
 def test_top_level_export():
     assert fastdiff.underdamped_langevin is mcmc.underdamped_langevin
     assert fastdiff.underdamped_step is fastdiff.ops.underdamped_step

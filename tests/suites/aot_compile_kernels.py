@@ -14,6 +14,7 @@ from triton.compiler import ASTSource
 from fastdiff.kernels.encode import fused_encode_kernel
 from fastdiff.kernels.langevin import langevin_kernel, langevin_select_kernel
 from fastdiff.kernels.step import fused_step_kernel
+from fastdiff.kernels.underdamped import underdamped_kernel
 
 PTR = {"fp32": "*fp32", "fp16": "*fp16", "bf16": "*bf16"}
 
@@ -58,10 +59,25 @@ def langevin_variants():
     yield "langevin_select", langevin_select_kernel, sig, {"IDX64": False, "BLOCK": 1024}
 
 
+def underdamped_variants():
+    for dtype, (grouped, per_row, per_col_mass), drift in itertools.product(
+            ("fp32", "bf16"), ((True, True, True), (False, False, False)), (True, False)):
+        p = PTR[dtype]
+        sig = {"x_ptr": p, "v_ptr": p, "g_ptr": p, "step_ptr": "*fp32", "mass_ptr": "*fp32", "noise_ptr": p,
+               "row_ids_ptr": "*i64", "x_out_ptr": p, "v_out_ptr": p, "n_cols": "i32", "total": "i32",
+               "step_scalar": "fp32", "kick": "fp32", "friction": "fp32", "temperature": "fp32",
+               "mass_scalar": "fp32", "seed_lo": "i32", "seed_hi": "i32", "stream": "i32"}
+        ce = {"PER_ROW": per_row, "PER_COL_MASS": per_col_mass, "NOISE_MODE": 1, "DRIFT": drift,
+              "HAS_ROW_IDS": True, "GROUPED_NOISE": grouped, "IDX64": False, "BLOCK": 1024}
+        yield f"underdamped {dtype} grouped={grouped} per_row={per_row} mass={per_col_mass} drift={drift}", \
+            underdamped_kernel, sig, ce
+
+
 def main(argv):
     quick = "--quick" in argv
     archs = [90] if quick else [80, 90]
-    variants = list(step_variants()) + list(encode_variants()) + list(langevin_variants())
+    variants = (list(step_variants()) + list(encode_variants()) + list(langevin_variants())
+                + list(underdamped_variants()))
     if quick:
         variants = variants[::3] + [v for v in variants if v[0] == "langevin_select"]
     for arch in archs:

@@ -130,6 +130,20 @@ def test_langevin_step_traces_without_graph_breaks(kind):
     torch.testing.assert_close(compiled(x), f(x), rtol=0, atol=0)
 
 
+def test_underdamped_step_traces_without_graph_breaks():
+    x, v = torch.randn(4, 8), torch.randn(4, 8)
+
+    def f(x, v):
+        return fastdiff.underdamped_step(x, v, -x, 0.1, kick=0.5, mass=torch.full((8,), 2.0), seed=3, stream=1,
+                                         backend="triton")
+
+    count, reasons = breaks(f, x, v)
+    assert count == 0, reasons
+    compiled = torch.compile(f, backend="eager", fullgraph=True)
+    for a, b in zip(compiled(x, v), f(x, v)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def _ddim_loop(return_dict: bool, tensor_timesteps: bool):
     from fastdiff.diffusers import DDIMScheduler
 

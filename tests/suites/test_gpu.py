@@ -68,6 +68,21 @@ def test_langevin_on_cuda_matches_reference(dtype):
     assert_close_to_reference("langevin", out.cpu(), ref, ref64)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_underdamped_on_cuda_matches_reference(dtype):
+    g = torch.Generator().manual_seed(4)
+    x, v, grad = (torch.randn(64, 9, generator=g).to(dtype) for _ in range(3))
+    h = torch.rand(64, generator=g) * 0.1 + 1e-3
+    mass = torch.rand(9, generator=g) + 0.5
+    kw = dict(kick=0.5, friction=0.8, temperature=1.2, seed=5, stream=1)
+    out = fastdiff.underdamped_step(x.cuda(), v.cuda(), grad.cuda(), h.cuda(), mass=mass.cuda(), **kw)
+    ref = fastdiff.underdamped_step(x, v, grad, h, mass=mass, backend="reference", **kw)
+    ref64 = fastdiff.underdamped_step(x.double(), v.double(), grad.double(), h.double(), mass=mass.double(),
+                                      backend="reference", **kw)
+    for name, o, r, r64 in zip("xv", out, ref, ref64):
+        assert_close_to_reference(f"underdamped {name}", o.cpu(), r, r64)
+
+
 @pytest.mark.parametrize("cols", [37, 64], ids=["per-element", "grouped-by-4"])
 def test_cuda_noise_is_the_cpu_stream(cols):
     x = torch.zeros(9, cols, device=CUDA)

@@ -7,7 +7,7 @@ from fastdiff.ops.step import fused_step, step_coefs
 
 
 def test_ops_are_registered_with_torch_library():
-    for name in ("fused_step_", "fused_encode_", "langevin_step_", "langevin_select_"):
+    for name in ("fused_step_", "fused_encode_", "langevin_step_", "langevin_select_", "underdamped_step_"):
         assert hasattr(torch.ops.fastdiff, name), name
 
 

@@ -51,7 +51,7 @@ def check_mass(mass, x: torch.Tensor, *, check_values_on_device: bool = False) -
     (``x.shape[1:]``) with positive finite values, returned as float32 contiguous on x's device.
 
     Values are checked on CPU, and on a GPU only when ``check_values_on_device`` (a host sync, paid once by a
-    sampler before its loop, never by a single step).
+    sampler before its loop, never by a single step); never inside ``torch.compile``.
     """
     if mass is None:
         return 1.0
@@ -65,7 +65,8 @@ def check_mass(mass, x: torch.Tensor, *, check_values_on_device: bool = False) -
                          f"event, x.shape[1:]), got {tuple(mass.shape)}")
     if mass.device != x.device:
         raise ValueError(f"mass is on {mass.device} but x is on {x.device}")
-    if ((x.device.type == "cpu" or check_values_on_device) and mass.numel()
+    # a traced call cannot read values (the check would break the graph); eager calls check them
+    if ((x.device.type == "cpu" or check_values_on_device) and mass.numel() and not torch.compiler.is_compiling()
             and not bool(((mass > 0) & torch.isfinite(mass)).all())):
         raise ValueError("mass must be positive and finite everywhere")
     return mass.to(torch.float32).contiguous()

@@ -1,4 +1,5 @@
-"""Launcher of the BAOAB kernel: ``dispatch.launcher("underdamped_step")``, op ``torch.ops.fastdiff.underdamped_step_``."""
+"""Launcher of the BAOAB kernel: ``dispatch.launcher("underdamped_step")``, op
+``torch.ops.fastdiff.underdamped_step_``."""
 from __future__ import annotations
 
 import triton
