@@ -30,7 +30,8 @@ already appear as their ``torch.library`` names (``fastdiff::fused_step_``).
 :func:`profile_sampling` runs a callable under both and summarises the time per op.
 
 Modules: ``registry`` (Spec, Case, providers), ``sizes`` (size and dtype names), ``common`` (the
-configuration the cases share), ``cases_encode`` / ``cases_step`` / ``cases_langevin`` / ``cases_dropin``
+configuration the cases share), ``cases_encode`` / ``cases_step`` / ``cases_langevin`` / ``cases_dropin`` /
+``cases_hmc``
 (the cases, registered on import in that order), ``timing`` (timers), ``runner`` (:func:`run_suite`),
 ``report`` (rows, tables, plot), ``loop`` (:func:`step_loop_overhead`), ``profiling``.
 
@@ -42,7 +43,7 @@ Example:
 """
 from __future__ import annotations
 
-from . import cases_encode, cases_step, cases_langevin, cases_dropin  # noqa: F401  (register the cases, in order)
+from . import cases_encode, cases_step, cases_langevin, cases_dropin, cases_hmc  # noqa: F401  (register, in order)
 from .loop import step_loop_overhead
 from .profiling import ProfileResult, instrument_ops, op_range, profile_sampling, register_profiled
 from .registry import (BASELINES, CASES, PROVIDERS, Case, Spec, Unavailable, provider, providers_for,
