@@ -31,8 +31,8 @@ already appear as their ``torch.library`` names (``fastdiff::fused_step_``).
 
 Modules: ``registry`` (Spec, Case, providers), ``sizes`` (size and dtype names), ``common`` (the
 configuration the cases share), ``cases_encode`` / ``cases_step`` / ``cases_langevin`` / ``cases_dropin``
-/ ``cases_underdamped`` (the cases, registered on import in that order), ``timing`` (timers), ``runner``
-(:func:`run_suite`), ``report`` (rows, tables, plot), ``loop`` (:func:`step_loop_overhead`), ``profiling``.
+/ ``cases_underdamped`` / ``cases_hmc`` (the cases, registered on import in that order), ``timing`` (timers),
+``runner`` (:func:`run_suite`), ``report`` (rows, tables, plot), ``loop`` (:func:`step_loop_overhead`), ``profiling``.
 
 Example:
     >>> from fastdiff import bench
@@ -43,7 +43,7 @@ Example:
 from __future__ import annotations
 
 # register the cases, in order
-from . import cases_encode, cases_step, cases_langevin, cases_dropin, cases_underdamped  # noqa: F401
+from . import cases_encode, cases_step, cases_langevin, cases_dropin, cases_underdamped, cases_hmc  # noqa: F401
 from .loop import step_loop_overhead
 from .profiling import ProfileResult, instrument_ops, op_range, profile_sampling, register_profiled
 from .registry import (BASELINES, CASES, PROVIDERS, Case, Spec, Unavailable, provider, providers_for,

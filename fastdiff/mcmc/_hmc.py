@@ -237,7 +237,7 @@ def hmc(
                 if window is not None:
                     window.add(x)
                     if i + 1 == windows[0][1]:
-                        inv_mass = window.inv_mass()
+                        inv_mass = _merged_mass(window.inv_mass(), inv_mass)
                         da.restart(h[:1] if shared else h, _phase(windows[1:], i + 1, adapt_steps))
                         windows, window = windows[1:], None
                 if chees is not None and ((i + 1) % checkpoint == 0 or i + 1 == adapt_steps):
@@ -255,6 +255,12 @@ def hmc(
     if return_step_size:
         out += (h,)
     return out
+
+
+def _merged_mass(new: torch.Tensor, old: Optional[torch.Tensor]) -> torch.Tensor:
+    """The window's ``M^-1``, keeping the previous value where chains left the finite range (a diverged window)."""
+    ok = torch.isfinite(new) & (new > 0)
+    return torch.where(ok, new, torch.ones_like(new) if old is None else old)
 
 
 def _phase(windows: list, start: int, adapt_steps: int) -> int:

@@ -36,6 +36,7 @@ def _run(**kw):
     ("step_ancestral", 3),   # x, eps -> out (noise in-kernel)
     ("langevin", 3),         # x, grad -> out (noise in-kernel)
     ("underdamped", 5),      # x, v, grad -> x_out, v_out (noise in-kernel)
+    ("hmc_leapfrog", 5),     # x, p, grad -> x, p
 ])
 @pytest.mark.parametrize("dtype, size", [(torch.float32, 4), (torch.bfloat16, 2), (torch.float16, 2)])
 def test_byte_counts(op, units, dtype, size):
@@ -470,3 +471,10 @@ def test_gpu_check_judges_every_goal_from_a_cuda_report():
     assert "PASS 50-step loop eager: 35.0 us/step" in text and "MISS 50-step loop graph: 12.0 us/step" in text
     # on CPU only the loop figures are reported, as information
     assert all(ln.startswith("info") for ln in mod._goals(report, extras, "cpu"))
+
+
+def test_hmc_leapfrog_case_matches_eager():
+    # the fused leapfrog pass and the pyro-style eager lines compute the same (x, p): checked outputs agree
+    rep = _run(ops=["hmc_leapfrog"])
+    fd = rep.find("hmc_leapfrog", "fastdiff")[0]
+    assert fd.status == "ok" and fd.max_rel_err is not None and fd.max_rel_err <= 1e-5, fd.max_rel_err

@@ -10,7 +10,7 @@ from tolerance import assert_close_to_reference, poisoned_like
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 # odd sizes, each with one of the launch variants (per-chain steps, diagonal mass), to keep the interpreter runs few
-CASES = [((7, 3), False, False), ((1, 1), True, True), ((5, 2, 9), False, True), ((3, 5), True, False)]
+CASES = [((7, 3), False, False), ((1, 1), True, True), ((5, 2, 9), False, True)]
 KINDS = ["refresh", "leapfrog", "final"]
 
 
@@ -40,8 +40,7 @@ def _reference(kind, x, p, grad, step, inv_mass, rid, dtype):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape,per_chain,with_mass", CASES, ids=["7x3", "1x1-per_chain-mass", "5x2x9-mass",
-                                                                   "3x5-per_chain"])
+@pytest.mark.parametrize("shape,per_chain,with_mass", CASES, ids=["7x3", "1x1-per_chain-mass", "5x2x9-mass"])
 def test_kernel_matches_reference(kind, dtype, shape, per_chain, with_mass):
     # float64 storage has no kernel (the Triton ops take 16/32-bit storage): its fast torch path is checked instead
     backend = "torch" if dtype == torch.float64 else "triton"

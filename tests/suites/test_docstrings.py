@@ -18,6 +18,7 @@ MODULES = [
     "fastdiff.diffusers._ddim", "fastdiff.diffusers._euler", "fastdiff.diffusers._multistep",
     "fastdiff.diffusers._flow", "fastdiff.bench", "fastdiff.bench.sizes", "fastdiff.bench.timing",
     "fastdiff.bench.cases_step", "fastdiff.bench.runner", "fastdiff.bench.report", "fastdiff.bench.profiling",
+    "fastdiff.ops.hmc", "fastdiff.mcmc._hmc", "fastdiff.mcmc._adapt",
 ]
 
 

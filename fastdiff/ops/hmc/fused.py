@@ -1,4 +1,5 @@
-"""Launcher of the HMC leapfrog kernel: ``dispatch.launcher("hmc_leapfrog")``, op ``torch.ops.fastdiff.hmc_leapfrog_``."""
+"""Launcher of the HMC leapfrog kernel: ``dispatch.launcher("hmc_leapfrog")``, op
+``torch.ops.fastdiff.hmc_leapfrog_``."""
 from __future__ import annotations
 
 import triton
