@@ -2,11 +2,11 @@
 
 Both follow Vehtari, Gelman, Simpson, Carpenter & Buerkner (2021), "Rank-normalization, folding, and
 localization: an improved R-hat for assessing convergence of MCMC", and give arviz-stats' values (its
-``array_stats.ess`` / ``array_stats.rhat`` on ``(chain, draw)`` axes) on the same array (measured: within 4e-15 relative).
-They are vectorised: every event column is done at once in float64 torch ops (one sort per rank transform (selections for quantiles and medians),
-one batched FFT for all the chains' autocovariances, Geyer's initial monotone sequence as cumulative
-products and minima over lag pairs), on the device the draws are on, with no Python loop over chains,
-columns or lags.
+``array_stats.ess`` / ``array_stats.rhat`` on ``(chain, draw)`` axes) on the same array (measured: within
+4e-15 relative). They are vectorised: every event column is done at once in float64 torch ops (one sort per
+rank transform, selections for quantiles and medians, one batched FFT for all the chains' autocovariances,
+Geyer's initial monotone sequence as cumulative products and minima over lag pairs), on the device the
+draws are on, with no Python loop over chains, columns or lags.
 
 Example:
     >>> import torch, fastdiff
