@@ -295,8 +295,8 @@ def ess(draws: Draws, kind: str = "bulk", *, prob: Optional[Union[float, Tuple[f
     Returns:
         float64 ESS shaped ``event`` (0-d for scalar chains), on draws' device; a numpy array for numpy
         input. A column holding a NaN gives NaN; a constant column gives ``chains * 2 * (draws // 2)``
-        (as arviz). Compare it with ``chains * draws``: for good estimates of a mean want ESS > 100 per
-        chain-group, and > 400 overall before trusting R-hat (Vehtari et al.).
+        (as arviz). Compare it with ``chains * draws``: Vehtari et al. ask for bulk and
+        tail ESS of at least 400 before trusting the estimates (and R-hat < 1.01).
 
     Raises:
         ValueError: draws has fewer than 2 dimensions or fewer than 4 draws; unknown ``kind``; bad ``prob``.
