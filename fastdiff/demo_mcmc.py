@@ -171,9 +171,10 @@ METHODS: Dict[str, Tuple[str, Callable, Callable[[McmcTarget], int]]] = {
 
 def _budgets(quick: bool) -> Tuple[int, ...]:
     """Checkpoints in gradient evaluations (multiples of every sampler's evaluations per step)."""
-    # the quick panel (1000 chains) takes ~10 s of one CPU core; MALA's steps dominate (its Philox uniform on
-    # the torch path: ~3 of its ~4 ms per step for 1000 chains, measured on a loaded 2-core machine)
-    return (20, 60, 200, 400) if quick else (20, 60, 200, 600, 1000)
+    # one CPU core, idle machine: the quick panel (1000 chains) takes ~7 s, the full one (2000 chains) 14 s (27 s
+    # with a 1000-evaluation budget). MALA's steps dominate (its Philox uniform on the torch path: ~3 of its
+    # ~4 ms per step for 1000 chains)
+    return (20, 60, 200, 400) if quick else (20, 60, 200, 600)
 
 
 def _missing(mc: Any) -> Dict[str, str]:
