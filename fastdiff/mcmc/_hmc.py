@@ -35,9 +35,10 @@ def hmc_log_accept(lp_start: torch.Tensor, lp_end: torch.Tensor, noise: torch.Te
     """
     b = lp_start.shape[0]
     dt = lp_start.dtype
-    p = p_end.to(dt).reshape(b, -1)
+    n = p_end.numel() // b if b else 0  # explicit: reshape(0, -1) is ambiguous for an empty batch
+    p = p_end.to(dt).reshape(b, n)
     k_end = 0.5 * ((p * p) if inv_mass is None else (p * p) * inv_mass.to(dt)).sum(1)
-    k_start = 0.5 * noise.to(dt).reshape(b, -1).square().sum(1)
+    k_start = 0.5 * noise.to(dt).reshape(b, n).square().sum(1)
     la = (lp_end.to(dt) - k_end) - (lp_start - k_start)
     bad = ~torch.isfinite(lp_end) | ~torch.isfinite(k_end) | torch.isnan(la)
     return torch.where(bad, torch.full_like(la, -math.inf), la)
@@ -193,7 +194,7 @@ def hmc(
     count_from = adapt_steps if adapt_steps < n_steps else 0
     recorder = DrawRecorder(x, n_steps - adapt_steps, record_every) if record_every is not None else None
 
-    warm = adapt_steps > 0
+    warm = adapt_steps > 0 and batch > 0  # an empty batch has nothing to adapt from
     shared = warm and (adapt == "chees" or not per_chain_step)
     windows = mass_windows(adapt_steps) if warm and adapt_mass else []
     da = DualAveraging(h[:1] if shared else h, target_accept, _phase(windows, 0, adapt_steps)) if warm else None
@@ -220,7 +221,7 @@ def hmc(
                     hmc_leapfrog(y, p, g_y, h, inv_mass=inv_mass, final=True, p_out=p, backend=backend)
             log_alpha = hmc_log_accept(lp, lp_y, z, p, inv_mass)
             accept = torch.log(philox_uniform(seed, 2 * i + 1, rid)).to(cd) < log_alpha
-            if i < adapt_steps:
+            if warm and i < adapt_steps:
                 prob = torch.exp(log_alpha.clamp(max=0.0))  # -inf -> 0
                 if chees is not None:
                     v = p if inv_mass is None else p * inv_mass.to(cd)
@@ -230,7 +231,7 @@ def hmc(
             lp = torch.where(accept, lp_y, lp)
             if i >= count_from:
                 n_acc += accept
-            if i < adapt_steps:
+            if warm and i < adapt_steps:
                 h = _adapt_step(da, prob, shared, batch, i, adapt_steps)
                 if windows and window is None and i + 1 > windows[0][0]:
                     window = MassWindow(n_cols, dev)
@@ -242,7 +243,7 @@ def hmc(
                         windows, window = windows[1:], None
                 if chees is not None and ((i + 1) % checkpoint == 0 or i + 1 == adapt_steps):
                     n_nominal = chees.n_leapfrog(h[0])
-            elif recorder is not None:
+            if recorder is not None and i >= adapt_steps:
                 recorder.after_step(i - adapt_steps, x)
             if callback is not None:
                 callback({"i": i, "x": x, "accept": accept, "log_prob": lp, "log_accept_ratio": log_alpha,

@@ -173,3 +173,35 @@ BAD = [
 def test_bad_input(name, call, exc, match):
     with pytest.raises(exc, match=match):
         call(torch.randn(2, 3))
+
+
+class _OpLog(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("kind", ["refresh", "leapfrog", "final"])
+def test_kernel_path_allocates_only_its_outputs(kind):
+    # with a float step and a float32 mass already checked, a pass is one launch plus its outputs' allocations:
+    # no casts, copies or temporaries on the host side (the refresh's momentum is float32: torch.empty)
+    x, p, grad, _, inv_mass = _inputs((2, 3, 8), torch.float32, False, True)
+    inv_mass = inv_mass.reshape(-1)
+    calls = {
+        "refresh": lambda: hmc_refresh(x, grad, 0.1, inv_mass=inv_mass, seed=1, backend="triton"),
+        "leapfrog": lambda: hmc_leapfrog(x, p, grad, 0.1, inv_mass=inv_mass, backend="triton"),
+        "final": lambda: hmc_leapfrog(x, p, grad, 0.1, inv_mass=inv_mass, final=True, backend="triton"),
+    }
+    calls[kind]()  # first call: imports, the mass's value check
+    with _OpLog() as log:
+        calls[kind]()
+    launches = [op for op in log.ops if op.startswith("fastdiff.")]
+    allocs = sorted(op for op in log.ops if not op.startswith("fastdiff."))
+    assert launches == ["fastdiff.hmc_leapfrog_"], log.ops
+    expected = {"refresh": ["aten.empty", "aten.empty_like"], "leapfrog": ["aten.empty_like"] * 2,
+                "final": ["aten.empty_like"]}[kind]
+    assert allocs == expected, log.ops

@@ -212,6 +212,22 @@ def test_no_steps_and_outputs():
     assert draws.shape == (4, 2, D) and h.shape == (4,) and acc.shape == (4,)
 
 
+@pytest.mark.parametrize("kw", [{}, {"adapt_steps": 2, "return_step_size": True},
+                                {"adapt_steps": 2, "adapt": "chees", "record_every": 1}], ids=["plain", "da", "chees"])
+def test_empty_batch(kw):
+    out = mcmc.hmc(gauss_log_prob, torch.zeros(0, D), 0.1, 4, n_leapfrog=2, seed=0, backend="torch", **kw)
+    assert out[0].shape == (0, D) and out[1].shape == (0,)
+    if "record_every" in kw:
+        assert out[2].shape == (0, 2, D)
+
+
+def test_nan_proposals_are_rejected():
+    # log p is NaN beyond x0 = 1: those proposals are rejected, so no chain ever stands there
+    lp = lambda x: torch.where(x[:, 0] > 1, torch.full_like(x[:, 0], float("nan")), -0.5 * (x ** 2).sum(1))  # noqa
+    x, _ = mcmc.hmc(lp, torch.zeros(64, 2), 0.5, 20, n_leapfrog=3, seed=0, backend="torch")
+    assert bool(torch.isfinite(x).all()) and x[:, 0].max().item() <= 1
+
+
 BAD = [
     ("adapt", dict(adapt="nuts"), ValueError, "adapt must be one of"),
     ("jitter", dict(jitter=1.5), ValueError, "jitter must be a float in"),

@@ -19,6 +19,7 @@ Example:
 """
 from __future__ import annotations
 
+import math
 import weakref
 from typing import Optional, Tuple, Union
 
@@ -48,7 +49,7 @@ def check_inv_mass(inv_mass: Optional[torch.Tensor], x: torch.Tensor, *, name: s
     if not isinstance(inv_mass, torch.Tensor) or not inv_mass.dtype.is_floating_point:
         raise TypeError(f"{name} must be a float tensor (one value per element of a chain), "
                         f"got {type(inv_mass).__name__ if not isinstance(inv_mass, torch.Tensor) else inv_mass.dtype}")
-    n_cols = x[0].numel() if x.shape[0] else int(torch.Size(x.shape[1:]).numel())
+    n_cols = math.prod(x.shape[1:])
     if tuple(inv_mass.shape) not in (tuple(x.shape[1:]), (n_cols,)):
         raise ValueError(f"{name} must have x's event shape {tuple(x.shape[1:])} or ({n_cols},), "
                          f"got {tuple(inv_mass.shape)}")
@@ -58,7 +59,8 @@ def check_inv_mass(inv_mass: Optional[torch.Tensor], x: torch.Tensor, *, name: s
         if not bool(((inv_mass > 0) & torch.isfinite(inv_mass)).all()):
             raise ValueError(f"{name} must be positive and finite")
         _LAST_CHECKED[:] = [weakref.ref(inv_mass), inv_mass._version]
-    return inv_mass.reshape(-1).to(torch.float32).contiguous()
+    flat = inv_mass if inv_mass.dim() == 1 else inv_mass.reshape(-1)
+    return flat.to(torch.float32).contiguous()
 
 
 # The mass tensor whose values were last found valid, and its version counter: a sampler passes the same mass to
