@@ -91,7 +91,9 @@ def test_suite_rows_agree_with_eager_and_are_consistent():
         assert r.status == "ok", (r.op, r.provider, r.status)
         assert r.time_ms > 0 and r.bytes == bench.CASES[r.op].bytes_moved(r.numel, torch.float32)
         assert math.isclose(r.gbps, r.bytes / (r.time_ms * 1e-3) / 1e9, rel_tol=1e-9)
-        assert math.isclose(r.pct_copy, 100 * r.gbps / 10.0, rel_tol=1e-9)
+        # % copy is against the copy timed beside the case (same input sets), not the headline figure
+        assert r.copy_gbps is not None and r.copy_gbps > 0
+        assert math.isclose(r.pct_copy, 100 * r.gbps / r.copy_gbps, rel_tol=1e-9)
         # deterministic cases: the fused op and the hand-written eager formula compute the same thing
         if r.op in ("add_noise", "step_ddim", "step_cfg", "step_dpmpp2m"):
             assert r.max_rel_err is not None and r.max_rel_err <= 1e-4, (r.op, r.provider, r.max_rel_err)
@@ -129,6 +131,27 @@ def test_report_json_and_table_shape(tmp_path):
     assert len([ln for ln in table.splitlines() if ln.startswith(("step_ddim", "langevin"))]) == 4
     md = bench.format_markdown(rep)
     assert "- date:" in md and "- device:" in md and "torch " in md and "| step_ddim |" in md
+    # every column is explained, with which way is better, in the table's notes and in the markdown
+    assert "copy GB/s" in header
+    for name, text in bench.COLUMN_NOTES:
+        assert f"  {name}: {text}" in table and f"- **{name}**: {text}" in md
+    for name in ("time", "GB/s", "% copy", "vs X"):
+        assert "better" in dict(bench.COLUMN_NOTES)[name]
+
+
+def test_case_copy_is_timed_on_the_cases_own_input_sets(monkeypatch):
+    """The copy a row is compared with rotates over the very list of input sets its providers rotate over
+    (one more rotating call than providers, all on one list), and % copy is taken against it."""
+    import fastdiff.bench.runner as runner
+
+    lists = []
+    real_rotating = runner.rotating
+    monkeypatch.setattr(runner, "rotating", lambda fn, sets: lists.append(sets) or real_rotating(fn, sets))
+    rep = _run(ops=["step_ddim"], providers=["fastdiff", "eager"])
+    assert len(lists) == 3 and all(sets is lists[0] for sets in lists)  # fastdiff, eager, copy
+    for row in rep.rows:
+        assert row.copy_gbps > 0 and math.isclose(row.pct_copy, 100 * row.gbps / row.copy_gbps)
+    assert rep.rows[0].copy_gbps == rep.rows[1].copy_gbps  # one copy per case
 
 
 def test_bad_arguments_raise():
@@ -237,7 +260,10 @@ def test_rotating_cycles_through_sets():
 
 def test_copy_bandwidth_and_loop_overhead_cpu():
     bw = bench.measure_copy_bandwidth("cpu", nbytes=2**20, quick=True)
-    assert bw["gbps"] > 0 and bw["bytes"] == 2 * 2**20
+    assert bw["gbps"] > 0 and bw["bytes"] == 2 * 2**20 and "one thread" in bw["method"]
+    threads = torch.get_num_threads()
+    bench.measure_copy_bandwidth("cpu", nbytes=2**20, quick=True)
+    assert torch.get_num_threads() == threads  # the one-thread copy restores the caller's thread count
     res = bench.step_loop_overhead("cpu", steps=4, shape=(1, 4, 8, 8), quick=True)
     assert res["per_step_us"] > 0 and res["denoiser_us"] > 0 and res["steps"] == 4
     with pytest.raises(ValueError, match="cuda_graph"):
