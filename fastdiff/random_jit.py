@@ -212,17 +212,22 @@ def normals_jit(rows: int, groups: int, row_ids: torch.Tensor, stream: int, k0: 
 
     ``threads`` defaults to ``torch.get_num_threads()``; draws under ``_THREAD_MIN_GROUPS`` groups use one.
     """
-    fn = _kernel()
+    fn = _state.get("fn", False)
+    if fn is False:
+        fn = _kernel()
     if fn is None:
         return None
-    rid = row_ids.cpu().numpy()
+    rid = row_ids.numpy() if row_ids.device.type == "cpu" else row_ids.cpu().numpy()
     if rid.dtype != np.int64:
         rid = rid.astype(np.int64)
     total = rows * groups
     out = np.empty((total, 4), np.float32)
+    if total < _THREAD_MIN_GROUPS:  # one thread: a hand-off would cost more than it saves
+        _chunk(fn, rid, groups, stream, k0, k1, out, 0, total)
+        return torch.from_numpy(out).reshape(rows, groups, 4)
     threads = torch.get_num_threads() if threads is None else threads
     workers = max(1, min(threads, total // (_THREAD_MIN_GROUPS // 2)))
-    if workers == 1 or total < _THREAD_MIN_GROUPS:
+    if workers == 1:
         _chunk(fn, rid, groups, stream, k0, k1, out, 0, total)
     else:
         step = -(-total // (workers * CHUNK_GROUPS)) * CHUNK_GROUPS
