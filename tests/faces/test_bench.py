@@ -433,6 +433,29 @@ def test_host_overhead_script_runs_and_restores_the_launchers():
     assert [(launcher(name).op, launcher(name).direct) for name in mod.LAUNCHERS] == before
 
 
+def test_cpu_goals_parts_judge_and_record(tmp_path, monkeypatch):
+    """benchmarks/cpu_goals.py without its long measurements: the interleaved ratio (the base against itself is
+    exactly 1), the verdicts, the noise goal's numpy-Philox switch (restored afterwards) and the markdown record."""
+    import time
+
+    import fastdiff.random as fd_random
+
+    mod = _load_script("cpu_goals")
+    res = mod.interleaved_ratios({"a": lambda: sum(range(50)), "b": lambda: sum(range(100))}, "b", 3,
+                                 time.perf_counter_ns)
+    assert res["b"]["b_over_this"] == 1.0 and res["a"]["us"] > 0 and len(res["a"]["range"]) == 2
+    real = fd_random.normals_jit
+    with mod._numpy_philox():
+        assert fd_random.normals_jit(1, 1, torch.zeros(1, dtype=torch.int64), 0, 0, 0) is None
+    assert fd_random.normals_jit is real
+    goals = [mod._goal("a", True, {"x": 1}), mod._goal("b", False, {}), mod._goal("c", None, {}, "why")]
+    assert [g["verdict"] for g in goals] == ["PASS", "MISS", "not measured"]
+    meta = {"date": "d", "cpu": "c", "cores": 2, "versions": {"torch": "t"}, "loadavg_before": [0],
+            "loadavg_after": [0], "command": "python benchmarks/cpu_goals.py", "wall_s": 1.0}
+    md = mod._markdown({"meta": meta, "goals": goals})
+    assert "| a | **PASS** |" in md and "**not measured** (why)" in md and "torch t" in md
+
+
 def test_gpu_check_installs_then_restarts_itself(monkeypatch):
     """On a bare GPU machine the script pip-installs the tree, then must re-exec: a running Python never sees a
     fresh editable install (its .pth hook is read at start-up). Checked with pip and execv recorded, not run."""
