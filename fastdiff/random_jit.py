@@ -196,13 +196,14 @@ def _chunk(fn, rid: np.ndarray, groups: int, stream: int, k0: int, k1: int, out:
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
+    """The process's worker threads (a fresh pool after a fork: a forked child inherits none of the threads)."""
     pool = _state.get("pool")
-    if pool is None or _state.get("workers", 0) < workers:
+    if pool is None or _state.get("workers", 0) < workers or _state.get("pid") != os.getpid():
         with _lock:
             pool = _state.get("pool")
-            if pool is None or _state.get("workers", 0) < workers:
+            if pool is None or _state.get("workers", 0) < workers or _state.get("pid") != os.getpid():
                 pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fastdiff-philox")
-                _state["pool"], _state["workers"] = pool, workers
+                _state["pool"], _state["workers"], _state["pid"] = pool, workers, os.getpid()
     return pool
 
 

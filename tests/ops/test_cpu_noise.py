@@ -101,3 +101,19 @@ def test_disabled_by_environment(monkeypatch):
     monkeypatch.setattr(random_jit, "_state", {})
     assert not random_jit.available()
     assert random_jit.normals_jit(1, 1, torch.zeros(1, dtype=torch.int64), 0, 0, 0) is None
+
+
+@needs_numba
+def test_threaded_draw_works_in_a_forked_child(monkeypatch):
+    """A forked child (a DataLoader worker) inherits the parent's pool object but none of its threads: the draw
+    must make its own pool there instead of waiting forever on threads that do not exist."""
+    import multiprocessing as mp
+
+    monkeypatch.setattr(random_jit, "_THREAD_MIN_GROUPS", 128)
+    monkeypatch.setattr(random_jit, "CHUNK_GROUPS", 64)
+    ids = torch.arange(3)
+    want = random_jit.normals_jit(3, 200, ids, 1, 2, 3, threads=2)  # creates the pool in this process
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply_async(random_jit.normals_jit, (3, 200, ids, 1, 2, 3), {"threads": 2}).get(timeout=60)
+    assert torch.equal(bits(got), bits(want))
