@@ -20,6 +20,8 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
+from .random_jit import normals_jit
+
 __all__ = ["philox_normal", "philox4x32_10", "split_seed", "draw_seed", "resolve_seed", "check_device", "check_shape",
            "MAX_SEED", "DRAWN_SEED_BOUND"]
 
@@ -367,7 +369,10 @@ def philox_normal(
     # the numpy Philox is the fast CPU path; under torch.compile dynamo cannot trace numpy uint64 code, so a
     # traced region takes the int64 torch emulation below (the same words, hence the same noise)
     if torch.device(device if device is not None else "cpu").type == "cpu" and not torch.compiler.is_compiling():
-        out = _normals_numpy(rows, groups, row_ids, stream, k0, k1)
+        # the compiled loop (numba) where it imports, else numpy: the same words and float32 operations
+        out = normals_jit(rows, groups, row_ids, stream, k0, k1)
+        if out is None:
+            out = _normals_numpy(rows, groups, row_ids, stream, k0, k1)
         return out.reshape(rows, groups * 4)[:, :cols].reshape(shape).to(dtype)
     c0 = torch.arange(groups, dtype=torch.int64, device=device).expand(rows, groups)
     c1 = (row_ids & _MASK32)[:, None].expand(rows, groups)

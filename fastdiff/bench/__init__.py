@@ -48,13 +48,13 @@ from .loop import step_loop_overhead
 from .profiling import ProfileResult, instrument_ops, op_range, profile_sampling, register_profiled
 from .registry import (BASELINES, CASES, PROVIDERS, Case, Spec, Unavailable, provider, providers_for,
                        register_case, register_provider)
-from .report import Report, Row, format_markdown, format_table, geomean, geomean_speedups, plot_report
+from .report import COLUMN_NOTES, Report, Row, format_markdown, format_table, geomean, geomean_speedups, plot_report
 from .runner import build_call, floor_call, run_suite
 from .sizes import DTYPES, default_sizes, parse_dtype, parse_size
 from .timing import measure_copy_bandwidth, rotating, time_cuda, time_interleaved
 
 __all__ = [
-    "PROVIDERS", "BASELINES", "DTYPES", "Spec", "Case", "Row", "Report", "Unavailable", "CASES",
+    "PROVIDERS", "BASELINES", "COLUMN_NOTES", "DTYPES", "Spec", "Case", "Row", "Report", "Unavailable", "CASES",
     "register_case", "provider", "register_provider", "providers_for", "parse_size", "parse_dtype",
     "default_sizes", "run_suite", "build_call", "floor_call", "format_table", "format_markdown", "plot_report",
     "geomean", "geomean_speedups", "measure_copy_bandwidth", "time_cuda", "time_interleaved", "rotating",

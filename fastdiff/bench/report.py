@@ -11,8 +11,8 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 from .registry import BASELINES, PROVIDERS
 from .sizes import parse_size
 
-__all__ = ["Row", "Report", "fill_speedups", "geomean", "geomean_speedups", "format_table", "format_markdown",
-           "plot_report"]
+__all__ = ["Row", "Report", "COLUMN_NOTES", "fill_speedups", "geomean", "geomean_speedups", "format_table",
+           "format_markdown", "plot_report"]
 
 
 @dataclass
@@ -30,6 +30,8 @@ class Row:
     bytes: int = 0
     gbps: Optional[float] = None
     pct_copy: Optional[float] = None
+    #: GB/s (read + write) of a clone of the case's first input over the same rotating input sets, timed with it
+    copy_gbps: Optional[float] = None
     speedup: Dict[str, float] = field(default_factory=dict)
     max_rel_err: Optional[float] = None
     peak_extra_bytes: Optional[int] = None
@@ -113,7 +115,21 @@ def geomean_speedups(report: Report, provider: str = "fastdiff") -> Dict[str, Di
     return out
 
 
-_COLUMNS = ("op", "size", "dtype", "provider", "time", "GB/s", "% copy", "vs eager", "vs compile", "vs diffusers")
+_COLUMNS = ("op", "size", "dtype", "provider", "time", "GB/s", "copy GB/s", "% copy", "vs eager", "vs compile",
+            "vs diffusers")
+#: what each column means and which way is better (printed under the table, written into the markdown)
+COLUMN_NOTES = (
+    ("time", "median time per call (lower is better)"),
+    ("GB/s", "the case's bytes (each input read once, each output written once; see --list) over the time "
+             "(higher is better)"),
+    ("copy GB/s", "Tensor.clone of the case's first input over the same rotating input sets, timed interleaved "
+                  "with the case (bytes read + written; the reference for % copy)"),
+    ("% copy", "GB/s over copy GB/s (higher is better; 100 = a one-pass op at copy speed). It can pass 100 on "
+               "CPU: a written cache line is first read (write-allocate), so a copy moves 3 units for the 2 "
+               "counted and an op reading 2 tensors and writing 1 moves 4 for 3: up to ~112%; far below 100 at "
+               "small sizes, where per-call overhead dominates"),
+    ("vs X", "X's time over this row's time (higher is better; > 1: faster than X)"),
+)
 
 
 def _fmt_time(ms: Optional[float]) -> str:
@@ -128,11 +144,12 @@ def _table_cells(report: Report) -> List[List[str]]:
         if not r.ok:
             # a skip's reason is said once under the table (see _skip_notes); errors keep theirs in the row
             status = "skipped" if r.status.startswith("skipped") else r.status
-            cells.append([r.op, r.shape, r.dtype, r.provider, status, "", "", "", "", ""])
+            cells.append([r.op, r.shape, r.dtype, r.provider, status] + [""] * (len(_COLUMNS) - 5))
             continue
         sp = [f"{r.speedup[b]:.2f}x" if b in r.speedup else "-" for b in BASELINES]
         note = "" if r.status == "ok" else " !"
-        cells.append([r.op, r.shape, r.dtype, r.provider + note, _fmt_time(r.time_ms), f"{r.gbps:.1f}",
+        copy = "-" if r.copy_gbps is None else f"{r.copy_gbps:.1f}"
+        cells.append([r.op, r.shape, r.dtype, r.provider + note, _fmt_time(r.time_ms), f"{r.gbps:.1f}", copy,
                       f"{r.pct_copy:.1f}", *sp])
     return cells
 
@@ -159,6 +176,11 @@ def _skip_notes(report: Report) -> List[str]:
     return notes
 
 
+def _copy_method(meta: Dict[str, Any]) -> str:
+    method = meta.get("copy_method")
+    return f" ({method})" if method else ""
+
+
 def format_table(report: Report) -> str:
     """A fixed-width text table, one row per measurement, followed by the copy bandwidth line."""
     cells = _table_cells(report)
@@ -172,7 +194,9 @@ def format_table(report: Report) -> str:
         else:
             out.append(line(c))
     m = report.meta
-    out.append(f"copy bandwidth ({m['device_name']}): {m['copy_gbps']:.1f} GB/s  |  timer: {m['timer']}")
+    out.extend(f"  {name}: {text}" for name, text in COLUMN_NOTES)
+    out.append(f"copy bandwidth ({m['device_name']}): {m['copy_gbps']:.1f} GB/s{_copy_method(m)}  |  "
+               f"timer: {m['timer']}")
     flagged = [r for r in report.rows if r.ok and r.status != "ok"]
     for r in flagged:
         out.append(f"! {r.op} {r.shape} {r.dtype} {r.provider}: {r.status}")
@@ -187,11 +211,12 @@ def format_markdown(report: Report, title: str = "fastdiff benchmark") -> str:
     lines = [f"# {title}", "",
              f"- date: {m['date']}", f"- device: {m['device_name']} ({m['device']})",
              "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
-             f"- copy bandwidth (Tensor.copy_, read+write): {m['copy_gbps']:.1f} GB/s",
+             f"- copy bandwidth (Tensor.copy_, read+write): {m['copy_gbps']:.1f} GB/s{_copy_method(m)}",
              f"- timer: {m['timer']}", "",
              "| " + " | ".join(_COLUMNS) + " |", "|" + "|".join("---" for _ in _COLUMNS) + "|"]
     for c in _table_cells(report):
         lines.append("| " + " | ".join(x if x else "" for x in c) + " |")
+    lines += [""] + [f"- **{name}**: {text}" for name, text in COLUMN_NOTES]
     notes = _skip_notes(report)
     if notes:
         lines += [""] + [f"- {n}" for n in notes]

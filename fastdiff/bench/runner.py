@@ -2,7 +2,9 @@
 
 Timing: on CUDA ``triton.testing.do_bench`` medians; on CPU medians of repeats, all providers of a case
 interleaved in one process so drift hits them alike, each call rotating over input sets that cover twice
-the last-level cache where memory allows (:func:`floor_call` measures a copy under the same rotation).
+the last-level cache where memory allows. Each case also times a clone of its first input over the same sets
+(interleaved with its providers on CPU): a row's "% copy" is its bandwidth over that copy's, so an op and its
+copy see the same cache conditions (:func:`floor_call` builds such a copy for the goal tests).
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ from .sizes import DTYPE_NAMES, default_sizes, parse_dtype, parse_size, shape_st
 from .timing import measure_copy_bandwidth, peak_extra, rotating, rotation_sets, sync, time_cuda, time_interleaved
 
 __all__ = ["run_suite", "build_call", "floor_call"]
+
+_COPY = "\0copy"  # the key of a case's copy among its timed calls (no provider can be named so)
 
 
 def _versions() -> Dict[str, str]:
@@ -174,7 +178,8 @@ def run_suite(
     meta = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "device": dev.type, "device_name": _device_name(dev), "versions": _versions(),
-        "copy_gbps": peak["gbps"], "copy_bytes": peak["bytes"], "quick": quick,
+        "copy_gbps": peak["gbps"], "copy_bytes": peak["bytes"], "copy_method": peak.get("method", ""),
+        "quick": quick,
         "timer": "triton.testing.do_bench median" if dev.type == "cuda" else "interleaved median of repeats",
         "cpu_threads": torch.get_num_threads(),
         "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
@@ -206,7 +211,9 @@ def run_suite(
     for r in rows:
         if r.ok:
             r.gbps = r.bytes / (r.time_ms * 1e-3) / 1e9
-            r.pct_copy = 100.0 * r.gbps / peak["gbps"]
+            # against the copy timed with the case (same input sets, same rotation); the headline copy when the
+            # case had none (a copy that failed to time)
+            r.pct_copy = 100.0 * r.gbps / (r.copy_gbps or peak["gbps"])
     fill_speedups(rows)
     return Report(meta, rows)
 
@@ -249,16 +256,34 @@ def _run_case(case: Case, spec: Spec, rows: Dict[str, Row], gen_device: Union[st
                 rows[name].status = f"mismatch vs fp32 {case.reference} (max rel err {err:.2e})"
     sync(spec.device)
     calls = {name: rotating(fn, sets) for name, fn in fns.items()}
+    if calls:
+        # the case's copy: a clone of its first (sample-sized) input over the very sets the providers rotate
+        # through, timed with them, so "% copy" compares the op with a copy under the same cache conditions
+        first = next(iter(case.inputs))
+        calls[_COPY] = rotating(lambda s: s[first].reshape(-1)[: spec.numel].clone(), sets)
+    copy_s = None
     if spec.device.type == "cuda":
         for name, call in calls.items():
-            rows[name].peak_extra_bytes = peak_extra(functools.partial(fns[name], sets[0]), spec.device)
+            if name != _COPY:
+                rows[name].peak_extra_bytes = peak_extra(functools.partial(fns[name], sets[0]), spec.device)
             try:
-                rows[name].time_ms = time_cuda(call, quick=quick)
+                sec = time_cuda(call, quick=quick) * 1e-3
             except Exception as exc:
-                rows[name].status = f"error: {type(exc).__name__}: {exc}"[:200]
+                if name != _COPY:
+                    rows[name].status = f"error: {type(exc).__name__}: {exc}"[:200]
+                continue
+            if name == _COPY:
+                copy_s = sec
+            else:
+                rows[name].time_ms = sec * 1e3
     elif calls:
         res = time_interleaved(calls, rounds=5 if quick else 9, target_s=0.004 if quick else 0.02)
+        copy_s = res.pop(_COPY)["median"]
         for name, r in res.items():
             rows[name].time_ms = r["median"] * 1e3
             rows[name].iqr_ms = r["iqr"] * 1e3
+    if copy_s:
+        copy_gbps = 2 * spec.numel * spec.dtype.itemsize / copy_s / 1e9
+        for row in rows.values():
+            row.copy_gbps = copy_gbps
     del sets

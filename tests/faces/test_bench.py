@@ -93,7 +93,9 @@ def test_suite_rows_agree_with_eager_and_are_consistent():
         assert r.status == "ok", (r.op, r.provider, r.status)
         assert r.time_ms > 0 and r.bytes == bench.CASES[r.op].bytes_moved(r.numel, torch.float32)
         assert math.isclose(r.gbps, r.bytes / (r.time_ms * 1e-3) / 1e9, rel_tol=1e-9)
-        assert math.isclose(r.pct_copy, 100 * r.gbps / 10.0, rel_tol=1e-9)
+        # % copy is against the copy timed beside the case (same input sets), not the headline figure
+        assert r.copy_gbps is not None and r.copy_gbps > 0
+        assert math.isclose(r.pct_copy, 100 * r.gbps / r.copy_gbps, rel_tol=1e-9)
         # deterministic cases: the fused op and the hand-written eager formula compute the same thing
         if r.op in ("add_noise", "step_ddim", "step_cfg", "step_dpmpp2m"):
             assert r.max_rel_err is not None and r.max_rel_err <= 1e-4, (r.op, r.provider, r.max_rel_err)
@@ -131,6 +133,27 @@ def test_report_json_and_table_shape(tmp_path):
     assert len([ln for ln in table.splitlines() if ln.startswith(("step_ddim", "langevin"))]) == 4
     md = bench.format_markdown(rep)
     assert "- date:" in md and "- device:" in md and "torch " in md and "| step_ddim |" in md
+    # every column is explained, with which way is better, in the table's notes and in the markdown
+    assert "copy GB/s" in header
+    for name, text in bench.COLUMN_NOTES:
+        assert f"  {name}: {text}" in table and f"- **{name}**: {text}" in md
+    for name in ("time", "GB/s", "% copy", "vs X"):
+        assert "better" in dict(bench.COLUMN_NOTES)[name]
+
+
+def test_case_copy_is_timed_on_the_cases_own_input_sets(monkeypatch):
+    """The copy a row is compared with rotates over the very list of input sets its providers rotate over
+    (one more rotating call than providers, all on one list), and % copy is taken against it."""
+    import fastdiff.bench.runner as runner
+
+    lists = []
+    real_rotating = runner.rotating
+    monkeypatch.setattr(runner, "rotating", lambda fn, sets: lists.append(sets) or real_rotating(fn, sets))
+    rep = _run(ops=["step_ddim"], providers=["fastdiff", "eager"])
+    assert len(lists) == 3 and all(sets is lists[0] for sets in lists)  # fastdiff, eager, copy
+    for row in rep.rows:
+        assert row.copy_gbps > 0 and math.isclose(row.pct_copy, 100 * row.gbps / row.copy_gbps)
+    assert rep.rows[0].copy_gbps == rep.rows[1].copy_gbps  # one copy per case
 
 
 def test_bad_arguments_raise():
@@ -239,7 +262,10 @@ def test_rotating_cycles_through_sets():
 
 def test_copy_bandwidth_and_loop_overhead_cpu():
     bw = bench.measure_copy_bandwidth("cpu", nbytes=2**20, quick=True)
-    assert bw["gbps"] > 0 and bw["bytes"] == 2 * 2**20
+    assert bw["gbps"] > 0 and bw["bytes"] == 2 * 2**20 and "one thread" in bw["method"]
+    threads = torch.get_num_threads()
+    bench.measure_copy_bandwidth("cpu", nbytes=2**20, quick=True)
+    assert torch.get_num_threads() == threads  # the one-thread copy restores the caller's thread count
     res = bench.step_loop_overhead("cpu", steps=4, shape=(1, 4, 8, 8), quick=True)
     assert res["per_step_us"] > 0 and res["denoiser_us"] > 0 and res["steps"] == 4
     with pytest.raises(ValueError, match="cuda_graph"):
@@ -407,6 +433,29 @@ def test_host_overhead_script_runs_and_restores_the_launchers():
     rows = mod.main(n=50)
     assert len(rows) == 9 and all(us > 0 for _, us in rows)
     assert [(launcher(name).op, launcher(name).direct) for name in mod.LAUNCHERS] == before
+
+
+def test_cpu_goals_parts_judge_and_record(tmp_path, monkeypatch):
+    """benchmarks/cpu_goals.py without its long measurements: the interleaved ratio (the base against itself is
+    exactly 1), the verdicts, the noise goal's numpy-Philox switch (restored afterwards) and the markdown record."""
+    import time
+
+    import fastdiff.random as fd_random
+
+    mod = _load_script("cpu_goals")
+    res = mod.interleaved_ratios({"a": lambda: sum(range(50)), "b": lambda: sum(range(100))}, "b", 3,
+                                 time.perf_counter_ns)
+    assert res["b"]["b_over_this"] == 1.0 and res["a"]["us"] > 0 and len(res["a"]["range"]) == 2
+    real = fd_random.normals_jit
+    with mod._numpy_philox():
+        assert fd_random.normals_jit(1, 1, torch.zeros(1, dtype=torch.int64), 0, 0, 0) is None
+    assert fd_random.normals_jit is real
+    goals = [mod._goal("a", True, {"x": 1}), mod._goal("b", False, {}), mod._goal("c", None, {}, "why")]
+    assert [g["verdict"] for g in goals] == ["PASS", "MISS", "not measured"]
+    meta = {"date": "d", "cpu": "c", "cores": 2, "versions": {"torch": "t"}, "loadavg_before": [0],
+            "loadavg_after": [0], "command": "python benchmarks/cpu_goals.py", "wall_s": 1.0}
+    md = mod._markdown({"meta": meta, "goals": goals})
+    assert "| a | **PASS** |" in md and "**not measured** (why)" in md and "torch t" in md
 
 
 def test_gpu_check_installs_then_restarts_itself(monkeypatch):
