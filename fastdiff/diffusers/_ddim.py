@@ -176,9 +176,6 @@ class DDPMScheduler(_DiscreteVPBase):
         self._set_host_timesteps(ts, device)
         self._start_run()
 
-    def _draws_noise(self) -> bool:
-        return True  # every step but the last adds noise
-
     def previous_timestep(self, timestep):
         """The next timestep of the schedule (-1 after the last), as diffusers returns it: a 0-d int64 tensor
         once ``set_timesteps`` has run, else ``timestep - 1`` of the type passed in."""

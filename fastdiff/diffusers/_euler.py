@@ -295,9 +295,6 @@ class EulerAncestralDiscreteScheduler(_SigmaBase):
         self._set_run(ts, np.concatenate([sig, [0.0]]).astype(np.float32), device)
         self._start_run()
 
-    def _draws_noise(self) -> bool:
-        return True
-
     def _build_table(self, key) -> torch.Tensor:
         s_from, s_to = self._sig[:-1], self._sig[1:]
         down, up = ancestral_split(s_from, s_to)

@@ -221,9 +221,6 @@ class DPMSolverMultistepScheduler(_MultistepBase):
         self.model_outputs = [None] * cfg.solver_order
         self._start_run()
 
-    def _draws_noise(self) -> bool:
-        return self.config.algorithm_type == "sde-dpmsolver++"
-
     def _orders_cached(self, start: int) -> List[int]:
         key = ("orders", start)
         if key not in self._host_tables:
