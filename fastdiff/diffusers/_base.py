@@ -18,7 +18,10 @@ generator and a distinct stream per step. The seed is drawn at the first step th
 adds noise without a generator -- where diffusers itself draws from the global
 generator -- never in ``set_timesteps`` and never when a generator is given, so the
 global generator's state after any call is what it would be after diffusers' call
-in kind (one draw where diffusers draws, none where it draws none).
+in kind (one draw where diffusers draws, none where it draws none). Inside a
+``torch.compile`` region that has no seed yet, a generator-less step draws its noise
+as diffusers does (``torch.randn`` on the global generator, traced), since a host
+seed draw there would break the graph.
 
 The first step finds its index without reading a device timestep: ``set_timesteps``
 keeps a host copy of the timesteps, and a timestep that is an element of
@@ -51,7 +54,7 @@ from ..schedules import DiscreteVPSchedule, spaced_timesteps
 from ._compat import ConfigMixin, SchedulerMixin, randn_tensor, resolve_output
 
 __all__ = ["FusedSchedulerBase", "DiscreteBetaMixin", "ZTSNR_ALPHA_BAR", "sigma_to_t", "spaced_timesteps",
-           "interp", "check_steps"]
+           "interp", "check_steps", "result_dtype"]
 
 #: The terminal alpha_bar used instead of 0 where a zero-terminal-SNR schedule would divide by it
 #: (the value diffusers' sigma-based schedulers substitute: fp16's smallest subnormal).
@@ -249,6 +252,10 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
         if generator is not None:
             return {"noise": randn_tensor(tuple(shape), generator=generator, device=device, dtype=dtype)}
         if self._seed is None:
+            if torch.compiler.is_compiling():
+                # a host seed draw would break the graph: draw as diffusers does (torch.randn on the global
+                # generator, traced into the graph)
+                return {"noise": randn_tensor(tuple(shape), generator=None, device=device, dtype=dtype)}
             # the run's first noise without a generator: one draw from the global generator, where diffusers
             # draws this step's noise from it
             self._seed = draw_seed()
@@ -351,6 +358,17 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
             return [self.index_for_timestep(t) for t in flat.detach().cpu()]
         idx = self._step_index if self._step_index is not None else self._begin_index
         return [idx] * flat.numel()
+
+
+def result_dtype(a: torch.Tensor, b: torch.Tensor) -> torch.dtype:
+    """``torch.promote_types(a.dtype, b.dtype)``, without the call (~0.8 us) in the usual case of one dtype.
+
+    Example:
+        >>> result_dtype(torch.zeros(1), torch.zeros(1, dtype=torch.float64))
+        torch.float64
+    """
+    ad, bd = a.dtype, b.dtype
+    return ad if ad is bd else torch.promote_types(ad, bd)
 
 
 def _read_timestep(timestep) -> float:
