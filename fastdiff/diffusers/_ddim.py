@@ -16,7 +16,8 @@ import torch
 
 from ..schedules import inference_timesteps
 from ..solvers import vp_x0_coefs
-from ._base import ZTSNR_ALPHA_BAR, DiscreteBetaMixin, FusedSchedulerBase, check_steps, check_timestep_value, rows
+from ._base import (ZTSNR_ALPHA_BAR, DiscreteBetaMixin, FusedSchedulerBase, check_steps, check_timestep_value,
+                    result_dtype, rows)
 from ._compat import make_output, register_to_config
 
 __all__ = ["DDPMScheduler", "DDIMScheduler", "x0_coefs"]
@@ -176,9 +177,6 @@ class DDPMScheduler(_DiscreteVPBase):
         self._set_host_timesteps(ts, device)
         self._start_run()
 
-    def _draws_noise(self) -> bool:
-        return True  # every step but the last adds noise
-
     def previous_timestep(self, timestep):
         """The next timestep of the schedule (-1 after the last), as diffusers returns it: a 0-d int64 tensor
         once ``set_timesteps`` has run, else ``timestep - 1`` of the type passed in."""
@@ -213,7 +211,7 @@ class DDPMScheduler(_DiscreteVPBase):
         kw = {}
         if t > 0:  # diffusers draws noise only before the last step
             kw = self._noise_kwargs(model_output.shape, model_output.device, model_output.dtype, generator, i)
-        dtype = torch.promote_types(sample.dtype, model_output.dtype)
+        dtype = result_dtype(sample, model_output)
         prev, x0 = self._launch(sample, model_output, table, i, out_dtype=dtype, aux_dtype=dtype,
                                 clip=self._clip(), **kw)
         self._step_index = i + 1
@@ -328,7 +326,7 @@ class DDIMScheduler(_DiscreteVPBase):
         if eta > 0:
             kw = self._noise_kwargs(model_output.shape, model_output.device, model_output.dtype, generator,
                                     stream_i, variance_noise=variance_noise)
-        dtype = torch.promote_types(sample.dtype, model_output.dtype)
+        dtype = result_dtype(sample, model_output)
         prev, x0 = self._launch(sample, model_output, table, row, out_dtype=dtype, aux_dtype=dtype,
                                 clip=self._clip(), **kw)
         if i is not None:

@@ -17,7 +17,8 @@ import torch
 from ..random import philox_normal
 from ..solvers import ancestral_split, churn_gamma, ve_x0_coefs
 from ..schedules import spaced_timesteps
-from ._base import DiscreteBetaMixin, FusedSchedulerBase, check_one_of, check_steps, interp, rows, sigma_to_t
+from ._base import (DiscreteBetaMixin, FusedSchedulerBase, check_one_of, check_steps, interp, result_dtype, rows,
+                    sigma_to_t)
 from ._compat import make_output, register_to_config
 
 _INT_DTYPES = (torch.int32, torch.int64)
@@ -295,9 +296,6 @@ class EulerAncestralDiscreteScheduler(_SigmaBase):
         self._set_run(ts, np.concatenate([sig, [0.0]]).astype(np.float32), device)
         self._start_run()
 
-    def _draws_noise(self) -> bool:
-        return True
-
     def _build_table(self, key) -> torch.Tensor:
         s_from, s_to = self._sig[:-1], self._sig[1:]
         down, up = ancestral_split(s_from, s_to)
@@ -414,7 +412,7 @@ class HeunDiscreteScheduler(_SigmaBase):
         """One predictor or corrector call (a single fused pass; no host-device sync)."""
         i = self._current_index(timestep)
         clip = float(self.config.clip_sample_range) if self.config.clip_sample else None
-        dtype = torch.promote_types(sample.dtype, model_output.dtype)
+        dtype = result_dtype(sample, model_output)
         if self._prev is None:
             table = self._table("first", sample.device)
             prev, x0 = self._launch(sample, model_output, table, i, out_dtype=dtype, aux_dtype=dtype, clip=clip)

@@ -142,9 +142,6 @@ class FlowMatchEulerDiscreteScheduler(DiscreteBetaMixin, FusedSchedulerBase):
         self._set_run(sig32.detach().cpu().to(torch.float64).numpy(), ts)
         self._start_run()
 
-    def _draws_noise(self) -> bool:
-        return bool(self.config.stochastic_sampling)
-
     def _build_table(self, key) -> torch.Tensor:
         s, s_next = self._sig[:-1], self._sig[1:]
         if self.config.stochastic_sampling:

@@ -20,6 +20,13 @@ from ._compat import make_output, register_to_config
 __all__ = ["DPMSolverMultistepScheduler", "UniPCMultistepScheduler"]
 
 
+def _x0_dtype(model_output: torch.Tensor) -> torch.dtype:
+    """The x0 estimates' dtype (diffusers keeps them in at least float32), without a promote_types call when it
+    is the model output's."""
+    md = model_output.dtype
+    return md if md is torch.float32 or md is torch.float64 else torch.promote_types(torch.float32, md)
+
+
 def _vp_from_sigma(s: np.ndarray):
     """VE sigma -> (alpha_t, sigma_t, lambda_t) of the VP process (float64; lambda = +inf at sigma 0)."""
     s = np.asarray(s, dtype=np.float64)
@@ -221,9 +228,6 @@ class DPMSolverMultistepScheduler(_MultistepBase):
         self.model_outputs = [None] * cfg.solver_order
         self._start_run()
 
-    def _draws_noise(self) -> bool:
-        return self.config.algorithm_type == "sde-dpmsolver++"
-
     def _orders_cached(self, start: int) -> List[int]:
         key = ("orders", start)
         if key not in self._host_tables:
@@ -320,7 +324,7 @@ class DPMSolverMultistepScheduler(_MultistepBase):
                                     variance_noise=None if variance_noise is None
                                     else variance_noise.to(torch.float32))
         keep = self.config.solver_order - 1
-        aux_dtype = torch.promote_types(torch.float32, model_output.dtype) if keep > 0 else None
+        aux_dtype = _x0_dtype(model_output) if keep > 0 else None
         prev, x0 = self._launch(sample, model_output, table, i, out_dtype=model_output.dtype, aux_dtype=aux_dtype,
                                 history=tuple(self._hist[: k - 1]), **kw)
         self._push_history(x0, keep)
@@ -513,7 +517,7 @@ class UniPCMultistepScheduler(_MultistepBase):
         i = self._begin_run(timestep)
         table = self._table(self._start, sample.device)
         keep = self.config.solver_order
-        aux_dtype = torch.promote_types(torch.float32, model_output.dtype)
+        aux_dtype = _x0_dtype(model_output)
         key = ("plan", self._start)
         if key not in self._host_tables:
             self._host_tables[key] = self._plan(self._start)
