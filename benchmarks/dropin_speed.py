@@ -18,7 +18,6 @@ Run it with ``PYTHONPATH`` set to another checkout to time that checkout's ``fas
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 import time
@@ -90,11 +89,6 @@ def measure(size: str, threads: int, rounds: int, reps: int = 0) -> Dict[str, Tu
     return out
 
 
-def geomean(values) -> float:
-    values = list(values)
-    return math.exp(sum(math.log(v) for v in values) / len(values))
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="1x4x8x8,16x4x64x64")
@@ -103,6 +97,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     warnings.simplefilter("ignore")
     import fastdiff
+    from fastdiff.bench import geomean
 
     print(f"fastdiff from {fastdiff.__file__}; torch {torch.__version__}; per-step us, medians over "
           f"{args.rounds} interleaved rounds")

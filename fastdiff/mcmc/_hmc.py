@@ -13,8 +13,8 @@ from ..random import resolve_seed
 from ._adapt import ChEES, DualAveraging, MassWindow, jitter_factor, mass_windows
 from ._draws import DrawRecorder, check_record_every
 from ._mala import philox_uniform
-from ._util import (_MAX_STREAM, Callback, StepSize, _check_callable, _check_grad, _check_per_chain, _check_x,
-                    _compute_dtype, _iter, _rows, _step_vector, _value_and_grad)
+from ._util import (_MAX_STREAM, Callback, StepSize, _check_callable, _check_grad, _check_x, _compute_dtype, _iter,
+                    _log_prob_and_grad, _rows, _step_vector)
 
 __all__ = ["hmc", "hmc_log_accept", "ADAPT_METHODS"]
 
@@ -174,12 +174,8 @@ def hmc(
     offset = philox_uniform(seed, _MAX_STREAM - 1, torch.zeros(1, dtype=torch.int64)).item()  # host: no device
 
     def value_and_grad(v: torch.Tensor):
-        if grad_log_prob is None:
-            lp, g = _value_and_grad(log_prob, v, batch, "log_prob")
-        else:
-            lp = _check_per_chain(log_prob(v), batch, v.device, "log_prob")
-            g = _check_grad(grad_log_prob(v), v, "grad_log_prob")
-        return lp.to(cd), g.to(cd).contiguous()
+        lp, g = _log_prob_and_grad(log_prob, grad_log_prob, v, batch, cd)
+        return lp, g.contiguous()
 
     def grad_only(v: torch.Tensor) -> torch.Tensor:
         if grad_log_prob is None:

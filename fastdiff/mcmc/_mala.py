@@ -10,8 +10,8 @@ from ..ops._common import check_int
 from ..ops.langevin import langevin_select, langevin_step
 from ..random import philox4x32_10, resolve_seed, split_seed
 from ._draws import DrawRecorder, check_record_every
-from ._util import (_MAX_STREAM, Callback, StepSize, _check_callable, _check_grad, _check_per_chain, _check_x,
-                    _compute_dtype, _iter, _rows, _step_vector, _value_and_grad)
+from ._util import (_MAX_STREAM, Callback, StepSize, _check_callable, _check_x, _compute_dtype, _iter,
+                    _log_prob_and_grad, _rows, _step_vector)
 
 __all__ = ["mala", "mala_log_accept", "philox_uniform"]
 
@@ -198,12 +198,7 @@ def mala(
     cd = _compute_dtype(x)
 
     def value_and_grad(v: torch.Tensor):
-        if grad_log_prob is None:
-            lp, g = _value_and_grad(log_prob, v, batch, "log_prob")
-        else:
-            lp = _check_per_chain(log_prob(v), batch, v.device, "log_prob")
-            g = _check_grad(grad_log_prob(v), v, "grad_log_prob")
-        return lp.to(cd), g.to(cd)
+        return _log_prob_and_grad(log_prob, grad_log_prob, v, batch, cd)
 
     x = x.detach().clone(memory_format=torch.contiguous_format)
     y = torch.empty_like(x)

@@ -91,6 +91,18 @@ def _value_and_grad(fn: Callable, x: torch.Tensor, batch: int, name: str, sign: 
     return out.detach(), g.detach()
 
 
+def _log_prob_and_grad(log_prob: Callable, grad_log_prob: Optional[Callable], x: torch.Tensor, batch: int,
+                       dtype: torch.dtype):
+    """``(log_prob(x), grad log_prob(x))`` per chain in ``dtype``: autograd when ``grad_log_prob`` is None,
+    else the two callables, each result checked (the errors name the callable)."""
+    if grad_log_prob is None:
+        lp, g = _value_and_grad(log_prob, x, batch, "log_prob")
+    else:
+        lp = _check_per_chain(log_prob(x), batch, x.device, "log_prob")
+        g = _check_grad(grad_log_prob(x), x, "grad_log_prob")
+    return lp.to(dtype), g.to(dtype)
+
+
 def _check_grad(g, x: torch.Tensor, name: str) -> torch.Tensor:
     if not isinstance(g, torch.Tensor):
         raise TypeError(f"{name} must return a tensor shaped like x, got {type(g).__name__}")
