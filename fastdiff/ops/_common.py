@@ -8,6 +8,7 @@ float32 arithmetic; float64 runs in float64 on the torch paths.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Optional, Sequence
 
 import torch
@@ -155,6 +156,7 @@ def seq(name: str, values) -> Sequence:
 # paths read a row as Python floats without a tensor index + .tolist() per call. An in-place torch write to
 # the table (or any view of it) bumps its version and refreshes the copy; writes that bypass the version
 # counter (through ``.data`` or a numpy view) are not seen -- coefficient tables are read-only inputs.
+# An entry holds its table by a weak reference: the cache never keeps a run's table alive after the run.
 _HOST_ROWS: dict = {}
 _HOST_ROWS_MAX = 32
 _HOST_ROWS_MAX_ELEMS = 1 << 14  # 1000+ steps x 13 coefficients; a host copy costs ~32 B per value
@@ -169,7 +171,7 @@ def host_row(table: torch.Tensor, r: int) -> list:
     ent = _HOST_ROWS.get(id(table))
     if ent is not None:
         held, held_ver, ptr, rows = ent
-        if held is table and held_ver == ver and ptr == table.data_ptr():
+        if held() is table and held_ver == ver and ptr == table.data_ptr():
             return rows[r]
     if table.numel() > _HOST_ROWS_MAX_ELEMS:
         return table[r].tolist()
@@ -179,5 +181,5 @@ def host_row(table: torch.Tensor, r: int) -> list:
             _HOST_ROWS.pop(next(iter(_HOST_ROWS)), None)
         except (StopIteration, RuntimeError):
             pass
-    _HOST_ROWS[id(table)] = (table, ver, table.data_ptr(), rows)
+    _HOST_ROWS[id(table)] = (weakref.ref(table), ver, table.data_ptr(), rows)
     return rows[r]
