@@ -6,7 +6,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLERS = {"sampling", "samplers", "sampler_run", "solvers", "mcmc", "denoisers"}
-COMPAT = {"diffusers", "k_diffusion", "distributed", "demo", "demo_run", "demo_mcmc", "bench", "cli", "cli_bench"}
+COMPAT = {"diffusers", "k_diffusion", "comfyui", "distributed", "demo", "demo_run", "demo_mcmc", "bench", "cli", "cli_bench"}
 
 
 def imported_fastdiff_modules(path: Path) -> set:
