@@ -1,0 +1,62 @@
+"""diffusers' own scheduler tests, with fastdiff's classes swapped in, pass wherever they pass on diffusers.
+
+Runs ``tests/peer/diffusers_swap.py`` against the diffusers source checkout named by ``DIFFUSERS_SRC`` (its
+``tests/schedulers/`` files; none of them is kept in this repository) and is skipped where that is unset.
+``OPEN_GAPS`` lists the tests that still fail with fastdiff, each with the reason: a test failing that is not
+listed is a regression; a listed one that passes should be removed from the list.
+"""
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import diffusers_swap  # noqa: E402
+
+SRC = os.environ.get("DIFFUSERS_SRC")
+FILES = ("ddim", "ddpm", "euler", "euler_ancestral", "heun", "dpm_multi", "unipc")
+
+_THRESHOLD = "thresholding=True (dynamic thresholding) is not implemented"
+_F32_TABLES = "diffusers builds its tables in float32, fastdiff in float64: sums differ by more than 1e-2"
+OPEN_GAPS = {
+    "test_scheduler_ddim.DDIMSchedulerTest::test_betas": "beta_end >= 1 is refused",
+    "test_scheduler_ddim.DDIMSchedulerTest::test_thresholding": _THRESHOLD,
+    "test_scheduler_ddim.DDIMSchedulerTest::test_variance": "_get_variance (private) is not provided",
+    "test_scheduler_ddpm.DDPMSchedulerTest::test_betas": "beta_end >= 1 is refused",
+    "test_scheduler_ddpm.DDPMSchedulerTest::test_full_loop_with_noise": _F32_TABLES,
+    "test_scheduler_ddpm.DDPMSchedulerTest::test_thresholding": _THRESHOLD,
+    "test_scheduler_ddpm.DDPMSchedulerTest::test_variance": "_get_variance (private) is not provided",
+    "test_scheduler_ddpm.DDPMSchedulerTest::test_variance_type": "variance_type learned / learned_range",
+    "test_scheduler_dpm_multi.DPMSolverMultistepSchedulerTest::test_fp16_support": "fp16 model output",
+    "test_scheduler_dpm_multi.DPMSolverMultistepSchedulerTest::test_full_loop_no_noise_thres": _THRESHOLD,
+    "test_scheduler_dpm_multi.DPMSolverMultistepSchedulerTest::test_full_loop_with_lu_and_v_prediction":
+        "use_lu_lambdas is not implemented",
+    "test_scheduler_dpm_multi.DPMSolverMultistepSchedulerTest::test_solver_order_and_type":
+        "algorithm_type dpmsolver / sde-dpmsolver are not implemented",
+    "test_scheduler_dpm_multi.DPMSolverMultistepSchedulerTest::test_thresholding": _THRESHOLD,
+    "test_scheduler_dpm_multi.DPMSolverMultistepSchedulerTest::test_variance_type": "variance_type learned_range",
+    "test_scheduler_euler.EulerDiscreteSchedulerTest::test_custom_timesteps": "interpolation_type log_linear",
+    "test_scheduler_euler.EulerDiscreteSchedulerTest::test_full_loop_with_noise": _F32_TABLES,
+    "test_scheduler_euler_ancestral.EulerAncestralDiscreteSchedulerTest::test_full_loop_with_noise": _F32_TABLES,
+    "test_scheduler_heun.HeunDiscreteSchedulerTest::test_beta_sigmas": "use_beta_sigmas is not implemented",
+    "test_scheduler_heun.HeunDiscreteSchedulerTest::test_full_loop_with_noise": _F32_TABLES,
+    "test_scheduler_heun.HeunDiscreteSchedulerTest::test_schedules": 'beta_schedule="exp" is not implemented',
+    "test_scheduler_unipc.UniPCMultistepScheduler1DTest::test_flow_and_karras_sigmas": "use_flow_sigmas",
+    "test_scheduler_unipc.UniPCMultistepScheduler1DTest::test_flow_and_karras_sigmas_values": "use_flow_sigmas",
+    "test_scheduler_unipc.UniPCMultistepScheduler1DTest::test_fp16_support": "fp16 model output",
+    "test_scheduler_unipc.UniPCMultistepScheduler1DTest::test_thresholding": _THRESHOLD,
+    "test_scheduler_unipc.UniPCMultistepSchedulerTest::test_fp16_support": "fp16 model output",
+    "test_scheduler_unipc.UniPCMultistepSchedulerTest::test_thresholding": _THRESHOLD,
+}
+
+
+@pytest.mark.skipif(not SRC, reason="set DIFFUSERS_SRC to a diffusers source checkout (its tests/schedulers/) "
+                                    "to run diffusers' own scheduler tests against fastdiff's classes")
+@pytest.mark.parametrize("name", FILES)
+def test_diffusers_scheduler_tests_pass_with_fastdiff(name):
+    [path] = diffusers_swap.scheduler_test_files(SRC, [name])
+    result = diffusers_swap.compare(SRC, [path])[os.path.basename(path)]
+    assert result["diffusers_passed"] > 0, "no test passed on diffusers itself: is the checkout complete?"
+    lost = {t.split("tests.schedulers.", 1)[-1]: o for t, o in result["not_passing_with_fastdiff"].items()}
+    new = sorted(t for t in lost if t not in OPEN_GAPS)
+    assert not new, f"pass on diffusers, not with fastdiff: {new}"
