@@ -192,16 +192,20 @@ def sample_ddpm(run: Run, x: torch.Tensor) -> torch.Tensor:
     return _ancestral_euler(run, x, 1.0, 1.0)
 
 
-def sample_lms(run: Run, x: torch.Tensor, *, order: int = 4) -> torch.Tensor:
+def sample_lms(run: Run, x: torch.Tensor, *, order: int = 4, final_denoise: bool = False) -> torch.Tensor:
     """Linear multistep (Adams-Bashforth in sigma) on the PF ODE (cf. Liu et al. 2022, PNDM; k-diffusion).
 
     Orders above ``MAX_HISTORY + 1`` fold the oldest derivatives into the last history slot (one extra pass).
+    With ``final_denoise`` a step to sigma = 0 is ``x = D`` (ComfyUI's lms) instead of an LMS step to 0.
     """
     if isinstance(order, bool) or not isinstance(order, int) or order < 1:
         raise ValueError(f"order must be a positive int, got {order!r}")
     t = [F(v) for v in run.sigmas]
     plan = []
     for i in range(run.n):
+        if final_denoise and t[i + 1] == 0:
+            plan.append((run.row(run.sigmas[i], out_x=0.0, out_d=1.0, aux_x=1.0 / t[i], aux_d=-1.0 / t[i]), []))
+            continue
         c = lms_coefficients(t, i, min(i + 1, order))
         # x + c0 (x - D)/s + sum_j c_j d_{i-j}; aux = this step's derivative (x - D)/s
         older = c[1:]

@@ -1,4 +1,486 @@
-"""ComfyUI's ``sample_<name>`` functions (``model, x, sigmas, extra_args=None, callback=None, disable=None, ...``)."""
+"""ComfyUI's ``sample_<name>`` functions on fastdiff's samplers: the names, signatures and defaults of ComfyUI's
+``comfy/k_diffusion/sampling.py`` for every name in ComfyUI's ``KSAMPLER_NAMES`` that fastdiff implements.
+
+Each function is an adapter of a few lines: it builds a :class:`~fastdiff.comfyui.run.ComfyUIRun` (ComfyUI's
+model call, callback, CFG++ post-CFG hook, model-sampling reads and noise) and runs the one sampler of
+:mod:`fastdiff.samplers`. ``model`` is what ComfyUI's ``KSAMPLER`` passes (its ``KSamplerX0Inpaint`` wrapper:
+``model(x, sigma * s_in, **extra_args)`` returns the guided x0 estimate) or any callable of that form.
+
+Differences from ComfyUI (see docs/comfyui.md):
+
+* noise: a ``noise_sampler`` you pass is called exactly where ComfyUI calls it; without one fastdiff draws its
+  counter-based Philox noise inside the fused step, keyed by ``extra_args["seed"]``, where ComfyUI uses
+  ``torch.randn`` with a generator seeded by it (most samplers) or a Brownian tree (the SDE ones);
+* the ``_gpu`` names are aliases of the plain ones: in ComfyUI they differ only in where the default Brownian
+  tree lives (on the model's device instead of the CPU), which fastdiff's Philox default does not have;
+* a sigma schedule of fewer than two entries returns ``x`` unchanged, as ComfyUI's samplers do.
+
+Example:
+    >>> import torch
+    >>> den = lambda x, s, **kw: x / (1 + s[:, None] ** 2)
+    >>> sample_dpmpp_2m(den, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0])).shape
+    torch.Size([2, 3])
+"""
 from __future__ import annotations
 
-__all__: list = []
+from typing import Any, Callable, Dict, Optional
+
+import torch
+
+from .. import samplers as core
+from ..k_diffusion.noise import NoiseSampler
+from .run import ComfyUIRun, cfg_model  # noqa: F401 - the docstring examples use cfg_model
+
+#: ComfyUI's KSAMPLER_NAMES (comfy/samplers.py, 2025-10), in its order
+_COMFY_ORDER = (
+    "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2", "dpm_2", "dpm_2_ancestral",
+    "lms", "dpm_fast", "dpm_adaptive", "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde", "dpmpp_sde_gpu",
+    "dpmpp_2m", "dpmpp_2m_cfg_pp", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu",
+    "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "ipndm", "ipndm_v", "deis", "res_multistep",
+    "res_multistep_cfg_pp", "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp", "gradient_estimation",
+    "gradient_estimation_cfg_pp", "er_sde", "seeds_2", "seeds_3", "sa_solver", "sa_solver_pece")
+
+_Extra = Optional[Dict[str, Any]]
+
+#: ComfyUI samplers whose CONST (flow-model) branch fastdiff's core does not have yet: they raise on a flow model
+FLOW_UNSUPPORTED = ("euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_sde_gpu",
+                    "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu",
+                    "dpmpp_3m_sde", "dpmpp_3m_sde_gpu")
+
+
+def _sample(name: str, model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra,
+            callback: Optional[Callable], disable: Optional[bool], noise_sampler: Optional[NoiseSampler] = None,
+            draws_noise: bool = True, core_name: Optional[str] = None, **options: Any) -> torch.Tensor:
+    """Build the run for ComfyUI's ``sample_<name>`` and run the core sampler ``core_name`` (default ``name``)."""
+    if isinstance(sigmas, torch.Tensor) and sigmas.dim() == 1 and sigmas.numel() <= 1:
+        return x  # ComfyUI's samplers do no step
+    core_name = name if core_name is None else core_name
+    run = ComfyUIRun(model, x, sigmas, extra_args, callback, disable, noise_sampler=noise_sampler,
+                     uses_uncond=core_name in core.NEEDS_UNCOND, draws_noise=draws_noise)
+    if run.flow_sigmas and name in FLOW_UNSUPPORTED:
+        raise NotImplementedError(f"sample_{name}: ComfyUI's rectified-flow (CONST model sampling) branch of this "
+                                  "sampler is not implemented in fastdiff yet; use it with a non-flow model")
+    return core.SAMPLERS[core_name](run, x, **options)
+
+
+def _draws(eta: float, s_noise: float) -> bool:
+    """ComfyUI's SDE samplers call the noise sampler only when ``eta > 0 and s_noise > 0``."""
+    return eta > 0 and s_noise > 0
+
+
+@torch.no_grad()
+def sample_euler(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra = None,
+                 callback: Optional[Callable] = None, disable: Optional[bool] = None, s_churn: float = 0.0,
+                 s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0) -> torch.Tensor:
+    """Euler steps of Karras et al. (2022), Algorithm 2, with optional EDM churn (its noise from the global
+    RNG, drawn only on the steps where churn is active, as ComfyUI does).
+
+    Example:
+        >>> den = lambda x, s, **kw: x / (1 + s[:, None] ** 2)
+        >>> sample_euler(den, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0])).shape
+        torch.Size([2, 3])
+    """
+    return _sample("euler", model, x, sigmas, extra_args, callback, disable, s_churn=s_churn, s_tmin=s_tmin,
+                   s_tmax=s_tmax, s_noise=s_noise)
+
+
+@torch.no_grad()
+def sample_euler_cfg_pp(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra = None,
+                        callback: Optional[Callable] = None, disable: Optional[bool] = None) -> torch.Tensor:
+    """Euler with CFG++ (Chung et al. 2024): the step re-noises along the unconditional estimate; needs CFG.
+
+    Example:
+        >>> model = cfg_model(lambda x, s: x / (1 + s[:, None] ** 2), lambda x, s: x / (2 + s[:, None] ** 2), 3.0)
+        >>> sample_euler_cfg_pp(model, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0])).shape
+        torch.Size([2, 3])
+    """
+    return _sample("euler_cfg_pp", model, x, sigmas, extra_args, callback, disable)
+
+
+@torch.no_grad()
+def sample_euler_ancestral(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra = None,
+                           callback: Optional[Callable] = None, disable: Optional[bool] = None, eta: float = 1.0,
+                           s_noise: float = 1.0, noise_sampler: Optional[NoiseSampler] = None) -> torch.Tensor:
+    """Ancestral Euler (Ho et al. 2020 ancestral split; ComfyUI's euler_ancestral).
+
+    Example:
+        >>> den = lambda x, s, **kw: x / (1 + s[:, None] ** 2)
+        >>> sample_euler_ancestral(den, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0])).shape
+        torch.Size([2, 3])
+    """
+    return _sample("euler_ancestral", model, x, sigmas, extra_args, callback, disable, noise_sampler=noise_sampler,
+                   eta=eta, s_noise=s_noise)
+
+
+@torch.no_grad()
+def sample_euler_ancestral_cfg_pp(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra = None,
+                                  callback: Optional[Callable] = None, disable: Optional[bool] = None,
+                                  eta: float = 1.0, s_noise: float = 1.0,
+                                  noise_sampler: Optional[NoiseSampler] = None) -> torch.Tensor:
+    """Ancestral Euler with CFG++ (Chung et al. 2024); ComfyUI's flow branch on CONST models; needs CFG.
+
+    Example:
+        >>> model = cfg_model(lambda x, s: x / (1 + s[:, None] ** 2), lambda x, s: x / (2 + s[:, None] ** 2), 3.0)
+        >>> sample_euler_ancestral_cfg_pp(model, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0])).shape
+        torch.Size([2, 3])
+    """
+    return _sample("euler_ancestral_cfg_pp", model, x, sigmas, extra_args, callback, disable,
+                   noise_sampler=noise_sampler, eta=eta, s_noise=s_noise)
+
+
+@torch.no_grad()
+def sample_heun(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra = None,
+                callback: Optional[Callable] = None, disable: Optional[bool] = None, s_churn: float = 0.0,
+                s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0) -> torch.Tensor:
+    """Heun steps of Karras et al. (2022), Algorithm 2.
+
+    Example:
+        >>> den = lambda x, s, **kw: x / (1 + s[:, None] ** 2)
+        >>> sample_heun(den, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0])).shape
+        torch.Size([2, 3])
+    """
+    return _sample("heun", model, x, sigmas, extra_args, callback, disable, s_churn=s_churn, s_tmin=s_tmin,
+                   s_tmax=s_tmax, s_noise=s_noise)
+
+
+@torch.no_grad()
+def sample_dpm_2(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra = None,
+                 callback: Optional[Callable] = None, disable: Optional[bool] = None, s_churn: float = 0.0,
+                 s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0) -> torch.Tensor:
+    """DPM-Solver-2 (Lu et al. 2022) in the Algorithm-2 frame of Karras et al. (2022).
+
+    Example:
+        >>> den = lambda x, s, **kw: x / (1 + s[:, None] ** 2)
+        >>> sample_dpm_2(den, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0])).shape
+        torch.Size([2, 3])
+    """
+    return _sample("dpm_2", model, x, sigmas, extra_args, callback, disable, s_churn=s_churn, s_tmin=s_tmin,
+                   s_tmax=s_tmax, s_noise=s_noise)
+
+
+@torch.no_grad()
+def sample_dpm_2_ancestral(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra = None,
+                           callback: Optional[Callable] = None, disable: Optional[bool] = None, eta: float = 1.0,
+                           s_noise: float = 1.0, noise_sampler: Optional[NoiseSampler] = None) -> torch.Tensor:
+    """Ancestral DPM-Solver-2 (Lu et al. 2022).
+
+    Example:
+        >>> den = lambda x, s, **kw: x / (1 + s[:, None] ** 2)
+        >>> sample_dpm_2_ancestral(den, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0])).shape
+        torch.Size([2, 3])
+    """
+    return _sample("dpm_2_ancestral", model, x, sigmas, extra_args, callback, disable, noise_sampler=noise_sampler,
+                   eta=eta, s_noise=s_noise)
+
+
+@torch.no_grad()
+def sample_lms(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra = None,
+               callback: Optional[Callable] = None, disable: Optional[bool] = None, order: int = 4) -> torch.Tensor:
+    """Linear multistep in sigma (cf. Liu et al. 2022, PNDM); the last step, to sigma = 0, is ``x = denoised``
+    as in ComfyUI (k-diffusion takes an LMS step to 0).
+
+    Example:
+        >>> den = lambda x, s, **kw: x / (1 + s[:, None] ** 2)
+        >>> sample_lms(den, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0])).shape
+        torch.Size([2, 3])
+    """
+    return _sample("lms", model, x, sigmas, extra_args, callback, disable, order=order, final_denoise=True)
+
+
+@torch.no_grad()
+def sample_dpmpp_2s_ancestral(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra = None,
+                              callback: Optional[Callable] = None, disable: Optional[bool] = None, eta: float = 1.0,
+                              s_noise: float = 1.0, noise_sampler: Optional[NoiseSampler] = None) -> torch.Tensor:
+    """Ancestral DPM-Solver++(2S) (Lu et al. 2022, DPM-Solver++).
+
+    Example:
+        >>> den = lambda x, s, **kw: x / (1 + s[:, None] ** 2)
+        >>> sample_dpmpp_2s_ancestral(den, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0])).shape
+        torch.Size([2, 3])
+    """
+    return _sample("dpmpp_2s_ancestral", model, x, sigmas, extra_args, callback, disable, noise_sampler=noise_sampler,
+                   eta=eta, s_noise=s_noise)
+
+
+@torch.no_grad()
+def sample_dpmpp_2s_ancestral_cfg_pp(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra = None,
+                                     callback: Optional[Callable] = None, disable: Optional[bool] = None,
+                                     eta: float = 1.0, s_noise: float = 1.0,
+                                     noise_sampler: Optional[NoiseSampler] = None) -> torch.Tensor:
+    """Ancestral DPM-Solver++(2S) with CFG++ (Lu et al. 2022; Chung et al. 2024); needs CFG.
+
+    Example:
+        >>> model = cfg_model(lambda x, s: x / (1 + s[:, None] ** 2), lambda x, s: x / (2 + s[:, None] ** 2), 3.0)
+        >>> sample_dpmpp_2s_ancestral_cfg_pp(model, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0])).shape
+        torch.Size([2, 3])
+    """
+    return _sample("dpmpp_2s_ancestral_cfg_pp", model, x, sigmas, extra_args, callback, disable,
+                   noise_sampler=noise_sampler, eta=eta, s_noise=s_noise)
+
+
+@torch.no_grad()
+def sample_dpmpp_sde(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra = None,
+                     callback: Optional[Callable] = None, disable: Optional[bool] = None, eta: float = 1.0,
+                     s_noise: float = 1.0, noise_sampler: Optional[NoiseSampler] = None,
+                     r: float = 1 / 2) -> torch.Tensor:
+    """DPM-Solver++ stochastic, two stages (Lu et al. 2022, DPM-Solver++); ComfyUI's default noise is a Brownian tree.
+
+    Example:
+        >>> den = lambda x, s, **kw: x / (1 + s[:, None] ** 2)
+        >>> sample_dpmpp_sde(den, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0]), eta=0.0).shape
+        torch.Size([2, 3])
+    """
+    return _sample("dpmpp_sde", model, x, sigmas, extra_args, callback, disable, noise_sampler=noise_sampler,
+                   draws_noise=_draws(eta, s_noise), eta=eta, s_noise=s_noise, r=r)
+
+
+@torch.no_grad()
+def sample_dpmpp_sde_gpu(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra = None,
+                         callback: Optional[Callable] = None, disable: Optional[bool] = None, eta: float = 1.0,
+                         s_noise: float = 1.0, noise_sampler: Optional[NoiseSampler] = None,
+                         r: float = 1 / 2) -> torch.Tensor:
+    """Alias of :func:`sample_dpmpp_sde` (ComfyUI's _gpu variant differs only in its default noise's device).
+
+    Example:
+        >>> den = lambda x, s, **kw: x / (1 + s[:, None] ** 2)
+        >>> sample_dpmpp_sde_gpu(den, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0]), eta=0.0).shape
+        torch.Size([2, 3])
+    """
+    return _sample("dpmpp_sde_gpu", model, x, sigmas, extra_args, callback, disable, noise_sampler=noise_sampler,
+                   draws_noise=_draws(eta, s_noise), core_name="dpmpp_sde", eta=eta, s_noise=s_noise, r=r)
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra = None,
+                    callback: Optional[Callable] = None, disable: Optional[bool] = None) -> torch.Tensor:
+    """DPM-Solver++(2M), multistep second order (Lu et al. 2022, DPM-Solver++ Algorithm 2).
+
+    Example:
+        >>> den = lambda x, s, **kw: x / (1 + s[:, None] ** 2)
+        >>> sample_dpmpp_2m(den, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0])).shape
+        torch.Size([2, 3])
+    """
+    return _sample("dpmpp_2m", model, x, sigmas, extra_args, callback, disable)
+
+
+@torch.no_grad()
+def sample_dpmpp_2m_cfg_pp(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra = None,
+                           callback: Optional[Callable] = None, disable: Optional[bool] = None) -> torch.Tensor:
+    """DPM-Solver++(2M) with CFG++ (Lu et al. 2022; Chung et al. 2024); needs CFG.
+
+    Example:
+        >>> model = cfg_model(lambda x, s: x / (1 + s[:, None] ** 2), lambda x, s: x / (2 + s[:, None] ** 2), 3.0)
+        >>> sample_dpmpp_2m_cfg_pp(model, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0])).shape
+        torch.Size([2, 3])
+    """
+    return _sample("dpmpp_2m_cfg_pp", model, x, sigmas, extra_args, callback, disable)
+
+
+@torch.no_grad()
+def sample_dpmpp_2m_sde(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra = None,
+                        callback: Optional[Callable] = None, disable: Optional[bool] = None, eta: float = 1.0,
+                        s_noise: float = 1.0, noise_sampler: Optional[NoiseSampler] = None,
+                        solver_type: str = "midpoint") -> torch.Tensor:
+    """DPM-Solver++(2M) SDE (Lu et al. 2022, DPM-Solver++); ComfyUI's default noise is a Brownian tree.
+
+    Example:
+        >>> den = lambda x, s, **kw: x / (1 + s[:, None] ** 2)
+        >>> sample_dpmpp_2m_sde(den, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0]), eta=0.0).shape
+        torch.Size([2, 3])
+    """
+    return _sample("dpmpp_2m_sde", model, x, sigmas, extra_args, callback, disable, noise_sampler=noise_sampler,
+                   draws_noise=_draws(eta, s_noise), eta=eta, s_noise=s_noise, solver_type=solver_type)
+
+
+@torch.no_grad()
+def sample_dpmpp_2m_sde_gpu(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra = None,
+                            callback: Optional[Callable] = None, disable: Optional[bool] = None, eta: float = 1.0,
+                            s_noise: float = 1.0, noise_sampler: Optional[NoiseSampler] = None,
+                            solver_type: str = "midpoint") -> torch.Tensor:
+    """Alias of :func:`sample_dpmpp_2m_sde` (ComfyUI's _gpu variant differs only in its default noise's device).
+
+    Example:
+        >>> den = lambda x, s, **kw: x / (1 + s[:, None] ** 2)
+        >>> sample_dpmpp_2m_sde_gpu(den, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0]), eta=0.0).shape
+        torch.Size([2, 3])
+    """
+    return _sample("dpmpp_2m_sde_gpu", model, x, sigmas, extra_args, callback, disable, noise_sampler=noise_sampler,
+                   draws_noise=_draws(eta, s_noise), core_name="dpmpp_2m_sde", eta=eta, s_noise=s_noise,
+                   solver_type=solver_type)
+
+
+@torch.no_grad()
+def sample_dpmpp_2m_sde_heun(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra = None,
+                             callback: Optional[Callable] = None, disable: Optional[bool] = None, eta: float = 1.0,
+                             s_noise: float = 1.0, noise_sampler: Optional[NoiseSampler] = None,
+                             solver_type: str = "heun") -> torch.Tensor:
+    """DPM-Solver++(2M) SDE with the Heun-type second-order term (Lu et al. 2022, DPM-Solver++).
+
+    Example:
+        >>> den = lambda x, s, **kw: x / (1 + s[:, None] ** 2)
+        >>> sample_dpmpp_2m_sde_heun(den, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0]), eta=0.0).shape
+        torch.Size([2, 3])
+    """
+    return _sample("dpmpp_2m_sde_heun", model, x, sigmas, extra_args, callback, disable, noise_sampler=noise_sampler,
+                   draws_noise=_draws(eta, s_noise), core_name="dpmpp_2m_sde", eta=eta, s_noise=s_noise,
+                   solver_type=solver_type)
+
+
+@torch.no_grad()
+def sample_dpmpp_2m_sde_heun_gpu(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra = None,
+                                 callback: Optional[Callable] = None, disable: Optional[bool] = None, eta: float = 1.0,
+                                 s_noise: float = 1.0, noise_sampler: Optional[NoiseSampler] = None,
+                                 solver_type: str = "heun") -> torch.Tensor:
+    """Alias of :func:`sample_dpmpp_2m_sde_heun` (ComfyUI's _gpu variant differs only in its default noise's device).
+
+    Example:
+        >>> den = lambda x, s, **kw: x / (1 + s[:, None] ** 2)
+        >>> sample_dpmpp_2m_sde_heun_gpu(den, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0]), eta=0.0).shape
+        torch.Size([2, 3])
+    """
+    return _sample("dpmpp_2m_sde_heun_gpu", model, x, sigmas, extra_args, callback, disable,
+                   noise_sampler=noise_sampler, draws_noise=_draws(eta, s_noise), core_name="dpmpp_2m_sde", eta=eta,
+                   s_noise=s_noise, solver_type=solver_type)
+
+
+@torch.no_grad()
+def sample_dpmpp_3m_sde(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra = None,
+                        callback: Optional[Callable] = None, disable: Optional[bool] = None, eta: float = 1.0,
+                        s_noise: float = 1.0, noise_sampler: Optional[NoiseSampler] = None) -> torch.Tensor:
+    """DPM-Solver++(3M) SDE (Lu et al. 2022, DPM-Solver++); ComfyUI's default noise is a Brownian tree.
+
+    Example:
+        >>> den = lambda x, s, **kw: x / (1 + s[:, None] ** 2)
+        >>> sample_dpmpp_3m_sde(den, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0]), eta=0.0).shape
+        torch.Size([2, 3])
+    """
+    return _sample("dpmpp_3m_sde", model, x, sigmas, extra_args, callback, disable, noise_sampler=noise_sampler,
+                   draws_noise=_draws(eta, s_noise), eta=eta, s_noise=s_noise)
+
+
+@torch.no_grad()
+def sample_dpmpp_3m_sde_gpu(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra = None,
+                            callback: Optional[Callable] = None, disable: Optional[bool] = None, eta: float = 1.0,
+                            s_noise: float = 1.0, noise_sampler: Optional[NoiseSampler] = None) -> torch.Tensor:
+    """Alias of :func:`sample_dpmpp_3m_sde` (ComfyUI's _gpu variant differs only in its default noise's device).
+
+    Example:
+        >>> den = lambda x, s, **kw: x / (1 + s[:, None] ** 2)
+        >>> sample_dpmpp_3m_sde_gpu(den, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0]), eta=0.0).shape
+        torch.Size([2, 3])
+    """
+    return _sample("dpmpp_3m_sde_gpu", model, x, sigmas, extra_args, callback, disable, noise_sampler=noise_sampler,
+                   draws_noise=_draws(eta, s_noise), core_name="dpmpp_3m_sde", eta=eta, s_noise=s_noise)
+
+
+@torch.no_grad()
+def sample_ddpm(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra = None,
+                callback: Optional[Callable] = None, disable: Optional[bool] = None,
+                noise_sampler: Optional[NoiseSampler] = None) -> torch.Tensor:
+    """DDPM ancestral sampling from the posterior q(x_{t-1} | x_t, x0) (Ho et al. 2020, Algorithm 2).
+
+    Example:
+        >>> den = lambda x, s, **kw: x / (1 + s[:, None] ** 2)
+        >>> sample_ddpm(den, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0])).shape
+        torch.Size([2, 3])
+    """
+    return _sample("ddpm", model, x, sigmas, extra_args, callback, disable, noise_sampler=noise_sampler)
+
+
+@torch.no_grad()
+def sample_res_multistep(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra = None,
+                         callback: Optional[Callable] = None, disable: Optional[bool] = None, s_noise: float = 1.0,
+                         noise_sampler: Optional[NoiseSampler] = None) -> torch.Tensor:
+    """RES second-order exponential multistep (Zhang et al. 2023), deterministic.
+
+    Example:
+        >>> den = lambda x, s, **kw: x / (1 + s[:, None] ** 2)
+        >>> sample_res_multistep(den, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0])).shape
+        torch.Size([2, 3])
+    """
+    return _sample("res_multistep", model, x, sigmas, extra_args, callback, disable, noise_sampler=noise_sampler,
+                   s_noise=s_noise)
+
+
+@torch.no_grad()
+def sample_res_multistep_cfg_pp(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra = None,
+                                callback: Optional[Callable] = None, disable: Optional[bool] = None,
+                                s_noise: float = 1.0, noise_sampler: Optional[NoiseSampler] = None) -> torch.Tensor:
+    """RES multistep with CFG++ (Zhang et al. 2023; Chung et al. 2024); needs CFG.
+
+    Example:
+        >>> model = cfg_model(lambda x, s: x / (1 + s[:, None] ** 2), lambda x, s: x / (2 + s[:, None] ** 2), 3.0)
+        >>> sample_res_multistep_cfg_pp(model, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0])).shape
+        torch.Size([2, 3])
+    """
+    return _sample("res_multistep_cfg_pp", model, x, sigmas, extra_args, callback, disable,
+                   noise_sampler=noise_sampler, s_noise=s_noise)
+
+
+@torch.no_grad()
+def sample_res_multistep_ancestral(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra = None,
+                                   callback: Optional[Callable] = None, disable: Optional[bool] = None,
+                                   eta: float = 1.0, s_noise: float = 1.0,
+                                   noise_sampler: Optional[NoiseSampler] = None) -> torch.Tensor:
+    """Ancestral RES multistep (Zhang et al. 2023; Ho et al. 2020 ancestral split).
+
+    Example:
+        >>> den = lambda x, s, **kw: x / (1 + s[:, None] ** 2)
+        >>> sample_res_multistep_ancestral(den, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0])).shape
+        torch.Size([2, 3])
+    """
+    return _sample("res_multistep_ancestral", model, x, sigmas, extra_args, callback, disable,
+                   noise_sampler=noise_sampler, eta=eta, s_noise=s_noise)
+
+
+@torch.no_grad()
+def sample_res_multistep_ancestral_cfg_pp(model: Callable, x: torch.Tensor, sigmas: torch.Tensor,
+                                          extra_args: _Extra = None, callback: Optional[Callable] = None,
+                                          disable: Optional[bool] = None, eta: float = 1.0, s_noise: float = 1.0,
+                                          noise_sampler: Optional[NoiseSampler] = None) -> torch.Tensor:
+    """Ancestral RES multistep with CFG++ (Zhang et al. 2023; Chung et al. 2024); needs CFG.
+
+    Example:
+        >>> model = cfg_model(lambda x, s: x / (1 + s[:, None] ** 2), lambda x, s: x / (2 + s[:, None] ** 2), 3.0)
+        >>> sample_res_multistep_ancestral_cfg_pp(model, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0])).shape
+        torch.Size([2, 3])
+    """
+    return _sample("res_multistep_ancestral_cfg_pp", model, x, sigmas, extra_args, callback, disable,
+                   noise_sampler=noise_sampler, eta=eta, s_noise=s_noise)
+
+
+@torch.no_grad()
+def sample_gradient_estimation(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra = None,
+                               callback: Optional[Callable] = None, disable: Optional[bool] = None,
+                               ge_gamma: float = 2.0) -> torch.Tensor:
+    """Gradient-estimation sampler (Permenter & Yuan 2024, Algorithm 2).
+
+    Example:
+        >>> den = lambda x, s, **kw: x / (1 + s[:, None] ** 2)
+        >>> sample_gradient_estimation(den, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0])).shape
+        torch.Size([2, 3])
+    """
+    return _sample("gradient_estimation", model, x, sigmas, extra_args, callback, disable, ge_gamma=ge_gamma)
+
+
+@torch.no_grad()
+def sample_gradient_estimation_cfg_pp(model: Callable, x: torch.Tensor, sigmas: torch.Tensor,
+                                      extra_args: _Extra = None, callback: Optional[Callable] = None,
+                                      disable: Optional[bool] = None, ge_gamma: float = 2.0) -> torch.Tensor:
+    """Gradient estimation with CFG++ (Permenter & Yuan 2024; Chung et al. 2024); needs CFG.
+
+    Example:
+        >>> model = cfg_model(lambda x, s: x / (1 + s[:, None] ** 2), lambda x, s: x / (2 + s[:, None] ** 2), 3.0)
+        >>> sample_gradient_estimation_cfg_pp(model, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0])).shape
+        torch.Size([2, 3])
+    """
+    return _sample("gradient_estimation_cfg_pp", model, x, sigmas, extra_args, callback, disable, ge_gamma=ge_gamma)
+
+
+#: ComfyUI's KSAMPLER_NAMES that fastdiff implements, in ComfyUI's order
+KSAMPLER_NAMES = tuple(n for n in _COMFY_ORDER if f"sample_{n}" in globals())
+
+#: name -> ComfyUI-signature function
+SAMPLERS: Dict[str, Callable[..., torch.Tensor]] = {n: globals()[f"sample_{n}"] for n in KSAMPLER_NAMES}
+
+__all__ = ["KSAMPLER_NAMES", "SAMPLERS", "FLOW_UNSUPPORTED"] + [f"sample_{n}" for n in KSAMPLER_NAMES]
