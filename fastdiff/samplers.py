@@ -105,6 +105,87 @@ def _churned_run(run: Run, x: torch.Tensor, churn: Tuple[float, float, float, fl
 
 
 # ----------------------------------------------------------------------------------------------
+# flow runs (Run.flow_sigmas: flow times s, x = (1 - s) x0 + s eps; ComfyUI's CONST model sampling)
+# ----------------------------------------------------------------------------------------------
+def _half_log_snr(run: Run, sigma: Any) -> Any:
+    """``lambda = log(alpha / sigma)``: ``-log(sigma)`` on a VE run, ``log((1 - s) / s)`` on a flow run."""
+    if not run.flow_sigmas:
+        return t_of(sigma)
+    return sigma.logit().neg() if isinstance(sigma, torch.Tensor) else math.log((1 - sigma) / sigma)
+
+
+def _sigma_of_half_log_snr(run: Run, lam: Any) -> Any:
+    """Inverse of :func:`_half_log_snr`: ``exp(-lambda)``, or ``1 / (1 + exp(lambda))`` on a flow run."""
+    if not run.flow_sigmas:
+        return sigma_of(lam)
+    return lam.neg().sigmoid() if isinstance(lam, torch.Tensor) else 1.0 / (1.0 + math.exp(lam))
+
+
+def _flow_ancestral_split(sigma: Any, sigma_next: Any, eta: float) -> Tuple[Any, Any, Any]:
+    """``(sigma_down, alpha_next / alpha_down, renoise)`` of a rectified-flow ancestral step (ComfyUI's _RF
+    samplers): step to ``s_down = s' (1 + (s'/s - 1) eta)``, scale by ``(1 - s') / (1 - s_down)``, add
+    ``renoise = sqrt(s'^2 - s_down^2 (1 - s')^2 / (1 - s_down)^2)`` times fresh noise (the flow marginal at s')."""
+    down = sigma_next * (1 + (sigma_next / sigma - 1) * eta)
+    a_next, a_down = 1 - sigma_next, 1 - down
+    return down, a_next / a_down, sqrt(sigma_next ** 2 - down ** 2 * a_next ** 2 / a_down ** 2)
+
+
+def _flow_ancestral_euler(run: Run, x: torch.Tensor, eta: float, s_noise: float) -> torch.Tensor:
+    s = run.sigmas
+    plan = []
+    for i in range(run.n):
+        if F(s[i + 1]) == 0:
+            plan.append((None, run.row(s[i], out_x=0.0, out_d=1.0), None, (None, None), False))
+            continue
+        sd, scale, renoise = _flow_ancestral_split(s[i], s[i + 1], eta)
+        r = sd / s[i]
+        c = F(scale) if eta > 0 else 1.0
+        k = run.row(s[i], out_x=c * F(r), out_d=c * F(1 - r), out_noise=s_noise * F(renoise) if eta > 0 else 0.0)
+        plan.append((None, k, None, (i if eta > 0 else None, None), False))
+    run.plan()
+    return _loop(run, x, plan)
+
+
+def _flow_dpm_2_ancestral(run: Run, x: torch.Tensor, eta: float, s_noise: float) -> torch.Tensor:
+    s = run.sigmas
+    plan = []
+    for i in range(run.n):
+        sd, scale, renoise = _flow_ancestral_split(s[i], s[i + 1], eta)
+        if F(sd) == 0:
+            plan.append((None, run.row(s[i], **euler_coefs(s[i], sd)), None, (None, None), False))
+            continue
+        sm = exp(lerp_half(log(s[i]), log(sd)))
+        ka = run.row(s[i], **euler_coefs(s[i], sm))
+        c, dt, smf = F(scale), F(sd - s[i]), F(sm)
+        kb = run.row(sm, out_x=c, out_e=c * dt / smf, out_d=-c * dt / smf, out_noise=s_noise * F(renoise))
+        plan.append((None, ka, kb, (None, i), False))
+    run.plan()
+    return _loop(run, x, plan)
+
+
+def _flow_dpmpp_2s_ancestral(run: Run, x: torch.Tensor, eta: float, s_noise: float) -> torch.Tensor:
+    s = run.sigmas
+    plan = []
+    for i in range(run.n):
+        sd, scale, renoise = _flow_ancestral_split(s[i], s[i + 1], eta)
+        if F(s[i + 1]) == 0:
+            plan.append((None, run.row(s[i], **euler_coefs(s[i], sd)), None, (None, None), False))
+            continue
+        if F(s[i]) == 1.0:  # lambda = -inf at s = 1: ComfyUI's fixed midpoint
+            sm = like(0.9999, s[i])
+        else:
+            t, t_down = _half_log_snr(run, s[i]), _half_log_snr(run, sd)
+            sm = _sigma_of_half_log_snr(run, t + 0.5 * (t_down - t))
+        ra, rb = sm / s[i], sd / s[i]
+        c = F(scale) if eta > 0 else 1.0
+        ka = run.row(s[i], out_x=F(ra), out_d=F(1 - ra))
+        kb = run.row(sm, out_x=c * F(rb), out_d=c * F(1 - rb), out_noise=s_noise * F(renoise) if eta > 0 else 0.0)
+        plan.append((None, ka, kb, (None, i if eta > 0 else None), False))
+    run.plan()
+    return _loop(run, x, plan)
+
+
+# ----------------------------------------------------------------------------------------------
 # samplers
 # ----------------------------------------------------------------------------------------------
 def sample_euler(run: Run, x: torch.Tensor, *, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
@@ -152,7 +233,13 @@ def sample_dpm_2(run: Run, x: torch.Tensor, *, s_churn: float = 0.0, s_tmin: flo
 
 
 def sample_dpm_2_ancestral(run: Run, x: torch.Tensor, *, eta: float = 1.0, s_noise: float = 1.0) -> torch.Tensor:
-    """Ancestral DPM-Solver-2: midpoint step to sigma_down, then noise sigma_up (Lu et al. 2022; k-diffusion)."""
+    """Ancestral DPM-Solver-2: midpoint step to sigma_down, then noise sigma_up (Lu et al. 2022; k-diffusion).
+
+    On a flow run (:attr:`~fastdiff.sampler_run.Run.flow_sigmas`) the rectified-flow ancestral step of ComfyUI's
+    CONST branch: the midpoint step to ``s_down``, then the flow renoising of :func:`_flow_ancestral_split`.
+    """
+    if run.flow_sigmas:
+        return _flow_dpm_2_ancestral(run, x, eta, s_noise)
     s = run.sigmas
     plan = []
     for i in range(run.n):
@@ -178,7 +265,12 @@ def _ancestral_euler(run: Run, x: torch.Tensor, eta: float, s_noise: float) -> t
 
 
 def sample_euler_ancestral(run: Run, x: torch.Tensor, *, eta: float = 1.0, s_noise: float = 1.0) -> torch.Tensor:
-    """Ancestral Euler: Euler step to sigma_down, then fresh noise of size sigma_up (Ho et al. 2020; k-diffusion)."""
+    """Ancestral Euler: Euler step to sigma_down, then fresh noise of size sigma_up (Ho et al. 2020; k-diffusion).
+
+    On a flow run the rectified-flow ancestral step of ComfyUI's CONST branch (:func:`_flow_ancestral_split`).
+    """
+    if run.flow_sigmas:
+        return _flow_ancestral_euler(run, x, eta, s_noise)
     return _ancestral_euler(run, x, eta, s_noise)
 
 
@@ -229,7 +321,13 @@ def sample_lms(run: Run, x: torch.Tensor, *, order: int = 4, final_denoise: bool
 
 
 def sample_dpmpp_2s_ancestral(run: Run, x: torch.Tensor, *, eta: float = 1.0, s_noise: float = 1.0) -> torch.Tensor:
-    """Ancestral DPM-Solver++(2S) (Lu et al. 2022, DPM-Solver++; k-diffusion's sample_dpmpp_2s_ancestral)."""
+    """Ancestral DPM-Solver++(2S) (Lu et al. 2022, DPM-Solver++; k-diffusion's sample_dpmpp_2s_ancestral).
+
+    On a flow run ComfyUI's CONST branch: both stages are the flow interpolation ``(s'/s) x + (1 - s'/s) D``, the
+    midpoint halfway in ``log((1 - s) / s)``, then the flow renoising of :func:`_flow_ancestral_split`.
+    """
+    if run.flow_sigmas:
+        return _flow_dpmpp_2s_ancestral(run, x, eta, s_noise)
     s = run.sigmas
     plan = []
     for i in range(run.n):
@@ -254,7 +352,9 @@ def sample_dpmpp_sde(run: Run, x: torch.Tensor, *, eta: float = 1.0, s_noise: fl
     """DPM-Solver++ (stochastic, 2 stages) (Lu et al. 2022; k-diffusion's sample_dpmpp_sde).
 
     ``fastdiff.sample`` draws independent Philox noise per stage (each with the variance of k-diffusion's); the
-    k-diffusion face draws from its noise sampler, a Brownian tree by default, at k-diffusion's times.
+    k-diffusion face draws from its noise sampler, a Brownian tree by default, at k-diffusion's times. On a flow
+    run the steps are taken in ``lambda = log((1 - s) / s)`` with the signal scales ``alpha = 1 - s`` (ComfyUI's
+    half-log-SNR form for CONST models).
     """
     if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r <= 1:
         raise ValueError(f"r must be in (0, 1], got {r!r}")
@@ -264,6 +364,9 @@ def sample_dpmpp_sde(run: Run, x: torch.Tensor, *, eta: float = 1.0, s_noise: fl
     for i in range(run.n):
         if F(s[i + 1]) == 0:
             plan.append((None, run.row(s[i], **euler_coefs(s[i], s[i + 1])), None, (None, None), False))
+            continue
+        if run.flow_sigmas:
+            plan.append(_flow_dpmpp_sde_step(run, i, eta, s_noise, r))
             continue
         t, t_next = t_of(s[i]), t_of(s[i + 1])
         h = t_next - t
@@ -279,6 +382,25 @@ def sample_dpmpp_sde(run: Run, x: torch.Tensor, *, eta: float = 1.0, s_noise: fl
         plan.append((None, ka, kb, ((i, r, "mid"), (i, r, "end")), True))
     run.plan()
     return _loop(run, x, plan)
+
+
+def _flow_dpmpp_sde_step(run: Run, i: int, eta: float, s_noise: float, r: float) -> Tuple:
+    """One dpmpp_sde step on a flow run, in half-log-SNR ``lambda`` with ``alpha = sigma exp(lambda)``."""
+    s = run.sigmas
+    fac = 1 / (2 * r)
+    lam_s, lam_t = _half_log_snr(run, s[i]), _half_log_snr(run, s[i + 1])
+    lam_mid = lam_s + r * (lam_t - lam_s)
+    s_mid = _sigma_of_half_log_snr(run, lam_mid)
+    a_s, a_mid, a_t = s[i] * exp(lam_s), s_mid * exp(lam_mid), s[i + 1] * exp(lam_t)
+    sd, su = ancestral_split(exp(-lam_s), exp(-lam_mid), eta)
+    h_ = -log(sd) - lam_s
+    ka = run.row(s[i], out_x=F(a_mid / a_s * exp(-h_)), out_d=-F(a_mid * expm1(-h_)), out_noise=F(a_mid * su) * s_noise)
+    sd2, su2 = ancestral_split(exp(-lam_s), exp(-lam_t), eta)
+    h2 = -log(sd2) - lam_s
+    w = -F(a_t * expm1(-h2))
+    kb = run.row(s_mid, out_x=F(a_t / a_s * exp(-h2)), out_d=w * fac, out_h=(w * (1 - fac),),
+                 out_noise=F(a_t * su2) * s_noise)
+    return (None, ka, kb, ((i, r, "mid"), (i, r, "end")), True)
 
 
 def sample_dpmpp_2m(run: Run, x: torch.Tensor) -> torch.Tensor:
@@ -301,7 +423,11 @@ def sample_dpmpp_2m(run: Run, x: torch.Tensor) -> torch.Tensor:
 
 def sample_dpmpp_2m_sde(run: Run, x: torch.Tensor, *, eta: float = 1.0, s_noise: float = 1.0,
                         solver_type: str = "midpoint") -> torch.Tensor:
-    """DPM-Solver++(2M) SDE (Lu et al. 2022, DPM-Solver++; k-diffusion's sample_dpmpp_2m_sde)."""
+    """DPM-Solver++(2M) SDE (Lu et al. 2022, DPM-Solver++; k-diffusion's sample_dpmpp_2m_sde).
+
+    On a flow run the steps are in ``lambda = log((1 - s) / s)`` and the x0 weights carry ``alpha = 1 - s'``
+    (ComfyUI's half-log-SNR form for CONST models).
+    """
     if solver_type not in ("midpoint", "heun"):
         raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
     s = run.sigmas
@@ -311,15 +437,16 @@ def sample_dpmpp_2m_sde(run: Run, x: torch.Tensor, *, eta: float = 1.0, s_noise:
         if F(s[i + 1]) == 0:
             plan.append((run.row(s[i], out_x=0.0, out_d=1.0), 0, None))
             continue
-        t, t_s = t_of(s[i]), t_of(s[i + 1])
+        t, t_s = _half_log_snr(run, s[i]), _half_log_snr(run, s[i + 1])
         h = t_s - t
         eta_h = eta * h
-        a = F(-expm1(-h - eta_h))
+        alpha_t = F(s[i + 1] * exp(t_s)) if run.flow_sigmas else 1.0
+        a = alpha_t * F(-expm1(-h - eta_h))
         coefs = dict(out_x=F(s[i + 1] / s[i] * exp(-eta_h)), out_d=a)
         if i > 0:  # the previous x0 estimate exists from the second step on
             rinv = F(1 / (h_last / h))
             if solver_type == "heun":
-                b = F(-expm1(-h - eta_h) / (-h - eta_h) + 1) * rinv
+                b = alpha_t * F(-expm1(-h - eta_h) / (-h - eta_h) + 1) * rinv
             else:
                 b = 0.5 * a * rinv
             coefs.update(out_d=a + b, out_h=(-b,))
@@ -332,7 +459,11 @@ def sample_dpmpp_2m_sde(run: Run, x: torch.Tensor, *, eta: float = 1.0, s_noise:
 
 
 def sample_dpmpp_3m_sde(run: Run, x: torch.Tensor, *, eta: float = 1.0, s_noise: float = 1.0) -> torch.Tensor:
-    """DPM-Solver++(3M) SDE (Lu et al. 2022, DPM-Solver++; k-diffusion's sample_dpmpp_3m_sde)."""
+    """DPM-Solver++(3M) SDE (Lu et al. 2022, DPM-Solver++; k-diffusion's sample_dpmpp_3m_sde).
+
+    On a flow run the steps are in ``lambda = log((1 - s) / s)`` and the x0 weights carry ``alpha = 1 - s'``
+    (ComfyUI's half-log-SNR form for CONST models).
+    """
     s = run.sigmas
     plan = []
     h = h_1 = h_2 = None
@@ -340,7 +471,7 @@ def sample_dpmpp_3m_sde(run: Run, x: torch.Tensor, *, eta: float = 1.0, s_noise:
         if F(s[i + 1]) == 0:
             plan.append((run.row(s[i], out_x=0.0, out_d=1.0), 0, None))
         else:
-            t, t_s = t_of(s[i]), t_of(s[i + 1])
+            t, t_s = _half_log_snr(run, s[i]), _half_log_snr(run, s[i + 1])
             h = t_s - t
             h_eta = h * (eta + 1)
             w = [F(-expm1(-h_eta)), 0.0, 0.0]  # weights of (D, D_1, D_2)
@@ -362,7 +493,13 @@ def sample_dpmpp_3m_sde(run: Run, x: torch.Tensor, *, eta: float = 1.0, s_noise:
                 used = 1
             else:
                 used = 0
-            coefs = dict(out_x=F(exp(-h_eta)), out_d=w[0], out_h=tuple(w[1:1 + used]))
+            if run.flow_sigmas:  # x' = (s'/s) e^{-eta h} x + alpha' (...)
+                alpha_t = F(s[i + 1] * exp(t_s))
+                w = [alpha_t * v for v in w]
+                out_x = F(s[i + 1] / s[i] * exp(-h * eta))
+            else:
+                out_x = F(exp(-h_eta))
+            coefs = dict(out_x=out_x, out_d=w[0], out_h=tuple(w[1:1 + used]))
             if eta:
                 coefs["out_noise"] = F(s[i + 1] * sqrt(-expm1(-2 * h * eta))) * s_noise
             plan.append((run.row(s[i], **coefs), used, i if eta else None))

@@ -151,6 +151,9 @@ class ComfyUIRun(KDiffusionRun):
             s = self.device_sigmas
             if stage == "end":
                 return self.noise_sampler(s[i], s[i + 1])
+            if self.flow_sigmas:  # ComfyUI's half-log-SNR midpoint of a CONST model
+                lam, lam_next = s[i].logit().neg(), s[i + 1].logit().neg()
+                return self.noise_sampler(s[i], (lam + r * (lam_next - lam)).neg().sigmoid())
             if self._sde_times is None or self._sde_times[0] != i:
                 self._sde_times = (i, t_of(s[i]), t_of(s[i + 1]))
             _, t, t_next = self._sde_times

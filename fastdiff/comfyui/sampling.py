@@ -29,7 +29,7 @@ import torch
 
 from .. import samplers as core
 from ..k_diffusion.noise import NoiseSampler
-from .run import ComfyUIRun, cfg_model  # noqa: F401 - the docstring examples use cfg_model
+from .run import ComfyUIRun, cfg_model, is_flow_model_sampling, model_sampling_of  # noqa: F401 (cfg_model: examples)
 
 #: ComfyUI's KSAMPLER_NAMES (comfy/samplers.py, 2025-10), in its order
 _COMFY_ORDER = (
@@ -42,10 +42,9 @@ _COMFY_ORDER = (
 
 _Extra = Optional[Dict[str, Any]]
 
-#: ComfyUI samplers whose CONST (flow-model) branch fastdiff's core does not have yet: they raise on a flow model
-FLOW_UNSUPPORTED = ("euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_sde_gpu",
-                    "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu",
-                    "dpmpp_3m_sde", "dpmpp_3m_sde_gpu")
+#: samplers that move the first sigma off 1 on a flow model (ComfyUI's offset_first_sigma_for_snr: at s = 1 the
+#: half-log-SNR is -inf), to the model sampling's ``percent_to_sigma(1e-4)``
+OFFSET_FIRST_SIGMA = ("dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde")
 
 
 def _sample(name: str, model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra,
@@ -55,12 +54,24 @@ def _sample(name: str, model: Callable, x: torch.Tensor, sigmas: torch.Tensor, e
     if isinstance(sigmas, torch.Tensor) and sigmas.dim() == 1 and sigmas.numel() <= 1:
         return x  # ComfyUI's samplers do no step
     core_name = name if core_name is None else core_name
+    if core_name in OFFSET_FIRST_SIGMA:
+        sigmas = _offset_first_sigma(model, sigmas)
     run = ComfyUIRun(model, x, sigmas, extra_args, callback, disable, noise_sampler=noise_sampler,
                      uses_uncond=core_name in core.NEEDS_UNCOND, draws_noise=draws_noise)
-    if run.flow_sigmas and name in FLOW_UNSUPPORTED:
-        raise NotImplementedError(f"sample_{name}: ComfyUI's rectified-flow (CONST model sampling) branch of this "
-                                  "sampler is not implemented in fastdiff yet; use it with a non-flow model")
     return core.SAMPLERS[core_name](run, x, **options)
+
+
+def _offset_first_sigma(model: Callable, sigmas: torch.Tensor) -> torch.Tensor:
+    """ComfyUI's offset_first_sigma_for_snr: on a flow model a first sigma >= 1 becomes ``percent_to_sigma(1e-4)``
+    (a new tensor; the caller's is not modified)."""
+    ms = model_sampling_of(model)
+    if not is_flow_model_sampling(ms) or not isinstance(sigmas, torch.Tensor) or sigmas.numel() < 2:
+        return sigmas
+    if float(sigmas[0]) < 1:
+        return sigmas
+    sigmas = sigmas.clone()
+    sigmas[0] = float(ms.percent_to_sigma(1e-4))
+    return sigmas
 
 
 def _draws(eta: float, s_noise: float) -> bool:
@@ -483,4 +494,4 @@ KSAMPLER_NAMES = tuple(n for n in _COMFY_ORDER if f"sample_{n}" in globals())
 #: name -> ComfyUI-signature function
 SAMPLERS: Dict[str, Callable[..., torch.Tensor]] = {n: globals()[f"sample_{n}"] for n in KSAMPLER_NAMES}
 
-__all__ = ["KSAMPLER_NAMES", "SAMPLERS", "FLOW_UNSUPPORTED"] + [f"sample_{n}" for n in KSAMPLER_NAMES]
+__all__ = ["KSAMPLER_NAMES", "SAMPLERS"] + [f"sample_{n}" for n in KSAMPLER_NAMES]
