@@ -10,7 +10,8 @@
   counter-based Philox stream drawn inside the fused step, keyed by ``extra_args["seed"]`` (ComfyUI's sampler
   seed; taken modulo 2**63) -- not ComfyUI's ``torch.randn`` generator nor its Brownian tree, so the same seed
   gives different (equally distributed) noise than ComfyUI. Without a seed one is drawn from torch's global CPU
-  generator, as ComfyUI's Brownian tree does;
+  generator at the first noisy step, as ComfyUI's Brownian tree draws its seed (samplers without noise leave the
+  global RNG alone);
 * **EDM churn** (``s_churn > 0`` of euler / heun / dpm_2): ``torch.randn_like(x)`` from the global RNG, only on
   the steps whose churn is active (ComfyUI draws nothing on the others, unlike k-diffusion);
 * **CFG++**: with ``uses_uncond`` the run registers a post-CFG function in a copy of
@@ -109,13 +110,13 @@ class ComfyUIRun(KDiffusionRun):
         seed = self.extra.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
             raise TypeError(f"extra_args['seed'] must be a non-negative int or None, got {seed!r}")
+        #: the Philox key (None: drawn from the global CPU generator at the first noisy pass, so that samplers
+        #: without noise leave the global RNG alone); unused with a noise sampler
+        self.seed: Optional[int] = None
         if noise_sampler is not None:
             self.noise_sampler = resolve_noise(x, noise_sampler)
-            self.seed = None
-        else:
-            # ComfyUI seeds are up to 64 bits; fastdiff's Philox key takes 63
-            self.seed = (seed % (MAX_SEED + 1) if seed is not None
-                         else int(torch.randint(0, MAX_SEED, [], dtype=torch.int64).item()))
+        elif seed is not None:
+            self.seed = seed % (MAX_SEED + 1)  # ComfyUI seeds are up to 64 bits; the Philox key takes 63
         self.draws_noise = draws_noise
         self.model_sampling = model_sampling_of(model)
         self.flow_sigmas = is_flow_model_sampling(self.model_sampling)
@@ -166,6 +167,8 @@ class ComfyUIRun(KDiffusionRun):
         if self.noise_sampler is not None:
             return super()._launch(x, raw, k, x_eval, history, aux, draw)
         noisy = draw is not None and self.coefs[k]["out_noise"] != 0.0
+        if noisy and self.seed is None:  # a host-side draw, no device sync
+            self.seed = int(torch.randint(0, MAX_SEED, [], dtype=torch.int64).item())
         return fused_step(x, raw, self.table, x_eval=x_eval, history=history, coef_row=k,
                           seed=self.seed if noisy else None, stream=k + 1, write_aux=aux, backend=self.backend,
                           uncond=self.uncond_arg(k))
