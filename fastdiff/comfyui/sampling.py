@@ -463,14 +463,17 @@ def sample_res_multistep_ancestral_cfg_pp(model: Callable, x: torch.Tensor, sigm
 @torch.no_grad()
 def sample_gradient_estimation(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra = None,
                                callback: Optional[Callable] = None, disable: Optional[bool] = None,
-                               ge_gamma: float = 2.0) -> torch.Tensor:
-    """Gradient-estimation sampler (Permenter & Yuan 2024, Algorithm 2).
+                               ge_gamma: float = 2.0, cfg_pp: bool = False) -> torch.Tensor:
+    """Gradient-estimation sampler (Permenter & Yuan 2024, Algorithm 2); ``cfg_pp=True`` is
+    :func:`sample_gradient_estimation_cfg_pp` (ComfyUI's flag).
 
     Example:
         >>> den = lambda x, s, **kw: x / (1 + s[:, None] ** 2)
         >>> sample_gradient_estimation(den, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0])).shape
         torch.Size([2, 3])
     """
+    if cfg_pp:
+        return sample_gradient_estimation_cfg_pp(model, x, sigmas, extra_args, callback, disable, ge_gamma=ge_gamma)
     return _sample("gradient_estimation", model, x, sigmas, extra_args, callback, disable, ge_gamma=ge_gamma)
 
 

@@ -44,7 +44,7 @@ COMFY_OPTIONS = {
     "res_multistep": {"s_noise": 1.0, "noise_sampler": None},
     "res_multistep_cfg_pp": {"s_noise": 1.0, "noise_sampler": None},
     "res_multistep_ancestral": _ETA_NOISE, "res_multistep_ancestral_cfg_pp": _ETA_NOISE,
-    "gradient_estimation": {"ge_gamma": 2.0}, "gradient_estimation_cfg_pp": {"ge_gamma": 2.0},
+    "gradient_estimation": {"ge_gamma": 2.0, "cfg_pp": False}, "gradient_estimation_cfg_pp": {"ge_gamma": 2.0},
 }
 
 
@@ -328,6 +328,13 @@ def test_cfg_pp_uses_the_unconditional_estimate(name):
     same_uncond = cfg_model(COND.denoiser, COND.denoiser, SCALE)
     b = getattr(fc, f"sample_{name}")(same_uncond, x, SIGMAS, {"seed": 1}, disable=True)
     assert torch.isfinite(a).all() and not torch.allclose(a, b)
+
+
+def test_gradient_estimation_cfg_pp_flag():
+    x = _x()
+    a = fc.sample_gradient_estimation(_model(), x, SIGMAS, disable=True, cfg_pp=True)
+    assert torch.equal(a, fc.sample_gradient_estimation_cfg_pp(_model(), x, SIGMAS, disable=True))
+    assert not torch.equal(a, fc.sample_gradient_estimation(_model(), x, SIGMAS, disable=True))
 
 
 @pytest.mark.parametrize("name", CFGPP[:2])
