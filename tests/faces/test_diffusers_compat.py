@@ -93,12 +93,15 @@ _add("EulerDiscreteScheduler", [{}, SD, {**SD, "prediction_type": "v_prediction"
                                 {"timestep_spacing": "leading", "steps_offset": 1}, {"timestep_spacing": "trailing"},
                                 ZSNR_V, {**SD, "use_karras_sigmas": True}, {**SD, "use_exponential_sigmas": True},
                                 {"prediction_type": "sample"}, {"final_sigmas_type": "sigma_min"},
-                                {**SD, "timestep_type": "continuous", "prediction_type": "v_prediction"}])
+                                {**SD, "timestep_type": "continuous", "prediction_type": "v_prediction"},
+                                {**SD, "interpolation_type": "log_linear"},
+                                {"interpolation_type": "log_linear", "final_sigmas_type": "sigma_min"}])
 _add("EulerDiscreteScheduler", [SD], extra={"s_churn": 1.0})
 _add("EulerAncestralDiscreteScheduler", [{}, SD, {**SD, "prediction_type": "v_prediction"},
                                          {"timestep_spacing": "leading", "steps_offset": 1}, ZSNR_V])
 _add("HeunDiscreteScheduler", [{}, {**SD, "prediction_type": "v_prediction"}, {"timestep_spacing": "trailing"},
-                               {**SD, "use_karras_sigmas": True}, {"clip_sample": True, "prediction_type": "sample"}])
+                               {**SD, "use_karras_sigmas": True}, {"clip_sample": True, "prediction_type": "sample"},
+                               {"beta_schedule": "exp"}])
 _add("DPMSolverMultistepScheduler", [{}, SD, {**SD, "prediction_type": "v_prediction"}, {"solver_order": 3},
                                      {"solver_order": 1}, {"solver_order": 3, "lower_order_final": False},
                                      {"timestep_spacing": "leading", "steps_offset": 1},
