@@ -112,7 +112,16 @@ _add("DPMSolverMultistepScheduler", [{}, SD, {**SD, "prediction_type": "v_predic
                                       "use_karras_sigmas": True},
                                      {"solver_type": "heun"}, {"algorithm_type": "sde-dpmsolver++",
                                                                "solver_type": "heun"},
-                                     {"euler_at_final": True, "final_sigmas_type": "sigma_min"}])
+                                     {"euler_at_final": True, "final_sigmas_type": "sigma_min"},
+                                     *({"final_sigmas_type": "sigma_min", **c} for c in (
+                                         {"algorithm_type": "dpmsolver"}, {"algorithm_type": "dpmsolver", "solver_order": 3},
+                                         {"algorithm_type": "dpmsolver", "solver_type": "heun", **SD,
+                                          "prediction_type": "v_prediction"},
+                                         {"algorithm_type": "sde-dpmsolver"},
+                                         {"algorithm_type": "sde-dpmsolver", "solver_type": "heun",
+                                          "prediction_type": "sample"})),
+                                     {"use_lu_lambdas": True}, {**SD, "use_lu_lambdas": True,
+                                                                "prediction_type": "v_prediction"}])
 _add("DPMSolverMultistepScheduler", [{"solver_order": 3}], n=20)
 _add("UniPCMultistepScheduler", [{}, SD, {**SD, "prediction_type": "v_prediction"}, {"solver_order": 3},
                                  {"solver_order": 1}, {"timestep_spacing": "leading", "steps_offset": 1}, ZSNR_V,
@@ -387,3 +396,21 @@ print('ok')
     env = dict(os.environ, TRITON_INTERPRET="1")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
+
+
+@pytest.mark.parametrize("algorithm_type", ["dpmsolver++", "dpmsolver"])
+def test_learned_variance_model_output(algorithm_type):
+    """variance_type learned / learned_range: the model returns [noise; variance] channels and the solver uses
+    the first three (diffusers' convention), so a 6-channel output steps a 3-channel sample as diffusers does."""
+    cfg = {"variance_type": "learned_range", "algorithm_type": algorithm_type, "final_sigmas_type": "sigma_min"}
+    runs = {}
+    for key, sched, dtype in (("ours", fdd.DPMSolverMultistepScheduler(**cfg), torch.float32),
+                              ("peer", diffusers.DPMSolverMultistepScheduler(**cfg), torch.float32),
+                              ("exact", float64_scheduler(diffusers, "DPMSolverMultistepScheduler", cfg), torch.float64)):
+        sched.set_timesteps(8)
+        x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(3)).to(dtype)
+        for t in sched.timesteps:
+            out = torch.cat([fake_model(x, t), torch.full_like(x, float("nan"))], dim=1)  # variance: never read
+            x = sched.step(out, t, x).prev_sample
+        runs[key] = x
+    assert_parity("learned_range prev_sample", runs["ours"], runs["peer"], runs["exact"], 8)

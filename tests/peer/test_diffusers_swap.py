@@ -29,12 +29,7 @@ OPEN_GAPS = {
     "test_scheduler_ddpm.DDPMSchedulerTest::test_variance_type": "variance_type learned / learned_range",
     "test_scheduler_dpm_multi.DPMSolverMultistepSchedulerTest::test_fp16_support": "fp16 model output",
     "test_scheduler_dpm_multi.DPMSolverMultistepSchedulerTest::test_full_loop_no_noise_thres": _THRESHOLD,
-    "test_scheduler_dpm_multi.DPMSolverMultistepSchedulerTest::test_full_loop_with_lu_and_v_prediction":
-        "use_lu_lambdas is not implemented",
-    "test_scheduler_dpm_multi.DPMSolverMultistepSchedulerTest::test_solver_order_and_type":
-        "algorithm_type dpmsolver / sde-dpmsolver are not implemented",
     "test_scheduler_dpm_multi.DPMSolverMultistepSchedulerTest::test_thresholding": _THRESHOLD,
-    "test_scheduler_dpm_multi.DPMSolverMultistepSchedulerTest::test_variance_type": "variance_type learned_range",
     "test_scheduler_euler.EulerDiscreteSchedulerTest::test_full_loop_with_noise": _F32_TABLES,
     "test_scheduler_euler_ancestral.EulerAncestralDiscreteSchedulerTest::test_full_loop_with_noise": _F32_TABLES,
     "test_scheduler_heun.HeunDiscreteSchedulerTest::test_beta_sigmas": "use_beta_sigmas is not implemented",
