@@ -414,3 +414,23 @@ def test_learned_variance_model_output(algorithm_type):
             x = sched.step(out, t, x).prev_sample
         runs[key] = x
     assert_parity("learned_range prev_sample", runs["ours"], runs["peer"], runs["exact"], 8)
+
+
+@pytest.mark.parametrize("variance_type", ["learned", "learned_range"])
+def test_ddpm_learned_variance(variance_type):
+    """DDPM with a model that predicts its variance ([noise; variance] channels): the noise of each step is
+    scaled per element as diffusers scales it (generator noise, so the three runs draw the same normals)."""
+    cfg = {"variance_type": variance_type}
+    runs = {}
+    for key, sched, dtype in (("ours", fdd.DDPMScheduler(**cfg), torch.float32),
+                              ("peer", diffusers.DDPMScheduler(**cfg), torch.float32),
+                              ("exact", float64_scheduler(diffusers, "DDPMScheduler", cfg), torch.float64)):
+        sched.set_timesteps(8)
+        g = torch.Generator().manual_seed(5)
+        x = torch.randn(2, 3, 4, 4, generator=g).to(dtype)
+        for t in sched.timesteps:
+            eps = fake_model(x, t)
+            v = torch.tanh(eps) if variance_type == "learned_range" else 0.05 + eps.abs() * 1e-3
+            x = sched.step(torch.cat([eps, v], dim=1), t, x, generator=g).prev_sample
+        runs[key] = x
+    assert_parity(f"{variance_type} prev_sample", runs["ours"], runs["peer"], runs["exact"], 8)

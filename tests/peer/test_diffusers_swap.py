@@ -26,7 +26,6 @@ OPEN_GAPS = {
     "test_scheduler_ddpm.DDPMSchedulerTest::test_full_loop_with_noise": _F32_TABLES,
     "test_scheduler_ddpm.DDPMSchedulerTest::test_thresholding": _THRESHOLD,
     "test_scheduler_ddpm.DDPMSchedulerTest::test_variance": "_get_variance (private) is not provided",
-    "test_scheduler_ddpm.DDPMSchedulerTest::test_variance_type": "variance_type learned / learned_range",
     "test_scheduler_dpm_multi.DPMSolverMultistepSchedulerTest::test_fp16_support": "fp16 model output",
     "test_scheduler_dpm_multi.DPMSolverMultistepSchedulerTest::test_full_loop_no_noise_thres": _THRESHOLD,
     "test_scheduler_dpm_multi.DPMSolverMultistepSchedulerTest::test_thresholding": _THRESHOLD,
