@@ -893,13 +893,18 @@ def sample_sa_solver(run: Run, x: torch.Tensor, *, tau_func: Optional[Callable[[
     return x
 
 
-def sample_sa_solver_pece(run: Run, x: torch.Tensor, **options: Any) -> torch.Tensor:
+def sample_sa_solver_pece(run: Run, x: torch.Tensor, *, tau_func: Optional[Callable[[float], float]] = None,
+                          s_noise: float = 1.0, predictor_order: int = 3, corrector_order: int = 4,
+                          simple_order_2: bool = False, start_sigma: float = math.inf, end_sigma: float = 0.0,
+                          eta: float = 1.0, flow: Optional[bool] = None,
+                          flow_first_sigma: float = 1.0 - 1e-4) -> torch.Tensor:
     """SA-Solver in PECE mode: predict, evaluate, correct, evaluate (Xue et al. 2023, "SA-Solver: Stochastic
     Adams Solver for Fast Sampling of Diffusion Models"; ComfyUI's ``sa_solver_pece``); options as
-    :func:`sample_sa_solver` without ``use_pece``."""
-    if "use_pece" in options:
-        raise TypeError("sa_solver_pece takes no use_pece option (it is sa_solver with use_pece=True)")
-    return sample_sa_solver(run, x, use_pece=True, **options)
+    :func:`sample_sa_solver`."""
+    return sample_sa_solver(run, x, tau_func=tau_func, s_noise=s_noise, predictor_order=predictor_order,
+                            corrector_order=corrector_order, use_pece=True, simple_order_2=simple_order_2,
+                            start_sigma=start_sigma, end_sigma=end_sigma, eta=eta, flow=flow,
+                            flow_first_sigma=flow_first_sigma)
 
 
 def sample_dpmpp_2m_sde_heun(run: Run, x: torch.Tensor, *, eta: float = 1.0, s_noise: float = 1.0,
