@@ -29,7 +29,7 @@ __all__ = [
     "ve_x0_coefs", "vp_x0_coefs", "churn_gamma", "churn_schedule", "ancestral_split", "euler_coefs",
     "lms_coefficients", "unipc_rhos", "SQRT2_MINUS_1",
     "IPNDM_WEIGHTS", "ipndm_v_weights", "deis_weights", "er_sde_default_noise_scaler", "er_sde_stage_integrals",
-    "sa_solver_b_coeffs",
+    "sa_solver_b_coeffs", "dpm_fast_grid",
 ]
 
 Scalar = Any  # float, 0-d torch.Tensor or numpy array
@@ -419,3 +419,24 @@ def sa_solver_b_coeffs(sigma_next: float, lambdas: Sequence[float], lam_s: float
     integrals = mat @ terms
     vander = np.vander(np.asarray(lambdas, dtype=np.float64), n, increasing=True).T
     return [float(alpha_t * v) for v in np.linalg.solve(vander, integrals)]
+
+
+def dpm_fast_grid(t_start: Scalar, t_end: Scalar, nfe: int) -> Tuple[List[Scalar], List[int]]:
+    """DPM-Solver-fast's steps (Lu et al. 2022, "DPM-Solver", Sec. 3.4; k-diffusion's ``dpm_solver_fast``):
+    ``floor(nfe / 3) + 1`` equal steps in ``t = -log sigma`` and their orders (3, ..., then 2, 1 or ``nfe % 3``),
+    spending ``nfe`` model evaluations. ``t_start`` / ``t_end`` as 0-d tensors give ``torch.linspace``'s values in
+    their dtype (k-diffusion's), host floats numpy's float64 ones.
+
+    Example:
+        >>> ts, orders = dpm_fast_grid(0.0, 3.0, 7)
+        >>> [round(float(t), 6) for t in ts], orders
+        ([0.0, 1.0, 2.0, 3.0], [3, 3, 1])
+    """
+    m = nfe // 3 + 1
+    if isinstance(t_start, torch.Tensor):
+        grid = torch.linspace(t_start, t_end, m + 1)
+        ts = [grid[i] for i in range(m + 1)]
+    else:
+        ts = [float(v) for v in np.linspace(float(t_start), float(t_end), m + 1)]
+    orders = [3] * (m - 2) + [2, 1] if nfe % 3 == 0 else [3] * (m - 1) + [nfe % 3]
+    return ts, orders
