@@ -28,13 +28,15 @@ import torch
 
 from .ops.step import MAX_HISTORY
 from .sampler_run import Run
-from .solvers import (F, ancestral_split, churn_schedule, euler_coefs, expm1, exp, lerp_half, like, lms_coefficients,
-                      log, sigma_of, sqrt, t_of, unipc_rhos)
-from .solvers import euler_ancestral_cfgpp_coefs, res_multistep_weights
+from .solvers import (IPNDM_WEIGHTS, F, ancestral_split, churn_schedule, deis_weights, er_sde_default_noise_scaler,
+                      er_sde_stage_integrals, euler_coefs, expm1, exp, ipndm_v_weights, lerp_half, like,
+                      lms_coefficients, log, sa_solver_b_coeffs, sigma_of, sqrt, t_of, unipc_rhos)
 
 __all__ = ["SAMPLERS", "STOCHASTIC"] + [f"sample_{n}" for n in (
     "euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2s_ancestral", "dpmpp_sde",
-    "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "ddim", "ddpm", "unipc", "flow_euler")]
+    "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "ddim", "ddpm", "unipc", "flow_euler", "ipndm", "ipndm_v", "deis",
+    "heunpp2", "lcm", "er_sde", "seeds_2", "seeds_3", "sa_solver", "sa_solver_pece", "dpmpp_2m_sde_heun", "dpm_fast")]
+from .solvers import euler_ancestral_cfgpp_coefs, res_multistep_weights
 __all__ += ["NEEDS_UNCOND"] + [f"sample_{n}" for n in (
     "euler_cfg_pp", "euler_ancestral_cfg_pp", "dpmpp_2s_ancestral_cfg_pp", "dpmpp_2m_cfg_pp", "res_multistep",
     "res_multistep_cfg_pp", "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp", "gradient_estimation",
@@ -107,15 +109,15 @@ def _churned_run(run: Run, x: torch.Tensor, churn: Tuple[float, float, float, fl
 # ----------------------------------------------------------------------------------------------
 # flow runs (Run.flow_sigmas: flow times s, x = (1 - s) x0 + s eps; ComfyUI's CONST model sampling)
 # ----------------------------------------------------------------------------------------------
-def _half_log_snr(run: Run, sigma: Any) -> Any:
+def _lambda_of(run: Run, sigma: Any) -> Any:
     """``lambda = log(alpha / sigma)``: ``-log(sigma)`` on a VE run, ``log((1 - s) / s)`` on a flow run."""
     if not run.flow_sigmas:
         return t_of(sigma)
     return sigma.logit().neg() if isinstance(sigma, torch.Tensor) else math.log((1 - sigma) / sigma)
 
 
-def _sigma_of_half_log_snr(run: Run, lam: Any) -> Any:
-    """Inverse of :func:`_half_log_snr`: ``exp(-lambda)``, or ``1 / (1 + exp(lambda))`` on a flow run."""
+def _sigma_of_lambda(run: Run, lam: Any) -> Any:
+    """Inverse of :func:`_lambda_of`: ``exp(-lambda)``, or ``1 / (1 + exp(lambda))`` on a flow run."""
     if not run.flow_sigmas:
         return sigma_of(lam)
     return lam.neg().sigmoid() if isinstance(lam, torch.Tensor) else 1.0 / (1.0 + math.exp(lam))
@@ -174,8 +176,8 @@ def _flow_dpmpp_2s_ancestral(run: Run, x: torch.Tensor, eta: float, s_noise: flo
         if F(s[i]) == 1.0:  # lambda = -inf at s = 1: ComfyUI's fixed midpoint
             sm = like(0.9999, s[i])
         else:
-            t, t_down = _half_log_snr(run, s[i]), _half_log_snr(run, sd)
-            sm = _sigma_of_half_log_snr(run, t + 0.5 * (t_down - t))
+            t, t_down = _lambda_of(run, s[i]), _lambda_of(run, sd)
+            sm = _sigma_of_lambda(run, t + 0.5 * (t_down - t))
         ra, rb = sm / s[i], sd / s[i]
         c = F(scale) if eta > 0 else 1.0
         ka = run.row(s[i], out_x=F(ra), out_d=F(1 - ra))
@@ -388,9 +390,9 @@ def _flow_dpmpp_sde_step(run: Run, i: int, eta: float, s_noise: float, r: float)
     """One dpmpp_sde step on a flow run, in half-log-SNR ``lambda`` with ``alpha = sigma exp(lambda)``."""
     s = run.sigmas
     fac = 1 / (2 * r)
-    lam_s, lam_t = _half_log_snr(run, s[i]), _half_log_snr(run, s[i + 1])
+    lam_s, lam_t = _lambda_of(run, s[i]), _lambda_of(run, s[i + 1])
     lam_mid = lam_s + r * (lam_t - lam_s)
-    s_mid = _sigma_of_half_log_snr(run, lam_mid)
+    s_mid = _sigma_of_lambda(run, lam_mid)
     a_s, a_mid, a_t = s[i] * exp(lam_s), s_mid * exp(lam_mid), s[i + 1] * exp(lam_t)
     sd, su = ancestral_split(exp(-lam_s), exp(-lam_mid), eta)
     h_ = -log(sd) - lam_s
@@ -437,7 +439,7 @@ def sample_dpmpp_2m_sde(run: Run, x: torch.Tensor, *, eta: float = 1.0, s_noise:
         if F(s[i + 1]) == 0:
             plan.append((run.row(s[i], out_x=0.0, out_d=1.0), 0, None))
             continue
-        t, t_s = _half_log_snr(run, s[i]), _half_log_snr(run, s[i + 1])
+        t, t_s = _lambda_of(run, s[i]), _lambda_of(run, s[i + 1])
         h = t_s - t
         eta_h = eta * h
         alpha_t = F(s[i + 1] * exp(t_s)) if run.flow_sigmas else 1.0
@@ -471,7 +473,7 @@ def sample_dpmpp_3m_sde(run: Run, x: torch.Tensor, *, eta: float = 1.0, s_noise:
         if F(s[i + 1]) == 0:
             plan.append((run.row(s[i], out_x=0.0, out_d=1.0), 0, None))
         else:
-            t, t_s = _half_log_snr(run, s[i]), _half_log_snr(run, s[i + 1])
+            t, t_s = _lambda_of(run, s[i]), _lambda_of(run, s[i + 1])
             h = t_s - t
             h_eta = h * (eta + 1)
             w = [F(-expm1(-h_eta)), 0.0, 0.0]  # weights of (D, D_1, D_2)
@@ -665,6 +667,173 @@ def sample_dpmpp_2s_ancestral_cfg_pp(run: Run, x: torch.Tensor, *, eta: float = 
         else:  # history entry D - U, written by the predictor's pass
             ka, kb, hist = run.row(s[i], **a, aux_d=1.0, aux_u=-1.0), run.row(sigma_of(s_mid), **b), "aux"
         plan.append((None, ka, kb, (None, draw), hist))
+
+
+# ComfyUI's solver set: iPNDM, DEIS, Heun++, LCM, ER-SDE, SEEDS, SA-Solver
+# ----------------------------------------------------------------------------------------------
+def _check_int(name: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{name} must be an int in [{low}, {high}], got {value!r}")
+    return value
+
+
+def _check_nonneg(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
+def _derivative_multistep(run: Run, x: torch.Tensor, weights: Sequence[Optional[Sequence[float]]]) -> torch.Tensor:
+    """Loop of the samplers that step with old derivatives: ``weights[i] = [c_0, c_1, ...]`` gives
+    ``x_{i+1} = x_i + sum_j c_j d_{i-j}`` with ``d = (x - D) / sigma`` (each pass writes its own ``d`` as the aux
+    output, the history entry of the next steps); ``None``: ``x_{i+1} = D`` (the step into sigma = 0)."""
+    s = run.sigmas
+    plan = []
+    for i, c in enumerate(weights):
+        sf = F(s[i])
+        if c is None:
+            plan.append((run.row(s[i], out_x=0.0, out_d=1.0), 0))
+            continue
+        plan.append((run.row(s[i], out_x=1.0 + c[0] / sf, out_d=-c[0] / sf, out_h=tuple(c[1:]), aux_x=1.0 / sf,
+                             aux_d=-1.0 / sf), len(c) - 1))
+    run.plan()
+    ds: List[torch.Tensor] = []  # previous derivatives, newest first
+    for i in run.steps():
+        k, used = plan[i]
+        raw = run.eval(x, k)
+        run.report(i, x, raw, k)
+        x, d = run.step(x, raw, k, history=ds[:used], aux=True)
+        ds = [d] + ds[: MAX_HISTORY - 1]
+    return x
+
+
+def sample_ipndm(run: Run, x: torch.Tensor, *, max_order: int = 4) -> torch.Tensor:
+    """Improved PNDM: Adams-Bashforth on the PF ODE in sigma with the fixed equal-step weights, order rising to
+    ``max_order`` over the first steps (Zhang & Chen 2023, "Fast Sampling of Diffusion Models with Exponential
+    Integrator", iPNDM; ComfyUI's ``ipndm``). The step into sigma = 0 returns the x0 estimate."""
+    _check_int("max_order", max_order, 1, 4)
+    s = [F(v) for v in run.sigmas]
+    weights = [None if s[i + 1] == 0 else [(s[i + 1] - s[i]) * w for w in IPNDM_WEIGHTS[min(max_order, i + 1) - 1]]
+               for i in range(run.n)]
+    return _derivative_multistep(run, x, weights)
+
+
+def sample_ipndm_v(run: Run, x: torch.Tensor, *, max_order: int = 4) -> torch.Tensor:
+    """iPNDM with variable-step Adams-Bashforth weights (Zhang & Chen 2023, DEIS paper; ComfyUI's ``ipndm_v``)."""
+    _check_int("max_order", max_order, 1, 4)
+    s = [F(v) for v in run.sigmas]
+    weights = [None if s[i + 1] == 0 else [(s[i + 1] - s[i]) * w for w in ipndm_v_weights(s, i, min(max_order, i + 1))]
+               for i in range(run.n)]
+    return _derivative_multistep(run, x, weights)
+
+
+def sample_deis(run: Run, x: torch.Tensor, *, max_order: int = 3, deis_mode: str = "tab") -> torch.Tensor:
+    """DEIS, the exponential-integrator multistep solver (Zhang & Chen 2023, "Fast Sampling of Diffusion Models
+    with Exponential Integrator"; ComfyUI's ``deis``): weights from :func:`~fastdiff.solvers.deis_weights`, computed
+    on the host once per run. The first step and the step into sigma = 0 are Euler steps.
+
+    ``deis_mode="rhoab"`` integrates the basis in sigma through ``min(i + 1, max_order)`` points (ComfyUI's own
+    rhoab table has one point more than its loop unpacks from the fourth step on).
+    """
+    _check_int("max_order", max_order, 1, 4)
+    if deis_mode not in ("tab", "rhoab"):
+        raise ValueError(f"deis_mode must be 'tab' or 'rhoab', got {deis_mode!r}")
+    s = [F(v) for v in run.sigmas]
+    table = deis_weights(s, max_order, deis_mode)
+    weights = [list(table[i]) if table[i] and s[i + 1] > 0 else [s[i + 1] - s[i]] for i in range(run.n)]
+    return _derivative_multistep(run, x, weights)
+
+
+def _stages_loop(run: Run, x: torch.Tensor, plan: Sequence[Tuple], hats: Optional[Sequence[Any]] = None
+                 ) -> torch.Tensor:
+    """Loop of the samplers with up to three evaluations a step: ``plan[i] = (pre, rows, draws)``.
+
+    Stage 0's pass advances x to the next evaluation point (or, alone, to the step's end); stage j > 0 is evaluated
+    at the point the previous pass wrote, and its pass reads x, that point (``x_eval``) and the x0 estimates of the
+    earlier stages (history, oldest first), so each stage's row may weigh all of them.
+    """
+    x = run.start(x)
+    for i in run.steps():
+        pre, rows, draws = plan[i]
+        x = run.churn(x, i, pre)
+        raw = run.eval(x, rows[0])
+        run.report(i, x, raw, rows[0], None if hats is None else hats[i])
+        if len(rows) == 1:
+            x = run.step(x, raw, rows[0], draw=draws[0])
+            continue
+        point, d0 = run.step(x, raw, rows[0], x0=True, draw=draws[0])
+        estimates = [d0]
+        for j in range(1, len(rows)):
+            k, last = rows[j], j == len(rows) - 1
+            c = run.coefs[k]
+            x_eval = point if c["out_e"] != 0.0 or c["in_x"] != 0.0 else None
+            raw = run.eval(point, k)
+            hist = tuple(estimates[:j]) if any(c[f"out_h{m}"] != 0.0 for m in range(j)) else ()
+            if last:
+                x = run.step(x, raw, k, x_eval=x_eval, history=hist, draw=draws[j])
+            else:
+                point, dj = run.step(x, raw, k, x_eval=x_eval, history=hist, x0=True, draw=draws[j])
+                estimates.append(dj)
+    return x
+
+
+def sample_heunpp2(run: Run, x: torch.Tensor, *, s_churn: float = 0.0, s_tmin: float = 0.0,
+                   s_tmax: float = math.inf, s_noise: float = 1.0) -> torch.Tensor:
+    """Heun++ (ComfyUI's ``heunpp2``, after Carzit's sd-webui-samplers-scheduler; cf. Karras et al. 2022, Alg. 2):
+    the derivative at the step's start, at the next sigma and at the one after, mixed with the weights
+    ``w_j = sigma_j / (3 sigma_0)`` (two points, ``/ (2 sigma_0)``, before the last step; Euler on the last);
+    EDM churn as in heun. Three evaluations a step, each followed by one fused pass."""
+    s = run.sigmas
+    s_end = F(s[-1])
+    hats, churn_noise = churn_schedule(s, s_churn, s_tmin, s_tmax, s_noise)
+    pre = run.churn_plan(churn_noise)
+    s0 = F(s[0])
+    plan = []
+    for i in range(run.n):
+        sh, s1, nxt = hats[i], s[i + 1], run.next_churn(i)
+        shf, s1f = F(sh), F(s1)
+        dt = F(s1 - sh)
+        if s1f == s_end:
+            plan.append((pre[i], [run.row(sh, **euler_coefs(sh, s1), out_noise=nxt)], (None,)))
+            continue
+        first = run.row(sh, **euler_coefs(sh, s1))  # x_2 = x + dt d
+        if F(s[i + 2]) == s_end:
+            w2 = s1f / (2 * s0)
+            w1 = 1 - w2
+            second = run.row(s1, out_x=1.0 + dt * w1 / shf, out_h=(-dt * w1 / shf,), out_e=dt * w2 / s1f,
+                             out_d=-dt * w2 / s1f, out_noise=nxt)
+            plan.append((pre[i], [first, second], (None, None)))
+            continue
+        s2f = F(s[i + 2])
+        dt2 = s2f - s1f
+        second = run.row(s1, out_x=0.0, out_e=1.0 + dt2 / s1f, out_d=-dt2 / s1f)  # x_3 = x_2 + dt_2 d_2
+        w2, w3 = s1f / (3 * s0), s2f / (3 * s0)
+        w1 = 1 - w2 - w3
+        # x + dt (w1 d + w2 d_2 + w3 d_3), d_2 = (x_2 - D_2)/s1 with x_2 = (1 + dt/sh) x - dt/sh D_1
+        third = run.row(s[i + 2], out_x=1.0 + dt * w1 / shf + dt * w2 * (1.0 + dt / shf) / s1f,
+                        out_h=(-dt * w1 / shf - dt * w2 * dt / (shf * s1f), -dt * w2 / s1f),
+                        out_e=dt * w3 / s2f, out_d=-dt * w3 / s2f, out_noise=nxt)
+        plan.append((pre[i], [first, second, third], (None, None, None)))
+    run.plan()
+    return _stages_loop(run, x, plan, hats)
+
+
+def sample_lcm(run: Run, x: torch.Tensor, *, noise_scaling: str = "ve") -> torch.Tensor:
+    """Latent Consistency Model sampling (Luo et al. 2023, "Latent Consistency Models"): jump to the x0 estimate,
+    then renoise it to the next sigma with fresh noise. ``noise_scaling`` is the model's ``noise_scaling``
+    (ComfyUI's model_sampling): ``"ve"`` (``x0 + sigma z``, EPS / V / EDM models) or ``"flow"``
+    (``(1 - sigma) x0 + sigma z``, CONST)."""
+    if noise_scaling not in ("ve", "flow"):
+        raise ValueError(f"noise_scaling must be 've' or 'flow', got {noise_scaling!r}")
+    s = run.sigmas
+    plan = []
+    for i in range(run.n):
+        s1 = F(s[i + 1])
+        if s1 > 0:
+            k = run.row(s[i], out_x=0.0, out_d=1.0 - s1 if noise_scaling == "flow" else 1.0, out_noise=s1)
+            plan.append((None, k, None, (i, None), False))
+        else:
+            plan.append((None, run.row(s[i], out_x=0.0, out_d=1.0), None, (None, None), False))
     run.plan()
     return _loop(run, x, plan)
 
@@ -790,6 +959,390 @@ def sample_gradient_estimation_cfg_pp(run: Run, x: torch.Tensor, *, ge_gamma: fl
     return _gradient_estimation(run, x, ge_gamma, True)
 
 
+def _half_log_snr(run: Run, flow: Optional[bool], flow_first_sigma: float) -> Tuple[List[float], List[float], bool]:
+    """Host sigmas (a flow schedule's first sigma >= 1 moved to ``flow_first_sigma``, as ComfyUI's
+    offset_first_sigma_for_snr does) and their half-log-SNR ``lambda = log(alpha / sigma)``:
+    ``-log sigma`` (VE, alpha = 1) or ``-logit sigma`` (flow, alpha = 1 - sigma)."""
+    flow = getattr(run, "space", "ve") == "flow" if flow is None else bool(flow)
+    sig = [F(v) for v in run.sigmas]
+    if flow and len(sig) > 1 and sig[0] >= 1:
+        sig[0] = float(flow_first_sigma)
+    lam = []
+    for v in sig:
+        if v <= 0:
+            lam.append(math.inf)
+        elif flow:
+            lam.append(math.log((1.0 - v) / v) if v < 1 else -math.inf)
+        else:
+            lam.append(-math.log(v))
+    return sig, lam, flow
+
+
+def _sigma_at(lam: float, flow: bool) -> float:
+    return 1.0 / (1.0 + math.exp(lam)) if flow else math.exp(-lam)
+
+
+def _lerp(a: float, b: float, w: float) -> float:
+    return a + w * (b - a) if w < 0.5 else b - (b - a) * (1 - w)  # torch.lerp's two branches
+
+
+def sample_er_sde(run: Run, x: torch.Tensor, *, s_noise: float = 1.0,
+                  noise_scaler: Optional[Callable[[Any], Any]] = None, max_stage: int = 3,
+                  flow: Optional[bool] = None, flow_first_sigma: float = 1.0 - 1e-4) -> torch.Tensor:
+    """ER-SDE-Solver-3, the extended reverse-time SDE solver in VP data prediction (Cui et al. 2025, "Elucidating
+    the solution space of extended reverse-time SDE for diffusion models"; ComfyUI's ``er_sde``).
+
+    One evaluation a step; stages 2 and 3 use the last two x0 estimates (history) with the stage integrals of
+    :func:`~fastdiff.solvers.er_sde_stage_integrals`. ``noise_scaler`` (a function of host floats / numpy arrays,
+    default the paper's ``v (exp(v^0.3) + 10)``); ``flow``: the schedule is a rectified-flow one (ComfyUI's CONST
+    model_sampling; default: the run's space), whose first sigma >= 1 becomes ``flow_first_sigma``.
+    """
+    _check_int("max_stage", max_stage, 1, 3)
+    s_noise = _check_nonneg("s_noise", s_noise)
+    f = er_sde_default_noise_scaler if noise_scaler is None else noise_scaler
+    if not callable(f):
+        raise TypeError(f"noise_scaler must be callable or None, got {type(f).__name__}")
+    sig, lam, _ = _half_log_snr(run, flow, flow_first_sigma)
+    er = [math.exp(-v) for v in lam]  # sigma / alpha
+    plan = []
+    for i in range(run.n):
+        if sig[i + 1] == 0:
+            plan.append((run.row(sig[i], out_x=0.0, out_d=1.0), 0, None))
+            continue
+        stage = min(max_stage, i + 1)
+        ls, lt = er[i], er[i + 1]
+        alpha_t = sig[i + 1] / lt
+        r_alpha = alpha_t / (sig[i] / ls)
+        fs, ft = float(f(ls)), float(f(lt))
+        r = ft / fs
+        w = [alpha_t * (1 - r), 0.0, 0.0]  # weights of (D_i, D_{i-1}, D_{i-2})
+        if stage >= 2:
+            dt = lt - ls
+            integral, integral_u = er_sde_stage_integrals(ls, lt, f)
+            c2 = alpha_t * (dt + integral * ft)
+            dd = [1 / (ls - er[i - 1]), -1 / (ls - er[i - 1]), 0.0]  # (D_i - D_{i-1}) / (l_s - l_{i-1})
+            w = [a + c2 * b for a, b in zip(w, dd)]
+            if stage >= 3:
+                c3 = alpha_t * (dt ** 2 / 2 + integral_u * ft)
+                dd_old = [0.0, 1 / (er[i - 1] - er[i - 2]), -1 / (er[i - 1] - er[i - 2])]
+                scale = 2 / (ls - er[i - 2])
+                w = [a + c3 * scale * (b - c) for a, b, c in zip(w, dd, dd_old)]
+        used = stage - 1
+        coefs = dict(out_x=r_alpha * r, out_d=w[0], out_h=tuple(w[1:1 + used]))
+        noise = 0.0
+        if s_noise > 0:
+            var = lt ** 2 - ls ** 2 * r ** 2
+            noise = alpha_t * s_noise * math.sqrt(var) if var >= 0 else 0.0  # ComfyUI: nan_to_num(nan=0)
+            coefs["out_noise"] = noise
+        plan.append((run.row(sig[i], **coefs), used, i if noise else None))
+    run.plan()
+    return _multistep_loop(run, x, plan, keep=2)
+
+
+def _seeds_plan(run: Run, eta: float, s_noise: float, rs: Sequence[float], flow: Optional[bool],
+                flow_first_sigma: float) -> List[Tuple]:
+    """Rows of SEEDS-2 (``rs = (r,)``) and SEEDS-3 (``rs = (r_1, r_2)``) for :func:`_stages_loop`.
+
+    The SDE noise of a step is one Brownian path: the noise a stage adds is the previous stage's, decayed, plus a
+    fresh draw. The previous stage's noise is ``point - (its deterministic part)``, so each pass reads it back
+    from the point it evaluated at (``x_eval``) and the history instead of storing it.
+    """
+    eta = _check_nonneg("eta", eta)
+    s_noise = _check_nonneg("s_noise", s_noise)
+    inject = eta > 0 and s_noise > 0
+    sig, lam, is_flow = _half_log_snr(run, flow, flow_first_sigma)
+    plan = []
+    for i in range(run.n):
+        if sig[i + 1] == 0:
+            plan.append((None, [run.row(sig[i], out_x=0.0, out_d=1.0)], (None,)))
+            continue
+        ls, lt = lam[i], lam[i + 1]
+        h = lt - ls
+        h_eta = h * (eta + 1)
+        nodes = [_lerp(ls, lt, r) for r in rs]
+        node_sig = [_sigma_at(v, is_flow) for v in nodes]
+        node_alpha = [sv * math.exp(v) for sv, v in zip(node_sig, nodes)]
+        alpha_t = sig[i + 1] * math.exp(lt)
+        rows, draws = [], []
+        prev = None  # (sigma, r, x coefficient, weights over the earlier estimates) of the previous stage
+        ends = list(zip(rs, node_sig, node_alpha)) + [(1.0, sig[i + 1], alpha_t)]
+        for j, (r, s_to, alpha_to) in enumerate(ends):
+            ax = s_to / sig[i] * math.exp(-r * h * eta)
+            # weights of the estimates D_0 .. D_j (D_j: this stage's own evaluation)
+            if j == 0:
+                w = [-alpha_to * math.expm1(-r * h_eta)]
+            elif len(rs) == 1:  # SEEDS-2's final stage: D_d = lerp(D_0, D_1, 1 / (2 r))
+                fac = 1 / (2 * rs[0])
+                c = -alpha_to * math.expm1(-h_eta)
+                w = [c * (1 - fac), c * fac]
+            elif j == 1:  # SEEDS-3's second stage
+                phi2 = (math.expm1(-r * h_eta) + r * h_eta) / (-r * h_eta)
+                a2 = r / rs[0] * phi2
+                a1 = math.expm1(-r * h_eta) - a2
+                w = [-alpha_to * a1, -alpha_to * a2]
+            else:  # SEEDS-3's final stage
+                b3 = (math.expm1(-h_eta) + h_eta) / (-h_eta) / rs[1]
+                b1 = math.expm1(-h_eta) - b3
+                w = [-alpha_to * b1, 0.0, -alpha_to * b3]
+            coefs: Dict[str, Any] = dict(out_x=ax)
+            w_det = list(w)  # the stage's deterministic part, from which the next stage reads this noise back
+            noise = 0.0
+            if inject:
+                if prev is None:
+                    noise = s_to * s_noise * math.sqrt(-math.expm1(-2 * r * h * eta))
+                else:
+                    seg = (prev[1] - r) * h * eta
+                    noise = s_to * s_noise * math.sqrt(-math.expm1(2 * seg))
+                    # + the previous stage's noise decayed: q (x_prev - ax_prev x - sum w_prev D)
+                    q = s_to * math.exp(seg) / prev[0]
+                    coefs["out_e"] = q
+                    coefs["out_x"] = ax - q * prev[2]
+                    w = [wk - q * (prev[3][k] if k < len(prev[3]) else 0.0) for k, wk in enumerate(w)]
+                coefs["out_noise"] = noise
+            coefs["out_d"] = w[-1]
+            coefs["out_h"] = tuple(w[:-1])
+            model_sigma = sig[i] if j == 0 else node_sig[j - 1]
+            rows.append(run.row(model_sigma, **coefs))
+            draws.append(("between", sig[i] if j == 0 else node_sig[j - 1], s_to) if noise else None)
+            prev = (s_to, r, ax, w_det)
+        plan.append((None, rows, tuple(draws)))
+    return plan
+
+
+def sample_seeds_2(run: Run, x: torch.Tensor, *, eta: float = 1.0, s_noise: float = 1.0, r: float = 0.5,
+                   flow: Optional[bool] = None, flow_first_sigma: float = 1.0 - 1e-4) -> torch.Tensor:
+    """SEEDS-2, stochastic explicit exponential derivative-free solver, two stages (Gonzalez et al. 2024, "SEEDS:
+    Exponential SDE Solvers for Fast High-Quality Sampling from Diffusion Models"; ComfyUI's ``seeds_2``).
+
+    ``flow``: a rectified-flow schedule (ComfyUI's CONST model_sampling; default: the run's space). Noise draws are
+    named ``("between", sigma_from, sigma_to)`` for a face that takes them from a noise sampler.
+    """
+    if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < 1:
+        raise ValueError(f"r must be in (0, 1), got {r!r}")
+    plan = _seeds_plan(run, eta, s_noise, (float(r),), flow, flow_first_sigma)
+    run.plan()
+    return _stages_loop(run, x, plan)
+
+
+def sample_seeds_3(run: Run, x: torch.Tensor, *, eta: float = 1.0, s_noise: float = 1.0, r_1: float = 1.0 / 3,
+                   r_2: float = 2.0 / 3, flow: Optional[bool] = None,
+                   flow_first_sigma: float = 1.0 - 1e-4) -> torch.Tensor:
+    """SEEDS-3, three stages (Gonzalez et al. 2024, "SEEDS: Exponential SDE Solvers for Fast High-Quality
+    Sampling from Diffusion Models"; ComfyUI's ``seeds_3``); options as :func:`sample_seeds_2`."""
+    for name, v in (("r_1", r_1), ("r_2", r_2)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+            raise ValueError(f"{name} must be in (0, 1), got {v!r}")
+    if not r_1 < r_2:
+        raise ValueError(f"r_1 must be below r_2, got r_1={r_1!r}, r_2={r_2!r}")
+    plan = _seeds_plan(run, eta, s_noise, (float(r_1), float(r_2)), flow, flow_first_sigma)
+    run.plan()
+    return _stages_loop(run, x, plan)
+
+
+def sample_sa_solver(run: Run, x: torch.Tensor, *, tau_func: Optional[Callable[[float], float]] = None,
+                     s_noise: float = 1.0, predictor_order: int = 3, corrector_order: int = 4,
+                     use_pece: bool = False, simple_order_2: bool = False, start_sigma: float = math.inf,
+                     end_sigma: float = 0.0, eta: float = 1.0, flow: Optional[bool] = None,
+                     flow_first_sigma: float = 1.0 - 1e-4) -> torch.Tensor:
+    """SA-Solver, the stochastic Adams predictor-corrector in data prediction (Xue et al. 2023, "SA-Solver:
+    Stochastic Adams Solver for Fast Sampling of Diffusion Models"; ComfyUI's ``sa_solver``).
+
+    ``tau_func(sigma) -> tau`` sets the stochasticity; by default ``eta`` inside ``start_sigma >= sigma >=
+    end_sigma`` and 0 outside (ComfyUI's window is ``model_sampling.percent_to_sigma(0.2)`` to ``(0.8)``: its face
+    passes those; here the default window is the whole schedule). Weights: :func:`~fastdiff.solvers.sa_solver_b_coeffs`.
+
+    The corrector of step i and the predictor that follows are one fused pass: both advance the same state with
+    the same decay, so the corrected state is the predicted one plus (corrector - previous predictor) weights on
+    the x0 estimates, and the predictor's noise cancels. With ``use_pece`` the corrected state is evaluated once
+    more (two evaluations, two passes a step). When the schedule does not end at 0 the result is the last
+    corrected state, as in ComfyUI.
+    """
+    _check_int("predictor_order", predictor_order, 1, 3)
+    _check_int("corrector_order", corrector_order, 0, 4)
+    s_noise = _check_nonneg("s_noise", s_noise)
+    eta = _check_nonneg("eta", eta)
+    if tau_func is None:
+        def tau_func(sigma: float) -> float:
+            return eta if eta > 0 and start_sigma >= sigma >= end_sigma else 0.0
+    elif not callable(tau_func):
+        raise TypeError(f"tau_func must be callable or None, got {type(tau_func).__name__}")
+    sig, lam, _ = _half_log_snr(run, flow, flow_first_sigma)
+    n = run.n
+    lower_to_end = sig[-1] == 0
+    max_used = max(predictor_order, corrector_order)
+    tau = 0.0
+    prev_pred: Dict[int, float] = {}  # the previous predictor's weights, by estimate index
+    plan = []
+    for i in range(n):
+        listed = min(i + 1, max_used)
+        p_used = min(predictor_order, listed)
+        c_used = 0 if i == 0 or (sig[i + 1] == 0 and not use_pece) else min(corrector_order, listed)
+        if lower_to_end:
+            p_used = min(p_used, n - 1 - i)
+            c_used = min(c_used, n - i)
+        corr: Dict[int, float] = {}
+        if c_used:
+            nodes = list(range(i - c_used + 1, i + 1))
+            b = sa_solver_b_coeffs(sig[i], [lam[j] for j in nodes], lam[i - 1], lam[i], tau, simple_order_2, True)
+            corr = dict(zip(nodes, b))
+            for j, v in prev_pred.items():
+                corr[j] = corr.get(j, 0.0) - v
+        # the step's end: D_i (denoising), the last corrected state, or the next predicted state
+        pred: Dict[int, float] = {}
+        ax, noise = 1.0, 0.0
+        if sig[i + 1] != 0:
+            tau = float(tau_func(sig[i + 1]))
+            nodes = list(range(i - p_used + 1, i + 1))
+            b = sa_solver_b_coeffs(sig[i + 1], [lam[j] for j in nodes], lam[i], lam[i + 1], tau, simple_order_2)
+            pred = dict(zip(nodes, b))
+            h = lam[i + 1] - lam[i]
+            ax = sig[i + 1] / sig[i] * math.exp(-(tau ** 2) * h)
+            if tau > 0 and s_noise > 0:
+                noise = sig[i + 1] * math.sqrt(-math.expm1(-2 * tau ** 2 * h)) * s_noise
+        final = i == n - 1 and sig[i + 1] != 0  # ComfyUI returns the corrected state there
+
+        def row(sigma: float, weights: Dict[int, float], out_x: float, out_noise: float = 0.0) -> Tuple[int, int]:
+            used = max([i - j for j in weights] + [0])
+            hist = tuple(weights.get(i - m, 0.0) for m in range(1, used + 1))
+            return run.row(sigma, out_x=out_x, out_d=weights.get(i, 0.0), out_h=hist, out_noise=out_noise), used
+
+        def advance(weights_c: Dict[int, float]) -> Dict[int, float]:  # predictor after the corrected state
+            out = {j: ax * v for j, v in weights_c.items()}
+            for j, v in pred.items():
+                out[j] = out.get(j, 0.0) + v
+            return out
+
+        if not use_pece or not c_used:
+            if sig[i + 1] == 0:
+                stage = [row(sig[i], {i: 1.0}, 0.0)]
+            elif final:
+                stage = [row(sig[i], corr, 1.0)]
+            else:
+                stage = [row(sig[i], advance(corr), ax, noise)]
+        else:  # corrected state, its evaluation, then the predictor from it
+            first = row(sig[i], corr, 1.0)
+            if sig[i + 1] == 0:
+                second = row(sig[i], {i: 1.0}, 0.0)
+            elif final:
+                second = row(sig[i], {}, 1.0)
+            else:
+                second = row(sig[i], pred, ax, noise)
+            stage = [first, second]
+        draws = [i if noise and not final and k == len(stage) - 1 else None for k in range(len(stage))]
+        plan.append((stage, draws))
+        prev_pred = pred
+    run.plan()
+    hist: List[torch.Tensor] = []  # x0 estimates, newest first
+    for i in run.steps():
+        stage, draws = plan[i]
+        (k, used) = stage[0]
+        raw = run.eval(x, k)
+        run.report(i, x, raw, k)
+        if len(stage) == 1:
+            x, entry = run.step(x, raw, k, history=hist[:used], x0=True, draw=draws[0])
+        else:
+            x = run.step(x, raw, k, history=hist[:used], draw=draws[0])
+            k, used = stage[1]
+            raw = run.eval(x, k)
+            x, entry = run.step(x, raw, k, history=hist[:used], x0=True, draw=draws[1])
+        hist = [entry] + hist[: MAX_HISTORY - 1]
+    return x
+
+
+def sample_sa_solver_pece(run: Run, x: torch.Tensor, *, tau_func: Optional[Callable[[float], float]] = None,
+                          s_noise: float = 1.0, predictor_order: int = 3, corrector_order: int = 4,
+                          simple_order_2: bool = False, start_sigma: float = math.inf, end_sigma: float = 0.0,
+                          eta: float = 1.0, flow: Optional[bool] = None,
+                          flow_first_sigma: float = 1.0 - 1e-4) -> torch.Tensor:
+    """SA-Solver in PECE mode: predict, evaluate, correct, evaluate (Xue et al. 2023, "SA-Solver: Stochastic
+    Adams Solver for Fast Sampling of Diffusion Models"; ComfyUI's ``sa_solver_pece``); options as
+    :func:`sample_sa_solver`."""
+    return sample_sa_solver(run, x, tau_func=tau_func, s_noise=s_noise, predictor_order=predictor_order,
+                            corrector_order=corrector_order, use_pece=True, simple_order_2=simple_order_2,
+                            start_sigma=start_sigma, end_sigma=end_sigma, eta=eta, flow=flow,
+                            flow_first_sigma=flow_first_sigma)
+
+
+def sample_dpmpp_2m_sde_heun(run: Run, x: torch.Tensor, *, eta: float = 1.0, s_noise: float = 1.0,
+                             solver_type: str = "heun") -> torch.Tensor:
+    """DPM-Solver++(2M) SDE with the Heun-type second-order term (Lu et al. 2022, DPM-Solver++; ComfyUI's
+    ``dpmpp_2m_sde_heun``): :func:`sample_dpmpp_2m_sde` with ``solver_type="heun"`` by default."""
+    return sample_dpmpp_2m_sde(run, x, eta=eta, s_noise=s_noise, solver_type=solver_type)
+
+
+def _dpm_solver_rows(run: Run, t: Any, t_to: Any, order: int, noise: float) -> List[int]:
+    """Rows of one DPM-Solver-1/2/3 step from ``t`` to ``t_to`` (log-SNR times, noise-prediction form; Lu et al.
+    2022, Algorithms 1 and 2 with r1 = 1/2, resp. r1 = 1/3, r2 = 2/3): each stage's pass writes the next stage's
+    point, the last one the step's end (plus ``noise`` times the step's draw)."""
+    h = t_to - t
+    st, sn, big_e, hf = F(sigma_of(t)), F(sigma_of(t_to)), F(expm1(h)), F(h)
+    if order == 1:
+        return [run.row(sigma_of(t), out_x=1.0 - sn * big_e / st, out_d=sn * big_e / st, out_noise=noise)]
+    r1 = 0.5 if order == 2 else 1.0 / 3
+    s1 = t + r1 * h
+    ss1, e1 = F(sigma_of(s1)), F(expm1(r1 * h))
+    first = run.row(sigma_of(t), out_x=1.0 - ss1 * e1 / st, out_d=ss1 * e1 / st)  # u1 = x - s1 expm1(r1 h) eps
+    if order == 2:
+        a, b = sn * big_e * (1.0 - 1.0 / (2 * r1)), sn * big_e / (2 * r1)
+        # x - sn E eps - b (eps_r1 - eps), eps = (x - D) / st, eps_r1 = (u1 - D1) / s1
+        return [first, run.row(sigma_of(s1), out_x=1.0 - a / st, out_h=(a / st,), out_e=-b / ss1, out_d=b / ss1,
+                               out_noise=noise)]
+    r2 = 2.0 / 3
+    s2 = t + r2 * h
+    ss2, e2 = F(sigma_of(s2)), F(expm1(r2 * h))
+    c2 = ss2 * (r2 / r1) * (e2 / (r2 * hf) - 1.0)
+    p = c2 - ss2 * e2
+    second = run.row(sigma_of(s1), out_x=1.0 + p / st, out_h=(-p / st,), out_e=-c2 / ss1, out_d=c2 / ss1)
+    c3 = sn / r2 * (big_e / hf - 1.0)
+    q = c3 - sn * big_e
+    third = run.row(sigma_of(s2), out_x=1.0 + q / st, out_h=(-q / st,), out_e=-c3 / ss2, out_d=c3 / ss2,
+                    out_noise=noise)
+    return [first, second, third]
+
+
+def sample_dpm_fast(run: Run, x: torch.Tensor, *, orders: Optional[Sequence[int]] = None, eta: float = 0.0,
+                    s_noise: float = 1.0) -> torch.Tensor:
+    """DPM-Solver-fast (Lu et al. 2022, "DPM-Solver: A Fast ODE Solver for Diffusion Probabilistic Model Sampling
+    in Around 10 Steps", Sec. 3.4; k-diffusion's ``sample_dpm_fast``): DPM-Solver-1/2/3 steps in the noise
+    prediction form between consecutive sigmas, ``orders[i]`` evaluations in step i (default 3 each), each
+    evaluation followed by one fused pass. A step into sigma = 0 returns the x0 estimate.
+
+    k-diffusion's signature ``(sigma_min, sigma_max, n)`` (``n`` model evaluations on an equal grid in
+    ``-log sigma``) is :func:`fastdiff.k_diffusion.sample_dpm_fast`, which builds that grid and its orders with
+    :func:`~fastdiff.solvers.dpm_fast_grid` and runs this function. ``eta > 0``: each step goes to the ancestral
+    ``sigma_down`` (capped at the last time) and adds ``sigma_up`` noise, as k-diffusion does.
+    """
+    s = run.sigmas
+    n = run.n
+    if orders is None:
+        orders = [3] * n
+    orders = list(orders)
+    if len(orders) != n or any(isinstance(o, bool) or o not in (1, 2, 3) for o in orders):
+        raise ValueError(f"orders must list one order in (1, 2, 3) per step ({n} steps), got {orders!r}")
+    eta = _check_nonneg("eta", eta)
+    s_noise = _check_nonneg("s_noise", s_noise)
+    t_end = t_of(s[-1]) if F(s[-1]) > 0 else t_of(s[-2])
+    plan = []
+    for i in range(n):
+        if F(s[i + 1]) == 0:
+            plan.append((None, [run.row(s[i], out_x=0.0, out_d=1.0)], (None,)))
+            continue
+        t, t_next = t_of(s[i]), t_of(s[i + 1])
+        noise = 0.0
+        if eta:
+            sd, _ = ancestral_split(sigma_of(t), sigma_of(t_next), eta)
+            t_sd = t_of(like(sd, s[i]))
+            t_next_ = t_end if F(t_sd) > F(t_end) else t_sd
+            noise = F(sqrt(sigma_of(t_next) ** 2 - sigma_of(t_next_) ** 2)) * s_noise
+            t_next = t_next_
+        rows = _dpm_solver_rows(run, t, t_next, orders[i], noise)
+        # the last pass names step i's draw even without noise: a face drawing from the global RNG advances it
+        # once a step, as k-diffusion does (its noise is dropped where out_noise is 0)
+        plan.append((None, rows, (None,) * (len(rows) - 1) + (i,)))
+    run.plan()
+    return _stages_loop(run, x, plan)
+
+
 #: sampler names -> the one implementation every face runs
 SAMPLERS: Dict[str, Callable[..., torch.Tensor]] = {
     "euler": sample_euler,
@@ -818,6 +1371,18 @@ SAMPLERS: Dict[str, Callable[..., torch.Tensor]] = {
     "res_multistep_ancestral_cfg_pp": sample_res_multistep_ancestral_cfg_pp,
     "gradient_estimation": sample_gradient_estimation,
     "gradient_estimation_cfg_pp": sample_gradient_estimation_cfg_pp,
+    "ipndm": sample_ipndm,
+    "ipndm_v": sample_ipndm_v,
+    "deis": sample_deis,
+    "heunpp2": sample_heunpp2,
+    "lcm": sample_lcm,
+    "er_sde": sample_er_sde,
+    "seeds_2": sample_seeds_2,
+    "seeds_3": sample_seeds_3,
+    "sa_solver": sample_sa_solver,
+    "sa_solver_pece": sample_sa_solver_pece,
+    "dpmpp_2m_sde_heun": sample_dpmpp_2m_sde_heun,
+    "dpm_fast": sample_dpm_fast,
 }
 
 #: samplers that need classifier-free guidance (they weigh the unconditional x0 estimate: CFG++)

@@ -29,6 +29,8 @@ __all__ = [
     "ve_x0_coefs", "vp_x0_coefs", "churn_gamma", "churn_schedule", "ancestral_split", "euler_coefs",
     "lms_coefficients", "unipc_rhos", "SQRT2_MINUS_1",
     "flow_alpha", "euler_ancestral_cfgpp_coefs", "res_multistep_weights", "nan_to_zero",
+    "IPNDM_WEIGHTS", "ipndm_v_weights", "deis_weights", "er_sde_default_noise_scaler", "er_sde_stage_integrals",
+    "sa_solver_b_coeffs", "dpm_fast_grid",
 ]
 
 Scalar = Any  # float, 0-d torch.Tensor or numpy array
@@ -345,3 +347,164 @@ def res_multistep_weights(h: Scalar, c2: Scalar) -> Tuple[Scalar, Scalar]:
     phi1 = expm1(-h) / -h
     phi2 = (phi1 - 1.0) / -h
     return nan_to_zero(phi1 - phi2 / c2), nan_to_zero(phi2 / c2)
+
+# ------------------------------------------------------------------------------------------ ComfyUI's solver set
+#: Adams-Bashforth weights of iPNDM (Zhang & Chen 2023) on equal steps, newest derivative first, order 1..4
+IPNDM_WEIGHTS = ((1.0,), (1.5, -0.5), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59 / 24, 37 / 24, -9 / 24))
+
+
+def ipndm_v_weights(t: Sequence[float], i: int, order: int) -> List[float]:
+    """Variable-step iPNDM weights (Zhang & Chen 2023; the step-size-aware form of ComfyUI's ``ipndm_v``).
+
+    ``x_{i+1} = x_i + (t_{i+1} - t_i) sum_j w_j d_{i-j}`` on host floats ``t`` (the sigmas), newest first.
+
+    Example (equal steps give the fixed iPNDM weights):
+        >>> [round(w, 12) for w in ipndm_v_weights([4.0, 3.0, 2.0, 1.0], 2, 3)]
+        [1.916666666667, -1.333333333333, 0.416666666667]
+    """
+    if order == 1:
+        return [1.0]
+    h = t[i + 1] - t[i]
+    h1 = t[i] - t[i - 1]
+    if order == 2:
+        return [(2 + h / h1) / 2, -(h / h1) / 2]
+    h2 = t[i - 1] - t[i - 2]
+    temp1 = (1 - h / (3 * (h + h1)) * (h * (h + h1)) / (h1 * (h1 + h2))) / 2
+    if order == 3:
+        return [(2 + h / h1) / 2 + temp1, -(h / h1) / 2 - (1 + h1 / h2) * temp1, temp1 * h1 / h2]
+    h3 = t[i - 2] - t[i - 3]
+    temp2 = (((1 - h / (3 * (h + h1))) / 2 + (1 - h / (2 * (h + h1))) * h / (6 * (h + h1 + h2)))
+             * (h * (h + h1) * (h + h1 + h2)) / (h1 * (h1 + h2) * (h1 + h2 + h3)))
+    g = h1 * (h1 + h2) / (h2 * (h2 + h3))
+    return [(2 + h / h1) / 2 + temp1 + temp2,
+            -(h / h1) / 2 - (1 + h1 / h2) * temp1 - (1 + h1 / h2 + g) * temp2,
+            temp1 * h1 / h2 + (h1 / h2 + g * (1 + h2 / h3)) * temp2,
+            -temp2 * g * h1 / h2]
+
+
+def _deis_vp_times(sigmas: np.ndarray, eps_s: float = 1e-3, sigma_min: float = 0.002,
+                   sigma_max: float = 80.0) -> Tuple[np.ndarray, float, float]:
+    # EDM sigma -> the VP time of DEIS, for the VP-SDE whose ends match sigma_min / sigma_max at (eps_s, 1)
+    beta_d = 2 * (math.log(sigma_min ** 2 + 1) / eps_s - math.log(sigma_max ** 2 + 1)) / (eps_s - 1)
+    beta_min = math.log(sigma_max ** 2 + 1) - 0.5 * beta_d
+    t = (np.sqrt(beta_min ** 2 + 2 * beta_d * np.log(sigmas ** 2 + 1)) - beta_min) / beta_d
+    return t, beta_min, beta_d
+
+
+def deis_weights(sigmas: Sequence[float], max_order: int, mode: str = "tab", quadrature_points: int = 10000
+                 ) -> List[List[float]]:
+    """DEIS weights (Zhang & Chen 2023, "Fast Sampling of Diffusion Models with Exponential Integrator").
+
+    Row ``i`` holds ``c_j`` with ``x_{i+1} = x_i + sum_j c_j d_{i-j}`` (newest derivative first), ``[]`` where the
+    step is a plain Euler step (the first one). ``mode="tab"``: the Lagrange basis in the VP time of DEIS,
+    integrated against ``d sigma`` by the same left-point sum of ``quadrature_points`` nodes ComfyUI uses (so its
+    numbers, not the exact integral); ``mode="rhoab"``: the basis in sigma, integrated exactly (Adams-Bashforth
+    in sigma through ``min(i + 1, max_order)`` points). Host float64, once per run.
+
+    Example (second order on equal sigma steps, rhoab: Adams-Bashforth 3/2, -1/2 times the step):
+        >>> deis_weights([3.0, 2.0, 1.0], 2, "rhoab")[1]
+        [-1.5, 0.5]
+    """
+    s = np.asarray([float(v) for v in sigmas], dtype=np.float64)
+    if mode == "rhoab":
+        return [[] if i == 0 else lms_coefficients([float(v) for v in s], i, min(i + 1, max_order)) for i in range(len(s) - 1)]
+    if mode != "tab":
+        raise ValueError(f"deis_mode must be 'tab' or 'rhoab', got {mode!r}")
+    t, b0, bd = _deis_vp_times(s)
+    rows: List[List[float]] = []
+    for i in range(len(s) - 1):
+        order = min(i + 1, max_order)
+        if order == 1 or s[i + 1] <= 0:  # Euler there (the last step into sigma = 0 too)
+            rows.append([])
+            continue
+        taus = np.linspace(t[i], t[i + 1], quadrature_points)
+        dtau = (t[i + 1] - t[i]) / quadrature_points
+        alpha = np.exp(-0.5 * taus ** 2 * bd - taus * b0)
+        dsigma_dtau = 0.5 * (taus * bd + b0) / np.sqrt(alpha * (1 - alpha))
+        nodes = [t[i - k] for k in range(order)]
+        row = []
+        for j in range(order):
+            poly = np.ones_like(taus)
+            for k in range(order):
+                if k != j:
+                    poly = poly * (taus - nodes[k]) / (nodes[j] - nodes[k])
+            row.append(float(np.sum(dsigma_dtau * poly) * dtau))
+        rows.append(row)
+    return rows
+
+
+def er_sde_default_noise_scaler(v: Any) -> Any:
+    """ER-SDE's default noise scaler ``v (exp(v^0.3) + 10)`` (Cui et al. 2025, the solver's default choice)."""
+    return v * (np.exp(np.power(v, 0.3)) + 10.0)
+
+
+def er_sde_stage_integrals(lam_s: float, lam_t: float, noise_scaler: Any = er_sde_default_noise_scaler,
+                           points: int = 200) -> Tuple[float, float]:
+    """``(s, s_u)``: the integrals of ER-SDE's second and third stages, ``int 1/f(l) dl`` and
+    ``int (l - lam_s)/f(l) dl`` from ``lam_t`` up to ``lam_s`` (ER-SDE's lambda falls along a run), as ComfyUI
+    sums them (``points`` left-point nodes from ``lam_t``). Host float64.
+
+    Example:
+        >>> s, s_u = er_sde_stage_integrals(2.0, 1.0, lambda v: np.ones_like(v))
+        >>> round(s, 12), round(s_u, 3)
+        (1.0, -0.502)
+    """
+    step = -(lam_t - lam_s) / points
+    pos = lam_t + np.arange(points, dtype=np.float64) * step
+    scaled = np.asarray(noise_scaler(pos), dtype=np.float64)
+    return float(np.sum(1.0 / scaled) * step), float(np.sum((pos - lam_s) / scaled) * step)
+
+
+def sa_solver_b_coeffs(sigma_next: float, lambdas: Sequence[float], lam_s: float, lam_t: float, tau: float,
+                       simple_order_2: bool = False, corrector: bool = False) -> List[float]:
+    """SA-Solver's data-prediction weights (Xue et al. 2023, "SA-Solver: Stochastic Adams Solver", eqs. 15/18).
+
+    The Lagrange basis on ``lambdas`` (half-log-SNR nodes, oldest first) integrated against
+    ``exp((1 + tau^2) l)`` over ``[lam_s, lam_t]``, times ``alpha_t = sigma_next exp(lam_t)``; returned in the order
+    of ``lambdas``. ``simple_order_2`` with two nodes: the paper's Appendix D order-2 weights. Host float64.
+
+    Example (one node: the exponential-Euler weight ``alpha_t (1 - exp(-h))``, tau = 0):
+        >>> round(sa_solver_b_coeffs(0.5, [0.0], 0.0, math.log(2.0), 0.0)[0], 12)
+        0.5
+    """
+    tau_mul = 1 + tau ** 2
+    h = lam_t - lam_s
+    alpha_t = sigma_next * math.exp(lam_t)
+    n = len(lambdas)
+    if simple_order_2 and n == 2:
+        if corrector:
+            b1 = alpha_t * (0.5 * tau_mul * h)
+            return [alpha_t * -math.expm1(-h * tau_mul) - b1, b1]
+        b2 = alpha_t * (0.5 * tau_mul * h ** 2) / (lambdas[-2] - lam_s)
+        return [b2, alpha_t * -math.expm1(-h * tau_mul) - b2]
+    p = np.arange(n, dtype=np.float64)
+    # int_s^t exp(tau_mul (l - t)) l^p dl * tau_mul by parts: a lower-triangular recursion on t^p - s^p e^{-tau_mul h}
+    terms = lam_t ** p - lam_s ** p * math.exp(-tau_mul * h)
+    depth = p[:, None] - p[None, :]
+    logfact = np.array([math.lgamma(v + 1) for v in p])
+    mat = logfact[:, None] - logfact[None, :] - depth * math.log(tau_mul)
+    mat = np.tril(np.exp(mat) * np.where(depth % 2 == 0, 1.0, -1.0))
+    integrals = mat @ terms
+    vander = np.vander(np.asarray(lambdas, dtype=np.float64), n, increasing=True).T
+    return [float(alpha_t * v) for v in np.linalg.solve(vander, integrals)]
+
+
+def dpm_fast_grid(t_start: Scalar, t_end: Scalar, nfe: int) -> Tuple[List[Scalar], List[int]]:
+    """DPM-Solver-fast's steps (Lu et al. 2022, "DPM-Solver", Sec. 3.4; k-diffusion's ``dpm_solver_fast``):
+    ``floor(nfe / 3) + 1`` equal steps in ``t = -log sigma`` and their orders (3, ..., then 2, 1 or ``nfe % 3``),
+    spending ``nfe`` model evaluations. ``t_start`` / ``t_end`` as 0-d tensors give ``torch.linspace``'s values in
+    their dtype (k-diffusion's), host floats numpy's float64 ones.
+
+    Example:
+        >>> ts, orders = dpm_fast_grid(0.0, 3.0, 7)
+        >>> [round(float(t), 6) for t in ts], orders
+        ([0.0, 1.0, 2.0, 3.0], [3, 3, 1])
+    """
+    m = nfe // 3 + 1
+    if isinstance(t_start, torch.Tensor):
+        grid = torch.linspace(t_start, t_end, m + 1)
+        ts = [grid[i] for i in range(m + 1)]
+    else:
+        ts = [float(v) for v in np.linspace(float(t_start), float(t_end), m + 1)]
+    orders = [3] * (m - 2) + [2, 1] if nfe % 3 == 0 else [3] * (m - 1) + [nfe % 3]
+    return ts, orders

@@ -430,12 +430,21 @@ def _folded_step(x: torch.Tensor, m: torch.Tensor, folded: tuple, history: Seque
 class DiscreteBetaMixin:
     """Training-schedule set-up shared by the beta-based schedulers (via ``fastdiff.schedules``)."""
 
+    #: beta schedules a class accepts beyond fastdiff.schedules' own (diffusers' HeunDiscreteScheduler: "exp")
+    _extra_beta_schedules: Tuple[str, ...] = ()
+
     def _make_schedule(self, num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
                        rescale_betas_zero_snr: bool = False, allowed=("linear", "scaled_linear",
                                                                       "squaredcos_cap_v2")) -> None:
+        allowed = (*allowed, *self._extra_beta_schedules)
         if trained_betas is None and beta_schedule not in allowed:
             raise NotImplementedError(f"{beta_schedule} is not implemented for {type(self).__name__}; "
                                       f"expected one of {allowed}")
+        if trained_betas is None and beta_schedule == "exp":
+            # diffusers' betas_for_alpha_bar(alpha_transform_type="exp"): abar(t) = exp(-12 t), betas capped at 0.999
+            t = np.arange(num_train_timesteps, dtype=np.float64) / num_train_timesteps
+            trained_betas = np.minimum(1.0 - np.exp(-12.0 * (t + 1.0 / num_train_timesteps)) / np.exp(-12.0 * t),
+                                       0.999)
         if trained_betas is not None:
             trained_betas = torch.as_tensor(np.asarray(trained_betas, dtype=np.float64))
         self._schedule = DiscreteVPSchedule(num_train_timesteps, beta_start, beta_end,

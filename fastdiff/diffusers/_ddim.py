@@ -14,11 +14,14 @@ from typing import List, Optional, Union
 import numpy as np
 import torch
 
+from ..random import philox_normal
 from ..schedules import inference_timesteps
 from ..solvers import vp_x0_coefs
 from ._base import (ZTSNR_ALPHA_BAR, DiscreteBetaMixin, FusedSchedulerBase, check_steps, check_timestep_value,
                     result_dtype, rows)
 from ._compat import make_output, register_to_config
+
+_LEARNED = ("learned", "learned_range")
 
 __all__ = ["DDPMScheduler", "DDIMScheduler", "x0_coefs"]
 
@@ -143,9 +146,7 @@ class DDPMScheduler(_DiscreteVPBase):
         steps_offset: int = 0,
         rescale_betas_zero_snr: bool = False,
     ):
-        if variance_type not in ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log"):
-            raise NotImplementedError(f"variance_type {variance_type!r} (a variance predicted by the model) is "
-                                      "not supported by fastdiff.diffusers")
+        # as in diffusers, a variance_type it does not name steps with the posterior variance (fixed_small)
         self.variance_type = variance_type
         self.custom_timesteps = False
         self._common_init(self.config)
@@ -187,6 +188,24 @@ class DDPMScheduler(_DiscreteVPBase):
         i = self._ts_pos[v]
         return torch.tensor(self._ts[i + 1] if i + 1 < len(self._ts) else -1)
 
+    def _learned_noise(self, kw: dict, i: int, predicted_variance: torch.Tensor,
+                       model_output: torch.Tensor) -> torch.Tensor:
+        """The step's noise scaled by the model's standard deviation (a second pass: the scale is per element).
+
+        ``learned``: the model predicts the variance; ``learned_range``: it predicts v in [-1, 1] and the log
+        variance is the mix (v + 1) / 2 * log(beta_t) + (1 - v) / 2 * log(posterior variance) (Nichol & Dhariwal
+        2021, eq. 15)."""
+        noise = kw.get("noise")
+        if noise is None:
+            noise = philox_normal(model_output.shape, kw["seed"], kw["stream"], device=model_output.device,
+                                  dtype=model_output.dtype)
+        if self.variance_type == "learned":
+            return noise * predicted_variance**0.5
+        self._table("rows", model_output.device)  # builds the log-variance range with the rows
+        min_log, max_log = (float(v[i]) for v in self._log_var_range)
+        frac = (predicted_variance + 1) / 2
+        return noise * torch.exp(0.5 * (frac * max_log + (1 - frac) * min_log))
+
     def _build_table(self, key) -> torch.Tensor:
         t = np.asarray(self._ts, dtype=np.int64)
         prev = np.append(t[1:], -1) if (self.custom_timesteps or self.num_inference_steps) else t - 1
@@ -196,6 +215,10 @@ class DDPMScheduler(_DiscreteVPBase):
         beta_t = 1.0 - a_t / a_p
         var = np.maximum((1.0 - a_p) / (1.0 - a_t) * beta_t, 1e-20)
         std = np.sqrt(beta_t) if self.variance_type.startswith("fixed_large") else np.sqrt(var)
+        if self.variance_type in _LEARNED:
+            # the model's variance scales the noise per element: the step gets noise * std as its noise input
+            self._log_var_range = (np.log(var), np.log(beta_t))
+            std = np.ones_like(std)
         in_x, in_m = self._x0_rows(t)
         return rows(in_x=in_x, in_m=in_m, out_d=np.sqrt(a_p) * beta_t / (1.0 - a_t),
                     out_x=np.sqrt(a_t / a_p) * (1.0 - a_p) / (1.0 - a_t), out_noise=np.where(t > 0, std, 0.0))
@@ -207,10 +230,15 @@ class DDPMScheduler(_DiscreteVPBase):
         if i is None:
             raise ValueError(f"timestep {timestep} is not one of the scheduler's timesteps")
         t = self._ts[i]
+        predicted_variance = None
+        if self.variance_type in _LEARNED and model_output.shape[1] == sample.shape[1] * 2:
+            model_output, predicted_variance = torch.split(model_output, sample.shape[1], dim=1)
         table = self._table("rows", sample.device)
         kw = {}
         if t > 0:  # diffusers draws noise only before the last step
             kw = self._noise_kwargs(model_output.shape, model_output.device, model_output.dtype, generator, i)
+            if predicted_variance is not None:
+                kw = {"noise": self._learned_noise(kw, i, predicted_variance, model_output)}
         dtype = result_dtype(sample, model_output)
         prev, x0 = self._launch(sample, model_output, table, i, out_dtype=dtype, aux_dtype=dtype,
                                 clip=self._clip(), **kw)

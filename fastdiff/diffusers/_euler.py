@@ -66,7 +66,14 @@ class _SigmaBase(DiscreteBetaMixin, FusedSchedulerBase):
             ts = np.asarray(timesteps).astype(np.float32)
         else:
             ts = _f32_spacing(n, cfg.num_train_timesteps, cfg.timestep_spacing, cfg.steps_offset)
-        sig = interp(ts, self._train_sigmas)
+        if getattr(cfg, "interpolation_type", "linear") == "log_linear":
+            # diffusers: n + 1 log-spaced sigmas from the largest training sigma to the smallest (with the final
+            # sigma appended the run holds n + 2 for n timesteps; the last is never reached), in float32
+            train = self._train_sigmas.astype(np.float32)
+            sig = torch.linspace(float(np.log(train[-1])), float(np.log(train[0])), n + 1).exp().numpy()
+            sig = sig.astype(np.float64)
+        else:
+            sig = interp(ts, self._train_sigmas)
         conv = self._convert_sigmas(sig, n)
         if conv is not None:
             sig = conv
@@ -169,8 +176,9 @@ class EulerDiscreteScheduler(_SigmaBase):
         rescale_betas_zero_snr: bool = False,
         final_sigmas_type: str = "zero",
     ):
-        if interpolation_type != "linear":
-            raise NotImplementedError("only interpolation_type='linear' is supported by fastdiff.diffusers")
+        if interpolation_type not in ("linear", "log_linear"):
+            raise ValueError(f"{interpolation_type} is not implemented. Please specify interpolation_type to either "
+                             f"'linear' or 'log_linear'")
         self._init_schedule(self.config, rescale_betas_zero_snr)
         self.use_karras_sigmas = use_karras_sigmas
         self.use_exponential_sigmas = use_exponential_sigmas
@@ -336,6 +344,8 @@ class HeunDiscreteScheduler(_SigmaBase):
         >>> for t in s.timesteps:
         ...     x = s.step(torch.zeros_like(x), t, x).prev_sample
     """
+
+    _extra_beta_schedules = ("exp",)
 
     order = 2
     _output_name = "HeunDiscreteSchedulerOutput"

@@ -19,6 +19,10 @@ from ._compat import make_output, register_to_config
 
 __all__ = ["DPMSolverMultistepScheduler", "UniPCMultistepScheduler"]
 
+#: DPM-Solver's algorithm types: "++" solves for the x0 estimate (Lu et al. 2022b), the plain ones for the noise
+#: estimate (Lu et al. 2022a); "sde-" adds the SDE variant's noise
+_ALGORITHMS = ("dpmsolver++", "sde-dpmsolver++", "dpmsolver", "sde-dpmsolver")
+
 
 def _x0_dtype(model_output: torch.Tensor) -> torch.dtype:
     """The x0 estimates' dtype (diffusers keeps them in at least float32), without a promote_types call when it
@@ -44,7 +48,7 @@ class _MultistepBase(DiscreteBetaMixin, FusedSchedulerBase):
 
     def _init_common(self, cfg) -> None:
         check_one_of(cfg)
-        for key in ("use_flow_sigmas", "use_lu_lambdas", "use_dynamic_shifting", "thresholding"):
+        for key in ("use_flow_sigmas", "use_dynamic_shifting", "thresholding"):
             if getattr(cfg, key, False):
                 raise NotImplementedError(f"{key}=True is not supported by fastdiff.diffusers")
         if cfg.prediction_type not in ("epsilon", "sample", "v_prediction"):
@@ -122,14 +126,14 @@ class _MultistepBase(DiscreteBetaMixin, FusedSchedulerBase):
 
         hist = [col(f"h{k}") for k in range(3)]
         return rows(in_x=col("in_x"), in_m=col("in_m", 1.0), out_x=col("x"), out_d=col("d"), out_h=hist,
-                    out_noise=col("noise"))
+                    out_noise=col("noise"), aux_x=col("aux_x"), aux_d=col("aux_d", 1.0))
 
 
 class DPMSolverMultistepScheduler(_MultistepBase):
     """DPM-Solver++ multistep, Lu et al. (2022), "DPM-Solver++: Fast Solver for Guided Sampling..." (and its SDE variant).
 
     Same config keys, defaults and numbers as ``diffusers.DPMSolverMultistepScheduler`` for
-    ``algorithm_type`` "dpmsolver++" / "sde-dpmsolver++", ``solver_order`` 1-3, midpoint/heun,
+    ``algorithm_type`` "dpmsolver++" / "sde-dpmsolver++" / "dpmsolver" / "sde-dpmsolver", ``solver_order`` 1-3, midpoint/heun,
     Karras/exponential sigmas, ``lower_order_final``, ``euler_at_final``, ``final_sigmas_type``;
     ``step`` is one fused pass reading up to two previous x0 estimates.
 
@@ -178,17 +182,17 @@ class DPMSolverMultistepScheduler(_MultistepBase):
     ):
         if algorithm_type == "deis":
             self.register_to_config(algorithm_type="dpmsolver++")
-        elif algorithm_type not in ("dpmsolver++", "sde-dpmsolver++"):
-            raise NotImplementedError(f"algorithm_type {algorithm_type!r} is not supported by fastdiff.diffusers; "
-                                      "use 'dpmsolver++' or 'sde-dpmsolver++'")
+        elif algorithm_type not in _ALGORITHMS:
+            raise NotImplementedError(f"{algorithm_type} is not implemented for {type(self).__name__}")
+        if algorithm_type in ("dpmsolver", "sde-dpmsolver") and final_sigmas_type == "zero":
+            raise ValueError(f"`final_sigmas_type` {final_sigmas_type} is not supported for `algorithm_type` "
+                             f"{algorithm_type}. Please choose `sigma_min` instead.")
         if solver_type in ("logrho", "bh1", "bh2"):
             self.register_to_config(solver_type="midpoint")
         elif solver_type not in ("midpoint", "heun"):
             raise NotImplementedError(f"{solver_type} is not implemented for {type(self).__name__}")
         if solver_order not in (1, 2, 3):
             raise ValueError(f"solver_order must be 1, 2 or 3, got {solver_order}")
-        if variance_type in ("learned", "learned_range"):
-            raise NotImplementedError("learned variances are not supported by fastdiff.diffusers")
         self._init_common(self.config)
         self.model_outputs = [None] * solver_order
 
@@ -208,6 +212,8 @@ class DPMSolverMultistepScheduler(_MultistepBase):
         if timesteps is not None and (cfg.use_karras_sigmas or cfg.use_exponential_sigmas):
             raise ValueError("Cannot use `timesteps` with `config.use_karras_sigmas = True` or "
                              "`config.use_exponential_sigmas = True`")
+        if timesteps is not None and cfg.use_lu_lambdas:
+            raise ValueError("Cannot use `timesteps` with `config.use_lu_lambdas = True`")
         if timesteps is not None:
             ts = np.asarray(timesteps).astype(np.int64).astype(np.float64)
             n = len(ts)
@@ -221,6 +227,14 @@ class DPMSolverMultistepScheduler(_MultistepBase):
             sig = self._convert_sigmas(np.flip(train).astype(np.float64), n)
             ts = sigma_to_t(sig, np.log(train).astype(np.float64))  # float32 logs, as diffusers
             if cfg.use_karras_sigmas and cfg.beta_schedule != "squaredcos_cap_v2":
+                ts = np.round(ts)
+        elif cfg.use_lu_lambdas:
+            # Lu et al. (2022b): uniform in log-SNR between the training end points (diffusers' float32 logs)
+            log_train = np.log(train)
+            top, bottom = float(log_train[-1]), float(log_train[0])
+            sig = np.exp(top + np.linspace(0.0, 1.0, n) * (bottom - top))
+            ts = sigma_to_t(sig, log_train.astype(np.float64))
+            if cfg.beta_schedule != "squaredcos_cap_v2":
                 ts = np.round(ts)
         else:
             sig = interp(ts, train.astype(np.float64))
@@ -258,7 +272,9 @@ class DPMSolverMultistepScheduler(_MultistepBase):
     def _build_table(self, key) -> torch.Tensor:
         start = key
         cfg = self.config
-        sde = cfg.algorithm_type == "sde-dpmsolver++"
+        sde = cfg.algorithm_type.startswith("sde-")
+        if not cfg.algorithm_type.endswith("++"):
+            return self._noise_form_table(start, sde)
         a, s, lam = self._alpha, self._sigma, self._lam
         per_step = []
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -303,6 +319,46 @@ class DPMSolverMultistepScheduler(_MultistepBase):
                                  "noise": noise})
         return self._table_rows(per_step)
 
+    def _noise_form_table(self, start: int, sde: bool) -> torch.Tensor:
+        """Rows of the noise-prediction solvers ("dpmsolver", "sde-dpmsolver"): the history holds noise
+        estimates eps = (x - alpha_s x0) / sigma_s, written as the step's aux output, and the update is
+        x_t = (alpha_t / alpha_s) x - sum_j c_j eps_j (+ sigma_t sqrt(e^{2h} - 1) z for the SDE), with
+        diffusers' coefficients (the SDE variant doubles them; it has no third order)."""
+        cfg = self.config
+        a, s, lam = self._alpha, self._sigma, self._lam
+        per_step = []
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            for i, k in enumerate(self._orders(start)):
+                in_x, in_m = self._x0_coefs(i)
+                at, st = a[i + 1], s[i + 1]
+                h = lam[i + 1] - lam[i]
+                em1 = np.exp(h) - 1.0
+                mult = 2.0 if sde else 1.0
+                m = np.array([-mult * st * em1, 0.0, 0.0])  # on (eps now, eps one step back, two steps back)
+                if k == 2:
+                    r0 = (lam[i] - lam[i - 1]) / h
+                    if cfg.solver_type == "midpoint":
+                        c1 = -(1.0 if sde else 0.5) * st * em1
+                    else:
+                        c1 = -mult * st * (em1 / h - 1.0)
+                    m += c1 * np.array([1.0, -1.0, 0.0]) / r0
+                elif k == 3:
+                    if sde:
+                        raise NotImplementedError("algorithm_type='sde-dpmsolver' has no third-order update "
+                                                  "(as in diffusers); use solver_order <= 2")
+                    r0 = (lam[i] - lam[i - 1]) / h
+                    r1 = (lam[i - 1] - lam[i - 2]) / h
+                    d10 = np.array([1.0, -1.0, 0.0]) / r0
+                    d11 = np.array([0.0, 1.0, -1.0]) / r1
+                    m += -st * (em1 / h - 1.0) * (d10 + r0 / (r0 + r1) * (d10 - d11))
+                    m += -st * ((em1 - h) / h**2 - 0.5) * (d10 - d11) / (r0 + r1)
+                # eps now = (x - alpha_s d) / sigma_s, with d the x0 estimate the step forms
+                ex, ed = 1.0 / s[i], -a[i] / s[i]
+                per_step.append({"in_x": in_x, "in_m": in_m, "x": at / a[i] + m[0] * ex, "d": m[0] * ed,
+                                 "h0": m[1], "h1": m[2], "aux_x": ex, "aux_d": ed,
+                                 "noise": st * np.sqrt(np.exp(2.0 * h) - 1.0) if sde else 0.0})
+        return self._table_rows(per_step)
+
     def convert_model_output(self, model_output: torch.Tensor, *args, sample: torch.Tensor = None, **kwargs):
         """The x0 estimate diffusers' solver works with (plain PyTorch; not used by ``step``)."""
         in_x, in_m = self._x0_coefs(self._step_index)
@@ -315,11 +371,15 @@ class DPMSolverMultistepScheduler(_MultistepBase):
         if self.num_inference_steps is None:
             raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating "
                              "the scheduler")
+        if self.config.variance_type in ("learned", "learned_range") and self.config.prediction_type == "epsilon":
+            # a model with learned variances returns [noise; variance] channels; the solver needs the noise only
+            # (diffusers keeps the first three channels)
+            model_output = model_output[:, :3]
         i = self._begin_run(timestep)
         table = self._table(self._start, sample.device)
         k = self._orders_cached(self._start)[i]
         kw = {}
-        if self.config.algorithm_type == "sde-dpmsolver++":
+        if self.config.algorithm_type.startswith("sde-"):
             kw = self._noise_kwargs(model_output.shape, model_output.device, torch.float32, generator, i,
                                     variance_noise=None if variance_noise is None
                                     else variance_noise.to(torch.float32))

@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, Optional
 import torch
 
 from .. import samplers as core
+from ..solvers import dpm_fast_grid
 from .noise import NoiseSampler, brownian_default, resolve_noise
 from .run import KDiffusionRun
 from .schedules import get_sigmas_karras  # noqa: F401 - the docstring examples use it
@@ -23,7 +24,7 @@ from .schedules import get_sigmas_karras  # noqa: F401 - the docstring examples 
 __all__ = [
     "sample_euler", "sample_heun", "sample_dpm_2", "sample_euler_ancestral", "sample_dpm_2_ancestral", "sample_lms",
     "sample_dpmpp_2s_ancestral", "sample_dpmpp_sde", "sample_dpmpp_2m", "sample_dpmpp_2m_sde", "sample_dpmpp_3m_sde",
-    "SAMPLERS",
+    "sample_dpm_fast", "SAMPLERS",
 ]
 
 
@@ -208,3 +209,50 @@ def sample_dpmpp_3m_sde(model: Callable, x: torch.Tensor, sigmas: torch.Tensor,
 SAMPLERS: Dict[str, Callable[..., torch.Tensor]] = {name: globals()[f"sample_{name}"] for name in (
     "euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2s_ancestral", "dpmpp_sde",
     "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde")}
+
+
+class _DPMSolverRun(KDiffusionRun):
+    """The run of k-diffusion's DPMSolver samplers: the schedule is ``sigma(t)`` on the solver's grid of log-SNR
+    times ``ts``, and the callback gets k-diffusion's DPMSolver info dict."""
+
+    def __init__(self, model: Callable, x: torch.Tensor, ts: list, extra_args: Optional[Dict[str, Any]],
+                 callback: Optional[Callable], disable: Optional[bool]) -> None:
+        self.ts = ts
+        super().__init__(model, x, torch.stack(ts).neg().exp().to(x.device), extra_args, callback, disable)
+
+    def report(self, i: int, x: torch.Tensor, raw: torch.Tensor, k: int, sigma_hat: Any = None) -> None:
+        if self.callback is not None:
+            t = self.ts[i]
+            sigma = t.neg().exp()
+            self.callback({"sigma": sigma, "sigma_hat": sigma, "x": x, "i": i, "t": t, "t_up": t, "denoised": raw})
+
+
+def _check_sigma_range(sigma_min: Any, sigma_max: Any) -> None:
+    if sigma_min <= 0 or sigma_max <= 0:
+        raise ValueError("sigma_min and sigma_max must not be 0")
+
+
+@torch.no_grad()
+def sample_dpm_fast(model: Callable, x: torch.Tensor, sigma_min: Any, sigma_max: Any, n: int,
+                    extra_args: Optional[Dict[str, Any]] = None, callback: Optional[Callable] = None,
+                    disable: Optional[bool] = None, eta: float = 0.0, s_noise: float = 1.0,
+                    noise_sampler: Optional[NoiseSampler] = None) -> torch.Tensor:
+    """DPM-Solver-fast with ``n`` model evaluations from ``sigma_max`` to ``sigma_min`` (Lu et al. 2022,
+    "DPM-Solver"; k-diffusion's ``sample_dpm_fast``): the grid and orders of
+    :func:`~fastdiff.solvers.dpm_fast_grid`, run by :func:`fastdiff.samplers.sample_dpm_fast`. As k-diffusion,
+    it draws ``noise_sampler(sigma, sigma_next)`` once a step even when ``eta == 0`` (the global RNG advances the
+    same way); the progress bar counts steps, not evaluations.
+
+    Example:
+        >>> den = lambda x, s: x / (1 + s[:, None] ** 2)
+        >>> sample_dpm_fast(den, torch.ones(2, 3), 0.1, 10.0, 7).shape
+        torch.Size([2, 3])
+    """
+    _check_sigma_range(sigma_min, sigma_max)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int (model evaluations), got {n!r}")
+    t_start, t_end = torch.as_tensor(sigma_max).log().neg(), torch.as_tensor(sigma_min).log().neg()
+    ts, orders = dpm_fast_grid(t_start, t_end, n)
+    run = _DPMSolverRun(model, x, ts, extra_args, callback, disable)
+    run.noise_sampler = resolve_noise(x, noise_sampler)
+    return core.sample_dpm_fast(run, x, orders=orders, eta=eta, s_noise=s_noise)

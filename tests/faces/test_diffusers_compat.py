@@ -93,12 +93,15 @@ _add("EulerDiscreteScheduler", [{}, SD, {**SD, "prediction_type": "v_prediction"
                                 {"timestep_spacing": "leading", "steps_offset": 1}, {"timestep_spacing": "trailing"},
                                 ZSNR_V, {**SD, "use_karras_sigmas": True}, {**SD, "use_exponential_sigmas": True},
                                 {"prediction_type": "sample"}, {"final_sigmas_type": "sigma_min"},
-                                {**SD, "timestep_type": "continuous", "prediction_type": "v_prediction"}])
+                                {**SD, "timestep_type": "continuous", "prediction_type": "v_prediction"},
+                                {**SD, "interpolation_type": "log_linear"},
+                                {"interpolation_type": "log_linear", "final_sigmas_type": "sigma_min"}])
 _add("EulerDiscreteScheduler", [SD], extra={"s_churn": 1.0})
 _add("EulerAncestralDiscreteScheduler", [{}, SD, {**SD, "prediction_type": "v_prediction"},
                                          {"timestep_spacing": "leading", "steps_offset": 1}, ZSNR_V])
 _add("HeunDiscreteScheduler", [{}, {**SD, "prediction_type": "v_prediction"}, {"timestep_spacing": "trailing"},
-                               {**SD, "use_karras_sigmas": True}, {"clip_sample": True, "prediction_type": "sample"}])
+                               {**SD, "use_karras_sigmas": True}, {"clip_sample": True, "prediction_type": "sample"},
+                               {"beta_schedule": "exp"}])
 _add("DPMSolverMultistepScheduler", [{}, SD, {**SD, "prediction_type": "v_prediction"}, {"solver_order": 3},
                                      {"solver_order": 1}, {"solver_order": 3, "lower_order_final": False},
                                      {"timestep_spacing": "leading", "steps_offset": 1},
@@ -109,7 +112,16 @@ _add("DPMSolverMultistepScheduler", [{}, SD, {**SD, "prediction_type": "v_predic
                                       "use_karras_sigmas": True},
                                      {"solver_type": "heun"}, {"algorithm_type": "sde-dpmsolver++",
                                                                "solver_type": "heun"},
-                                     {"euler_at_final": True, "final_sigmas_type": "sigma_min"}])
+                                     {"euler_at_final": True, "final_sigmas_type": "sigma_min"},
+                                     *({"final_sigmas_type": "sigma_min", **c} for c in (
+                                         {"algorithm_type": "dpmsolver"}, {"algorithm_type": "dpmsolver", "solver_order": 3},
+                                         {"algorithm_type": "dpmsolver", "solver_type": "heun", **SD,
+                                          "prediction_type": "v_prediction"},
+                                         {"algorithm_type": "sde-dpmsolver"},
+                                         {"algorithm_type": "sde-dpmsolver", "solver_type": "heun",
+                                          "prediction_type": "sample"})),
+                                     {"use_lu_lambdas": True}, {**SD, "use_lu_lambdas": True,
+                                                                "prediction_type": "v_prediction"}])
 _add("DPMSolverMultistepScheduler", [{"solver_order": 3}], n=20)
 _add("UniPCMultistepScheduler", [{}, SD, {**SD, "prediction_type": "v_prediction"}, {"solver_order": 3},
                                  {"solver_order": 1}, {"timestep_spacing": "leading", "steps_offset": 1}, ZSNR_V,
@@ -384,3 +396,41 @@ print('ok')
     env = dict(os.environ, TRITON_INTERPRET="1")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
+
+
+@pytest.mark.parametrize("algorithm_type", ["dpmsolver++", "dpmsolver"])
+def test_learned_variance_model_output(algorithm_type):
+    """variance_type learned / learned_range: the model returns [noise; variance] channels and the solver uses
+    the first three (diffusers' convention), so a 6-channel output steps a 3-channel sample as diffusers does."""
+    cfg = {"variance_type": "learned_range", "algorithm_type": algorithm_type, "final_sigmas_type": "sigma_min"}
+    runs = {}
+    for key, sched, dtype in (("ours", fdd.DPMSolverMultistepScheduler(**cfg), torch.float32),
+                              ("peer", diffusers.DPMSolverMultistepScheduler(**cfg), torch.float32),
+                              ("exact", float64_scheduler(diffusers, "DPMSolverMultistepScheduler", cfg), torch.float64)):
+        sched.set_timesteps(8)
+        x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(3)).to(dtype)
+        for t in sched.timesteps:
+            out = torch.cat([fake_model(x, t), torch.full_like(x, float("nan"))], dim=1)  # variance: never read
+            x = sched.step(out, t, x).prev_sample
+        runs[key] = x
+    assert_parity("learned_range prev_sample", runs["ours"], runs["peer"], runs["exact"], 8)
+
+
+@pytest.mark.parametrize("variance_type", ["learned", "learned_range"])
+def test_ddpm_learned_variance(variance_type):
+    """DDPM with a model that predicts its variance ([noise; variance] channels): the noise of each step is
+    scaled per element as diffusers scales it (generator noise, so the three runs draw the same normals)."""
+    cfg = {"variance_type": variance_type}
+    runs = {}
+    for key, sched, dtype in (("ours", fdd.DDPMScheduler(**cfg), torch.float32),
+                              ("peer", diffusers.DDPMScheduler(**cfg), torch.float32),
+                              ("exact", float64_scheduler(diffusers, "DDPMScheduler", cfg), torch.float64)):
+        sched.set_timesteps(8)
+        g = torch.Generator().manual_seed(5)
+        x = torch.randn(2, 3, 4, 4, generator=g).to(dtype)
+        for t in sched.timesteps:
+            eps = fake_model(x, t)
+            v = torch.tanh(eps) if variance_type == "learned_range" else 0.05 + eps.abs() * 1e-3
+            x = sched.step(torch.cat([eps, v], dim=1), t, x, generator=g).prev_sample
+        runs[key] = x
+    assert_parity(f"{variance_type} prev_sample", runs["ours"], runs["peer"], runs["exact"], 8)
