@@ -667,8 +667,132 @@ def sample_dpmpp_2s_ancestral_cfg_pp(run: Run, x: torch.Tensor, *, eta: float = 
         else:  # history entry D - U, written by the predictor's pass
             ka, kb, hist = run.row(s[i], **a, aux_d=1.0, aux_u=-1.0), run.row(sigma_of(s_mid), **b), "aux"
         plan.append((None, ka, kb, (None, draw), hist))
+    run.plan()
+    return _loop(run, x, plan)
 
 
+def sample_dpmpp_2m_cfg_pp(run: Run, x: torch.Tensor) -> torch.Tensor:
+    """DPM-Solver++(2M) with CFG++ (Lu et al. 2022, Algorithm 2; Chung et al. 2024, "CFG++"; ComfyUI's
+    sample_dpmpp_2m_cfg_pp): ``x' = e^{-h} (x - U) + D + (-expm1(-h)) (D - U_prev) / (2 r)``, first order on
+    the first and the last step; the history entry is the unconditional estimate ``U``."""
+    s = run.sigmas
+    plan = []
+    for i in range(run.n):
+        t, t_next = t_of(s[i]), t_of(s[i + 1])
+        h = t_next - t
+        e = F(exp(-h))
+        if i == 0 or F(s[i + 1]) == 0:
+            plan.append((run.row(s[i], out_x=e, out_d=1.0, out_u=-e, aux_d=0.0, aux_u=1.0), 0, None))
+        else:
+            r = (t - t_of(s[i - 1])) / h
+            w = F(-expm1(-h) * (1 / (2 * r)))
+            plan.append((run.row(s[i], out_x=e, out_d=1.0 + w, out_u=-e, out_h=(-w,), aux_d=0.0, aux_u=1.0), 1,
+                         None))
+    run.plan()
+    return _entry_loop(run, x, plan, "aux")
+
+
+def _res_multistep(run: Run, x: torch.Tensor, eta: float, s_noise: float, cfg_pp: bool) -> torch.Tensor:
+    """ComfyUI's res_multistep family: the 2-step RES exponential multistep to sigma_down (first order on the
+    first step and where sigma_down = 0), ancestral noise sigma_up; with ``cfg_pp`` the CFG++ form."""
+    _check_eta_noise(eta, s_noise)
+    s = run.sigmas
+    plan = []
+    old_sd = None
+    keep = dict(aux_d=0.0, aux_u=1.0) if cfg_pp else {}
+    for i in range(run.n):
+        sd, su = ancestral_split(s[i], s[i + 1], eta)
+        sd = like(sd, s[i])
+        draw = i if F(s[i + 1]) > 0 else None  # drawn even when sigma_up = 0 (the noise sampler advances)
+        noise = s_noise * F(su) if draw is not None else 0.0
+        if F(sd) == 0 or old_sd is None:
+            if cfg_pp:  # x = D + (x - U) / sigma * sigma_down
+                r = F(sd) / F(s[i])
+                c = dict(out_x=r, out_d=1.0, out_u=-r)
+            else:
+                c = euler_coefs(s[i], sd)
+            plan.append((run.row(s[i], **c, out_noise=noise, **keep), 0, draw))
+        else:
+            t, t_old, t_next, t_prev = t_of(s[i]), t_of(old_sd), t_of(sd), t_of(s[i - 1])
+            h = t_next - t
+            b1, b2 = res_multistep_weights(h, (t_prev - t_old) / h)
+            e, hb1, hb2 = F(sigma_of(h)), F(h * b1), F(h * b2)
+            if cfg_pp:  # x = e^{-h} (x + D - U) + h (b1 U + b2 U_prev)
+                c = dict(out_x=e, out_d=e, out_u=hb1 - e)
+            else:
+                c = dict(out_x=e, out_d=hb1)
+            plan.append((run.row(s[i], **c, out_h=(hb2,), out_noise=noise, **keep), 1, draw))
+        old_sd = sd
+    run.plan()
+    return _entry_loop(run, x, plan, "aux" if cfg_pp else "x0")
+
+
+def sample_res_multistep(run: Run, x: torch.Tensor, *, s_noise: float = 1.0) -> torch.Tensor:
+    """RES second-order exponential multistep in log-sigma (Zhang et al. 2023, "Improved order analysis and design
+    of exponential integrator for diffusion models"; ComfyUI's sample_res_multistep), deterministic."""
+    return _res_multistep(run, x, 0.0, s_noise, False)
+
+
+def sample_res_multistep_cfg_pp(run: Run, x: torch.Tensor, *, s_noise: float = 1.0) -> torch.Tensor:
+    """RES multistep with CFG++ (Zhang et al. 2023; Chung et al. 2024, "CFG++"; ComfyUI's
+    sample_res_multistep_cfg_pp): the multistep runs on the unconditional estimates, re-based by ``D - U``."""
+    return _res_multistep(run, x, 0.0, s_noise, True)
+
+
+def sample_res_multistep_ancestral(run: Run, x: torch.Tensor, *, eta: float = 1.0,
+                                   s_noise: float = 1.0) -> torch.Tensor:
+    """Ancestral RES multistep (Zhang et al. 2023, RES; ancestral split of Ho et al. 2020; ComfyUI's
+    sample_res_multistep_ancestral): the multistep to sigma_down, then fresh noise sigma_up."""
+    return _res_multistep(run, x, eta, s_noise, False)
+
+
+def sample_res_multistep_ancestral_cfg_pp(run: Run, x: torch.Tensor, *, eta: float = 1.0,
+                                          s_noise: float = 1.0) -> torch.Tensor:
+    """Ancestral RES multistep with CFG++ (Zhang et al. 2023; Chung et al. 2024, "CFG++"; ComfyUI's
+    sample_res_multistep_ancestral_cfg_pp)."""
+    return _res_multistep(run, x, eta, s_noise, True)
+
+
+def _gradient_estimation(run: Run, x: torch.Tensor, ge_gamma: float, cfg_pp: bool) -> torch.Tensor:
+    if isinstance(ge_gamma, bool) or not isinstance(ge_gamma, (int, float)) or not math.isfinite(ge_gamma):
+        raise ValueError(f"ge_gamma must be a finite number, got {ge_gamma!r}")
+    s = run.sigmas
+    plan = []
+    for i in range(run.n):
+        sf, dt = F(s[i]), F(s[i + 1] - s[i])
+        # this step's derivative d = (x - X) / sigma (X = U with CFG++, else D) is the next step's history entry
+        aux = dict(aux_x=1.0 / sf, aux_d=0.0, aux_u=-1.0 / sf) if cfg_pp else dict(aux_x=1.0 / sf, aux_d=-1.0 / sf)
+        if F(s[i + 1]) == 0:
+            plan.append((run.row(s[i], out_x=0.0, out_d=1.0, **aux), 0, None))
+            continue
+        extra = (ge_gamma - 1) * dt if i >= 1 else 0.0  # x += (gamma - 1) (d - d_prev) dt
+        hist = (-extra,) if i >= 1 else ()
+        if cfg_pp:  # x = D + d sigma' + ...
+            k = F(s[i + 1]) + extra
+            c = dict(out_x=k / sf, out_d=1.0, out_u=-k / sf)
+        else:  # x = x + d dt + ...
+            k = dt + extra
+            c = dict(out_x=1.0 + k / sf, out_d=-k / sf)
+        plan.append((run.row(s[i], **c, out_h=hist, **aux), len(hist), None))
+    run.plan()
+    return _entry_loop(run, x, plan, "aux")
+
+
+def sample_gradient_estimation(run: Run, x: torch.Tensor, *, ge_gamma: float = 2.0) -> torch.Tensor:
+    """Gradient-estimation sampler (Permenter & Yuan 2024, "Interpreting and Improving Diffusion Models from an
+    Optimization Perspective", Algorithm 2; ComfyUI's sample_gradient_estimation): Euler on the derivative
+    extrapolated as ``d + (ge_gamma - 1) (d - d_prev)``; the last step is ``x = D``."""
+    return _gradient_estimation(run, x, ge_gamma, False)
+
+
+def sample_gradient_estimation_cfg_pp(run: Run, x: torch.Tensor, *, ge_gamma: float = 2.0) -> torch.Tensor:
+    """Gradient estimation with CFG++ (Permenter & Yuan 2024; Chung et al. 2024, "CFG++"; ComfyUI's
+    sample_gradient_estimation_cfg_pp): the derivative is the unconditional ``(x - U) / sigma`` and the Euler
+    part starts from ``D``."""
+    return _gradient_estimation(run, x, ge_gamma, True)
+
+
+# ----------------------------------------------------------------------------------------------
 # ComfyUI's solver set: iPNDM, DEIS, Heun++, LCM, ER-SDE, SEEDS, SA-Solver
 # ----------------------------------------------------------------------------------------------
 def _check_int(name: str, value: Any, low: int, high: int) -> int:
@@ -836,127 +960,6 @@ def sample_lcm(run: Run, x: torch.Tensor, *, noise_scaling: str = "ve") -> torch
             plan.append((None, run.row(s[i], out_x=0.0, out_d=1.0), None, (None, None), False))
     run.plan()
     return _loop(run, x, plan)
-
-
-def sample_dpmpp_2m_cfg_pp(run: Run, x: torch.Tensor) -> torch.Tensor:
-    """DPM-Solver++(2M) with CFG++ (Lu et al. 2022, Algorithm 2; Chung et al. 2024, "CFG++"; ComfyUI's
-    sample_dpmpp_2m_cfg_pp): ``x' = e^{-h} (x - U) + D + (-expm1(-h)) (D - U_prev) / (2 r)``, first order on
-    the first and the last step; the history entry is the unconditional estimate ``U``."""
-    s = run.sigmas
-    plan = []
-    for i in range(run.n):
-        t, t_next = t_of(s[i]), t_of(s[i + 1])
-        h = t_next - t
-        e = F(exp(-h))
-        if i == 0 or F(s[i + 1]) == 0:
-            plan.append((run.row(s[i], out_x=e, out_d=1.0, out_u=-e, aux_d=0.0, aux_u=1.0), 0, None))
-        else:
-            r = (t - t_of(s[i - 1])) / h
-            w = F(-expm1(-h) * (1 / (2 * r)))
-            plan.append((run.row(s[i], out_x=e, out_d=1.0 + w, out_u=-e, out_h=(-w,), aux_d=0.0, aux_u=1.0), 1,
-                         None))
-    run.plan()
-    return _entry_loop(run, x, plan, "aux")
-
-
-def _res_multistep(run: Run, x: torch.Tensor, eta: float, s_noise: float, cfg_pp: bool) -> torch.Tensor:
-    """ComfyUI's res_multistep family: the 2-step RES exponential multistep to sigma_down (first order on the
-    first step and where sigma_down = 0), ancestral noise sigma_up; with ``cfg_pp`` the CFG++ form."""
-    _check_eta_noise(eta, s_noise)
-    s = run.sigmas
-    plan = []
-    old_sd = None
-    keep = dict(aux_d=0.0, aux_u=1.0) if cfg_pp else {}
-    for i in range(run.n):
-        sd, su = ancestral_split(s[i], s[i + 1], eta)
-        sd = like(sd, s[i])
-        draw = i if F(s[i + 1]) > 0 else None  # drawn even when sigma_up = 0 (the noise sampler advances)
-        noise = s_noise * F(su) if draw is not None else 0.0
-        if F(sd) == 0 or old_sd is None:
-            if cfg_pp:  # x = D + (x - U) / sigma * sigma_down
-                r = F(sd) / F(s[i])
-                c = dict(out_x=r, out_d=1.0, out_u=-r)
-            else:
-                c = euler_coefs(s[i], sd)
-            plan.append((run.row(s[i], **c, out_noise=noise, **keep), 0, draw))
-        else:
-            t, t_old, t_next, t_prev = t_of(s[i]), t_of(old_sd), t_of(sd), t_of(s[i - 1])
-            h = t_next - t
-            b1, b2 = res_multistep_weights(h, (t_prev - t_old) / h)
-            e, hb1, hb2 = F(sigma_of(h)), F(h * b1), F(h * b2)
-            if cfg_pp:  # x = e^{-h} (x + D - U) + h (b1 U + b2 U_prev)
-                c = dict(out_x=e, out_d=e, out_u=hb1 - e)
-            else:
-                c = dict(out_x=e, out_d=hb1)
-            plan.append((run.row(s[i], **c, out_h=(hb2,), out_noise=noise, **keep), 1, draw))
-        old_sd = sd
-    run.plan()
-    return _entry_loop(run, x, plan, "aux" if cfg_pp else "x0")
-
-
-def sample_res_multistep(run: Run, x: torch.Tensor, *, s_noise: float = 1.0) -> torch.Tensor:
-    """RES second-order exponential multistep in log-sigma (Zhang et al. 2023, "Improved order analysis and design
-    of exponential integrator for diffusion models"; ComfyUI's sample_res_multistep), deterministic."""
-    return _res_multistep(run, x, 0.0, s_noise, False)
-
-
-def sample_res_multistep_cfg_pp(run: Run, x: torch.Tensor, *, s_noise: float = 1.0) -> torch.Tensor:
-    """RES multistep with CFG++ (Zhang et al. 2023; Chung et al. 2024, "CFG++"; ComfyUI's
-    sample_res_multistep_cfg_pp): the multistep runs on the unconditional estimates, re-based by ``D - U``."""
-    return _res_multistep(run, x, 0.0, s_noise, True)
-
-
-def sample_res_multistep_ancestral(run: Run, x: torch.Tensor, *, eta: float = 1.0,
-                                   s_noise: float = 1.0) -> torch.Tensor:
-    """Ancestral RES multistep (Zhang et al. 2023, RES; ancestral split of Ho et al. 2020; ComfyUI's
-    sample_res_multistep_ancestral): the multistep to sigma_down, then fresh noise sigma_up."""
-    return _res_multistep(run, x, eta, s_noise, False)
-
-
-def sample_res_multistep_ancestral_cfg_pp(run: Run, x: torch.Tensor, *, eta: float = 1.0,
-                                          s_noise: float = 1.0) -> torch.Tensor:
-    """Ancestral RES multistep with CFG++ (Zhang et al. 2023; Chung et al. 2024, "CFG++"; ComfyUI's
-    sample_res_multistep_ancestral_cfg_pp)."""
-    return _res_multistep(run, x, eta, s_noise, True)
-
-
-def _gradient_estimation(run: Run, x: torch.Tensor, ge_gamma: float, cfg_pp: bool) -> torch.Tensor:
-    if isinstance(ge_gamma, bool) or not isinstance(ge_gamma, (int, float)) or not math.isfinite(ge_gamma):
-        raise ValueError(f"ge_gamma must be a finite number, got {ge_gamma!r}")
-    s = run.sigmas
-    plan = []
-    for i in range(run.n):
-        sf, dt = F(s[i]), F(s[i + 1] - s[i])
-        # this step's derivative d = (x - X) / sigma (X = U with CFG++, else D) is the next step's history entry
-        aux = dict(aux_x=1.0 / sf, aux_d=0.0, aux_u=-1.0 / sf) if cfg_pp else dict(aux_x=1.0 / sf, aux_d=-1.0 / sf)
-        if F(s[i + 1]) == 0:
-            plan.append((run.row(s[i], out_x=0.0, out_d=1.0, **aux), 0, None))
-            continue
-        extra = (ge_gamma - 1) * dt if i >= 1 else 0.0  # x += (gamma - 1) (d - d_prev) dt
-        hist = (-extra,) if i >= 1 else ()
-        if cfg_pp:  # x = D + d sigma' + ...
-            k = F(s[i + 1]) + extra
-            c = dict(out_x=k / sf, out_d=1.0, out_u=-k / sf)
-        else:  # x = x + d dt + ...
-            k = dt + extra
-            c = dict(out_x=1.0 + k / sf, out_d=-k / sf)
-        plan.append((run.row(s[i], **c, out_h=hist, **aux), len(hist), None))
-    run.plan()
-    return _entry_loop(run, x, plan, "aux")
-
-
-def sample_gradient_estimation(run: Run, x: torch.Tensor, *, ge_gamma: float = 2.0) -> torch.Tensor:
-    """Gradient-estimation sampler (Permenter & Yuan 2024, "Interpreting and Improving Diffusion Models from an
-    Optimization Perspective", Algorithm 2; ComfyUI's sample_gradient_estimation): Euler on the derivative
-    extrapolated as ``d + (ge_gamma - 1) (d - d_prev)``; the last step is ``x = D``."""
-    return _gradient_estimation(run, x, ge_gamma, False)
-
-
-def sample_gradient_estimation_cfg_pp(run: Run, x: torch.Tensor, *, ge_gamma: float = 2.0) -> torch.Tensor:
-    """Gradient estimation with CFG++ (Permenter & Yuan 2024; Chung et al. 2024, "CFG++"; ComfyUI's
-    sample_gradient_estimation_cfg_pp): the derivative is the unconditional ``(x - U) / sigma`` and the Euler
-    part starts from ``D``."""
-    return _gradient_estimation(run, x, ge_gamma, True)
 
 
 def _half_log_snr(run: Run, flow: Optional[bool], flow_first_sigma: float) -> Tuple[List[float], List[float], bool]:

@@ -146,6 +146,10 @@ class ComfyUIRun(KDiffusionRun):
         return fused_step(x, x, self.table, coef_row=self.pass_index(pre), noise=eps, backend=self.backend)
 
     def _noise(self, draw: Any) -> torch.Tensor:
+        if isinstance(draw, tuple) and draw[0] == "between":  # a draw the sampler names by its two noise levels
+            _, a, b = draw
+            dtype = self.device_sigmas.dtype
+            return self.noise_sampler(torch.as_tensor(a, dtype=dtype), torch.as_tensor(b, dtype=dtype))
         # dpmpp_sde's stages, with ComfyUI's arguments (sigma_i, sigma_mid) and (sigma_i, sigma_next)
         if isinstance(draw, tuple):
             i, r, stage = draw

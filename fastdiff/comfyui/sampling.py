@@ -44,7 +44,10 @@ _Extra = Optional[Dict[str, Any]]
 
 #: samplers that move the first sigma off 1 on a flow model (ComfyUI's offset_first_sigma_for_snr: at s = 1 the
 #: half-log-SNR is -inf), to the model sampling's ``percent_to_sigma(1e-4)``
-OFFSET_FIRST_SIGMA = ("dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde")
+OFFSET_FIRST_SIGMA = ("dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde", "er_sde", "seeds_2", "seeds_3", "sa_solver",
+                      "sa_solver_pece")
+#: core samplers that take the model's kind as ``flow=`` (the others read ``Run.flow_sigmas``)
+_FLOW_OPTION = ("er_sde", "seeds_2", "seeds_3", "sa_solver", "sa_solver_pece")
 
 
 def _sample(name: str, model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra,
@@ -58,6 +61,15 @@ def _sample(name: str, model: Callable, x: torch.Tensor, sigmas: torch.Tensor, e
         sigmas = _offset_first_sigma(model, sigmas)
     run = ComfyUIRun(model, x, sigmas, extra_args, callback, disable, noise_sampler=noise_sampler,
                      uses_uncond=core_name in core.NEEDS_UNCOND, draws_noise=draws_noise)
+    if core_name in _FLOW_OPTION:
+        options["flow"] = run.flow_sigmas
+    if core_name == "lcm":  # the model sampling's noise_scaling: x0 + s z, or (1 - s) x0 + s z on CONST models
+        options["noise_scaling"] = "flow" if run.flow_sigmas else "ve"
+    if core_name in ("sa_solver", "sa_solver_pece") and options.get("tau_func") is None \
+            and run.model_sampling is not None:
+        # ComfyUI's default noise window: stochastic between the model's 20% and 80% noise levels
+        options.update(start_sigma=float(run.model_sampling.percent_to_sigma(0.2)),
+                       end_sigma=float(run.model_sampling.percent_to_sigma(0.8)))
     return core.SAMPLERS[core_name](run, x, **options)
 
 
@@ -489,6 +501,187 @@ def sample_gradient_estimation_cfg_pp(model: Callable, x: torch.Tensor, sigmas: 
         torch.Size([2, 3])
     """
     return _sample("gradient_estimation_cfg_pp", model, x, sigmas, extra_args, callback, disable, ge_gamma=ge_gamma)
+
+
+@torch.no_grad()
+def sample_heunpp2(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra = None,
+                   callback: Optional[Callable] = None, disable: Optional[bool] = None, s_churn: float = 0.0,
+                   s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0) -> torch.Tensor:
+    """Heun++ (Karras et al. 2022 Algorithm 2 with a third derivative point; ComfyUI's heunpp2).
+
+    Example:
+        >>> den = lambda x, s, **kw: x / (1 + s[:, None] ** 2)
+        >>> sample_heunpp2(den, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0])).shape
+        torch.Size([2, 3])
+    """
+    return _sample("heunpp2", model, x, sigmas, extra_args, callback, disable, s_churn=s_churn, s_tmin=s_tmin,
+                   s_tmax=s_tmax, s_noise=s_noise)
+
+
+@torch.no_grad()
+def sample_lcm(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra = None,
+               callback: Optional[Callable] = None, disable: Optional[bool] = None,
+               noise_sampler: Optional[NoiseSampler] = None) -> torch.Tensor:
+    """Latent-consistency sampling (Luo et al. 2023): x = denoised, renoised to the next sigma by the model's noise
+    scaling (flow models: ``(1 - s) x0 + s z``).
+
+    Example:
+        >>> den = lambda x, s, **kw: x / (1 + s[:, None] ** 2)
+        >>> sample_lcm(den, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0])).shape
+        torch.Size([2, 3])
+    """
+    return _sample("lcm", model, x, sigmas, extra_args, callback, disable, noise_sampler=noise_sampler)
+
+
+@torch.no_grad()
+def sample_ipndm(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra = None,
+                 callback: Optional[Callable] = None, disable: Optional[bool] = None,
+                 max_order: int = 4) -> torch.Tensor:
+    """Improved PNDM, Adams-Bashforth on the derivatives (Zhang & Chen 2023, DEIS paper's iPNDM).
+
+    Example:
+        >>> den = lambda x, s, **kw: x / (1 + s[:, None] ** 2)
+        >>> sample_ipndm(den, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0])).shape
+        torch.Size([2, 3])
+    """
+    return _sample("ipndm", model, x, sigmas, extra_args, callback, disable, max_order=max_order)
+
+
+@torch.no_grad()
+def sample_ipndm_v(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra = None,
+                   callback: Optional[Callable] = None, disable: Optional[bool] = None,
+                   max_order: int = 4) -> torch.Tensor:
+    """iPNDM with variable-step Adams-Bashforth weights (Zhang & Chen 2023).
+
+    Example:
+        >>> den = lambda x, s, **kw: x / (1 + s[:, None] ** 2)
+        >>> sample_ipndm_v(den, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0])).shape
+        torch.Size([2, 3])
+    """
+    return _sample("ipndm_v", model, x, sigmas, extra_args, callback, disable, max_order=max_order)
+
+
+@torch.no_grad()
+def sample_deis(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra = None,
+                callback: Optional[Callable] = None, disable: Optional[bool] = None, max_order: int = 3,
+                deis_mode: str = "tab") -> torch.Tensor:
+    """DEIS, the diffusion exponential integrator sampler (Zhang & Chen 2023).
+
+    Example:
+        >>> den = lambda x, s, **kw: x / (1 + s[:, None] ** 2)
+        >>> sample_deis(den, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0])).shape
+        torch.Size([2, 3])
+    """
+    return _sample("deis", model, x, sigmas, extra_args, callback, disable, max_order=max_order, deis_mode=deis_mode)
+
+
+@torch.no_grad()
+def sample_er_sde(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra = None,
+                  callback: Optional[Callable] = None, disable: Optional[bool] = None, s_noise: float = 1.0,
+                  noise_sampler: Optional[NoiseSampler] = None, noise_scaler: Optional[Callable] = None,
+                  max_stage: int = 3) -> torch.Tensor:
+    """ER-SDE-Solver-3 (Cui et al. 2025, extended reverse-time SDE); ``noise_scaler`` is applied to host floats
+    (NumPy arrays), ComfyUI applies it to tensors.
+
+    Example:
+        >>> den = lambda x, s, **kw: x / (1 + s[:, None] ** 2)
+        >>> sample_er_sde(den, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0])).shape
+        torch.Size([2, 3])
+    """
+    return _sample("er_sde", model, x, sigmas, extra_args, callback, disable, noise_sampler=noise_sampler,
+                   s_noise=s_noise, noise_scaler=noise_scaler, max_stage=max_stage)
+
+
+@torch.no_grad()
+def sample_seeds_2(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra = None,
+                   callback: Optional[Callable] = None, disable: Optional[bool] = None, eta: float = 1.0,
+                   s_noise: float = 1.0, noise_sampler: Optional[NoiseSampler] = None,
+                   r: float = 0.5) -> torch.Tensor:
+    """SEEDS-2, stochastic exponential derivative-free solver (Gonzalez et al. 2023).
+
+    Example:
+        >>> den = lambda x, s, **kw: x / (1 + s[:, None] ** 2)
+        >>> sample_seeds_2(den, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0])).shape
+        torch.Size([2, 3])
+    """
+    return _sample("seeds_2", model, x, sigmas, extra_args, callback, disable, noise_sampler=noise_sampler, eta=eta,
+                   s_noise=s_noise, r=r)
+
+
+@torch.no_grad()
+def sample_seeds_3(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra = None,
+                   callback: Optional[Callable] = None, disable: Optional[bool] = None, eta: float = 1.0,
+                   s_noise: float = 1.0, noise_sampler: Optional[NoiseSampler] = None, r_1: float = 1.0 / 3,
+                   r_2: float = 2.0 / 3) -> torch.Tensor:
+    """SEEDS-3 (Gonzalez et al. 2023).
+
+    Example:
+        >>> den = lambda x, s, **kw: x / (1 + s[:, None] ** 2)
+        >>> sample_seeds_3(den, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0])).shape
+        torch.Size([2, 3])
+    """
+    return _sample("seeds_3", model, x, sigmas, extra_args, callback, disable, noise_sampler=noise_sampler, eta=eta,
+                   s_noise=s_noise, r_1=r_1, r_2=r_2)
+
+
+@torch.no_grad()
+def sample_sa_solver(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra = None,
+                     callback: Optional[Callable] = None, disable: Optional[bool] = False,
+                     tau_func: Optional[Callable] = None, s_noise: float = 1.0,
+                     noise_sampler: Optional[NoiseSampler] = None, predictor_order: int = 3,
+                     corrector_order: int = 4, use_pece: bool = False, simple_order_2: bool = False) -> torch.Tensor:
+    """SA-Solver, stochastic Adams predictor-corrector (Xue et al. 2023); without ``tau_func`` the noise window is
+    the model sampling's 20%..80% levels, as in ComfyUI.
+
+    Example:
+        >>> den = lambda x, s, **kw: x / (1 + s[:, None] ** 2)
+        >>> sample_sa_solver(den, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0])).shape
+        torch.Size([2, 3])
+    """
+    return _sample("sa_solver", model, x, sigmas, extra_args, callback, disable, noise_sampler=noise_sampler,
+                   tau_func=tau_func, s_noise=s_noise, predictor_order=predictor_order,
+                   corrector_order=corrector_order, use_pece=use_pece, simple_order_2=simple_order_2)
+
+
+@torch.no_grad()
+def sample_sa_solver_pece(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra = None,
+                          callback: Optional[Callable] = None, disable: Optional[bool] = False,
+                          tau_func: Optional[Callable] = None, s_noise: float = 1.0,
+                          noise_sampler: Optional[NoiseSampler] = None, predictor_order: int = 3,
+                          corrector_order: int = 4, simple_order_2: bool = False) -> torch.Tensor:
+    """SA-Solver in PECE mode (Xue et al. 2023).
+
+    Example:
+        >>> den = lambda x, s, **kw: x / (1 + s[:, None] ** 2)
+        >>> sample_sa_solver_pece(den, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0])).shape
+        torch.Size([2, 3])
+    """
+    return _sample("sa_solver_pece", model, x, sigmas, extra_args, callback, disable, noise_sampler=noise_sampler,
+                   tau_func=tau_func, s_noise=s_noise, predictor_order=predictor_order,
+                   corrector_order=corrector_order, simple_order_2=simple_order_2)
+
+
+
+@torch.no_grad()
+def sample_dpm_fast(model: Callable, x: torch.Tensor, sigma_min: Any, sigma_max: Any, n: int,
+                    extra_args: _Extra = None, callback: Optional[Callable] = None, disable: Optional[bool] = None,
+                    eta: float = 0.0, s_noise: float = 1.0,
+                    noise_sampler: Optional[NoiseSampler] = None) -> torch.Tensor:
+    """DPM-Solver-fast, ``n`` evaluations from ``sigma_max`` to ``sigma_min`` (Lu et al. 2022, "DPM-Solver");
+    ComfyUI's (k-diffusion's) signature: ComfyUI's KSAMPLER calls it with ``sigma_min`` = the last positive sigma,
+    ``sigma_max = sigmas[0]`` and ``n = len(sigmas) - 1``. The run is :func:`fastdiff.k_diffusion.sample_dpm_fast`'s
+    (the same DPMSolver arithmetic); without a noise sampler it draws from ``torch.randn`` as ComfyUI does only
+    when ``extra_args`` has no seed -- with a seed ComfyUI seeds a generator, fastdiff keeps the global-RNG draw.
+
+    Example:
+        >>> den = lambda x, s, **kw: x / (1 + s[:, None] ** 2)
+        >>> sample_dpm_fast(den, torch.ones(2, 3), 0.1, 10.0, 6).shape
+        torch.Size([2, 3])
+    """
+    from ..k_diffusion import sampling as k_sampling
+
+    return k_sampling.sample_dpm_fast(model, x, sigma_min, sigma_max, n, extra_args=extra_args, callback=callback,
+                                      disable=disable, eta=eta, s_noise=s_noise, noise_sampler=noise_sampler)
 
 
 #: ComfyUI's KSAMPLER_NAMES that fastdiff implements, in ComfyUI's order
