@@ -230,7 +230,9 @@ def sample_dpmpp_2s_ancestral_cfg_pp(model: Callable, x: torch.Tensor, sigmas: t
                                      callback: Optional[Callable] = None, disable: Optional[bool] = None,
                                      eta: float = 1.0, s_noise: float = 1.0,
                                      noise_sampler: Optional[NoiseSampler] = None) -> torch.Tensor:
-    """Ancestral DPM-Solver++(2S) with CFG++ (Lu et al. 2022; Chung et al. 2024); needs CFG.
+    """Ancestral DPM-Solver++(2S) with CFG++ (Lu et al. 2022; Chung et al. 2024); needs CFG. ComfyUI's arithmetic:
+    the corrector re-bases with its own evaluation's unconditional estimate (``corrector_uncond="corrector"`` of
+    the core sampler, whose default is the consistent ``"predictor"``).
 
     Example:
         >>> model = cfg_model(lambda x, s: x / (1 + s[:, None] ** 2), lambda x, s: x / (2 + s[:, None] ** 2), 3.0)
@@ -238,7 +240,8 @@ def sample_dpmpp_2s_ancestral_cfg_pp(model: Callable, x: torch.Tensor, sigmas: t
         torch.Size([2, 3])
     """
     return _sample("dpmpp_2s_ancestral_cfg_pp", model, x, sigmas, extra_args, callback, disable,
-                   noise_sampler=noise_sampler, eta=eta, s_noise=s_noise)
+                   noise_sampler=noise_sampler, eta=eta, s_noise=s_noise,
+                   corrector_uncond="corrector")
 
 
 @torch.no_grad()
