@@ -45,7 +45,17 @@ COMFY_OPTIONS = {
     "res_multistep_cfg_pp": {"s_noise": 1.0, "noise_sampler": None},
     "res_multistep_ancestral": _ETA_NOISE, "res_multistep_ancestral_cfg_pp": _ETA_NOISE,
     "gradient_estimation": {"ge_gamma": 2.0, "cfg_pp": False}, "gradient_estimation_cfg_pp": {"ge_gamma": 2.0},
+    "heunpp2": _CHURN, "lcm": {"noise_sampler": None}, "ipndm": {"max_order": 4}, "ipndm_v": {"max_order": 4},
+    "deis": {"max_order": 3, "deis_mode": "tab"},
+    "er_sde": {"s_noise": 1.0, "noise_sampler": None, "noise_scaler": None, "max_stage": 3},
+    "seeds_2": {**_ETA_NOISE, "r": 0.5}, "seeds_3": {**_ETA_NOISE, "r_1": 1.0 / 3, "r_2": 2.0 / 3},
+    "sa_solver": {"tau_func": None, "s_noise": 1.0, "noise_sampler": None, "predictor_order": 3,
+                  "corrector_order": 4, "use_pece": False, "simple_order_2": False},
+    "sa_solver_pece": {"tau_func": None, "s_noise": 1.0, "noise_sampler": None, "predictor_order": 3,
+                       "corrector_order": 4, "simple_order_2": False},
 }
+#: ComfyUI's sa_solver functions default disable to False, the others to None
+DISABLE_DEFAULT = {"sa_solver": False, "sa_solver_pece": False}
 
 
 def _x(seed: int = 0, n: int = 32) -> torch.Tensor:
@@ -87,8 +97,14 @@ def test_names_are_comfyuis_in_its_order():
 def test_signature_is_comfyuis(name):
     params = list(inspect.signature(getattr(fc, f"sample_{name}")).parameters.values())
     assert [p.name for p in params[:6]] == ["model", "x", "sigmas", "extra_args", "callback", "disable"]
-    assert all(p.default is None for p in params[3:6])
+    assert [p.default for p in params[3:6]] == [None, None, DISABLE_DEFAULT.get(name)]
     assert {p.name: p.default for p in params[6:]} == COMFY_OPTIONS[name]
+
+
+def test_dpm_fast_signature_is_comfyuis():
+    params = list(inspect.signature(fc.sample_dpm_fast).parameters)
+    assert params == ["model", "x", "sigma_min", "sigma_max", "n", "extra_args", "callback", "disable", "eta",
+                      "s_noise", "noise_sampler"]
 
 
 # --------------------------------------------------------------------------------------------- against the core
@@ -101,7 +117,7 @@ def _cfg_denoiser():
     return fastdiff.CFGDenoiser(inner, cond=torch.ones(n), uncond=torch.zeros(n), scale=SCALE)
 
 
-DETERMINISTIC = [n for n in fc.KSAMPLER_NAMES if n in core.SAMPLERS and n not in core.STOCHASTIC and n != "lms"]
+DETERMINISTIC = [n for n in fc.KSAMPLER_NAMES if n in core.SAMPLERS and n not in WITH_NOISE and n != "lms"]
 
 
 @pytest.mark.parametrize("name", DETERMINISTIC)
@@ -391,7 +407,7 @@ def test_flow_first_sigma_offset():
 # --------------------------------------------------------------------------------------------- errors, edge cases
 def test_single_sigma_returns_x():
     x = _x()
-    for name in fc.KSAMPLER_NAMES:
+    for name in [n for n in fc.KSAMPLER_NAMES if n != "dpm_fast"]:  # dpm_fast takes (sigma_min, sigma_max, n)
         assert getattr(fc, f"sample_{name}")(_model(), x, SIGMAS[:1], disable=True) is x
 
 
