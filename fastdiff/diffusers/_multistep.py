@@ -48,7 +48,7 @@ class _MultistepBase(DiscreteBetaMixin, FusedSchedulerBase):
 
     def _init_common(self, cfg) -> None:
         check_one_of(cfg)
-        for key in ("use_flow_sigmas", "use_dynamic_shifting", "thresholding"):
+        for key in ("use_flow_sigmas", "use_dynamic_shifting"):
             if getattr(cfg, key, False):
                 raise NotImplementedError(f"{key}=True is not supported by fastdiff.diffusers")
         if cfg.prediction_type not in ("epsilon", "sample", "v_prediction"):

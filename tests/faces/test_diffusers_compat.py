@@ -135,6 +135,16 @@ _add("FlowMatchEulerDiscreteScheduler", [{}, {"shift": 3.0}, {"shift": 3.0, "use
                                          {"shift_terminal": 0.1, "shift": 3.0}])
 
 
+# dynamic thresholding (a per-sample quantile of |x0|): ratios and maxima that make it clamp at most steps
+_THR = {"thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 1.5}
+_add("DDPMScheduler", [_THR, {**_THR, "prediction_type": "v_prediction", **SD}])
+_add("DDIMScheduler", [_THR, {**_THR, "prediction_type": "sample"}], extra={"eta": 0.5})
+_add("DDIMScheduler", [_THR], extra={"eta": 0.0, "use_clipped_model_output": True})
+_add("DPMSolverMultistepScheduler", [_THR, {**_THR, "solver_order": 3}, {**_THR, "algorithm_type": "sde-dpmsolver++"},
+                                     {**_THR, "algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"}])
+_add("UniPCMultistepScheduler", [_THR, {**_THR, "solver_order": 3, "prediction_type": "v_prediction"}])
+
+
 @pytest.fixture(autouse=True)
 def _quiet():
     with warnings.catch_warnings():
