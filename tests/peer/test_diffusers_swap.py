@@ -27,8 +27,6 @@ OPEN_GAPS = {
     "test_scheduler_euler_ancestral.EulerAncestralDiscreteSchedulerTest::test_full_loop_with_noise": _F32_TABLES,
     "test_scheduler_heun.HeunDiscreteSchedulerTest::test_beta_sigmas": "use_beta_sigmas is not implemented",
     "test_scheduler_heun.HeunDiscreteSchedulerTest::test_full_loop_with_noise": _F32_TABLES,
-    "test_scheduler_unipc.UniPCMultistepScheduler1DTest::test_flow_and_karras_sigmas": "use_flow_sigmas",
-    "test_scheduler_unipc.UniPCMultistepScheduler1DTest::test_flow_and_karras_sigmas_values": "use_flow_sigmas",
 }
 
 
