@@ -129,7 +129,7 @@ class _MultistepBase(DiscreteBetaMixin, FusedSchedulerBase):
 
     def _x0_coefs(self, i: int):
         if self.config.prediction_type == "flow_prediction":
-            return 1.0, -self._sigma[i]  # x0 = x - sigma_t * velocity
+            return 1.0, -self._sig[i]  # x0 = x - sigma * velocity (diffusers reads the run's sigma itself)
         return vp_x0_coefs(self.config.prediction_type, self._alpha[i], self._sigma[i])
 
     def scale_model_input(self, sample: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -238,7 +238,10 @@ class DPMSolverMultistepScheduler(_MultistepBase):
             # integer timesteps: more steps than training timesteps repeat one (h = 0, NaN coefficients)
             check_steps(num_inference_steps, cfg.num_train_timesteps, cap=True)
         if mu is not None:
-            raise NotImplementedError("dynamic shifting (mu) is not supported by fastdiff.diffusers")
+            if not (cfg.use_dynamic_shifting and cfg.time_shift_type == "exponential"):
+                raise ValueError("mu needs use_dynamic_shifting=True and time_shift_type='exponential'")
+            self.register_to_config(flow_shift=float(np.exp(mu)))  # diffusers: mu sets flow_shift = e^mu
+            cfg = self.config
         if num_inference_steps is None and timesteps is None:
             raise ValueError("Must pass exactly one of `num_inference_steps` or `timesteps`.")
         if num_inference_steps is not None and timesteps is not None:
@@ -262,6 +265,11 @@ class DPMSolverMultistepScheduler(_MultistepBase):
             ts = sigma_to_t(sig, np.log(train).astype(np.float64))  # float32 logs, as diffusers
             if cfg.use_karras_sigmas and cfg.beta_schedule != "squaredcos_cap_v2":
                 ts = np.round(ts)
+        elif cfg.use_flow_sigmas and not cfg.use_lu_lambdas:
+            # DPM-Solver's flow sigmas (Sana): 1 - linspace(1, 1/T, n + 1), shifted, descending, the last dropped
+            sig = np.flip(static_shift(cfg.flow_shift, 1.0 - np.linspace(1, 1 / cfg.num_train_timesteps, n + 1)))
+            sig = sig[:-1].copy()
+            ts = sig * cfg.num_train_timesteps
         elif cfg.use_lu_lambdas:
             # Lu et al. (2022b): uniform in log-SNR between the training end points (diffusers' float32 logs)
             log_train = np.log(train)

@@ -154,6 +154,12 @@ _add("UniPCMultistepScheduler", [{**_FLOW, "flow_shift": 3.0}, {**_FLOW, "flow_s
                                  {**_FLOW, "flow_shift": 3.0, "timestep_spacing": "trailing", "solver_order": 1}])
 
 
+# flow prediction on flow sigmas (the Sana DPM-Solver config)
+_add("DPMSolverMultistepScheduler", [{**_FLOW, "flow_shift": 3.0}, {**_FLOW, "flow_shift": 3.0, "solver_order": 3},
+                                     {**_FLOW, "flow_shift": 2.0, "algorithm_type": "sde-dpmsolver++"},
+                                     {**_FLOW, "flow_shift": 3.0, "final_sigmas_type": "sigma_min"}])
+
+
 @pytest.fixture(autouse=True)
 def _quiet():
     with warnings.catch_warnings():
@@ -473,3 +479,20 @@ def test_unipc_flow_dynamic_shift_and_custom_sigmas(how):
     assert torch.equal(runs["ours_ts"], runs["peer_ts"])
     torch.testing.assert_close(runs["ours_sig"].double(), runs["peer_sig"].double(), rtol=1e-6, atol=1e-7)
     assert_parity(f"flow UniPC ({how}) prev_sample", runs["ours"], runs["peer"], runs["exact"], len(runs["peer_ts"]))
+
+
+def test_dpm_solver_flow_dynamic_shift():
+    """DPM-Solver on flow sigmas with ``mu``: diffusers sets flow_shift = e^mu; the same schedule and trajectory."""
+    cfg = {"prediction_type": "flow_prediction", "use_flow_sigmas": True, "use_dynamic_shifting": True}
+    runs = {}
+    for key, sched, dtype in (("ours", fdd.DPMSolverMultistepScheduler(**cfg), torch.float32),
+                              ("peer", diffusers.DPMSolverMultistepScheduler(**cfg), torch.float32),
+                              ("exact", float64_scheduler(diffusers, "DPMSolverMultistepScheduler", cfg), torch.float64)):
+        sched.set_timesteps(8, mu=0.7)
+        runs[key + "_ts"], runs[key + "_shift"] = sched.timesteps.clone(), float(sched.config.flow_shift)
+        x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(2)).to(dtype)
+        for t in sched.timesteps:
+            x = sched.step(fake_model(x, t), t, x).prev_sample
+        runs[key] = x
+    assert torch.equal(runs["ours_ts"], runs["peer_ts"]) and runs["ours_shift"] == pytest.approx(runs["peer_shift"])
+    assert_parity("flow DPM-Solver (mu) prev_sample", runs["ours"], runs["peer"], runs["exact"], 8)
