@@ -180,7 +180,7 @@ def test_step_idx64_path_matches_int32_path(monkeypatch):
     x, xe = randn(3, 37, seed=0), randn(3, 37, seed=1)
     m = randn(6, 37, seed=2)
     hist = [randn(3, 37, seed=3), randn(3, 37, seed=4)]
-    c = (torch.rand(4, 13, generator=torch.Generator().manual_seed(5)) - 0.5)
+    c = (torch.rand(4, 15, generator=torch.Generator().manual_seed(5)) - 0.5)
     kw = dict(x_eval=xe, history=hist, coef_index=torch.tensor([3, 0, 2]), guidance=True, seed=77, stream=9,
               row_ids=torch.tensor([5, 2 ** 33 + 1, 11]), write_aux=True, backend="triton")
     ref = fastdiff.fused_step(x, m, c, **kw)
