@@ -493,8 +493,10 @@ def sample_dpmpp_2s_ancestral_cfg_pp(run: Run, x: torch.Tensor, *, eta: float = 
     """Ancestral DPM-Solver++(2S) with CFG++ (Lu et al. 2022, DPM-Solver++; Chung et al. 2024, "CFG++";
     ComfyUI's sample_dpmpp_2s_ancestral_cfg_pp).
 
-    Both stages move ``x + (D - U)`` (the sample re-based on the unconditional estimate) instead of ``x``:
-    the predictor's pass writes ``D - U`` as the corrector's history entry.
+    Both stages move ``x + (D - U)`` (the sample re-based on the unconditional estimate) instead of ``x``, with
+    ComfyUI's arithmetic: the corrector re-bases with the first stage's ``D`` but the *second* evaluation's ``U``
+    (ComfyUI's post-CFG hook overwrites the stored ``U`` before the corrector reads it), so even at guidance 0
+    this is not DPM-Solver++(2S). The predictor's x0 estimate ``D`` is the corrector's history entry.
     """
     _check_eta_noise(eta, s_noise)
     s = run.sigmas
@@ -510,9 +512,9 @@ def sample_dpmpp_2s_ancestral_cfg_pp(run: Run, x: torch.Tensor, *, eta: float = 
         h = t_next - t
         s_mid = t + 0.5 * h
         ra, rb = F(sigma_of(s_mid) / sigma_of(t)), F(sigma_of(t_next) / sigma_of(t))
-        ka = run.row(s[i], out_x=ra, out_d=ra - F(expm1(-h * 0.5)), out_u=-ra, aux_d=1.0, aux_u=-1.0)
-        kb = run.row(sigma_of(s_mid), out_x=rb, out_h=(rb,), out_d=-F(expm1(-h)), out_noise=noise)
-        plan.append((None, ka, kb, (None, draw), "aux"))
+        ka = run.row(s[i], out_x=ra, out_d=ra - F(expm1(-h * 0.5)), out_u=-ra)
+        kb = run.row(sigma_of(s_mid), out_x=rb, out_h=(rb,), out_u=-rb, out_d=-F(expm1(-h)), out_noise=noise)
+        plan.append((None, ka, kb, (None, draw), True))
     run.plan()
     return _loop(run, x, plan)
 
