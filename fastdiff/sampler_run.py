@@ -370,7 +370,8 @@ class SamplerContext(Run):
         return raw
 
     def _x0_is_raw(self, raw: torch.Tensor, x: torch.Tensor, k: int) -> bool:
-        return self.clip is None and super()._x0_is_raw(raw, x, k)
+        # a guided output is the doubled batch even at guidance 0: never the x0 estimate itself
+        return self.clip is None and not self.guided and super()._x0_is_raw(raw, x, k)
 
     def check_uncond(self) -> None:
         if not self.guided:

@@ -488,17 +488,22 @@ def sample_euler_cfg_pp(run: Run, x: torch.Tensor) -> torch.Tensor:
     return sample_euler_ancestral_cfg_pp(run, x, eta=0.0, s_noise=0.0)
 
 
-def sample_dpmpp_2s_ancestral_cfg_pp(run: Run, x: torch.Tensor, *, eta: float = 1.0,
-                                     s_noise: float = 1.0) -> torch.Tensor:
+def sample_dpmpp_2s_ancestral_cfg_pp(run: Run, x: torch.Tensor, *, eta: float = 1.0, s_noise: float = 1.0,
+                                     corrector_uncond: str = "predictor") -> torch.Tensor:
     """Ancestral DPM-Solver++(2S) with CFG++ (Lu et al. 2022, DPM-Solver++; Chung et al. 2024, "CFG++";
     ComfyUI's sample_dpmpp_2s_ancestral_cfg_pp).
 
-    Both stages move ``x + (D - U)`` (the sample re-based on the unconditional estimate) instead of ``x``, with
-    ComfyUI's arithmetic: the corrector re-bases with the first stage's ``D`` but the *second* evaluation's ``U``
-    (ComfyUI's post-CFG hook overwrites the stored ``U`` before the corrector reads it), so even at guidance 0
-    this is not DPM-Solver++(2S). The predictor's x0 estimate ``D`` is the corrector's history entry.
+    Both stages move ``x + (D - U)`` (the sample re-based on the unconditional estimate) instead of ``x``,
+    with the predictor's ``D``. ``corrector_uncond`` picks the ``U`` of the corrector's re-basing:
+    ``"predictor"`` (default) the predictor's, so that at guidance 0 the sampler is DPM-Solver++(2S) (second
+    order); ``"corrector"`` the corrector's own evaluation's, which is ComfyUI's arithmetic (its post-CFG hook
+    overwrites the stored ``U`` before the corrector reads it). The latter is not a consistent discretisation:
+    at guidance 0 its error *grows* as the steps are refined (tests/samplers/test_sampler_accuracy_cfgpp.py).
     """
     _check_eta_noise(eta, s_noise)
+    if corrector_uncond not in ("predictor", "corrector"):
+        raise ValueError(f"corrector_uncond must be 'predictor' or 'corrector', got {corrector_uncond!r}")
+    second = corrector_uncond == "corrector"
     s = run.sigmas
     plan = []
     for i in range(run.n):
@@ -512,9 +517,13 @@ def sample_dpmpp_2s_ancestral_cfg_pp(run: Run, x: torch.Tensor, *, eta: float = 
         h = t_next - t
         s_mid = t + 0.5 * h
         ra, rb = F(sigma_of(s_mid) / sigma_of(t)), F(sigma_of(t_next) / sigma_of(t))
-        ka = run.row(s[i], out_x=ra, out_d=ra - F(expm1(-h * 0.5)), out_u=-ra)
-        kb = run.row(sigma_of(s_mid), out_x=rb, out_h=(rb,), out_u=-rb, out_d=-F(expm1(-h)), out_noise=noise)
-        plan.append((None, ka, kb, (None, draw), True))
+        a = dict(out_x=ra, out_d=ra - F(expm1(-h * 0.5)), out_u=-ra)
+        b = dict(out_x=rb, out_h=(rb,), out_d=-F(expm1(-h)), out_noise=noise)
+        if second:  # history entry D (the predictor's x0 estimate), the corrector's own U
+            ka, kb, hist = run.row(s[i], **a), run.row(sigma_of(s_mid), **b, out_u=-rb), True
+        else:  # history entry D - U, written by the predictor's pass
+            ka, kb, hist = run.row(s[i], **a, aux_d=1.0, aux_u=-1.0), run.row(sigma_of(s_mid), **b), "aux"
+        plan.append((None, ka, kb, (None, draw), hist))
     run.plan()
     return _loop(run, x, plan)
 

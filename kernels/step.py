@@ -12,8 +12,8 @@ Per element, with fp32 arithmetic whatever the storage dtype:
 ``x`` is the sample being advanced, ``xe`` the sample the model saw (``x`` unless
 a separate one is given, as in Heun's corrector), ``h`` up to three history
 tensors, ``z`` noise from the Philox stream or a given tensor. ``u`` (CFG++, Chung et al. 2024) is read only
-when ``UNCOND`` is 1 (from the guided halves) or 2 (the tensor at ``u_ptr``); otherwise its columns are ignored. Coefficients come
-from a device table ``coef[R, NUM_COEFS]``: row ``coef_idx[b]`` for sample ``b``
+when ``UNCOND`` is 1 (from the guided halves) or 2 (the tensor at ``u_ptr``); otherwise its columns are
+ignored. Coefficients come from a device table ``coef[R, NUM_COEFS]``: row ``coef_idx[b]`` for sample ``b``
 when per-row, else row ``coef_row`` for all. Every sampler in fastdiff is a
 choice of these coefficients, computed on the host in float64 once per schedule.
 """

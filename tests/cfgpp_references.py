@@ -62,8 +62,10 @@ def ref_euler_cfg_pp(nz, x, sigmas, callback=None):
     return ref_euler_ancestral_cfg_pp(nz, x, sigmas, callback, eta=0.0, s_noise=0.0)
 
 
-def ref_dpmpp_2s_ancestral_cfg_pp(nz, x, sigmas, callback=None, eta=1.0, s_noise=1.0):
-    """Both DPM-Solver++(2S) stages move x + (D - U); the second re-bases with the second call's U (ComfyUI)."""
+def ref_dpmpp_2s_ancestral_cfg_pp(nz, x, sigmas, callback=None, eta=1.0, s_noise=1.0,
+                                  corrector_uncond="predictor"):
+    """Both DPM-Solver++(2S) stages move x + (D - U) with the first call's D; the corrector's U is the first
+    call's ("predictor") or the second call's ("corrector": ComfyUI)."""
     s = [float(v) for v in sigmas]
     for i in range(len(s) - 1):
         den, unc = nz.model(x, s[i])
@@ -77,7 +79,8 @@ def ref_dpmpp_2s_ancestral_cfg_pp(nz, x, sigmas, callback=None, eta=1.0, s_noise
             s_mid = math.exp(-(t + h / 2))
             x2 = (s_mid / s[i]) * (x + den - unc) - math.expm1(-h / 2) * den
             den2, unc2 = nz.model(x2, s_mid)
-            x = (sd / s[i]) * (x + den - unc2) - math.expm1(-h) * den2
+            rebase_u = unc2 if corrector_uncond == "corrector" else unc
+            x = (sd / s[i]) * (x + den - rebase_u) - math.expm1(-h) * den2
         if s[i + 1] > 0:
             x = x + nz(x) * s_noise * su
     return x

@@ -101,8 +101,8 @@ def step_cpu(a: StepArgs, row: Sequence[float], want_aux: bool) -> tuple[torch.T
     xd = x.dtype
     dt = _F64 if xd is _F64 else _F32
     xs = x if xd is dt else x.to(dt)
-    if (x_eval is None and not guidance and not uncond_mode and clip is None and noise is None and not history and out is None
-            and aux_out is None):
+    if (x_eval is None and not guidance and not uncond_mode and clip is None and noise is None and not history
+            and out is None and aux_out is None):
         # the common drop-in call (DDIM / Euler / flow): out and aux are each a*x + b*m
         m = model_output if model_output.dtype is dt else model_output.to(dt)
         res = _lin2(xs, out_x + out_d * in_x, m, out_m + out_d * in_m, dt)
