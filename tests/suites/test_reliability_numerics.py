@@ -8,12 +8,14 @@ import torch
 import fastdiff
 from fastdiff import diffusers as fd
 from fastdiff.ops.step import step_coefs
+from fastdiff.samplers import NEEDS_UNCOND
 from fastdiff.sampling import list_samplers
 from fastdiff.toy import GaussianMixture
 from reliability_cases import ZTSNR_SCHEDULERS, eps_model, randn, run_scheduler, same_bits, sid
 
 GMM = GaussianMixture.ring(k=4, radius=2.0, std=0.3)
-VE_SAMPLERS = [s for s in list_samplers() if s != "flow_euler"]
+# the CFG++ samplers need guidance: test_sampler_accuracy_cfgpp.py runs these checks on them with a CFGDenoiser
+VE_SAMPLERS = [s for s in list_samplers() if s != "flow_euler" and s not in NEEDS_UNCOND]
 # k-diffusion's samplers take a plain first-order step into sigma = 0 (x_next = the x0 estimate);
 # LMS and UniPC instead integrate over [sigma_i, 0] with their multistep weights.
 ENDS_ON_DENOISED = [s for s in VE_SAMPLERS if s not in ("lms", "unipc")]
