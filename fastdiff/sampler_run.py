@@ -38,6 +38,17 @@ guided one ``D`` use this API (the face's side in brackets):
   ``x_s = (1 - s) x0 + s eps`` (ComfyUI's CONST model sampling, e.g. SD3 / Flux). Samplers whose arithmetic
   differs there (the RF branch of ``euler_ancestral_cfg_pp``) read it; ``fastdiff.sample`` runs every VE
   sampler in VE variables (a FlowDenoiser maps flow models there), so its context leaves it False.
+
+A face after ComfyUI's numbers passes ``corrector_uncond="corrector"`` to ``sample_dpmpp_2s_ancestral_cfg_pp``
+(ComfyUI's corrector re-bases with its own evaluation's ``U``; the core's default is the predictor's, the
+consistent rule). Example of a run that reports ``U`` (what the ComfyUI face's run does from its hook)::
+
+    class HookedRun(KDiffusionRun):
+        provides_uncond = True          # and flow_sigmas = True for a CONST model
+
+        def eval(self, x, k):           # or: set self.uncond inside the post-CFG hook the model call runs
+            denoised = super().eval(x, k)   # clears self.uncond, then calls the model
+            return denoised             # the hook has stored args["uncond_denoised"] in self.uncond
 """
 from __future__ import annotations
 

@@ -42,8 +42,10 @@ def ancestral(sigma, sigma_next, eta=1.0):
     return math.sqrt(max(sigma_next ** 2 - up ** 2, 0.0)), up
 
 
-def ref_euler_ancestral_cfg_pp(nz, x, sigmas, callback=None, eta=1.0, s_noise=1.0):
-    """x' = D + sigma_down (x - U) / sigma + s_noise sigma_up z (VE: alpha = 1)."""
+def ref_euler_ancestral_cfg_pp(nz, x, sigmas, callback=None, eta=1.0, s_noise=1.0, flow=False):
+    """x' = alpha' D + sigma_down (x - alpha U) / sigma + alpha' s_noise sigma_up z: VE (alpha = 1), or with
+    ``flow`` flow times s and samples x_s = (1 - s) x0 + s eps (alpha = 1 - s; the split on the VE levels
+    s / alpha, sigma_down scaled back by alpha')."""
     s = [float(v) for v in sigmas]
     for i in range(len(s) - 1):
         den, unc = nz.model(x, s[i])
@@ -51,15 +53,16 @@ def ref_euler_ancestral_cfg_pp(nz, x, sigmas, callback=None, eta=1.0, s_noise=1.
         if s[i + 1] == 0:
             x = den
             continue
-        sd, su = ancestral(s[i], s[i + 1], eta)
-        x = den + sd * (x - unc) / s[i]
+        a_s, a_t = (1 - s[i], 1 - s[i + 1]) if flow else (1.0, 1.0)
+        sd, su = ancestral(s[i] / a_s, s[i + 1] / a_t, eta)
+        x = a_t * den + a_t * sd * (x - a_s * unc) / s[i]
         if eta > 0 and s_noise > 0:
-            x = x + nz(x) * s_noise * su
+            x = x + a_t * nz(x) * s_noise * su
     return x
 
 
-def ref_euler_cfg_pp(nz, x, sigmas, callback=None):
-    return ref_euler_ancestral_cfg_pp(nz, x, sigmas, callback, eta=0.0, s_noise=0.0)
+def ref_euler_cfg_pp(nz, x, sigmas, callback=None, flow=False):
+    return ref_euler_ancestral_cfg_pp(nz, x, sigmas, callback, eta=0.0, s_noise=0.0, flow=flow)
 
 
 def ref_dpmpp_2s_ancestral_cfg_pp(nz, x, sigmas, callback=None, eta=1.0, s_noise=1.0,

@@ -163,6 +163,48 @@ def test_k_diffusion_run_with_an_uncond_tensor(name):
     torch.testing.assert_close(out, ref, rtol=1e-11, atol=1e-11)
 
 
+class FlowUncondRun(KDiffusionRun):
+    """A run on flow times s and flow samples x_s (ComfyUI's CONST models): flow_sigmas = True."""
+
+    provides_uncond = True
+    flow_sigmas = True
+
+    def __init__(self, scale, *args):
+        super().__init__(*args)
+        self.pair = flow_pair(scale)
+
+    def eval(self, x, k):
+        d, self.uncond = self.pair(x, float(self.msig[k]))
+        return d
+
+
+def flow_pair(scale):
+    """(D, U) of the flow sample x_s = (1 - s) x0 + s eps: the VE estimates at x_s / (1 - s), s / (1 - s)."""
+    ve = pair(scale)
+
+    def model(x, s):
+        return ve(x / (1 - s), s / (1 - s))
+    return model
+
+
+@pytest.mark.parametrize("name,options", [("euler_cfg_pp", {}), ("euler_ancestral_cfg_pp", {}),
+                                          ("euler_ancestral_cfg_pp", dict(eta=0.6, s_noise=0.9))])
+def test_flow_branch_of_euler_cfg_pp(name, options):
+    """On a flow run (Run.flow_sigmas) the Euler CFG++ steps take the flow form of the update rule."""
+    sig = torch.linspace(0.97, 0.0, 9, dtype=torch.float64)
+    x = initial_noise((5, 2), 4, dtype=torch.float64)
+    g = torch.Generator().manual_seed(8)
+    draws = [torch.randn(5, 2, generator=g, dtype=torch.float64) for _ in range(8)]
+    ref = run_cfgpp_reference(name, flow_pair(1.5), x, sig.tolist(), draws=list(draws), flow=True, **options)
+    ve = run_cfgpp_reference(name, flow_pair(1.5), x, sig.tolist(), draws=list(draws), **options)
+    run = FlowUncondRun(1.5, lambda *a, **k: None, x, sig, None, None, True)
+    pending = list(draws)
+    run.noise_sampler = lambda a, b: pending.pop(0)
+    out = S.SAMPLERS[name](run, x, **options)
+    torch.testing.assert_close(out, ref, rtol=1e-11, atol=1e-11)
+    assert (ref - ve).abs().max() > 1e-2  # the flow form is not the VE one on these levels
+
+
 def test_k_diffusion_run_without_uncond_raises():
     sig = fastdiff.karras_sigmas(4, 0.1, 10.0).double()
     x = torch.zeros(2, 2, dtype=torch.float64)
