@@ -134,34 +134,31 @@ def step_cpu(a: StepArgs, row: Sequence[float], want_aux: bool) -> tuple[torch.T
     tail = list(zip(hs, (h0, h1, h2))) if hs else []
     if nz is not None:
         tail.append((nz, out_n))
-    if not uncond_mode:
-        out_u = aux_u = 0.0
-    # the unconditional x0 estimate u (CFG++): from the uncond half, folded like d unless clipped, or the tensor
-    if uncond_mode == 2:
-        u = _as(uncond, dt) if clip is None else _as(uncond, dt).clamp(-clip, clip)
-        u_terms, a_u_terms, fold_u = [(u, out_u)], [(u, aux_u)], 0.0
-    elif uncond_mode == 1 and clip is not None:
-        u = _combine([(xe, in_x), (m_u, in_m)], xs, dt, None).clamp_(-clip, clip)
-        u_terms, a_u_terms, fold_u = [(u, out_u)], [(u, aux_u)], 0.0
-    elif uncond_mode == 1:
-        u_terms, a_u_terms, fold_u = [(m_u, out_u * in_m)], [(m_u, aux_u * in_m)], 1.0
-    else:
-        u_terms, a_u_terms, fold_u = [], [], 0.0
     if clip is None:
-        # d (and a folded u) into the output (and aux) coefficients: d is never materialised
+        # d folded into the output (and aux) coefficients: d is never materialised
         if x_eval is None:
-            o_terms = [(xs, out_x + (out_d + fold_u * out_u) * in_x), (m, out_m + out_d * in_m)]
+            o_terms = [(xs, out_x + out_d * in_x), (m, out_m + out_d * in_m)]
         else:
-            o_terms = [(xs, out_x), (xe, out_e + (out_d + fold_u * out_u) * in_x), (m, out_m + out_d * in_m)]
-        aux = _combine([(xe, aux_x + (aux_d + fold_u * aux_u) * in_x), (m, aux_d * in_m)] + a_u_terms, xs, dt,
-                       a_dst) if want_aux else None
+            o_terms = [(xs, out_x), (xe, out_e + out_d * in_x), (m, out_m + out_d * in_m)]
+        a_terms = [(xe, aux_x + aux_d * in_x), (m, aux_d * in_m)]
     else:
         d = _combine([(xe, in_x), (m, in_m)], xs, dt, None).clamp_(-clip, clip)
         o_terms = [(xs, out_x), (m, out_m), (d, out_d)]
         if x_eval is not None:
             o_terms.append((xe, out_e))
-        aux = _combine([(xe, aux_x), (d, aux_d)] + a_u_terms, xs, dt, a_dst) if want_aux else None
-    o_terms += u_terms
+        a_terms = [(xe, aux_x), (d, aux_d)]
+    if uncond_mode:
+        # the unconditional x0 estimate u (CFG++): the tensor given, or in_x*xe + in_m*m_u from the uncond half
+        # (as two terms; materialised only when clipped)
+        if uncond_mode == 2:
+            u = [(_as(uncond, dt) if clip is None else _as(uncond, dt).clamp(-clip, clip), 1.0)]
+        elif clip is None:
+            u = [(xe, in_x), (m_u, in_m)]
+        else:
+            u = [(_combine([(xe, in_x), (m_u, in_m)], xs, dt, None).clamp_(-clip, clip), 1.0)]
+        o_terms += [(t, out_u * c) for t, c in u]
+        a_terms += [(t, aux_u * c) for t, c in u]
+    aux = _combine(a_terms, xs, dt, a_dst) if want_aux else None
     res = _combine(o_terms + tail, xs, dt, o_dst)
 
     if out is None:
