@@ -412,3 +412,18 @@ def test_guidance_1_still_uses_the_uncond_estimate():
 def test_every_cfg_pp_name_has_a_reference():
     assert set(CFGPP_REFERENCES) == set(NEEDS_UNCOND)
     assert set(NEW) <= set(S.SAMPLERS) and set(STOCHASTIC_NEW) <= set(S.STOCHASTIC)
+
+
+@pytest.mark.parametrize("name", ["euler_ancestral_cfg_pp", "dpmpp_2m_cfg_pp", "dpmpp_2s_ancestral_cfg_pp"])
+def test_cfg_pp_loop_traces_without_graph_breaks(name):
+    """The CFG++ passes (uncond="halves") keep the sampling loop one graph under torch.compile."""
+    sig = fastdiff.karras_sigmas(4, 0.1, 10.0).tolist()
+
+    def loop(x):
+        ctx = fastdiff.sampling.SamplerContext(guided(4, 1.5), x, sig, seed=1, row_ids=None, guidance_scale=None,
+                                               backend="triton", callback=None, progress=False, clip=None,
+                                               model_kwargs={})
+        return S.SAMPLERS[name](ctx, x)
+
+    explanation = torch._dynamo.explain(loop)(torch.randn(4, 2))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
