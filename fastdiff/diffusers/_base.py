@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from ..ops import fused_encode
-from ..ops.step import fused_step, step_coefs
+from ..ops.step import COEF_NAMES, fused_step, step_coefs
 # the CPU step's own term arithmetic: a folded drop-in step runs exactly its tensor ops, bit for bit
 from ..ops.step.cpu import _combine, _lin2
 from ..random import draw_seed
@@ -136,6 +136,8 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
         self._host_tables: Dict[Hashable, torch.Tensor] = {}
         # id(table) -> (table, per-row folded host coefficients): the CPU step without fused_step's general path
         self._folded: Dict[int, Tuple[torch.Tensor, List[tuple]]] = {}
+        # id(table) -> (table, its thresholded twin, host (in_x, in_m) per row, raw output moved): thresholding=True
+        self._thresholded: Dict[int, tuple] = {}
         self._seed: Optional[int] = None
 
     @property
@@ -241,7 +243,50 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
                 self._host_tables[key] = host
             tab = host.to(device)
             self._tables[(key, device)] = tab
+            if getattr(self.config, "thresholding", False):
+                self._add_thresholded(tab, host)
         return tab
+
+    # ------------------------------------------------------------------ dynamic thresholding
+    def _add_thresholded(self, table: torch.Tensor, host: torch.Tensor) -> None:
+        """Record, for ``table``, its thresholded twin: the rows read the thresholded x0 estimate as their model
+        output (``in_x = 0``, ``in_m = 1``) and a coefficient on the raw model output moves to history slot 2
+        (the raw output is passed there). Keyed by ``id(table)``, holding ``table`` so the id stays unique."""
+        rows_ = host.clone()
+        out_m, out_e, h2 = (COEF_NAMES.index(n) for n in ("out_m", "out_e", "out_h2"))
+        moved = bool((rows_[:, out_m] != 0).any())
+        if bool((rows_[:, out_e] != 0).any()) or (moved and bool((rows_[:, h2] != 0).any())):
+            raise NotImplementedError(f"thresholding is not available for {type(self).__name__}")
+        if moved:
+            rows_[:, h2] = rows_[:, out_m]
+            rows_[:, out_m] = 0.0
+        rows_[:, COEF_NAMES.index("in_x")] = 0.0
+        rows_[:, COEF_NAMES.index("in_m")] = 1.0
+        if len(self._thresholded) >= _FOLDED_TABLES_MAX:
+            self._thresholded.clear()
+        self._thresholded[id(table)] = (table, rows_.to(table.device), host[:, :2].tolist(), moved)
+
+    def _threshold_launch(self, sample: torch.Tensor, model_output: torch.Tensor, table: torch.Tensor, row: int,
+                          kwargs: dict, **launch):
+        """The step with diffusers' dynamic thresholding (Saharia et al. 2022, Imagen): x0 = in_x x + in_m m,
+        s = clamp(quantile(|x0|, dynamic_thresholding_ratio) per sample, 1, sample_max_value), x0 <- clamp(x0,
+        -s, s) / s; then the fused step reads that x0. The per-sample quantile is a reduction over the sample, so
+        this is PyTorch passes (x0, |x0|'s quantile, the clamp) before the fused one; nothing is read on the host."""
+        _, thr_table, in_coefs, moved = self._thresholded[id(table)]
+        in_x, in_m = in_coefs[row]
+        cfg = self.config
+        x0 = sample.float() * in_x + model_output.float() * in_m
+        flat = x0.reshape(x0.shape[0], -1)
+        s = torch.quantile(flat.abs(), cfg.dynamic_thresholding_ratio, dim=1)
+        s = torch.clamp(s, min=1, max=cfg.sample_max_value).unsqueeze(1)
+        x0 = (torch.clamp(flat, -s, s) / s).reshape(x0.shape).to(model_output.dtype)
+        history = tuple(kwargs.pop("history", ()))
+        if moved:  # the raw model output in slot 2 (unused slots read a tensor with coefficient 0)
+            history = (*history, *(sample,) * (2 - len(history)), model_output)
+        if history:
+            kwargs["history"] = history
+        kwargs["clip"] = None  # diffusers: thresholding replaces clip_sample
+        return self._launch(sample, x0, thr_table, row, **launch, **kwargs)
 
     # ------------------------------------------------------------------ noise
     def _noise_kwargs(self, shape, device, dtype, generator, index: int, k: int = 0,
@@ -281,6 +326,9 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
         in the trace), ``fused_step`` replaced in this module (instrumentation), torch.compile, a tensor
         subclass, another backend or device -- takes ``fused_step``.
         """
+        if self._thresholded and id(table) in self._thresholded:
+            return self._threshold_launch(sample, model_output, table, row, kwargs, out_dtype=out_dtype,
+                                          aux_dtype=aux_dtype)
         sd = sample.dtype
         if (out_dtype is sd and model_output.dtype is sd and sample.__class__ is _Tensor
                 and model_output.__class__ is _Tensor and (sd is _F32 or sd in _FOLDED_DTYPES)

@@ -46,9 +46,6 @@ class _DiscreteVPBase(DiscreteBetaMixin, FusedSchedulerBase):
     def _common_init(self, cfg) -> None:
         if cfg.prediction_type not in _PREDICTIONS:
             raise ValueError(f"prediction_type must be one of {_PREDICTIONS}, got {cfg.prediction_type!r}")
-        if cfg.thresholding:
-            raise NotImplementedError("thresholding (dynamic, per-sample quantiles) is not supported by "
-                                      "fastdiff.diffusers; use clip_sample")
         self._make_schedule(cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end, cfg.beta_schedule,
                             cfg.trained_betas, cfg.rescale_betas_zero_snr,
                             allowed=self._beta_schedules)
