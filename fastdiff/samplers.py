@@ -26,13 +26,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .ops.step import MAX_HISTORY
+from .ops.step import MAX_HISTORY, coef_table, fused_step
 from .sampler_run import Run
 from .solvers import (IPNDM_WEIGHTS, F, ancestral_split, churn_schedule, deis_weights, er_sde_default_noise_scaler,
                       er_sde_stage_integrals, euler_coefs, expm1, exp, ipndm_v_weights, lerp_half, like,
                       lms_coefficients, log, sa_solver_b_coeffs, sigma_of, sqrt, t_of, unipc_rhos)
 
-__all__ = ["SAMPLERS", "STOCHASTIC"] + [f"sample_{n}" for n in (
+__all__ = ["SAMPLERS", "STOCHASTIC", "dpm_adaptive", "PIDStepSize"] + [f"sample_{n}" for n in (
     "euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2s_ancestral", "dpmpp_sde",
     "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "ddim", "ddpm", "unipc", "flow_euler", "ipndm", "ipndm_v", "deis",
     "heunpp2", "lcm", "er_sde", "seeds_2", "seeds_3", "sa_solver", "sa_solver_pece", "dpmpp_2m_sde_heun", "dpm_fast")]
@@ -1273,7 +1273,7 @@ def sample_dpmpp_2m_sde_heun(run: Run, x: torch.Tensor, *, eta: float = 1.0, s_n
     return sample_dpmpp_2m_sde(run, x, eta=eta, s_noise=s_noise, solver_type=solver_type)
 
 
-def _dpm_solver_rows(run: Run, t: Any, t_to: Any, order: int, noise: float) -> List[int]:
+def _dpm_solver_rows(run: Any, t: Any, t_to: Any, order: int, noise: float, r1: Optional[float] = None) -> List[int]:
     """Rows of one DPM-Solver-1/2/3 step from ``t`` to ``t_to`` (log-SNR times, noise-prediction form; Lu et al.
     2022, Algorithms 1 and 2 with r1 = 1/2, resp. r1 = 1/3, r2 = 2/3): each stage's pass writes the next stage's
     point, the last one the step's end (plus ``noise`` times the step's draw)."""
@@ -1281,7 +1281,8 @@ def _dpm_solver_rows(run: Run, t: Any, t_to: Any, order: int, noise: float) -> L
     st, sn, big_e, hf = F(sigma_of(t)), F(sigma_of(t_to)), F(expm1(h)), F(h)
     if order == 1:
         return [run.row(sigma_of(t), out_x=1.0 - sn * big_e / st, out_d=sn * big_e / st, out_noise=noise)]
-    r1 = 0.5 if order == 2 else 1.0 / 3
+    if r1 is None:
+        r1 = 0.5 if order == 2 else 1.0 / 3
     s1 = t + r1 * h
     ss1, e1 = F(sigma_of(s1)), F(expm1(r1 * h))
     first = run.row(sigma_of(t), out_x=1.0 - ss1 * e1 / st, out_d=ss1 * e1 / st)  # u1 = x - s1 expm1(r1 h) eps
@@ -1344,6 +1345,121 @@ def sample_dpm_fast(run: Run, x: torch.Tensor, *, orders: Optional[Sequence[int]
         plan.append((None, rows, (None,) * (len(rows) - 1) + (i,)))
     run.plan()
     return _stages_loop(run, x, plan)
+
+
+class _StepRows:
+    """Collects the rows one step registers, for a sampler that plans step by step (``dpm_adaptive``)."""
+
+    def __init__(self) -> None:
+        self.rows: List[Dict[str, Any]] = []
+
+    def row(self, sigma: Any, **coefs: Any) -> int:
+        hist = coefs.pop("out_h", ())
+        self.rows.append(dict(coefs, sigma=sigma, **{f"out_h{k}": float(v) for k, v in enumerate(hist)}))
+        return len(self.rows) - 1
+
+
+class PIDStepSize:
+    """PID step-size control on the inverse error (Söderlind 2003, as k-diffusion's dpm_adaptive uses it):
+    ``factor = 1 + atan(prod_k e_k^{b_k} - 1)``, accepted when ``factor >= accept_safety``; ``h *= factor``."""
+
+    def __init__(self, h: float, pcoeff: float, icoeff: float, dcoeff: float, order: float,
+                 accept_safety: float, eps: float = 1e-8) -> None:
+        self.h = h
+        self.b = ((pcoeff + icoeff + dcoeff) / order, -(pcoeff + 2 * dcoeff) / order, dcoeff / order)
+        self.accept_safety, self.eps = accept_safety, eps
+        self.inv_errors: List[float] = []
+
+    def propose(self, error: float) -> bool:
+        inv = 1 / (error + self.eps)
+        if not self.inv_errors:
+            self.inv_errors = [inv, inv, inv]
+        self.inv_errors[0] = inv
+        e = self.inv_errors
+        factor = 1 + math.atan(e[0] ** self.b[0] * e[1] ** self.b[1] * e[2] ** self.b[2] - 1)
+        accept = factor >= self.accept_safety
+        if accept:
+            self.inv_errors = [e[0], e[0], e[1]]
+        self.h *= factor
+        return accept
+
+
+def dpm_adaptive(evaluate: Callable[[torch.Tensor, Any], torch.Tensor], x: torch.Tensor, t_start: Any, t_end: Any,
+                 *, order: int = 3, rtol: float = 0.05, atol: float = 0.0078, h_init: float = 0.05,
+                 pcoeff: float = 0.0, icoeff: float = 1.0, dcoeff: float = 0.0, accept_safety: float = 0.81,
+                 eta: float = 0.0, s_noise: float = 1.0,
+                 noise: Optional[Callable[[Any, Any], torch.Tensor]] = None,
+                 report: Optional[Callable[[Dict[str, Any]], None]] = None,
+                 backend: str = "auto") -> Tuple[torch.Tensor, Dict[str, int]]:
+    """DPM-Solver-12 / -23 with adaptive steps (Lu et al. 2022, "DPM-Solver", Sec. 3.3 and Alg. 4; k-diffusion's
+    ``dpm_solver_adaptive``): from log-SNR time ``t_start`` to ``t_end``, a step of order ``order`` and its
+    embedded lower-order solution share the evaluations; their difference, measured in ``atol`` / ``rtol`` units,
+    drives the :class:`PIDStepSize` controller. Returns ``(x, info)`` with k-diffusion's counters.
+
+    ``evaluate(x, sigma)`` returns the x0 estimate. The stage points, the step and the embedded solution are fused
+    passes of the same stage rows as ``dpm_fast`` (an order-3 step: 3 evaluations, 4 passes; order 2: 2 and 3).
+    Accepting or rejecting a step needs the error norm on the host: one device-to-host read per step, inherent
+    to the method (the steps are not known in advance). Scalars (0-d tensors or floats) keep their kind.
+    """
+    if isinstance(order, bool) or order not in (2, 3):
+        raise ValueError(f"order should be 2 or 3, got {order!r}")
+    forward = bool(t_end > t_start)
+    if not forward and eta:
+        raise ValueError("eta must be 0 for reverse sampling")
+    h_init = abs(h_init) * (1 if forward else -1)
+    s = t_start
+    x_prev = x
+    pid = PIDStepSize(h_init, pcoeff, icoeff, dcoeff, 1.5 if eta else order, accept_safety)
+    info = {"steps": 0, "nfe": 0, "n_accept": 0, "n_reject": 0}
+    table_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    atol_t, rtol_t = torch.as_tensor(atol), torch.as_tensor(rtol)
+
+    def advance(to: Any, h: float) -> Any:
+        nxt = s + h
+        return (to if nxt > to else nxt) if forward else (to if nxt < to else nxt)
+
+    while (s < t_end - 1e-5) if forward else (s > t_end + 1e-5):
+        t = advance(t_end, pid.h)
+        if eta:
+            sd, _ = ancestral_split(sigma_of(s), sigma_of(t), eta)
+            t_sd = t_of(like(sd, s))
+            t_ = t_end if t_sd > t_end else t_sd
+            su = sqrt(sigma_of(t) ** 2 - sigma_of(t_) ** 2)
+        else:
+            t_, su = t, 0.0
+        rec = _StepRows()
+        high = _dpm_solver_rows(rec, s, t_, order, 0.0)
+        low = _dpm_solver_rows(rec, s, t_, order - 1, 0.0, r1=1.0 / 3 if order == 3 else None)[-1]
+        table = coef_table(rec.rows, device=x.device, dtype=table_dtype)
+        d0 = evaluate(x, rec.rows[high[0]]["sigma"])
+        u1 = fused_step(x, d0, table, coef_row=high[0], backend=backend)
+        if order == 2:
+            x_low = fused_step(x, d0, table, coef_row=low, backend=backend)
+            d1 = evaluate(u1, rec.rows[high[1]]["sigma"])
+            x_high = fused_step(x, d1, table, x_eval=u1, history=(d0,), coef_row=high[1], backend=backend)
+        else:
+            d1 = evaluate(u1, rec.rows[high[1]]["sigma"])
+            u2 = fused_step(x, d1, table, x_eval=u1, history=(d0,), coef_row=high[1], backend=backend)
+            x_low = fused_step(x, d1, table, x_eval=u1, history=(d0,), coef_row=low, backend=backend)
+            d2 = evaluate(u2, rec.rows[high[2]]["sigma"])
+            x_high = fused_step(x, d2, table, x_eval=u2, history=(d0,), coef_row=high[2], backend=backend)
+        delta = torch.maximum(atol_t, rtol_t * torch.maximum(x_low.abs(), x_prev.abs()))
+        error = torch.linalg.norm((x_low - x_high) / delta) / x.numel() ** 0.5
+        if pid.propose(float(error)):  # the one host read of the step
+            x_prev = x_low
+            x = x_high
+            if eta:  # k-diffusion draws only for accepted steps
+                x = x + su * s_noise * noise(sigma_of(s), sigma_of(t))
+            s = t
+            info["n_accept"] += 1
+        else:
+            info["n_reject"] += 1
+        info["nfe"] += order
+        info["steps"] += 1
+        if report is not None:
+            report({"x": x, "i": info["steps"] - 1, "t": s, "t_up": s, "denoised": d0, "error": error,
+                    "h": pid.h, **info})
+    return x, info
 
 
 #: sampler names -> the one implementation every face runs

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from . import noise, run, sampling, schedules
 from .noise import BrownianTreeNoiseSampler, default_noise_sampler
-from .sampling import (SAMPLERS, sample_dpm_2, sample_dpm_2_ancestral, sample_dpm_fast, sample_dpmpp_2m, sample_dpmpp_2m_sde,
+from .sampling import (SAMPLERS, sample_dpm_2, sample_dpm_2_ancestral, sample_dpm_adaptive, sample_dpm_fast, sample_dpmpp_2m, sample_dpmpp_2m_sde,
                        sample_dpmpp_2s_ancestral, sample_dpmpp_3m_sde, sample_dpmpp_sde, sample_euler,
                        sample_euler_ancestral, sample_heun, sample_lms)
 from .schedules import (append_zero, get_ancestral_step, get_sigmas_exponential, get_sigmas_karras,
@@ -47,5 +47,5 @@ __all__ = [
     "append_zero", "to_d", "get_ancestral_step", "default_noise_sampler", "BrownianTreeNoiseSampler",
     "sample_euler", "sample_euler_ancestral", "sample_heun", "sample_dpm_2", "sample_dpm_2_ancestral",
     "sample_lms", "sample_dpmpp_2s_ancestral", "sample_dpmpp_sde", "sample_dpmpp_2m", "sample_dpmpp_2m_sde",
-    "sample_dpmpp_3m_sde", "sample_dpm_fast", "SAMPLERS", "sampling", "schedules", "noise", "run",
+    "sample_dpmpp_3m_sde", "sample_dpm_fast", "sample_dpm_adaptive", "SAMPLERS", "sampling", "schedules", "noise", "run",
 ]
