@@ -78,8 +78,9 @@ def loglinear_interpolate(sigmas: TensorLike, n: int) -> torch.Tensor:
     low = (torch.searchsorted(knots, where, right=True) - 1).clamp(0, m - 2)
     weight = (where - knots[low]) / (knots[low + 1] - knots[low])
     out = log_rising[low] + weight * (log_rising[low + 1] - log_rising[low])
-    out[0], out[-1] = log_rising[0], log_rising[-1]  # both ends exactly, as numpy.interp at the knots
-    return torch.exp(out).flip(0)
+    out = torch.exp(out).flip(0)
+    out[0], out[-1] = values[0], values[-1]  # both ends are the given values exactly, not exp(log(v))
+    return out
 
 
 def align_your_steps_sigmas(steps: int, model: str = "SD1", device: DeviceLike = None) -> torch.Tensor:

@@ -3,9 +3,9 @@
 Only what :func:`fastdiff.schedules.beta_sigmas` needs, so that the schedule does not depend on SciPy: the CDF
 ``I_x(a, b)`` from its continued fraction (evaluated with the modified Lentz method, on the side of
 ``x = (a + 1) / (a + b + 2)`` where it converges fast, the other side by ``I_x(a, b) = 1 - I_{1-x}(b, a)``), and
-the quantile by Halley's method on ``I_x(a, b) - q`` kept inside a bracket that bisection shrinks whenever a
-step would leave it. The cases with a closed form (``q`` in {0, 1}, ``a == 1`` or ``b == 1``, the median
-of a symmetric law) return it, so that values which are exact fractions (0.5 for ``a == b``) come out exact:
+the quantile by Halley's method on ``I_x(a, b) - q`` kept inside a bracket that bisection (in ``log x`` while it
+spans decades) shrinks whenever a step would leave it, the upper tail solved as the lower tail of Beta(b, a).
+The cases with a closed form (``q`` in {0, 1}, ``a == 1`` or ``b == 1``, the median of a symmetric law) return it, so that values which are exact fractions (0.5 for ``a == b``) come out exact:
 :func:`beta_sigmas` rounds ``quantile * T`` to an integer, and a ``0.49999999999999994`` there would move a tie.
 
 Example:
@@ -119,18 +119,25 @@ def beta_ppf(q: torch.Tensor, a: float, b: float) -> torch.Tensor:
     if not bool(todo.any()):
         return out
     target = q[todo]
-    # bracket by the mean, start from the leading term of the tail the quantile is in:
-    # I_x(a, b) ~ x**a / (a B(a, b)) as x -> 0, 1 - I_x(a, b) ~ (1 - x)**b / (b B(a, b)) as x -> 1
-    mean = a / (a + b)
-    q_mean = beta_cdf(torch.tensor([mean], dtype=_F64), a, b).item()
-    lower = target < q_mean
-    lo = torch.where(lower, torch.zeros_like(target), torch.full_like(target, mean))
-    hi = torch.where(lower, torch.full_like(target, mean), torch.ones_like(target))
-    log_b = _log_beta(a, b)
-    x_low = torch.exp((torch.log(target) + math.log(a) + log_b) / a)
-    x_high = -torch.expm1((torch.log1p(-target) + math.log(b) + log_b) / b)
-    x = torch.where(lower, x_low, x_high)
-    x = torch.where((x > lo) & (x < hi), x, 0.5 * (lo + hi))
+    # the lower tail (q below the CDF at the mean) directly, the upper one as the lower tail of the mirrored law,
+    # x = 1 - F^-1_{Beta(b, a)}(1 - q): 1 - q is exact there, and 1 - x comes out to its own relative precision
+    lower = target < beta_cdf(torch.tensor([a / (a + b)], dtype=_F64), a, b).item()
+    x = torch.empty_like(target)
+    if bool(lower.any()):
+        x[lower] = _lower_quantile(target[lower], a, b)
+    if not bool(lower.all()):
+        x[~lower] = 1.0 - _lower_quantile(1.0 - target[~lower], b, a)
+    out[todo] = x
+    return out
+
+
+def _lower_quantile(target: torch.Tensor, a: float, b: float) -> torch.Tensor:
+    """``F^-1(target)`` of Beta(a, b) for targets at most the CDF at the mean: the root lies in [0, a/(a+b)]."""
+    lo = torch.zeros_like(target)
+    hi = torch.full_like(target, a / (a + b))
+    # start from the leading term of the tail, I_x(a, b) ~ x**a / (a B(a, b)) as x -> 0
+    x = torch.exp((torch.log(target) + math.log(a) + _log_beta(a, b)) / a)
+    x = torch.where((x > lo) & (x < hi), x, 0.5 * hi)
     for _ in range(_MAX_ITERS):
         residual = beta_cdf(x, a, b) - target
         # keep the bracket [lo, hi] around the root: the CDF is increasing
@@ -145,10 +152,11 @@ def beta_ppf(q: torch.Tensor, a: float, b: float) -> torch.Tensor:
         at_root = (step.abs() <= 4e-16 * x) | (residual == 0)
         candidate = x - step
         inside = torch.isfinite(candidate) & (candidate > lo) & (candidate < hi)
-        x_new = torch.where(inside, candidate, 0.5 * (lo + hi))
-        x = torch.where(at_root, x, x_new)
+        # bisect in log x while the bracket spans decades (a root near 0 is then reached in a few dozen halvings)
+        spread = lo * 1e3 < hi
+        middle = torch.where(spread, torch.sqrt(lo.clamp_min(1e-300) * hi), 0.5 * (lo + hi))
+        x = torch.where(at_root, x, torch.where(inside, candidate, middle))
         # or the bracket is down to the CDF's own rounding noise
         if bool((at_root | (hi - lo <= 1e-14 * x)).all()):
             break
-    out[todo] = x
-    return out
+    return x

@@ -174,3 +174,28 @@ def test_table_schedulers_pick_comfyuis_entries_for_every_step_count(comfy, mode
         theirs = samplers.calculate_sigmas(ms, name, steps)
         ours = fc.calculate_sigmas(ms, name, steps)
         assert torch.equal(ours, theirs.cpu()), f"{name} on {model}, steps={steps}"
+
+
+def test_the_custom_node_example_registers_into_comfyuis_own_modules():
+    """examples/comfyui_fastdiff registered into a fresh import of ComfyUI's modules: ComfyUI's own
+    ``calculate_sigmas`` runs fastdiff's schedulers by their ``fastdiff_`` names, and its ``ksampler`` finds
+    fastdiff's samplers."""
+    from _comfy_loader import comfy_imported
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "comfyui_fastdiff" / "__init__.py"
+    spec = importlib.util.spec_from_file_location("_comfyui_fastdiff_example", example)
+    node_package = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(node_package)
+    with comfy_imported(comfy_dir_or_skip()) as (samplers, k_sampling, model_sampling):
+        added = node_package.register(samplers, k_sampling)
+        assert samplers.SCHEDULER_NAMES[:9] == list(fc.SCHEDULER_NAMES)
+        assert samplers.KSampler.SCHEDULERS is samplers.SCHEDULER_NAMES
+        ms = type("ModelSampling", (model_sampling.ModelSamplingDiscrete, model_sampling.EPS), {})()
+        for name in fc.SCHEDULER_NAMES:
+            ours = samplers.calculate_sigmas(ms, "fastdiff_" + name, 10)
+            assert torch.equal(ours, fc.calculate_sigmas(ms, name, 10)), name
+        for comfy_name in added["samplers"]:
+            assert comfy_name in samplers.KSampler.SAMPLERS
+            assert samplers.sampler_object(comfy_name).sampler_function is getattr(k_sampling, f"sample_{comfy_name}")
+    print(f"\n[comfyui parity] example registered {len(added['samplers'])} samplers, "
+          f"{len(added['schedulers'])} schedulers into ComfyUI")
