@@ -687,6 +687,33 @@ def sample_dpm_fast(model: Callable, x: torch.Tensor, sigma_min: Any, sigma_max:
                                       disable=disable, eta=eta, s_noise=s_noise, noise_sampler=noise_sampler)
 
 
+
+@torch.no_grad()
+def sample_dpm_adaptive(model: Callable, x: torch.Tensor, sigma_min: Any, sigma_max: Any, extra_args: _Extra = None,
+                        callback: Optional[Callable] = None, disable: Optional[bool] = None, order: int = 3,
+                        rtol: float = 0.05, atol: float = 0.0078, h_init: float = 0.05, pcoeff: float = 0.0,
+                        icoeff: float = 1.0, dcoeff: float = 0.0, accept_safety: float = 0.81, eta: float = 0.0,
+                        s_noise: float = 1.0, noise_sampler: Optional[NoiseSampler] = None,
+                        return_info: bool = False) -> Any:
+    """DPM-Solver-12 / 23 with adaptive step size (Lu et al. 2022, "DPM-Solver", Sec. 4 and Alg. 5), from
+    ``sigma_max`` to ``sigma_min``; ComfyUI's (k-diffusion's) signature (its KSAMPLER passes the last positive sigma
+    and ``sigmas[0]``). The run is :func:`fastdiff.k_diffusion.sample_dpm_adaptive`'s; its default noise is the
+    global RNG's, as in ComfyUI without a seed.
+
+    Example:
+        >>> den = lambda x, s, **kw: x / (1 + s[:, None] ** 2)
+        >>> sample_dpm_adaptive(den, torch.ones(2, 3), 0.1, 10.0).shape
+        torch.Size([2, 3])
+    """
+    from ..k_diffusion import sampling as k_sampling
+
+    return k_sampling.sample_dpm_adaptive(model, x, sigma_min, sigma_max, extra_args=extra_args, callback=callback,
+                                          disable=disable, order=order, rtol=rtol, atol=atol, h_init=h_init,
+                                          pcoeff=pcoeff, icoeff=icoeff, dcoeff=dcoeff, accept_safety=accept_safety,
+                                          eta=eta, s_noise=s_noise, noise_sampler=noise_sampler,
+                                          return_info=return_info)
+
+
 #: ComfyUI's KSAMPLER_NAMES that fastdiff implements, in ComfyUI's order
 KSAMPLER_NAMES = tuple(n for n in _COMFY_ORDER if f"sample_{n}" in globals())
 

@@ -101,10 +101,15 @@ def test_signature_is_comfyuis(name):
     assert {p.name: p.default for p in params[6:]} == COMFY_OPTIONS[name]
 
 
-def test_dpm_fast_signature_is_comfyuis():
+def test_dpm_fast_and_adaptive_signatures_are_comfyuis():
     params = list(inspect.signature(fc.sample_dpm_fast).parameters)
     assert params == ["model", "x", "sigma_min", "sigma_max", "n", "extra_args", "callback", "disable", "eta",
                       "s_noise", "noise_sampler"]
+    params = inspect.signature(fc.sample_dpm_adaptive).parameters
+    assert list(params)[:7] == ["model", "x", "sigma_min", "sigma_max", "extra_args", "callback", "disable"]
+    assert {k: p.default for k, p in list(params.items())[7:]} == {
+        "order": 3, "rtol": 0.05, "atol": 0.0078, "h_init": 0.05, "pcoeff": 0.0, "icoeff": 1.0, "dcoeff": 0.0,
+        "accept_safety": 0.81, "eta": 0.0, "s_noise": 1.0, "noise_sampler": None, "return_info": False}
 
 
 # --------------------------------------------------------------------------------------------- against the core
@@ -407,7 +412,7 @@ def test_flow_first_sigma_offset():
 # --------------------------------------------------------------------------------------------- errors, edge cases
 def test_single_sigma_returns_x():
     x = _x()
-    for name in [n for n in fc.KSAMPLER_NAMES if n != "dpm_fast"]:  # dpm_fast takes (sigma_min, sigma_max, n)
+    for name in [n for n in fc.KSAMPLER_NAMES if not n.startswith("dpm_")]:  # those take (sigma_min, sigma_max)
         assert getattr(fc, f"sample_{name}")(_model(), x, SIGMAS[:1], disable=True) is x
 
 
