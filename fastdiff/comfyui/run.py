@@ -13,7 +13,8 @@
   generator at the first noisy step, as ComfyUI's Brownian tree draws its seed (samplers without noise leave the
   global RNG alone);
 * **EDM churn** (``s_churn > 0`` of euler / heun / dpm_2): ``torch.randn_like(x)`` from the global RNG, only on
-  the steps whose churn is active (ComfyUI draws nothing on the others, unlike k-diffusion);
+  the steps whose churn is active (ComfyUI draws nothing on the others, unlike k-diffusion); ComfyUI's heunpp2
+  draws it at every step, churned or not (``churn_every_step``);
 * **CFG++**: with ``uses_uncond`` the run registers a post-CFG function in a copy of
   ``extra_args["model_options"]`` (the list ``"sampler_post_cfg_function"``, plus
   ``"disable_cfg1_optimization": True``, as ComfyUI's ``set_model_options_post_cfg_function(...,
@@ -99,12 +100,15 @@ class ComfyUIRun(KDiffusionRun):
         uses_uncond: register the post-CFG hook that reports the unconditional x0 estimate (CFG++ samplers).
         draws_noise: False where ComfyUI skips its noise draws (``eta == 0`` or ``s_noise == 0`` of the SDE
             samplers): the noise sampler is then never called.
+        churn_every_step: draw the churn noise ``torch.randn_like(x)`` at every step, churned or not (ComfyUI's
+            ``heunpp2``, as k-diffusion's samplers do); otherwise only on the churned steps (ComfyUI's euler, heun,
+            dpm_2).
     """
 
     def __init__(self, model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: Optional[Dict[str, Any]],
                  callback: Optional[Callable], disable: Optional[bool], *,
                  noise_sampler: Optional[NoiseSampler] = None, uses_uncond: bool = False,
-                 draws_noise: bool = True) -> None:
+                 draws_noise: bool = True, churn_every_step: bool = False) -> None:
         super().__init__(model, x, sigmas, extra_args, callback, disable)
         self.extra = dict(self.extra)  # the caller's dict stays as it was
         seed = self.extra.get("seed")
@@ -118,6 +122,7 @@ class ComfyUIRun(KDiffusionRun):
         elif seed is not None:
             self.seed = seed % (MAX_SEED + 1)  # ComfyUI seeds are up to 64 bits; the Philox key takes 63
         self.draws_noise = draws_noise
+        self.churn_every_step = churn_every_step
         self.model_sampling = model_sampling_of(model)
         self.flow_sigmas = is_flow_model_sampling(self.model_sampling)
         self.provides_uncond = uses_uncond
@@ -140,6 +145,8 @@ class ComfyUIRun(KDiffusionRun):
 
     # --- the loop ------------------------------------------------------------------------------
     def churn(self, x: torch.Tensor, i: int, pre: Optional[int]) -> torch.Tensor:
+        if self.churn_every_step:
+            return super().churn(x, i, pre)
         if pre is None:  # ComfyUI draws the churn noise only where gamma > 0
             return x
         eps = torch.randn_like(x)

@@ -52,7 +52,8 @@ _FLOW_OPTION = ("er_sde", "seeds_2", "seeds_3", "sa_solver", "sa_solver_pece")
 
 def _sample(name: str, model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra,
             callback: Optional[Callable], disable: Optional[bool], noise_sampler: Optional[NoiseSampler] = None,
-            draws_noise: bool = True, core_name: Optional[str] = None, **options: Any) -> torch.Tensor:
+            draws_noise: bool = True, core_name: Optional[str] = None, churn_every_step: bool = False,
+            **options: Any) -> torch.Tensor:
     """Build the run for ComfyUI's ``sample_<name>`` and run the core sampler ``core_name`` (default ``name``)."""
     if isinstance(sigmas, torch.Tensor) and sigmas.dim() == 1 and sigmas.numel() <= 1:
         return x  # ComfyUI's samplers do no step
@@ -60,7 +61,8 @@ def _sample(name: str, model: Callable, x: torch.Tensor, sigmas: torch.Tensor, e
     if core_name in OFFSET_FIRST_SIGMA:
         sigmas = _offset_first_sigma(model, sigmas)
     run = ComfyUIRun(model, x, sigmas, extra_args, callback, disable, noise_sampler=noise_sampler,
-                     uses_uncond=core_name in core.NEEDS_UNCOND, draws_noise=draws_noise)
+                     uses_uncond=core_name in core.NEEDS_UNCOND, draws_noise=draws_noise,
+                     churn_every_step=churn_every_step)
     if core_name in _FLOW_OPTION:
         options["flow"] = run.flow_sigmas
     if core_name == "lcm":  # the model sampling's noise_scaling: x0 + s z, or (1 - s) x0 + s z on CONST models
@@ -510,15 +512,16 @@ def sample_gradient_estimation_cfg_pp(model: Callable, x: torch.Tensor, sigmas: 
 def sample_heunpp2(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: _Extra = None,
                    callback: Optional[Callable] = None, disable: Optional[bool] = None, s_churn: float = 0.0,
                    s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0) -> torch.Tensor:
-    """Heun++ (Karras et al. 2022 Algorithm 2 with a third derivative point; ComfyUI's heunpp2).
+    """Heun++ (Karras et al. 2022 Algorithm 2 with a third derivative point; ComfyUI's heunpp2). As ComfyUI's, it
+    draws ``torch.randn_like(x)`` from the global RNG at every step, churned or not.
 
     Example:
         >>> den = lambda x, s, **kw: x / (1 + s[:, None] ** 2)
         >>> sample_heunpp2(den, torch.ones(2, 3), torch.tensor([10.0, 2.0, 0.5, 0.0])).shape
         torch.Size([2, 3])
     """
-    return _sample("heunpp2", model, x, sigmas, extra_args, callback, disable, s_churn=s_churn, s_tmin=s_tmin,
-                   s_tmax=s_tmax, s_noise=s_noise)
+    return _sample("heunpp2", model, x, sigmas, extra_args, callback, disable, churn_every_step=True,
+                   s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
 
 
 @torch.no_grad()
