@@ -20,7 +20,7 @@ MODULES = [
     "fastdiff.bench.cases_step", "fastdiff.bench.runner", "fastdiff.bench.report", "fastdiff.bench.profiling",
     "fastdiff.ops.hmc", "fastdiff.mcmc._hmc", "fastdiff.mcmc._adapt",
     "fastdiff.schedules._scheduler_sigmas", "fastdiff.schedules._beta_dist", "fastdiff.schedules._ays",
-    "fastdiff.comfyui.schedulers",
+    "fastdiff.comfyui.schedulers", "fastdiff.comfyui.sampling", "fastdiff.comfyui.run",
 ]
 
 
