@@ -87,7 +87,7 @@ def test_registry():
         "res_multistep_cfg_pp", "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp", "gradient_estimation",
         "gradient_estimation_cfg_pp",
         "ipndm", "ipndm_v", "deis", "heunpp2", "lcm", "er_sde", "seeds_2", "seeds_3", "sa_solver", "sa_solver_pece",
-        "dpmpp_2m_sde_heun"}
+        "dpmpp_2m_sde_heun", "dpm_fast"}
     assert set(REFERENCES) <= set(ALL)
     assert set(CFGPP_REFERENCES) == set(NEEDS_UNCOND)
     for name, fn in sampling.SAMPLERS.items():
