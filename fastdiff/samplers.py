@@ -1136,4 +1136,5 @@ SAMPLERS: Dict[str, Callable[..., torch.Tensor]] = {
 
 #: samplers whose noise draws make the result depend on ``seed`` (with their default options).
 STOCHASTIC = ("euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde",
-              "dpmpp_3m_sde", "ddpm")
+              "dpmpp_3m_sde", "ddpm", "lcm", "er_sde", "seeds_2", "seeds_3", "sa_solver", "sa_solver_pece",
+              "dpmpp_2m_sde_heun")

@@ -339,7 +339,8 @@ def deis_weights(sigmas: Sequence[float], max_order: int, mode: str = "tab", qua
     """
     s = np.asarray([float(v) for v in sigmas], dtype=np.float64)
     if mode == "rhoab":
-        return [[] if i == 0 else lms_coefficients([float(v) for v in s], i, min(i + 1, max_order)) for i in range(len(s) - 1)]
+        host = [float(v) for v in s]
+        return [[] if i == 0 else lms_coefficients(host, i, min(i + 1, max_order)) for i in range(len(s) - 1)]
     if mode != "tab":
         raise ValueError(f"deis_mode must be 'tab' or 'rhoab', got {mode!r}")
     t, b0, bd = _deis_vp_times(s)

@@ -77,7 +77,7 @@ def test_registry():
     assert set(ALL) == {"euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2s_ancestral",
                         "dpmpp_2m", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde", "ddim", "ddpm", "unipc",
                         "flow_euler", "ipndm", "ipndm_v", "deis", "heunpp2", "lcm", "er_sde", "seeds_2", "seeds_3",
-                        "sa_solver", "sa_solver_pece", "dpmpp_2m_sde_heun"}
+                        "sa_solver", "sa_solver_pece", "dpmpp_2m_sde_heun", "dpm_fast"}
     assert set(REFERENCES) <= set(ALL)
     for name, fn in sampling.SAMPLERS.items():
         assert fn.__doc__ and len(fn.__doc__.strip().splitlines()[0]) > 10, name
