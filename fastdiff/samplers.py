@@ -1002,7 +1002,13 @@ class _StepRows:
 
 class PIDStepSize:
     """PID step-size control on the inverse error (Söderlind 2003, as k-diffusion's dpm_adaptive uses it):
-    ``factor = 1 + atan(prod_k e_k^{b_k} - 1)``, accepted when ``factor >= accept_safety``; ``h *= factor``."""
+    ``factor = 1 + atan(prod_k e_k^{b_k} - 1)``, accepted when ``factor >= accept_safety``; ``h *= factor``.
+
+    Example (an error of half the tolerance grows a third-order step by ``1 + atan(2^(1/3) - 1)``):
+        >>> pid = PIDStepSize(0.1, pcoeff=0.0, icoeff=1.0, dcoeff=0.0, order=3, accept_safety=0.81)
+        >>> pid.propose(0.5), round(pid.h, 4)
+        (True, 0.1254)
+    """
 
     def __init__(self, h: float, pcoeff: float, icoeff: float, dcoeff: float, order: float,
                  accept_safety: float, eps: float = 1e-8) -> None:
@@ -1041,6 +1047,13 @@ def dpm_adaptive(evaluate: Callable[[torch.Tensor, Any], torch.Tensor], x: torch
     passes of the same stage rows as ``dpm_fast`` (an order-3 step: 3 evaluations, 4 passes; order 2: 2 and 3).
     Accepting or rejecting a step needs the error norm on the host: one device-to-host read per step, inherent
     to the method (the steps are not known in advance). Scalars (0-d tensors or floats) keep their kind.
+
+    Example:
+        >>> den = lambda v, sigma: v / (1 + sigma ** 2)
+        >>> t0, t1 = torch.tensor(10.0).log().neg(), torch.tensor(0.1).log().neg()
+        >>> x, info = dpm_adaptive(den, torch.ones(2, 3), t0, t1)
+        >>> x.shape, info["nfe"] == 3 * info["steps"]
+        (torch.Size([2, 3]), True)
     """
     if isinstance(order, bool) or order not in (2, 3):
         raise ValueError(f"order should be 2 or 3, got {order!r}")
