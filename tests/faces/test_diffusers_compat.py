@@ -496,3 +496,24 @@ def test_dpm_solver_flow_dynamic_shift():
         runs[key] = x
     assert torch.equal(runs["ours_ts"], runs["peer_ts"]) and runs["ours_shift"] == pytest.approx(runs["peer_shift"])
     assert_parity("flow DPM-Solver (mu) prev_sample", runs["ours"], runs["peer"], runs["exact"], 8)
+
+
+@pytest.mark.parametrize("cfg", [{}, SD, {"beta_schedule": "squaredcos_cap_v2"}, {"beta_schedule": "sigmoid"},
+                                 {**SD, "rescale_betas_zero_snr": True}, {"trained_betas": [0.01 * k for k in range(1, 11)],
+                                                                          "num_train_timesteps": 10}])
+def test_table_arithmetic_modes(cfg):
+    """Default: the training schedule is diffusers' float32 one, bit for bit; "float64": fastdiff.schedules' exact one
+    (nearer to a float64 run of diffusers' own code than diffusers' float32 run is)."""
+    ours, ref = fdd.DDPMScheduler(**cfg), diffusers.DDPMScheduler(**cfg)
+    assert torch.equal(ours.betas, ref.betas) and torch.equal(ours.alphas_cumprod, ref.alphas_cumprod)
+    previous = fdd.set_table_arithmetic("float64")
+    try:
+        exact = fdd.DDPMScheduler(**cfg)
+    finally:
+        fdd.set_table_arithmetic(previous)
+    ref64 = float64_scheduler(diffusers, "DDPMScheduler", cfg).alphas_cumprod.double()
+    err64 = (exact.alphas_cumprod.double() - ref64).abs().max().item()
+    err32 = (ref.alphas_cumprod.double() - ref64).abs().max().item()
+    assert err64 <= max(err32, 6e-8 * ref64.abs().max().item())
+    with pytest.raises(ValueError, match="mode must be one of"):
+        fdd.set_table_arithmetic("float16")
