@@ -51,6 +51,7 @@ from ..ops.step import COEF_NAMES, fused_step, step_coefs
 from ..ops.step.cpu import _combine, _lin2
 from ..random import draw_seed
 from ..schedules import DiscreteVPSchedule, make_betas, spaced_timesteps
+from ..schedules._beta_dist import beta_ppf
 from ._compat import ConfigMixin, SchedulerMixin, randn_tensor, resolve_output
 
 __all__ = ["FusedSchedulerBase", "DiscreteBetaMixin", "ZTSNR_ALPHA_BAR", "sigma_to_t", "spaced_timesteps",
@@ -594,9 +595,8 @@ class DiscreteBetaMixin:
         from ..schedules import exponential_sigmas, karras_sigmas
 
         cfg = self.config
-        if getattr(cfg, "use_beta_sigmas", False):
-            raise NotImplementedError("use_beta_sigmas is not supported by fastdiff.diffusers")
-        if not (getattr(cfg, "use_karras_sigmas", False) or getattr(cfg, "use_exponential_sigmas", False)):
+        beta = getattr(cfg, "use_beta_sigmas", False)
+        if not (getattr(cfg, "use_karras_sigmas", False) or getattr(cfg, "use_exponential_sigmas", False) or beta):
             return None
         smin = getattr(cfg, "sigma_min", None)
         smax = getattr(cfg, "sigma_max", None)
@@ -605,6 +605,10 @@ class DiscreteBetaMixin:
         smax = float(smax) if smax is not None else float(sigmas[0])
         if cfg.use_karras_sigmas:
             return karras_sigmas(n, smin, smax).numpy()[:-1]
+        if beta:
+            # Lee et al. (2024), "Beta Sampling is All You Need": sigmas at the Beta(0.6, 0.6) quantiles of 1 - u
+            q = torch.as_tensor(1.0 - np.linspace(0, 1, n), dtype=torch.float64)
+            return smin + beta_ppf(q, 0.6, 0.6).numpy() * (smax - smin)
         return exponential_sigmas(n, smin, smax).numpy()[:-1]
 
 

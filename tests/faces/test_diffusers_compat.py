@@ -160,6 +160,13 @@ _add("DPMSolverMultistepScheduler", [{**_FLOW, "flow_shift": 3.0}, {**_FLOW, "fl
                                      {**_FLOW, "flow_shift": 3.0, "final_sigmas_type": "sigma_min"}])
 
 
+# beta sigmas (Lee et al. 2024): the Beta(0.6, 0.6) quantile is fastdiff's own float64 one, diffusers' is SciPy's
+for _name in ("EulerDiscreteScheduler", "HeunDiscreteScheduler", "DPMSolverMultistepScheduler",
+              "UniPCMultistepScheduler"):
+    _add(_name, [{**SD, "use_beta_sigmas": True}])
+_add("FlowMatchEulerDiscreteScheduler", [{"shift": 3.0, "use_beta_sigmas": True}])
+
+
 @pytest.fixture(autouse=True)
 def _quiet():
     with warnings.catch_warnings():

@@ -21,7 +21,6 @@ OPEN_GAPS = {
     "test_scheduler_ddim.DDIMSchedulerTest::test_variance": "_get_variance (private) is not provided",
     "test_scheduler_ddpm.DDPMSchedulerTest::test_betas": "beta_end >= 1 is refused",
     "test_scheduler_ddpm.DDPMSchedulerTest::test_variance": "_get_variance (private) is not provided",
-    "test_scheduler_heun.HeunDiscreteSchedulerTest::test_beta_sigmas": "use_beta_sigmas is not implemented",
 }
 
 
