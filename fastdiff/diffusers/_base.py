@@ -450,7 +450,7 @@ def _fold(row: Sequence[float]) -> tuple:
     """One coefficient row (``COEF_NAMES`` order, host floats) as the CPU step folds it without clip or
     x_eval: ``(out on x, out on m, aux on x, aux on m, out_h0, out_h1, out_h2)`` -- d = in_x*x + in_m*m
     folded into the output and aux coefficients, the products taken in float64 as ``ops.step.cpu`` does."""
-    in_x, in_m, _, out_x, _, out_m, out_d, h0, h1, h2, _, aux_x, aux_d = row
+    in_x, in_m, _, out_x, _, out_m, out_d, h0, h1, h2, _, aux_x, aux_d = row[:13]  # no u term: no CFG++ here
     return (out_x + out_d * in_x, out_m + out_d * in_m, aux_x + aux_d * in_x, aux_d * in_m, h0, h1, h2)
 
 
