@@ -276,7 +276,9 @@ class _Demo:
         from tqdm.auto import tqdm
 
         cfg, dev, n = self.cfg, self.device, self.cfg.n_points
-        samplers = list_samplers()
+        from fastdiff.samplers import NEEDS_UNCOND
+
+        samplers = [s for s in list_samplers() if s not in NEEDS_UNCOND]  # the demo's targets are unguided
         self.sampler_names = samplers
         flow = fastdiff.FlowMatchingSchedule(1000)
 

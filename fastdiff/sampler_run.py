@@ -12,6 +12,43 @@ model evaluation with :meth:`Run.row` (plus, for a face that adds EDM churn in a
   ``model(x, sigma * s_in)`` call, noise from the global RNG or a caller's ``noise_sampler``.
 
 Nothing in a step reads device memory on the host.
+
+CFG++ (Chung et al. 2024) and the other samplers that weigh the *unconditional* x0 estimate ``U`` beside the
+guided one ``D`` use this API (the face's side in brackets):
+
+* a sampler puts ``out_u=`` (the weight of ``U`` in the new sample) and/or ``aux_u=`` (its weight in the
+  auxiliary output, e.g. ``aux_d=0.0, aux_u=1.0`` to keep ``U`` as the next step's history entry) into
+  :meth:`Run.row`, next to the usual columns (``out_x``, ``out_d``, ``out_h``, ...; :func:`fastdiff.ops.step.step_coefs`
+  names them all). A row's update is then ``out_x*x + out_d*D + out_u*U + sum_k out_h[k]*h[k] + out_noise*z``
+  and its aux ``aux_x*x_eval + aux_d*D + aux_u*U``, all in the one fused pass;
+* :meth:`Run.plan` marks the rows with a non-zero ``out_u``/``aux_u`` (:attr:`Run.uses_uncond`) and calls
+  :meth:`Run.check_uncond`, which raises ``ValueError("... needs classifier-free guidance ...")`` when the run has
+  no unconditional estimate to give (the base class never has one);
+* :meth:`Run.uncond_arg` gives the ``uncond=`` argument of :func:`fastdiff.ops.step.fused_step` for evaluation
+  ``k`` (None on rows that do not use it, so their passes cost what they did):
+  :class:`SamplerContext` returns ``"halves"``: its guided model output holds [uncond; cond] halves, and the pass
+  converts the uncond half with the row's ``in_x``/``in_m`` itself; ``fastdiff.k_diffusion``'s ``KDiffusionRun``
+  returns the tensor :attr:`~fastdiff.k_diffusion.run.KDiffusionRun.uncond` that its model call left there (the
+  ComfyUI face's run subclasses it, sets ``provides_uncond = True`` and stores ComfyUI's
+  ``args["uncond_denoised"]`` from its post-CFG hook in ``run.uncond`` during each model call; the hook must be
+  registered with ``disable_cfg1_optimization=True``, as ComfyUI's CFG++ samplers do, so that at cfg = 1 the
+  unconditional prediction is still computed; without a negative conditioning ComfyUI's uncond prediction is
+  zeros, which the face then passes on as it is);
+* :attr:`Run.flow_sigmas`: True when the run's noise levels are flow times ``s`` and its samples flow samples
+  ``x_s = (1 - s) x0 + s eps`` (ComfyUI's CONST model sampling, e.g. SD3 / Flux). Samplers whose arithmetic
+  differs there (the RF branch of ``euler_ancestral_cfg_pp``) read it; ``fastdiff.sample`` runs every VE
+  sampler in VE variables (a FlowDenoiser maps flow models there), so its context leaves it False.
+
+A face after ComfyUI's numbers passes ``corrector_uncond="corrector"`` to ``sample_dpmpp_2s_ancestral_cfg_pp``
+(ComfyUI's corrector re-bases with its own evaluation's ``U``; the core's default is the predictor's, the
+consistent rule). Example of a run that reports ``U`` (what the ComfyUI face's run does from its hook)::
+
+    class HookedRun(KDiffusionRun):
+        provides_uncond = True          # and flow_sigmas = True for a CONST model
+
+        def eval(self, x, k):           # or: set self.uncond inside the post-CFG hook the model call runs
+            denoised = super().eval(x, k)   # clears self.uncond, then calls the model
+            return denoised             # the hook has stored args["uncond_denoised"] in self.uncond
 """
 from __future__ import annotations
 
@@ -85,6 +122,8 @@ class Run:
     fuses_churn = False
     #: Heun's corrector keeps the derivative d1 as its history entry (True) or the x0 estimate D1 (False)
     heun_keeps_derivative = False
+    #: the noise levels are flow times s and x the flow sample (1 - s) x0 + s eps (ComfyUI's CONST models)
+    flow_sigmas = False
 
     def __init__(self, x: torch.Tensor, sigmas: Sequence[Any], backend: str) -> None:
         self.sigmas = list(sigmas)
@@ -152,12 +191,25 @@ class Run:
         self.coefs = [dict(COEF_DEFAULTS, **c) for c in rows]
         # rows whose x0 estimate is the model output itself (planned once; the loop only checks the dtype)
         self._raw_is_x0 = [c["in_x"] == 0.0 and c["in_m"] == 1.0 and c["guidance"] == 0.0 for c in self.coefs]
+        #: rows whose pass weighs the unconditional x0 estimate (CFG++); the others pass ``uncond=None``
+        self.uses_uncond = [c["out_u"] != 0.0 or c["aux_u"] != 0.0 for c in self.coefs]
+        if any(self.uses_uncond):
+            self.check_uncond()
         self.table = coef_table(rows or [COEF_DEFAULTS], device=self.device, dtype=self.table_dtype)
         self._finish_plan([r["sigma"] for r in self._rows])
         self._planned = True
 
     def _finish_plan(self, model_sigmas: List[Any]) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def check_uncond(self) -> None:
+        """Raise ValueError unless the run can give every pass the unconditional x0 estimate (CFG++ rows)."""
+        raise ValueError("this sampler (CFG++) needs classifier-free guidance: it weighs the unconditional x0 "
+                         f"estimate in every step, which a {type(self).__name__} does not provide")
+
+    def uncond_arg(self, k: int) -> Any:
+        """``fused_step``'s ``uncond=`` for evaluation ``k``: None unless its row uses the unconditional estimate."""
+        return None
 
     def pass_index(self, j: int) -> int:
         return len(self._rows) + j
@@ -239,6 +291,7 @@ class SamplerContext(Run):
         self.guidance_scale = 0.0 if not self.guided else float(
             denoiser.scale if guidance_scale is None else guidance_scale)
         self._checked = False
+        self.flow_sigmas = space == "flow"
 
     # --- planning ----------------------------------------------------------------------------
     def _inner(self) -> Any:
@@ -328,12 +381,22 @@ class SamplerContext(Run):
         return raw
 
     def _x0_is_raw(self, raw: torch.Tensor, x: torch.Tensor, k: int) -> bool:
-        return self.clip is None and super()._x0_is_raw(raw, x, k)
+        # a guided output is the doubled batch even at guidance 0: never the x0 estimate itself
+        return self.clip is None and not self.guided and super()._x0_is_raw(raw, x, k)
+
+    def check_uncond(self) -> None:
+        if not self.guided:
+            raise ValueError("this sampler (CFG++) needs classifier-free guidance: pass a CFGDenoiser (it weighs "
+                             "the unconditional x0 estimate, the uncond half of the guided call, in every step)")
+
+    def uncond_arg(self, k: int) -> Any:
+        """``"halves"`` on CFG++ rows: the pass forms the unconditional x0 estimate from the uncond half."""
+        return "halves" if self.uses_uncond[k] else None
 
     def _launch(self, x, raw, k, x_eval, history, aux, draw):
         return fused_step(x, raw, self.table, x_eval=x_eval, history=history, coef_row=k, guidance=self.guided,
                           clip=self.clip, seed=self.seed if self.noisy[k] else None, stream=k + 1,
-                          row_ids=self.row_ids, write_aux=aux, backend=self.backend)
+                          row_ids=self.row_ids, write_aux=aux, backend=self.backend, uncond=self.uncond_arg(k))
 
     def report(self, i: int, x: torch.Tensor, raw: torch.Tensor, k: int, sigma_hat: Any = None) -> None:
         """Call ``callback(dict(x, i, sigma, sigma_hat, denoised))``; the x0 estimate is formed only here."""

@@ -31,11 +31,16 @@ from .sampler_run import Run
 from .solvers import (IPNDM_WEIGHTS, F, ancestral_split, churn_schedule, deis_weights, er_sde_default_noise_scaler,
                       er_sde_stage_integrals, euler_coefs, expm1, exp, ipndm_v_weights, lerp_half, like,
                       lms_coefficients, log, sa_solver_b_coeffs, sigma_of, sqrt, t_of, unipc_rhos)
+from .solvers import euler_ancestral_cfgpp_coefs, res_multistep_weights
 
 __all__ = ["SAMPLERS", "STOCHASTIC", "dpm_adaptive", "PIDStepSize"] + [f"sample_{n}" for n in (
     "euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2s_ancestral", "dpmpp_sde",
     "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "ddim", "ddpm", "unipc", "flow_euler", "ipndm", "ipndm_v", "deis",
     "heunpp2", "lcm", "er_sde", "seeds_2", "seeds_3", "sa_solver", "sa_solver_pece", "dpmpp_2m_sde_heun", "dpm_fast")]
+__all__ += ["NEEDS_UNCOND"] + [f"sample_{n}" for n in (
+    "euler_cfg_pp", "euler_ancestral_cfg_pp", "dpmpp_2s_ancestral_cfg_pp", "dpmpp_2m_cfg_pp", "res_multistep",
+    "res_multistep_cfg_pp", "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp", "gradient_estimation",
+    "gradient_estimation_cfg_pp")]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -431,6 +436,219 @@ def sample_flow_euler(run: Run, x: torch.Tensor) -> torch.Tensor:
     plan = [(None, run.row(s[i], **euler_coefs(s[i], s[i + 1])), None, (None, None), False) for i in range(run.n)]
     run.plan()
     return _loop(run, x, plan)
+
+
+# ----------------------------------------------------------------------------------------------
+# CFG++, RES multistep and gradient estimation (ComfyUI's set)
+# ----------------------------------------------------------------------------------------------
+def _entry_loop(run: Run, x: torch.Tensor, plan: Sequence[Tuple[int, int, Any]], entry: str) -> torch.Tensor:
+    """Loop of the one-evaluation samplers that keep one history entry: ``plan[i] = (k, n_hist, draw)``; the
+    entry is the pass's x0 estimate (``entry="x0"``) or its auxiliary output (``"aux"``: e.g. the unconditional
+    x0 estimate of a CFG++ row, or a derivative)."""
+    hist: List[torch.Tensor] = []
+    for i in run.steps():
+        k, used, draw = plan[i]
+        raw = run.eval(x, k)
+        run.report(i, x, raw, k)
+        if entry == "x0":
+            x, new = run.step(x, raw, k, history=hist[:used], x0=True, draw=draw)
+        else:
+            x, new = run.step(x, raw, k, history=hist[:used], aux=True, draw=draw)
+        hist = [new]
+    return x
+
+
+def _check_eta_noise(eta: Any, s_noise: Any) -> None:
+    for name, v in (("eta", eta), ("s_noise", s_noise)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+
+
+def sample_euler_ancestral_cfg_pp(run: Run, x: torch.Tensor, *, eta: float = 1.0,
+                                  s_noise: float = 1.0) -> torch.Tensor:
+    """Ancestral Euler with CFG++ (Chung et al. 2024, "CFG++: Manifold-constrained Classifier Free Guidance for
+    Diffusion Models", Algorithm 1 with eta-DDIM's ancestral split; ComfyUI's sample_euler_ancestral_cfg_pp).
+
+    The step renoises the guided x0 estimate ``D`` along the *unconditional* noise estimate:
+    ``x' = D + sigma_down (x - U) / sigma + s_noise sigma_up z``; on a flow run (:attr:`Run.flow_sigmas`) the
+    same step in flow variables (ComfyUI's CONST branch). Needs classifier-free guidance.
+    """
+    _check_eta_noise(eta, s_noise)
+    s = run.sigmas
+    plan = []
+    for i in range(run.n):
+        c = euler_ancestral_cfgpp_coefs(s[i], s[i + 1], eta, s_noise, flow=run.flow_sigmas)
+        draw = i if eta > 0 and s_noise > 0 and F(s[i + 1]) > 0 else None
+        plan.append((None, run.row(s[i], **c), None, (draw, None), False))
+    run.plan()
+    return _loop(run, x, plan)
+
+
+def sample_euler_cfg_pp(run: Run, x: torch.Tensor) -> torch.Tensor:
+    """Euler with CFG++ (Chung et al. 2024, "CFG++", Algorithm 1: DDIM with the unconditional noise estimate):
+    ``x' = D + sigma' (x - U) / sigma``; :func:`sample_euler_ancestral_cfg_pp` with ``eta = 0``."""
+    return sample_euler_ancestral_cfg_pp(run, x, eta=0.0, s_noise=0.0)
+
+
+def sample_dpmpp_2s_ancestral_cfg_pp(run: Run, x: torch.Tensor, *, eta: float = 1.0, s_noise: float = 1.0,
+                                     corrector_uncond: str = "predictor") -> torch.Tensor:
+    """Ancestral DPM-Solver++(2S) with CFG++ (Lu et al. 2022, DPM-Solver++; Chung et al. 2024, "CFG++";
+    ComfyUI's sample_dpmpp_2s_ancestral_cfg_pp).
+
+    Both stages move ``x + (D - U)`` (the sample re-based on the unconditional estimate) instead of ``x``,
+    with the predictor's ``D``. ``corrector_uncond`` picks the ``U`` of the corrector's re-basing:
+    ``"predictor"`` (default) the predictor's, so that at guidance 0 the sampler is DPM-Solver++(2S) (second
+    order); ``"corrector"`` the corrector's own evaluation's, which is ComfyUI's arithmetic (its post-CFG hook
+    overwrites the stored ``U`` before the corrector reads it). The latter is not a consistent discretisation:
+    at guidance 0 its error *grows* as the steps are refined (tests/samplers/test_sampler_accuracy_cfgpp.py).
+    """
+    _check_eta_noise(eta, s_noise)
+    if corrector_uncond not in ("predictor", "corrector"):
+        raise ValueError(f"corrector_uncond must be 'predictor' or 'corrector', got {corrector_uncond!r}")
+    second = corrector_uncond == "corrector"
+    s = run.sigmas
+    plan = []
+    for i in range(run.n):
+        sd, su = ancestral_split(s[i], s[i + 1], eta)
+        draw = i if F(s[i + 1]) > 0 else None
+        noise = s_noise * F(su) if draw is not None else 0.0
+        if F(sd) == 0:  # x = D + (x - U) / sigma * 0
+            plan.append((None, run.row(s[i], out_x=0.0, out_d=1.0, out_noise=noise), None, (draw, None), False))
+            continue
+        t, t_next = t_of(s[i]), t_of(like(sd, s[i]))
+        h = t_next - t
+        s_mid = t + 0.5 * h
+        ra, rb = F(sigma_of(s_mid) / sigma_of(t)), F(sigma_of(t_next) / sigma_of(t))
+        a = dict(out_x=ra, out_d=ra - F(expm1(-h * 0.5)), out_u=-ra)
+        b = dict(out_x=rb, out_h=(rb,), out_d=-F(expm1(-h)), out_noise=noise)
+        if second:  # history entry D (the predictor's x0 estimate), the corrector's own U
+            ka, kb, hist = run.row(s[i], **a), run.row(sigma_of(s_mid), **b, out_u=-rb), True
+        else:  # history entry D - U, written by the predictor's pass
+            ka, kb, hist = run.row(s[i], **a, aux_d=1.0, aux_u=-1.0), run.row(sigma_of(s_mid), **b), "aux"
+        plan.append((None, ka, kb, (None, draw), hist))
+    run.plan()
+    return _loop(run, x, plan)
+
+
+def sample_dpmpp_2m_cfg_pp(run: Run, x: torch.Tensor) -> torch.Tensor:
+    """DPM-Solver++(2M) with CFG++ (Lu et al. 2022, Algorithm 2; Chung et al. 2024, "CFG++"; ComfyUI's
+    sample_dpmpp_2m_cfg_pp): ``x' = e^{-h} (x - U) + D + (-expm1(-h)) (D - U_prev) / (2 r)``, first order on
+    the first and the last step; the history entry is the unconditional estimate ``U``."""
+    s = run.sigmas
+    plan = []
+    for i in range(run.n):
+        t, t_next = t_of(s[i]), t_of(s[i + 1])
+        h = t_next - t
+        e = F(exp(-h))
+        if i == 0 or F(s[i + 1]) == 0:
+            plan.append((run.row(s[i], out_x=e, out_d=1.0, out_u=-e, aux_d=0.0, aux_u=1.0), 0, None))
+        else:
+            r = (t - t_of(s[i - 1])) / h
+            w = F(-expm1(-h) * (1 / (2 * r)))
+            plan.append((run.row(s[i], out_x=e, out_d=1.0 + w, out_u=-e, out_h=(-w,), aux_d=0.0, aux_u=1.0), 1,
+                         None))
+    run.plan()
+    return _entry_loop(run, x, plan, "aux")
+
+
+def _res_multistep(run: Run, x: torch.Tensor, eta: float, s_noise: float, cfg_pp: bool) -> torch.Tensor:
+    """ComfyUI's res_multistep family: the 2-step RES exponential multistep to sigma_down (first order on the
+    first step and where sigma_down = 0), ancestral noise sigma_up; with ``cfg_pp`` the CFG++ form."""
+    _check_eta_noise(eta, s_noise)
+    s = run.sigmas
+    plan = []
+    old_sd = None
+    keep = dict(aux_d=0.0, aux_u=1.0) if cfg_pp else {}
+    for i in range(run.n):
+        sd, su = ancestral_split(s[i], s[i + 1], eta)
+        sd = like(sd, s[i])
+        draw = i if F(s[i + 1]) > 0 else None  # drawn even when sigma_up = 0 (the noise sampler advances)
+        noise = s_noise * F(su) if draw is not None else 0.0
+        if F(sd) == 0 or old_sd is None:
+            if cfg_pp:  # x = D + (x - U) / sigma * sigma_down
+                r = F(sd) / F(s[i])
+                c = dict(out_x=r, out_d=1.0, out_u=-r)
+            else:
+                c = euler_coefs(s[i], sd)
+            plan.append((run.row(s[i], **c, out_noise=noise, **keep), 0, draw))
+        else:
+            t, t_old, t_next, t_prev = t_of(s[i]), t_of(old_sd), t_of(sd), t_of(s[i - 1])
+            h = t_next - t
+            b1, b2 = res_multistep_weights(h, (t_prev - t_old) / h)
+            e, hb1, hb2 = F(sigma_of(h)), F(h * b1), F(h * b2)
+            if cfg_pp:  # x = e^{-h} (x + D - U) + h (b1 U + b2 U_prev)
+                c = dict(out_x=e, out_d=e, out_u=hb1 - e)
+            else:
+                c = dict(out_x=e, out_d=hb1)
+            plan.append((run.row(s[i], **c, out_h=(hb2,), out_noise=noise, **keep), 1, draw))
+        old_sd = sd
+    run.plan()
+    return _entry_loop(run, x, plan, "aux" if cfg_pp else "x0")
+
+
+def sample_res_multistep(run: Run, x: torch.Tensor, *, s_noise: float = 1.0) -> torch.Tensor:
+    """RES second-order exponential multistep in log-sigma (Zhang et al. 2023, "Improved order analysis and design
+    of exponential integrator for diffusion models"; ComfyUI's sample_res_multistep), deterministic."""
+    return _res_multistep(run, x, 0.0, s_noise, False)
+
+
+def sample_res_multistep_cfg_pp(run: Run, x: torch.Tensor, *, s_noise: float = 1.0) -> torch.Tensor:
+    """RES multistep with CFG++ (Zhang et al. 2023; Chung et al. 2024, "CFG++"; ComfyUI's
+    sample_res_multistep_cfg_pp): the multistep runs on the unconditional estimates, re-based by ``D - U``."""
+    return _res_multistep(run, x, 0.0, s_noise, True)
+
+
+def sample_res_multistep_ancestral(run: Run, x: torch.Tensor, *, eta: float = 1.0,
+                                   s_noise: float = 1.0) -> torch.Tensor:
+    """Ancestral RES multistep (Zhang et al. 2023, RES; ancestral split of Ho et al. 2020; ComfyUI's
+    sample_res_multistep_ancestral): the multistep to sigma_down, then fresh noise sigma_up."""
+    return _res_multistep(run, x, eta, s_noise, False)
+
+
+def sample_res_multistep_ancestral_cfg_pp(run: Run, x: torch.Tensor, *, eta: float = 1.0,
+                                          s_noise: float = 1.0) -> torch.Tensor:
+    """Ancestral RES multistep with CFG++ (Zhang et al. 2023; Chung et al. 2024, "CFG++"; ComfyUI's
+    sample_res_multistep_ancestral_cfg_pp)."""
+    return _res_multistep(run, x, eta, s_noise, True)
+
+
+def _gradient_estimation(run: Run, x: torch.Tensor, ge_gamma: float, cfg_pp: bool) -> torch.Tensor:
+    if isinstance(ge_gamma, bool) or not isinstance(ge_gamma, (int, float)) or not math.isfinite(ge_gamma):
+        raise ValueError(f"ge_gamma must be a finite number, got {ge_gamma!r}")
+    s = run.sigmas
+    plan = []
+    for i in range(run.n):
+        sf, dt = F(s[i]), F(s[i + 1] - s[i])
+        # this step's derivative d = (x - X) / sigma (X = U with CFG++, else D) is the next step's history entry
+        aux = dict(aux_x=1.0 / sf, aux_d=0.0, aux_u=-1.0 / sf) if cfg_pp else dict(aux_x=1.0 / sf, aux_d=-1.0 / sf)
+        if F(s[i + 1]) == 0:
+            plan.append((run.row(s[i], out_x=0.0, out_d=1.0, **aux), 0, None))
+            continue
+        extra = (ge_gamma - 1) * dt if i >= 1 else 0.0  # x += (gamma - 1) (d - d_prev) dt
+        hist = (-extra,) if i >= 1 else ()
+        if cfg_pp:  # x = D + d sigma' + ...
+            k = F(s[i + 1]) + extra
+            c = dict(out_x=k / sf, out_d=1.0, out_u=-k / sf)
+        else:  # x = x + d dt + ...
+            k = dt + extra
+            c = dict(out_x=1.0 + k / sf, out_d=-k / sf)
+        plan.append((run.row(s[i], **c, out_h=hist, **aux), len(hist), None))
+    run.plan()
+    return _entry_loop(run, x, plan, "aux")
+
+
+def sample_gradient_estimation(run: Run, x: torch.Tensor, *, ge_gamma: float = 2.0) -> torch.Tensor:
+    """Gradient-estimation sampler (Permenter & Yuan 2024, "Interpreting and Improving Diffusion Models from an
+    Optimization Perspective", Algorithm 2; ComfyUI's sample_gradient_estimation): Euler on the derivative
+    extrapolated as ``d + (ge_gamma - 1) (d - d_prev)``; the last step is ``x = D``."""
+    return _gradient_estimation(run, x, ge_gamma, False)
+
+
+def sample_gradient_estimation_cfg_pp(run: Run, x: torch.Tensor, *, ge_gamma: float = 2.0) -> torch.Tensor:
+    """Gradient estimation with CFG++ (Permenter & Yuan 2024; Chung et al. 2024, "CFG++"; ComfyUI's
+    sample_gradient_estimation_cfg_pp): the derivative is the unconditional ``(x - U) / sigma`` and the Euler
+    part starts from ``D``."""
+    return _gradient_estimation(run, x, ge_gamma, True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1133,6 +1351,17 @@ SAMPLERS: Dict[str, Callable[..., torch.Tensor]] = {
     "ddpm": sample_ddpm,
     "unipc": sample_unipc,
     "flow_euler": sample_flow_euler,
+    # CFG++, RES multistep and gradient estimation (ComfyUI's names)
+    "euler_cfg_pp": sample_euler_cfg_pp,
+    "euler_ancestral_cfg_pp": sample_euler_ancestral_cfg_pp,
+    "dpmpp_2s_ancestral_cfg_pp": sample_dpmpp_2s_ancestral_cfg_pp,
+    "dpmpp_2m_cfg_pp": sample_dpmpp_2m_cfg_pp,
+    "res_multistep": sample_res_multistep,
+    "res_multistep_cfg_pp": sample_res_multistep_cfg_pp,
+    "res_multistep_ancestral": sample_res_multistep_ancestral,
+    "res_multistep_ancestral_cfg_pp": sample_res_multistep_ancestral_cfg_pp,
+    "gradient_estimation": sample_gradient_estimation,
+    "gradient_estimation_cfg_pp": sample_gradient_estimation_cfg_pp,
     "ipndm": sample_ipndm,
     "ipndm_v": sample_ipndm_v,
     "deis": sample_deis,
@@ -1147,7 +1376,13 @@ SAMPLERS: Dict[str, Callable[..., torch.Tensor]] = {
     "dpm_fast": sample_dpm_fast,
 }
 
+#: samplers that need classifier-free guidance (they weigh the unconditional x0 estimate: CFG++)
+NEEDS_UNCOND = ("euler_cfg_pp", "euler_ancestral_cfg_pp", "dpmpp_2s_ancestral_cfg_pp", "dpmpp_2m_cfg_pp",
+                "res_multistep_cfg_pp", "res_multistep_ancestral_cfg_pp", "gradient_estimation_cfg_pp")
+
 #: samplers whose noise draws make the result depend on ``seed`` (with their default options).
 STOCHASTIC = ("euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde",
               "dpmpp_3m_sde", "ddpm", "lcm", "er_sde", "seeds_2", "seeds_3", "sa_solver", "sa_solver_pece",
-              "dpmpp_2m_sde_heun")
+              "dpmpp_2m_sde_heun",
+              "euler_ancestral_cfg_pp", "dpmpp_2s_ancestral_cfg_pp", "res_multistep_ancestral",
+              "res_multistep_ancestral_cfg_pp")

@@ -9,7 +9,7 @@ returns the x0 estimate of the flow sample; see :mod:`fastdiff.denoisers`).
 
 How a sampler runs: it computes, in float64 on the host from the sigmas, one
 coefficient row per model evaluation (plus the denoiser's output conversion
-``(in_x, in_m)`` and the guidance scale), builds ONE ``(R, 13)`` table, moves it
+``(in_x, in_m)`` and the guidance scale), builds ONE ``(R, 15)`` table, moves it
 to the device once, and then each model evaluation ``k`` is followed by exactly
 one ``fused_step(..., coef_row=k)``: the raw network output goes straight into
 the kernel, which forms the x0 estimate, applies classifier-free guidance,

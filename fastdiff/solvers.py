@@ -30,6 +30,7 @@ __all__ = [
     "lms_coefficients", "unipc_rhos", "SQRT2_MINUS_1",
     "IPNDM_WEIGHTS", "ipndm_v_weights", "deis_weights", "er_sde_default_noise_scaler", "er_sde_stage_integrals",
     "sa_solver_b_coeffs", "dpm_fast_grid",
+    "flow_alpha", "euler_ancestral_cfgpp_coefs", "res_multistep_weights", "nan_to_zero",
 ]
 
 Scalar = Any  # float, 0-d torch.Tensor or numpy array
@@ -278,6 +279,74 @@ def unipc_rhos(hh: float, rks: Sequence[float], order: int, variant: str) -> Tup
         rhos_p = list(_solve(big_r[:-1, :-1], b[:-1]))
     rhos_c = [0.5] if order == 1 else list(_solve(big_r, b))
     return b_h, rhos_p, rhos_c
+
+
+# ------------------------------------------------------------------------------------------ CFG++ and RES
+def flow_alpha(sigma: Scalar) -> Scalar:
+    """The signal scale ``alpha = 1 - s`` of a flow sample ``x_s = (1 - s) x0 + s eps`` at flow time ``s``
+    (ComfyUI's CONST model sampling: ``sigma * exp(half_log_snr)`` with ``half_log_snr = log((1 - s) / s)``).
+
+    Example:
+        >>> flow_alpha(0.25)
+        0.75
+    """
+    return 1.0 - sigma
+
+
+def euler_ancestral_cfgpp_coefs(sigma: Scalar, sigma_next: Scalar, eta: float, s_noise: float,
+                                flow: bool = False) -> dict:
+    """Step coefficients of the ancestral Euler CFG++ step (Chung et al. 2024, "CFG++", Algorithm 1 with
+    the ancestral split of eta-DDIM): ``x' = alpha' D + sigma_down (x - alpha U) / sigma + alpha' s_noise
+    sigma_up z``, where ``D`` is the guided and ``U`` the unconditional x0 estimate.
+
+    With ``flow`` the noise levels are flow times ``s`` (``alpha = 1 - s``) and the split is taken on the VE
+    levels ``s / alpha``, as ComfyUI does for CONST models; otherwise ``alpha = 1``. A final ``sigma_next = 0``
+    gives ``x' = D``. Returns ``out_x``, ``out_d``, ``out_u`` and ``out_noise`` (the noise weight, 0 without
+    noise). A first flow level of 1 (``alpha = 0``) takes ComfyUI's result there: ``sigma_down = 0``,
+    ``sigma_up`` = the next VE level (its ``min(sigma_next, nan)``).
+
+    Example:
+        >>> euler_ancestral_cfgpp_coefs(2.0, 1.0, eta=0.0, s_noise=1.0)
+        {'out_x': 0.5, 'out_d': 1.0, 'out_u': -0.5, 'out_noise': 0.0}
+    """
+    if F(sigma_next) == 0:
+        return dict(out_x=0.0, out_d=1.0, out_u=0.0, out_noise=0.0)
+    a_s, a_t = (flow_alpha(sigma), flow_alpha(sigma_next)) if flow else (1.0, 1.0)
+    ve_t = sigma_next / a_t if flow else sigma_next
+    if flow and F(a_s) == 0:
+        down, up = (ve_t, 0.0) if not eta else (0.0 * ve_t, ve_t)
+    else:
+        down, up = ancestral_split(sigma / a_s if flow else sigma, ve_t, eta)
+    down = a_t * down
+    sf = F(sigma)
+    noise = F(a_t * up) * s_noise if eta > 0 and s_noise > 0 else 0.0
+    return dict(out_x=F(down) / sf, out_d=F(a_t), out_u=-F(down) * F(a_s) / sf, out_noise=noise)
+
+
+def nan_to_zero(v: Scalar) -> Scalar:
+    """``v`` with NaN replaced by 0 (``torch.nan_to_num(v, nan=0.0)`` for a 0-d tensor)."""
+    if isinstance(v, torch.Tensor):
+        return torch.nan_to_num(v, nan=0.0)
+    if isinstance(v, np.ndarray):
+        return np.where(np.isnan(v), 0.0, v)
+    return 0.0 if v != v else v
+
+
+def res_multistep_weights(h: Scalar, c2: Scalar) -> Tuple[Scalar, Scalar]:
+    """``(b1, b2)`` of the second-order RES multistep step ``x' = e^{-h} x + h (b1 D_n + b2 D_{n-1})``
+    (Zhang et al. 2023, "Improved order analysis and design of exponential integrator for diffusion models",
+    the 2-step RES; ComfyUI's res_multistep): ``b1 = phi1(-h) - phi2(-h) / c2``, ``b2 = phi2(-h) / c2`` with
+    ``phi1(t) = (e^t - 1) / t``, ``phi2(t) = (phi1(t) - 1) / t`` and ``c2`` the previous node's offset in units
+    of ``h`` (negative); a NaN weight becomes 0.
+
+    Example (b1 + b2 = phi1(-h)):
+        >>> b1, b2 = res_multistep_weights(0.5, -1.0)
+        >>> round(b1 + b2, 12) == round(math.expm1(-0.5) / -0.5, 12)
+        True
+    """
+    phi1 = expm1(-h) / -h
+    phi2 = (phi1 - 1.0) / -h
+    return nan_to_zero(phi1 - phi2 / c2), nan_to_zero(phi2 / c2)
 
 
 # ------------------------------------------------------------------------------------------ ComfyUI's solver set

@@ -4,13 +4,16 @@ Per element, with fp32 arithmetic whatever the storage dtype:
 
     m   = model_output                    (or m_u + g*(m_c - m_u) from [uncond; cond] halves)
     d   = in_x*xe + in_m*m                (the denoised x0 estimate; clamped to +-clip if asked)
-    out = out_x*x + out_e*xe + out_m*m + out_d*d + sum_k out_h[k]*h[k] + out_noise*z
-    aux = aux_x*xe + aux_d*d              (optional: a history entry, e.g. d or (xe - d)/sigma)
+    u   = in_x*xe + in_m*m_u              (optional: the unconditional x0 estimate, from the uncond half;
+                                           or a given tensor; clamped like d)
+    out = out_x*x + out_e*xe + out_m*m + out_d*d + out_u*u + sum_k out_h[k]*h[k] + out_noise*z
+    aux = aux_x*xe + aux_d*d + aux_u*u    (optional: a history entry, e.g. d or (xe - d)/sigma)
 
 ``x`` is the sample being advanced, ``xe`` the sample the model saw (``x`` unless
 a separate one is given, as in Heun's corrector), ``h`` up to three history
-tensors, ``z`` noise from the Philox stream or a given tensor. Coefficients come
-from a device table ``coef[R, NUM_COEFS]``: row ``coef_idx[b]`` for sample ``b``
+tensors, ``z`` noise from the Philox stream or a given tensor. ``u`` (CFG++, Chung et al. 2024) is read only
+when ``UNCOND`` is 1 (from the guided halves) or 2 (the tensor at ``u_ptr``); otherwise its columns are
+ignored. Coefficients come from a device table ``coef[R, NUM_COEFS]``: row ``coef_idx[b]`` for sample ``b``
 when per-row, else row ``coef_row`` for all. Every sampler in fastdiff is a
 choice of these coefficients, computed on the host in float64 once per schedule.
 """
@@ -33,7 +36,9 @@ C_OUT_H2 = tl.constexpr(9)
 C_OUT_NOISE = tl.constexpr(10)
 C_AUX_X = tl.constexpr(11)
 C_AUX_D = tl.constexpr(12)
-NUM_COEFS = tl.constexpr(13)
+C_OUT_U = tl.constexpr(13)
+C_AUX_U = tl.constexpr(14)
+NUM_COEFS = tl.constexpr(15)
 
 
 @triton.jit
@@ -48,12 +53,12 @@ def _coef(coef_ptr, base, col: tl.constexpr, mask, PER_ROW: tl.constexpr):
 # Integer arguments equal to 1 would be specialised into constants (and recompiled); these vary per call.
 @triton.jit(do_not_specialize=["coef_row", "seed_lo", "seed_hi", "stream"])
 def fused_step_kernel(
-    x_ptr, xe_ptr, m_ptr, h0_ptr, h1_ptr, h2_ptr, noise_ptr,
+    x_ptr, xe_ptr, m_ptr, h0_ptr, h1_ptr, h2_ptr, noise_ptr, u_ptr,
     out_ptr, aux_ptr,
     coef_ptr, coef_idx_ptr, row_ids_ptr,
     coef_row, n_cols, total, clip_value,
     seed_lo, seed_hi, stream,
-    HAS_EVAL: tl.constexpr, GUIDANCE: tl.constexpr, DO_CLIP: tl.constexpr,
+    HAS_EVAL: tl.constexpr, GUIDANCE: tl.constexpr, UNCOND: tl.constexpr, DO_CLIP: tl.constexpr,
     N_HIST: tl.constexpr, NOISE_MODE: tl.constexpr, WRITE_AUX: tl.constexpr,
     PER_ROW: tl.constexpr, HAS_ROW_IDS: tl.constexpr, GROUPED_NOISE: tl.constexpr, IDX64: tl.constexpr,
     BLOCK: tl.constexpr,
@@ -80,18 +85,29 @@ def fused_step_kernel(
     else:
         m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(tl.float32)
 
-    d = _coef(coef_ptr, base, C_IN_X, mask, PER_ROW) * xe \
-        + _coef(coef_ptr, base, C_IN_M, mask, PER_ROW) * m
+    in_x = _coef(coef_ptr, base, C_IN_X, mask, PER_ROW)
+    in_m = _coef(coef_ptr, base, C_IN_M, mask, PER_ROW)
+    d = in_x * xe + in_m * m
     if DO_CLIP:
         # Propagate NaN: a NaN x0 estimate must stay NaN, not become -clip (PTX min/max drop NaN by default).
         d = tl.minimum(tl.maximum(d, -clip_value, propagate_nan=tl.PropagateNan.ALL), clip_value,
                        propagate_nan=tl.PropagateNan.ALL)
+    if UNCOND != 0:
+        if UNCOND == 1:  # the uncond half, converted like the guided output (GUIDANCE is set: m_u is loaded)
+            u = in_x * xe + in_m * m_u
+        else:
+            u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        if DO_CLIP:
+            u = tl.minimum(tl.maximum(u, -clip_value, propagate_nan=tl.PropagateNan.ALL), clip_value,
+                           propagate_nan=tl.PropagateNan.ALL)
 
     acc = _coef(coef_ptr, base, C_OUT_X, mask, PER_ROW) * x \
         + _coef(coef_ptr, base, C_OUT_D, mask, PER_ROW) * d \
         + _coef(coef_ptr, base, C_OUT_M, mask, PER_ROW) * m
     if HAS_EVAL:
         acc += _coef(coef_ptr, base, C_OUT_E, mask, PER_ROW) * xe
+    if UNCOND != 0:
+        acc += _coef(coef_ptr, base, C_OUT_U, mask, PER_ROW) * u
     if N_HIST >= 1:
         acc += _coef(coef_ptr, base, C_OUT_H0, mask, PER_ROW) \
             * tl.load(h0_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -112,5 +128,7 @@ def fused_step_kernel(
     if WRITE_AUX:
         aux = _coef(coef_ptr, base, C_AUX_X, mask, PER_ROW) * xe \
             + _coef(coef_ptr, base, C_AUX_D, mask, PER_ROW) * d
+        if UNCOND != 0:
+            aux += _coef(coef_ptr, base, C_AUX_U, mask, PER_ROW) * u
         tl.store(aux_ptr + offs, aux.to(aux_ptr.dtype.element_ty), mask=mask)
     tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)

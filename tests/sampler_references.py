@@ -377,6 +377,57 @@ def ref_flow_euler(nz, x, sigmas, callback=None):
     return x
 
 
+def _res_multistep(nz, x, sigmas, callback, eta, s_noise):
+    """The 2-step RES exponential multistep (Zhang et al. 2023) to sigma_down, then sigma_up of noise; first order
+    on the first step and where sigma_down = 0 (ComfyUI's res_multistep)."""
+    s = sigmas.tolist()
+    old, old_sd = None, None
+    for i in range(len(s) - 1):
+        den = nz.model(x, s[i])
+        _cb(callback, x=x, i=i, sigma=s[i], sigma_hat=s[i], denoised=den)
+        sd, su = ancestral(s[i], s[i + 1], eta)
+        if sd == 0 or old is None:
+            x = x + to_d(x, s[i], den) * (sd - s[i])
+        else:
+            t, t_next = -math.log(s[i]), -math.log(sd)
+            h = t_next - t
+            c2 = (-math.log(s[i - 1]) + math.log(old_sd)) / h
+            phi1 = math.expm1(-h) / -h
+            phi2 = (phi1 - 1) / -h
+            x = math.exp(-h) * x + h * ((phi1 - phi2 / c2) * den + phi2 / c2 * old)
+        if s[i + 1] > 0:
+            x = x + nz(x) * s_noise * su
+        old, old_sd = den, sd
+    return x
+
+
+def ref_res_multistep(nz, x, sigmas, callback=None, s_noise=1.0):
+    return _res_multistep(nz, x, sigmas, callback, 0.0, s_noise)
+
+
+def ref_res_multistep_ancestral(nz, x, sigmas, callback=None, eta=1.0, s_noise=1.0):
+    return _res_multistep(nz, x, sigmas, callback, eta, s_noise)
+
+
+def ref_gradient_estimation(nz, x, sigmas, callback=None, ge_gamma=2.0):
+    """Euler with the derivative extrapolated as d + (ge_gamma - 1) (d - d_prev) (Permenter & Yuan 2024)."""
+    s = sigmas.tolist()
+    old_d = None
+    for i in range(len(s) - 1):
+        den = nz.model(x, s[i])
+        _cb(callback, x=x, i=i, sigma=s[i], sigma_hat=s[i], denoised=den)
+        d = to_d(x, s[i], den)
+        if s[i + 1] == 0:
+            x = den
+        else:
+            dt = s[i + 1] - s[i]
+            x = x + d * dt
+            if old_d is not None:
+                x = x + (ge_gamma - 1) * (d - old_d) * dt
+        old_d = d
+    return x
+
+
 REFERENCES = {name[4:]: fn for name, fn in globals().items() if name.startswith("ref_")}
 
 

@@ -4,7 +4,7 @@ Each case builds one ``step_coefs`` row from the shared schedule; the ``fastdiff
 ``fused_step``, and the ``eager`` provider writes the formula of ``fastdiff.ops.step.naive.step_reference``
 (``d = in_x x + in_m m``, ``out = out_x x + out_m m + out_d d + out_h h + out_noise z``, ``aux = d``) with
 that row's values and only the terms the case uses, in the storage dtype: what one writes by hand.
-(``step_reference`` itself evaluates all 13 terms per call, twice the passes of a hand-written DDIM step.)
+(``step_reference`` itself evaluates all 15 terms per call, twice the passes of a hand-written DDIM step.)
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def ddim_coefs(t: Union[int, Sequence[int]], t_prev: Union[int, Sequence[int]], 
 
     Example:
         >>> ddim_coefs([999, 500], [500, 0]).shape
-        torch.Size([2, 13])
+        torch.Size([2, 15])
     """
     a, s = common.schedule().alpha_sigma(t)
     ap, sp = common.schedule().alpha_sigma(t_prev)

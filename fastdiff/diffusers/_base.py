@@ -46,11 +46,12 @@ import numpy as np
 import torch
 
 from ..ops import fused_encode
-from ..ops.step import fused_step, step_coefs
+from ..ops.step import COEF_NAMES, fused_step, step_coefs
 # the CPU step's own term arithmetic: a folded drop-in step runs exactly its tensor ops, bit for bit
 from ..ops.step.cpu import _combine, _lin2
 from ..random import draw_seed
-from ..schedules import DiscreteVPSchedule, spaced_timesteps
+from ..schedules import DiscreteVPSchedule, make_betas, spaced_timesteps
+from ..schedules._beta_dist import beta_ppf
 from ._compat import ConfigMixin, SchedulerMixin, randn_tensor, resolve_output
 
 __all__ = ["FusedSchedulerBase", "DiscreteBetaMixin", "ZTSNR_ALPHA_BAR", "sigma_to_t", "spaced_timesteps",
@@ -136,6 +137,8 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
         self._host_tables: Dict[Hashable, torch.Tensor] = {}
         # id(table) -> (table, per-row folded host coefficients): the CPU step without fused_step's general path
         self._folded: Dict[int, Tuple[torch.Tensor, List[tuple]]] = {}
+        # id(table) -> (table, its thresholded twin, host (in_x, in_m) per row, raw output moved): thresholding=True
+        self._thresholded: Dict[int, tuple] = {}
         self._seed: Optional[int] = None
 
     @property
@@ -241,7 +244,50 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
                 self._host_tables[key] = host
             tab = host.to(device)
             self._tables[(key, device)] = tab
+            if getattr(self.config, "thresholding", False):
+                self._add_thresholded(tab, host)
         return tab
+
+    # ------------------------------------------------------------------ dynamic thresholding
+    def _add_thresholded(self, table: torch.Tensor, host: torch.Tensor) -> None:
+        """Record, for ``table``, its thresholded twin: the rows read the thresholded x0 estimate as their model
+        output (``in_x = 0``, ``in_m = 1``) and a coefficient on the raw model output moves to history slot 2
+        (the raw output is passed there). Keyed by ``id(table)``, holding ``table`` so the id stays unique."""
+        rows_ = host.clone()
+        out_m, out_e, h2 = (COEF_NAMES.index(n) for n in ("out_m", "out_e", "out_h2"))
+        moved = bool((rows_[:, out_m] != 0).any())
+        if bool((rows_[:, out_e] != 0).any()) or (moved and bool((rows_[:, h2] != 0).any())):
+            raise NotImplementedError(f"thresholding is not available for {type(self).__name__}")
+        if moved:
+            rows_[:, h2] = rows_[:, out_m]
+            rows_[:, out_m] = 0.0
+        rows_[:, COEF_NAMES.index("in_x")] = 0.0
+        rows_[:, COEF_NAMES.index("in_m")] = 1.0
+        if len(self._thresholded) >= _FOLDED_TABLES_MAX:
+            self._thresholded.clear()
+        self._thresholded[id(table)] = (table, rows_.to(table.device), host[:, :2].tolist(), moved)
+
+    def _threshold_launch(self, sample: torch.Tensor, model_output: torch.Tensor, table: torch.Tensor, row: int,
+                          kwargs: dict, **launch):
+        """The step with diffusers' dynamic thresholding (Saharia et al. 2022, Imagen): x0 = in_x x + in_m m,
+        s = clamp(quantile(|x0|, dynamic_thresholding_ratio) per sample, 1, sample_max_value), x0 <- clamp(x0,
+        -s, s) / s; then the fused step reads that x0. The per-sample quantile is a reduction over the sample, so
+        this is PyTorch passes (x0, |x0|'s quantile, the clamp) before the fused one; nothing is read on the host."""
+        _, thr_table, in_coefs, moved = self._thresholded[id(table)]
+        in_x, in_m = in_coefs[row]
+        cfg = self.config
+        x0 = sample.float() * in_x + model_output.float() * in_m
+        flat = x0.reshape(x0.shape[0], -1)
+        s = torch.quantile(flat.abs(), cfg.dynamic_thresholding_ratio, dim=1)
+        s = torch.clamp(s, min=1, max=cfg.sample_max_value).unsqueeze(1)
+        x0 = (torch.clamp(flat, -s, s) / s).reshape(x0.shape).to(model_output.dtype)
+        history = tuple(kwargs.pop("history", ()))
+        if moved:  # the raw model output in slot 2 (unused slots read a tensor with coefficient 0)
+            history = (*history, *(sample,) * (2 - len(history)), model_output)
+        if history:
+            kwargs["history"] = history
+        kwargs["clip"] = None  # diffusers: thresholding replaces clip_sample
+        return self._launch(sample, x0, thr_table, row, **launch, **kwargs)
 
     # ------------------------------------------------------------------ noise
     def _noise_kwargs(self, shape, device, dtype, generator, index: int, k: int = 0,
@@ -281,6 +327,9 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
         in the trace), ``fused_step`` replaced in this module (instrumentation), torch.compile, a tensor
         subclass, another backend or device -- takes ``fused_step``.
         """
+        if self._thresholded and id(table) in self._thresholded:
+            return self._threshold_launch(sample, model_output, table, row, kwargs, out_dtype=out_dtype,
+                                          aux_dtype=aux_dtype)
         sd = sample.dtype
         if (out_dtype is sd and model_output.dtype is sd and sample.__class__ is _Tensor
                 and model_output.__class__ is _Tensor and (sd is _F32 or sd in _FOLDED_DTYPES)
@@ -401,7 +450,7 @@ def _fold(row: Sequence[float]) -> tuple:
     """One coefficient row (``COEF_NAMES`` order, host floats) as the CPU step folds it without clip or
     x_eval: ``(out on x, out on m, aux on x, aux on m, out_h0, out_h1, out_h2)`` -- d = in_x*x + in_m*m
     folded into the output and aux coefficients, the products taken in float64 as ``ops.step.cpu`` does."""
-    in_x, in_m, _, out_x, _, out_m, out_d, h0, h1, h2, _, aux_x, aux_d = row
+    in_x, in_m, _, out_x, _, out_m, out_d, h0, h1, h2, _, aux_x, aux_d = row[:13]  # no u term: no CFG++ here
     return (out_x + out_d * in_x, out_m + out_d * in_m, aux_x + aux_d * in_x, aux_d * in_m, h0, h1, h2)
 
 
@@ -425,6 +474,74 @@ def _folded_step(x: torch.Tensor, m: torch.Tensor, folded: tuple, history: Seque
         res = res.to(xd)
         aux = None if aux is None else aux.to(xd)
     return res, aux
+
+
+#: how the drop-ins build a run's training schedule: "diffusers" (its float32 betas and cumulative product, so
+#: diffusers' reference values hold at its tolerances) or "float64" (exact to float64; see set_table_arithmetic)
+_TABLE_ARITHMETIC = ["diffusers"]
+_ARITHMETICS = ("diffusers", "float64")
+
+
+def set_table_arithmetic(mode: str) -> str:
+    """Choose how schedulers constructed from now on build their training schedule; returns the previous mode.
+
+    ``"diffusers"`` (the default): the betas, ``alphas`` and ``alphas_cumprod`` in float32, operation for operation
+    as diffusers builds them, so a drop-in reproduces diffusers' numbers (its ``full_loop`` reference sums
+    included). ``"float64"``: the schedule in float64 (``fastdiff.schedules``): the cumulative product of 1000
+    float32 factors carries ~1e-5 relative error at the last timestep, which this mode removes; results then
+    differ from diffusers' by about that much. Every later table (sigmas, step coefficients) is float64 in both
+    modes.
+
+    Example:
+        >>> from fastdiff.diffusers import DDPMScheduler, set_table_arithmetic
+        >>> previous = set_table_arithmetic("float64")
+        >>> exact = DDPMScheduler()
+        >>> _ = set_table_arithmetic(previous)
+        >>> float(exact.alphas_cumprod[-1]) != float(DDPMScheduler().alphas_cumprod[-1])
+        True
+    """
+    if mode not in _ARITHMETICS:
+        raise ValueError(f"mode must be one of {_ARITHMETICS}, got {mode!r}")
+    previous, _TABLE_ARITHMETIC[0] = _TABLE_ARITHMETIC[0], mode
+    return previous
+
+
+def f32_like_diffusers(v):
+    """``v`` rounded to float32 (returned as float64) in the "diffusers" table arithmetic, unchanged in "float64":
+    a table builder wraps each intermediate that diffusers computes in float32 tensors."""
+    if _TABLE_ARITHMETIC[0] == "diffusers":
+        return np.asarray(v, dtype=np.float32).astype(np.float64)
+    return v
+
+
+def _diffusers_betas(beta_schedule: str, beta_start: float, beta_end: float, trained_betas, n: int,
+                     rescale: bool) -> torch.Tensor:
+    """The float32 betas diffusers builds for this (already validated) config: float32 linspaces, or the float64
+    betas rounded once where diffusers computes them in Python floats."""
+    f32 = torch.float32
+    if trained_betas is not None:
+        betas = torch.as_tensor(trained_betas).to(f32)
+    elif beta_schedule not in ("linear", "scaled_linear", "sigmoid"):  # computed in Python floats by diffusers
+        betas = make_betas(beta_schedule, n, beta_start, beta_end).to(f32)
+    elif beta_schedule == "linear":
+        betas = torch.linspace(beta_start, beta_end, n, dtype=f32)
+    elif beta_schedule == "scaled_linear":
+        betas = torch.linspace(beta_start**0.5, beta_end**0.5, n, dtype=f32) ** 2
+    else:  # sigmoid
+        betas = torch.sigmoid(torch.linspace(-6, 6, n)) * (beta_end - beta_start) + beta_start
+    if rescale:
+        betas = _rescale_zero_terminal_snr_f32(betas)
+    return betas
+
+
+def _rescale_zero_terminal_snr_f32(betas: torch.Tensor) -> torch.Tensor:
+    """Lin et al. (2024), Algorithm 1 (zero terminal SNR), in float32 as diffusers computes it."""
+    abar_sqrt = torch.cumprod(1.0 - betas, dim=0).sqrt()
+    first, last = abar_sqrt[0].clone(), abar_sqrt[-1].clone()
+    abar_sqrt = (abar_sqrt - last) * (first / (first - last))
+    abar = abar_sqrt**2
+    alphas = torch.cat([abar[0:1], abar[1:] / abar[:-1]])
+    return 1 - alphas
 
 
 class DiscreteBetaMixin:
@@ -451,6 +568,13 @@ class DiscreteBetaMixin:
                                             "linear" if trained_betas is not None else beta_schedule,
                                             trained_betas=trained_betas,
                                             rescale_betas_zero_snr=bool(rescale_betas_zero_snr))
+        if _TABLE_ARITHMETIC[0] == "diffusers":
+            betas = _diffusers_betas(beta_schedule, beta_start, beta_end, trained_betas, num_train_timesteps,
+                                     bool(rescale_betas_zero_snr))
+            self.betas, self.alphas = betas, 1.0 - betas
+            self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+            self._abar64 = self.alphas_cumprod.to(torch.float64).numpy().copy()
+            return
         self._abar64 = self._schedule.alphas_cumprod.numpy().copy()
         # diffusers-visible float32 views
         self.betas = self._schedule.betas.to(torch.float32)
@@ -471,9 +595,8 @@ class DiscreteBetaMixin:
         from ..schedules import exponential_sigmas, karras_sigmas
 
         cfg = self.config
-        if getattr(cfg, "use_beta_sigmas", False):
-            raise NotImplementedError("use_beta_sigmas is not supported by fastdiff.diffusers")
-        if not (getattr(cfg, "use_karras_sigmas", False) or getattr(cfg, "use_exponential_sigmas", False)):
+        beta = getattr(cfg, "use_beta_sigmas", False)
+        if not (getattr(cfg, "use_karras_sigmas", False) or getattr(cfg, "use_exponential_sigmas", False) or beta):
             return None
         smin = getattr(cfg, "sigma_min", None)
         smax = getattr(cfg, "sigma_max", None)
@@ -482,6 +605,10 @@ class DiscreteBetaMixin:
         smax = float(smax) if smax is not None else float(sigmas[0])
         if cfg.use_karras_sigmas:
             return karras_sigmas(n, smin, smax).numpy()[:-1]
+        if beta:
+            # Lee et al. (2024), "Beta Sampling is All You Need": sigmas at the Beta(0.6, 0.6) quantiles of 1 - u
+            q = torch.as_tensor(1.0 - np.linspace(0, 1, n), dtype=torch.float64)
+            return smin + beta_ppf(q, 0.6, 0.6).numpy() * (smax - smin)
         return exponential_sigmas(n, smin, smax).numpy()[:-1]
 
 

@@ -14,6 +14,26 @@ from ._compat import make_output, register_to_config
 __all__ = ["FlowMatchEulerDiscreteScheduler"]
 
 
+
+def static_shift(shift: float, t: np.ndarray) -> np.ndarray:
+    """The resolution shift of flow-matching times, ``shift t / (1 + (shift - 1) t)`` (Esser et al. 2024, SD3)."""
+    return shift * t / (1 + (shift - 1) * t)
+
+
+def time_shift(kind: str, mu: float, sigma: float, t: np.ndarray) -> np.ndarray:
+    """Dynamic shift of flow-matching times: ``"exponential"`` ``e^mu / (e^mu + (1/t - 1)^sigma)`` or ``"linear"``
+    ``mu / (mu + (1/t - 1)^sigma)``."""
+    if kind == "exponential":
+        return math.exp(mu) / (math.exp(mu) + (1 / t - 1) ** sigma)
+    return mu / (mu + (1 / t - 1) ** sigma)
+
+
+def stretch_to_terminal(t: np.ndarray, terminal: float) -> np.ndarray:
+    """Stretch descending flow times so that the last equals ``terminal``."""
+    one_minus_z = 1 - t
+    scale = one_minus_z[-1] / (1 - terminal)
+    return 1 - one_minus_z / scale
+
 class FlowMatchEulerDiscreteScheduler(DiscreteBetaMixin, FusedSchedulerBase):
     """Euler sampling of rectified flow, Esser et al. (2024) "Scaling Rectified Flow Transformers..." (SD3).
 
@@ -86,15 +106,11 @@ class FlowMatchEulerDiscreteScheduler(DiscreteBetaMixin, FusedSchedulerBase):
 
     def time_shift(self, mu: float, sigma: float, t: np.ndarray) -> np.ndarray:
         """Dynamic (resolution-dependent) shift: exponential ``e^mu / (e^mu + (1/t - 1)^sigma)`` or linear."""
-        if self.config.time_shift_type == "exponential":
-            return math.exp(mu) / (math.exp(mu) + (1 / t - 1) ** sigma)
-        return mu / (mu + (1 / t - 1) ** sigma)
+        return time_shift(self.config.time_shift_type, mu, sigma, t)
 
     def stretch_shift_to_terminal(self, t: np.ndarray) -> np.ndarray:
         """Stretch so that the last sigma equals ``shift_terminal``."""
-        one_minus_z = 1 - t
-        scale = one_minus_z[-1] / (1 - self.config.shift_terminal)
-        return 1 - one_minus_z / scale
+        return stretch_to_terminal(t, self.config.shift_terminal)
 
     def set_timesteps(self, num_inference_steps: Optional[int] = None, device=None,
                       sigmas: Optional[List[float]] = None, mu: Optional[float] = None,
@@ -124,7 +140,7 @@ class FlowMatchEulerDiscreteScheduler(DiscreteBetaMixin, FusedSchedulerBase):
         if cfg.use_dynamic_shifting:
             sig = self.time_shift(mu, 1.0, sig)
         else:
-            sig = self.shift * sig / (1 + (self.shift - 1) * sig)
+            sig = static_shift(self.shift, sig)
         if cfg.shift_terminal:
             sig = self.stretch_shift_to_terminal(sig)
         conv = self._convert_sigmas(np.asarray(sig, dtype=np.float64), num_inference_steps)

@@ -16,6 +16,7 @@ from ._base import DiscreteBetaMixin, FusedSchedulerBase, check_one_of, check_st
     spaced_timesteps
 from ..solvers import unipc_rhos, vp_x0_coefs
 from ._compat import make_output, register_to_config
+from ._flow import static_shift, stretch_to_terminal, time_shift
 
 __all__ = ["DPMSolverMultistepScheduler", "UniPCMultistepScheduler"]
 
@@ -48,10 +49,7 @@ class _MultistepBase(DiscreteBetaMixin, FusedSchedulerBase):
 
     def _init_common(self, cfg) -> None:
         check_one_of(cfg)
-        for key in ("use_flow_sigmas", "use_dynamic_shifting", "thresholding"):
-            if getattr(cfg, key, False):
-                raise NotImplementedError(f"{key}=True is not supported by fastdiff.diffusers")
-        if cfg.prediction_type not in ("epsilon", "sample", "v_prediction"):
+        if cfg.prediction_type not in ("epsilon", "sample", "v_prediction", "flow_prediction"):
             raise NotImplementedError(f"prediction_type {cfg.prediction_type!r} is not supported by "
                                       f"fastdiff.diffusers")
         if cfg.final_sigmas_type not in ("zero", "sigma_min"):
@@ -82,7 +80,7 @@ class _MultistepBase(DiscreteBetaMixin, FusedSchedulerBase):
         self.timesteps = torch.from_numpy(np.asarray(ts, dtype=np.float64)).to(device=device, dtype=torch.int64)
         self.num_inference_steps = len(ts)
         self._sig = self.sigmas.to(torch.float64).numpy()
-        self._alpha, self._sigma, self._lam = _vp_from_sigma(self._sig)
+        self._alpha, self._sigma, self._lam = self._alpha_sigma(self._sig)
         self._tables.clear()
         self._host_tables.clear()
         self._step_index = None
@@ -92,10 +90,46 @@ class _MultistepBase(DiscreteBetaMixin, FusedSchedulerBase):
         self._hist: List[torch.Tensor] = []  # previous x0 estimates, most recent first
         self.lower_order_nums = 0
 
+    def _alpha_sigma(self, sig: np.ndarray):
+        """(alpha_t, sigma_t, lambda_t) of the run's sigmas: the VP process of VE sigmas, or with flow sigmas
+        the rectified-flow path x = (1 - sigma) x0 + sigma eps."""
+        if not getattr(self.config, "use_flow_sigmas", False):
+            return _vp_from_sigma(sig)
+        sig = np.asarray(sig, dtype=np.float64)
+        alpha = 1.0 - sig
+        with np.errstate(divide="ignore"):
+            lam = np.log(alpha) - np.log(sig)
+        return alpha, sig, lam
+
+    def _flow_timesteps(self, n: int, sigmas=None, mu: Optional[float] = None):
+        """UniPC's flow sigmas (Wan, SkyReels-V2, Cosmos configs): ``n`` times from 1 to 1/T (or ``sigmas``),
+        shifted statically by ``flow_shift`` or dynamically by ``mu``, optionally stretched to ``shift_terminal``;
+        the timesteps are ``sigma * T``. Returns (timesteps, sigmas without the final one)."""
+        cfg = self.config
+        T = cfg.num_train_timesteps
+        if cfg.use_karras_sigmas:
+            train = self._train_sigmas.astype(np.float32)
+            sig = np.asarray(self._convert_sigmas(np.flip(train).astype(np.float64), n), dtype=np.float64)
+            sig = sig / (sig + 1.0)
+            return sig * T, sig
+        sig = np.linspace(1, 1 / T, n + 1)[:-1] if sigmas is None else np.asarray(sigmas, dtype=np.float64)
+        if cfg.use_dynamic_shifting:
+            sig = time_shift(cfg.time_shift_type, mu, 1.0, sig)
+        else:
+            sig = static_shift(cfg.flow_shift, sig)
+        if getattr(cfg, "shift_terminal", None):
+            sig = stretch_to_terminal(sig, cfg.shift_terminal)
+        sig = np.array(sig, dtype=np.float64)
+        if abs(sig[0] - 1) < 1e-6:
+            sig[0] -= 1e-6  # diffusers: keeps log(alpha) finite at the first step
+        return sig * T, sig
+
     def _missing_timestep_index(self, value: float) -> int:
         return len(self.timesteps) - 1  # diffusers: an unknown timestep maps to the last step
 
     def _x0_coefs(self, i: int):
+        if self.config.prediction_type == "flow_prediction":
+            return 1.0, -self._sig[i]  # x0 = x - sigma * velocity (diffusers reads the run's sigma itself)
         return vp_x0_coefs(self.config.prediction_type, self._alpha[i], self._sigma[i])
 
     def scale_model_input(self, sample: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -116,7 +150,7 @@ class _MultistepBase(DiscreteBetaMixin, FusedSchedulerBase):
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.IntTensor) -> torch.Tensor:
         """``alpha_t x0 + sigma_t noise`` at the timesteps' step indices (one fused pass)."""
         idx = self._indices_for_add_noise(timesteps)
-        a, s, _ = _vp_from_sigma(self.sigmas.to(torch.float64).numpy())
+        a, s, _ = self._alpha_sigma(self.sigmas.to(torch.float64).numpy())
         return self._encode(original_samples, noise, a, s, idx)
 
     def _table_rows(self, per_step: Sequence[Dict[str, float]]) -> torch.Tensor:
@@ -204,7 +238,10 @@ class DPMSolverMultistepScheduler(_MultistepBase):
             # integer timesteps: more steps than training timesteps repeat one (h = 0, NaN coefficients)
             check_steps(num_inference_steps, cfg.num_train_timesteps, cap=True)
         if mu is not None:
-            raise NotImplementedError("dynamic shifting (mu) is not supported by fastdiff.diffusers")
+            if not (cfg.use_dynamic_shifting and cfg.time_shift_type == "exponential"):
+                raise ValueError("mu needs use_dynamic_shifting=True and time_shift_type='exponential'")
+            self.register_to_config(flow_shift=float(np.exp(mu)))  # diffusers: mu sets flow_shift = e^mu
+            cfg = self.config
         if num_inference_steps is None and timesteps is None:
             raise ValueError("Must pass exactly one of `num_inference_steps` or `timesteps`.")
         if num_inference_steps is not None and timesteps is not None:
@@ -214,6 +251,8 @@ class DPMSolverMultistepScheduler(_MultistepBase):
                              "`config.use_exponential_sigmas = True`")
         if timesteps is not None and cfg.use_lu_lambdas:
             raise ValueError("Cannot use `timesteps` with `config.use_lu_lambdas = True`")
+        if timesteps is not None and cfg.use_beta_sigmas:
+            raise ValueError("Cannot set `timesteps` with `config.use_beta_sigmas = True`.")
         if timesteps is not None:
             ts = np.asarray(timesteps).astype(np.int64).astype(np.float64)
             n = len(ts)
@@ -223,11 +262,16 @@ class DPMSolverMultistepScheduler(_MultistepBase):
             clipped = int(torch.searchsorted(lam, torch.tensor(float(cfg.lambda_min_clipped))))
             ts = self._multistep_timesteps(n, last=cfg.num_train_timesteps - clipped)
         train = self._train_sigmas.astype(np.float32)  # diffusers works from float32 sigmas here
-        if cfg.use_karras_sigmas or cfg.use_exponential_sigmas:
+        if cfg.use_karras_sigmas or cfg.use_exponential_sigmas or cfg.use_beta_sigmas:
             sig = self._convert_sigmas(np.flip(train).astype(np.float64), n)
             ts = sigma_to_t(sig, np.log(train).astype(np.float64))  # float32 logs, as diffusers
             if cfg.use_karras_sigmas and cfg.beta_schedule != "squaredcos_cap_v2":
                 ts = np.round(ts)
+        elif cfg.use_flow_sigmas and not cfg.use_lu_lambdas:
+            # DPM-Solver's flow sigmas (Sana): 1 - linspace(1, 1/T, n + 1), shifted, descending, the last dropped
+            sig = np.flip(static_shift(cfg.flow_shift, 1.0 - np.linspace(1, 1 / cfg.num_train_timesteps, n + 1)))
+            sig = sig[:-1].copy()
+            ts = sig * cfg.num_train_timesteps
         elif cfg.use_lu_lambdas:
             # Lu et al. (2022b): uniform in log-SNR between the training end points (diffusers' float32 logs)
             log_train = np.log(train)
@@ -470,13 +514,26 @@ class UniPCMultistepScheduler(_MultistepBase):
                       sigmas: Optional[List[float]] = None, mu: Optional[float] = None) -> None:
         """Sampling timesteps/sigmas (diffusers' spacings or Karras/exponential)."""
         cfg = self.config
-        check_steps(num_inference_steps, cfg.num_train_timesteps, cap=True)  # integer timesteps, as DPM-Solver
-        if sigmas is not None or mu is not None:
-            raise NotImplementedError("custom sigmas / mu need flow sigmas, not supported by fastdiff.diffusers")
+        if cfg.use_dynamic_shifting and mu is None:
+            raise ValueError("`mu` must be passed when `use_dynamic_shifting` is set to be `True`")
+        if sigmas is not None:
+            if not cfg.use_flow_sigmas:
+                raise ValueError("Passing `sigmas` is only supported when `use_flow_sigmas=True`. "
+                                 "Please set `use_flow_sigmas=True` during scheduler initialization.")
+            num_inference_steps = len(sigmas)
+        else:
+            check_steps(num_inference_steps, cfg.num_train_timesteps, cap=True)  # integer timesteps
         n = num_inference_steps
         ts = self._multistep_timesteps(n)
         train = self._train_sigmas.astype(np.float32)
-        if cfg.use_karras_sigmas or cfg.use_exponential_sigmas:
+        if cfg.use_flow_sigmas and not (cfg.use_exponential_sigmas or cfg.use_beta_sigmas):
+            ts, sig = self._flow_timesteps(n, sigmas, mu)
+            self._finish_setup(np.trunc(ts), sig, device)
+            if cfg.final_sigmas_type == "sigma_min":  # the last flow sigma repeated, as diffusers
+                self.sigmas[-1] = self.sigmas[-2]
+                self._sig = self.sigmas.to(torch.float64).numpy()
+                self._alpha, self._sigma, self._lam = self._alpha_sigma(self._sig)
+        elif cfg.use_karras_sigmas or cfg.use_exponential_sigmas or cfg.use_beta_sigmas:
             sig = self._convert_sigmas(np.flip(train).astype(np.float64), n)
             ts = sigma_to_t(sig, np.log(train).astype(np.float64))  # float32 logs, as diffusers
             if cfg.use_karras_sigmas:
@@ -485,7 +542,7 @@ class UniPCMultistepScheduler(_MultistepBase):
             if cfg.final_sigmas_type == "sigma_min":  # UniPC repeats the last Karras sigma here
                 self.sigmas[-1] = self.sigmas[-2]
                 self._sig = self.sigmas.to(torch.float64).numpy()
-                self._alpha, self._sigma, self._lam = _vp_from_sigma(self._sig)
+                self._alpha, self._sigma, self._lam = self._alpha_sigma(self._sig)
         else:
             self._finish_setup(np.trunc(ts), interp(ts, train.astype(np.float64)), device)
         self.model_outputs = [None] * cfg.solver_order

@@ -9,7 +9,13 @@ The samplers of :mod:`fastdiff.samplers` run on it unchanged. What it supplies:
   every step of euler / heun / dpm_2 (drawn even without churn, so the global RNG advances as k-diffusion's),
   a pass of its own when churn is active; the ancestral and SDE noise from the ``noise_sampler`` at the times
   k-diffusion asks it for, passed to the fused step as ``noise=``;
-* k-diffusion's callback dict, before each step.
+* k-diffusion's callback dict, before each step;
+* for the CFG++ samplers (rows with ``out_u``/``aux_u``, see :mod:`fastdiff.sampler_run`), the unconditional x0
+  estimate as the tensor :attr:`KDiffusionRun.uncond`, passed to the fused step as ``uncond=``. A k-diffusion
+  model has none (``provides_uncond = False``: planning such a sampler raises ValueError); a subclass whose
+  model call reports one (the ComfyUI face's post-CFG hook) sets ``provides_uncond = True`` and assigns
+  ``run.uncond`` during each model call. :meth:`KDiffusionRun.eval` clears it before the call, so a call that
+  did not report it raises instead of reusing the previous step's.
 """
 from __future__ import annotations
 
@@ -36,6 +42,8 @@ class KDiffusionRun(Run):
 
     fuses_churn = False
     heun_keeps_derivative = False
+    #: whether the model call reports the unconditional x0 estimate in ``self.uncond`` (CFG++ samplers)
+    provides_uncond = False
 
     def __init__(self, model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: Optional[Dict[str, Any]],
                  callback: Optional[Callable], disable: Optional[bool]) -> None:
@@ -64,6 +72,8 @@ class KDiffusionRun(Run):
         self.s_in = x.new_ones([x.shape[0]])
         self.noise_sampler: Optional[NoiseSampler] = None
         self._sde_times: Optional[tuple] = None  # (i, t_i, t_{i+1}) of the step dpmpp_sde is in
+        #: the unconditional x0 estimate of the latest model call (set during the call when provides_uncond)
+        self.uncond: Optional[torch.Tensor] = None
 
     # --- planning ----------------------------------------------------------------------------
     def _finish_plan(self, model_sigmas: List[Any]) -> None:
@@ -85,8 +95,22 @@ class KDiffusionRun(Run):
         return fused_step(x, x, self.table, coef_row=self.pass_index(pre), noise=eps, backend=self.backend)
 
     def eval(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        """``model(x, sigma * s_in, **extra_args)`` exactly as k-diffusion calls it."""
+        """``model(x, sigma * s_in, **extra_args)`` exactly as k-diffusion calls it (``self.uncond`` cleared first)."""
+        self.uncond = None
         return self.model(x, self.msig[k] * self.s_in, **self.extra)
+
+    def check_uncond(self) -> None:
+        if not self.provides_uncond:
+            super().check_uncond()
+
+    def uncond_arg(self, k: int) -> Optional[torch.Tensor]:
+        """The model call's unconditional x0 estimate on CFG++ rows (ValueError when the call left none)."""
+        if not self.uses_uncond[k]:
+            return None
+        if self.uncond is None:
+            raise ValueError("this sampler (CFG++) needs classifier-free guidance: the model call did not report "
+                             "the unconditional x0 estimate (run.uncond is None)")
+        return self.uncond
 
     def _noise(self, draw: Any) -> torch.Tensor:
         """The noise sampler's draw for ``draw``: step ``i``'s interval, or a stage of dpmpp_sde's step."""
@@ -107,7 +131,7 @@ class KDiffusionRun(Run):
         if noise is not None and self.coefs[k]["out_noise"] == 0.0:
             noise = None
         return fused_step(x, raw, self.table, x_eval=x_eval, history=history, coef_row=k, noise=noise, write_aux=aux,
-                          backend=self.backend)
+                          backend=self.backend, uncond=self.uncond_arg(k))
 
     def report(self, i: int, x: torch.Tensor, raw: torch.Tensor, k: int, sigma_hat: Any = None) -> None:
         if self.callback is not None:

@@ -24,6 +24,7 @@ class StepArgs(NamedTuple):
     h1: Optional[torch.Tensor]
     h2: Optional[torch.Tensor]
     noise: Optional[torch.Tensor]
+    uncond: Optional[torch.Tensor]  # the unconditional x0 estimate given as a tensor (uncond_mode 2)
     coef_index: Optional[torch.Tensor]
     row_ids: Optional[torch.Tensor]
     out: torch.Tensor  # None before the kernel path allocates it (the CPU path and reference write their own)
@@ -36,6 +37,7 @@ class StepArgs(NamedTuple):
     seed_lo: int
     seed_hi: int
     stream: int
+    uncond_mode: int = 0  # 0: no u term, 1: u from the guided halves, 2: u is the ``uncond`` tensor
 
     @property
     def history(self) -> tuple:

@@ -33,6 +33,17 @@ Contents (one private module per job, everything imported from here):
 * ``_sigmas`` -- :func:`karras_sigmas`, :func:`exponential_sigmas`,
   :func:`polyexponential_sigmas`, :func:`vp_sigmas`: sampling noise levels
   in the k-diffusion convention (``n`` decreasing VE sigmas then a final 0).
+* ``_scheduler_sigmas`` -- the schedules of ComfyUI's scheduler list on plain
+  arguments (a training sigma table, ``t -> sigma``, sigma range):
+  :func:`simple_sigmas`, :func:`sgm_uniform_sigmas` / :func:`normal_sigmas`,
+  :func:`ddim_uniform_sigmas`, :func:`beta_sigmas` (Lee et al. 2024),
+  :func:`linear_quadratic_sigmas` (Mochi 1), :func:`kl_optimal_sigmas`
+  (Sabour et al. 2024), with ComfyUI's step arithmetic; ``_beta_dist``: the
+  Beta law's CDF and quantile in float64 for :func:`beta_sigmas`.
+* ``_ays`` -- Align Your Steps (Sabour et al. 2024): the published 10-step
+  SD 1.5 / SDXL / SVD noise levels (:func:`ays_noise_levels`) and
+  :func:`align_your_steps_sigmas`, their log-linear resampling
+  (:func:`loglinear_interpolate`) to any step count.
 
 All schedule math is done in ``torch.float64`` on the CPU; tables are only
 cast (and moved to an accelerator) at the very end, see
@@ -51,6 +62,16 @@ from ._checks import DeviceLike, TensorLike  # noqa: F401 (the types of the sign
 from ._continuous import ContinuousVPSchedule, VESchedule
 from ._discrete import BETA_SCHEDULES, DiscreteVPSchedule, make_betas, rescale_zero_terminal_snr
 from ._flow import FlowMatchingSchedule
+from ._ays import AYS_MODELS, align_your_steps_sigmas, ays_noise_levels, loglinear_interpolate
+from ._scheduler_sigmas import (
+    beta_sigmas,
+    ddim_uniform_sigmas,
+    kl_optimal_sigmas,
+    linear_quadratic_sigmas,
+    normal_sigmas,
+    sgm_uniform_sigmas,
+    simple_sigmas,
+)
 from ._sigmas import exponential_sigmas, karras_sigmas, polyexponential_sigmas, vp_sigmas
 from ._timesteps import TIMESTEP_SPACINGS, inference_timesteps, spaced_timesteps
 
@@ -69,4 +90,15 @@ __all__ = [
     "exponential_sigmas",
     "polyexponential_sigmas",
     "vp_sigmas",
+    "simple_sigmas",
+    "sgm_uniform_sigmas",
+    "normal_sigmas",
+    "ddim_uniform_sigmas",
+    "beta_sigmas",
+    "linear_quadratic_sigmas",
+    "kl_optimal_sigmas",
+    "AYS_MODELS",
+    "ays_noise_levels",
+    "loglinear_interpolate",
+    "align_your_steps_sigmas",
 ]

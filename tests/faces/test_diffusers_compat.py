@@ -20,6 +20,7 @@ import subprocess
 import sys
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -133,6 +134,37 @@ _add("FlowMatchEulerDiscreteScheduler", [{}, {"shift": 3.0}, {"shift": 3.0, "use
                                          {"shift": 2.0, "use_exponential_sigmas": True},
                                          {"stochastic_sampling": True, "shift": 3.0}, {"invert_sigmas": True},
                                          {"shift_terminal": 0.1, "shift": 3.0}])
+
+
+# dynamic thresholding (a per-sample quantile of |x0|): ratios and maxima that make it clamp at most steps
+_THR = {"thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 1.5}
+_add("DDPMScheduler", [_THR, {**_THR, "prediction_type": "v_prediction", **SD}])
+_add("DDIMScheduler", [_THR, {**_THR, "prediction_type": "sample"}], extra={"eta": 0.5})
+_add("DDIMScheduler", [_THR], extra={"eta": 0.0, "use_clipped_model_output": True})
+_add("DPMSolverMultistepScheduler", [_THR, {**_THR, "solver_order": 3}, {**_THR, "algorithm_type": "sde-dpmsolver++"},
+                                     {**_THR, "algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"}])
+_add("UniPCMultistepScheduler", [_THR, {**_THR, "solver_order": 3, "prediction_type": "v_prediction"}])
+
+
+# flow prediction on flow sigmas (the Wan / SkyReels-V2 / Cosmos UniPC configs)
+_FLOW = {"prediction_type": "flow_prediction", "use_flow_sigmas": True}
+_add("UniPCMultistepScheduler", [{**_FLOW, "flow_shift": 3.0}, {**_FLOW, "flow_shift": 5.0, "solver_order": 3},
+                                 {**_FLOW, "flow_shift": 3.0, "final_sigmas_type": "sigma_min"},
+                                 {**_FLOW, "use_karras_sigmas": True}, {**_FLOW, "shift_terminal": 0.1, "flow_shift": 2.0},
+                                 {**_FLOW, "flow_shift": 3.0, "timestep_spacing": "trailing", "solver_order": 1}])
+
+
+# flow prediction on flow sigmas (the Sana DPM-Solver config)
+_add("DPMSolverMultistepScheduler", [{**_FLOW, "flow_shift": 3.0}, {**_FLOW, "flow_shift": 3.0, "solver_order": 3},
+                                     {**_FLOW, "flow_shift": 2.0, "algorithm_type": "sde-dpmsolver++"},
+                                     {**_FLOW, "flow_shift": 3.0, "final_sigmas_type": "sigma_min"}])
+
+
+# beta sigmas (Lee et al. 2024): the Beta(0.6, 0.6) quantile is fastdiff's own float64 one, diffusers' is SciPy's
+for _name in ("EulerDiscreteScheduler", "HeunDiscreteScheduler", "DPMSolverMultistepScheduler",
+              "UniPCMultistepScheduler"):
+    _add(_name, [{**SD, "use_beta_sigmas": True}])
+_add("FlowMatchEulerDiscreteScheduler", [{"shift": 3.0, "use_beta_sigmas": True}])
 
 
 @pytest.fixture(autouse=True)
@@ -434,3 +466,61 @@ def test_ddpm_learned_variance(variance_type):
             x = sched.step(torch.cat([eps, v], dim=1), t, x, generator=g).prev_sample
         runs[key] = x
     assert_parity(f"{variance_type} prev_sample", runs["ours"], runs["peer"], runs["exact"], 8)
+
+
+@pytest.mark.parametrize("how", ["mu", "sigmas"])
+def test_unipc_flow_dynamic_shift_and_custom_sigmas(how):
+    """UniPC on flow sigmas with a dynamic shift (``mu``) or custom ``sigmas``: diffusers' schedule and trajectory."""
+    cfg = {"prediction_type": "flow_prediction", "use_flow_sigmas": True, "use_dynamic_shifting": how == "mu"}
+    kw = {"num_inference_steps": 8, "mu": 0.8} if how == "mu" else {"sigmas": np.array([0.95, 0.8, 0.6, 0.45, 0.3, 0.1])}
+    runs = {}
+    for key, sched, dtype in (("ours", fdd.UniPCMultistepScheduler(**cfg), torch.float32),
+                              ("peer", diffusers.UniPCMultistepScheduler(**cfg), torch.float32),
+                              ("exact", float64_scheduler(diffusers, "UniPCMultistepScheduler", cfg), torch.float64)):
+        sched.set_timesteps(**kw)
+        runs[key + "_ts"], runs[key + "_sig"] = sched.timesteps.clone(), sched.sigmas.clone()
+        x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1)).to(dtype)
+        for t in sched.timesteps:
+            x = sched.step(fake_model(x, t), t, x).prev_sample
+        runs[key] = x
+    assert torch.equal(runs["ours_ts"], runs["peer_ts"])
+    torch.testing.assert_close(runs["ours_sig"].double(), runs["peer_sig"].double(), rtol=1e-6, atol=1e-7)
+    assert_parity(f"flow UniPC ({how}) prev_sample", runs["ours"], runs["peer"], runs["exact"], len(runs["peer_ts"]))
+
+
+def test_dpm_solver_flow_dynamic_shift():
+    """DPM-Solver on flow sigmas with ``mu``: diffusers sets flow_shift = e^mu; the same schedule and trajectory."""
+    cfg = {"prediction_type": "flow_prediction", "use_flow_sigmas": True, "use_dynamic_shifting": True}
+    runs = {}
+    for key, sched, dtype in (("ours", fdd.DPMSolverMultistepScheduler(**cfg), torch.float32),
+                              ("peer", diffusers.DPMSolverMultistepScheduler(**cfg), torch.float32),
+                              ("exact", float64_scheduler(diffusers, "DPMSolverMultistepScheduler", cfg), torch.float64)):
+        sched.set_timesteps(8, mu=0.7)
+        runs[key + "_ts"], runs[key + "_shift"] = sched.timesteps.clone(), float(sched.config.flow_shift)
+        x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(2)).to(dtype)
+        for t in sched.timesteps:
+            x = sched.step(fake_model(x, t), t, x).prev_sample
+        runs[key] = x
+    assert torch.equal(runs["ours_ts"], runs["peer_ts"]) and runs["ours_shift"] == pytest.approx(runs["peer_shift"])
+    assert_parity("flow DPM-Solver (mu) prev_sample", runs["ours"], runs["peer"], runs["exact"], 8)
+
+
+@pytest.mark.parametrize("cfg", [{}, SD, {"beta_schedule": "squaredcos_cap_v2"}, {"beta_schedule": "sigmoid"},
+                                 {**SD, "rescale_betas_zero_snr": True}, {"trained_betas": [0.01 * k for k in range(1, 11)],
+                                                                          "num_train_timesteps": 10}])
+def test_table_arithmetic_modes(cfg):
+    """Default: the training schedule is diffusers' float32 one, bit for bit; "float64": fastdiff.schedules' exact one
+    (nearer to a float64 run of diffusers' own code than diffusers' float32 run is)."""
+    ours, ref = fdd.DDPMScheduler(**cfg), diffusers.DDPMScheduler(**cfg)
+    assert torch.equal(ours.betas, ref.betas) and torch.equal(ours.alphas_cumprod, ref.alphas_cumprod)
+    previous = fdd.set_table_arithmetic("float64")
+    try:
+        exact = fdd.DDPMScheduler(**cfg)
+    finally:
+        fdd.set_table_arithmetic(previous)
+    ref64 = float64_scheduler(diffusers, "DDPMScheduler", cfg).alphas_cumprod.double()
+    err64 = (exact.alphas_cumprod.double() - ref64).abs().max().item()
+    err32 = (ref.alphas_cumprod.double() - ref64).abs().max().item()
+    assert err64 <= max(err32, 6e-8 * ref64.abs().max().item())
+    with pytest.raises(ValueError, match="mode must be one of"):
+        fdd.set_table_arithmetic("float16")

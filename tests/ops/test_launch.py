@@ -97,7 +97,7 @@ def test_direct_and_op_launches_agree_bit_for_bit(dtype):
     outs = []
     for direct in (True, False):
         out, aux = torch.full_like(x, float("nan")), torch.full_like(x, float("nan"))
-        args = StepArgs(x, m, coefs, None, h, None, None, None, None, None, out, aux, 0, 1, False, None, 1, 11, 0, 2)
+        args = StepArgs(x, m, coefs, None, h, None, None, None, None, None, None, out, aux, 0, 1, False, None, 1, 11, 0, 2)
         with dispatch.interpreter_guard():
             if direct:
                 step.direct(args)

@@ -15,6 +15,11 @@ CONFIGS = {
     "multistep_per_row": dict(n_hist=2, per_row=True, aux=True),
     "full": dict(x_eval=True, n_hist=3, guidance=True, clip=1.0, seed=11, per_row=True, row_ids=True, aux=True),
     "given_noise": dict(noise=True, n_hist=1),
+    # CFG++: the unconditional x0 estimate u from the guided halves (converted in the pass), or given as a tensor
+    "cfgpp_halves": dict(x_eval=True, guidance=True, uncond="halves", per_row=True, aux=True),
+    "cfgpp_halves_clip": dict(guidance=True, uncond="halves", clip=0.8, seed=3, n_hist=1, aux=True),
+    "cfgpp_tensor": dict(uncond="tensor", n_hist=2, per_row=True, aux=True),
+    "cfgpp_tensor_clip": dict(uncond="tensor", x_eval=True, clip=0.9, noise=True, aux=True),
 }
 
 
@@ -42,6 +47,7 @@ def make_case(shape, dtype, cfg, gen_seed=0):
             stream=5,
             row_ids=(torch.randint(0, 2**40, (batch,), generator=g) if cfg.get("row_ids") else None),
             noise=rnd(*shape) if cfg.get("noise") else None,
+            **({} if "uncond" not in cfg else {"uncond": "halves" if cfg["uncond"] == "halves" else rnd(*shape)}),
         ),
         aux=cfg.get("aux", False),
     )
@@ -50,8 +56,8 @@ def make_case(shape, dtype, cfg, gen_seed=0):
 
 def to64(kw):
     out = dict(kw)
-    for k in ("x_eval", "noise"):
-        if out[k] is not None:
+    for k in ("x_eval", "noise", "uncond"):
+        if isinstance(out.get(k), torch.Tensor):
             out[k] = out[k].double()
     out["history"] = [h.double() for h in out["history"]]
     return out
@@ -249,3 +255,75 @@ def test_cpu_fast_path_matches_reference(dtype, cfg):
     assert out.dtype == dtype
     assert_close_to_reference("cpu out", out, ref[0], ref64[0])
     assert_close_to_reference("cpu aux", aux, ref[1], ref64[1])
+
+
+# ---------------------------------------------------------------------------------------------- CFG++ (u term)
+CFGPP = [c for c in CONFIGS if c.startswith("cfgpp")]
+
+
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64], ids=str)
+@pytest.mark.parametrize("cfg", CFGPP, ids=str)
+def test_cpu_fast_path_with_uncond_matches_reference(cfg, dtype):
+    """The host-coefficient CPU path (one row for all samples: coef_index None) with the u term, folded or
+    clipped, from the halves or a tensor, into fresh and NaN-poisoned buffers."""
+    opts = dict(CONFIGS[cfg], per_row=False)
+    case = make_case((3, 2, 7), dtype, opts, gen_seed=21)
+    x, m, c, kw = case["x"], case["model_output"], case["coefs"], case["kw"]
+    c = c.to(torch.float64 if dtype == torch.float64 else torch.float32)
+    ref_same = fused_step(x, m, c, write_aux=True, backend="reference", **kw)
+    ref64 = fused_step(x.double(), m.double(), c.double(), write_aux=True, backend="reference", **to64(kw))
+    got = fused_step(x, m, c, write_aux=True, backend="torch", **kw)
+    out, aux = poisoned_like(x), poisoned_like(x)
+    got_buf = fused_step(x, m, c, out=out, aux_out=aux, backend="torch", **kw)
+    assert got_buf[0] is out and got_buf[1] is aux
+    for name, res in (("fresh", got), ("buffers", got_buf)):
+        assert_close_to_reference(f"{cfg} {name} out", res[0], ref_same[0], ref64[0])
+        assert_close_to_reference(f"{cfg} {name} aux", res[1], ref_same[1], ref64[1])
+
+
+def test_uncond_term_is_the_cfgpp_formula():
+    """Independent of the reference: with u from the halves, out = out_x*x + out_d*d + out_u*u and
+    aux = aux_u*u, where d and u are the guided and unguided x0 estimates of an epsilon model (float64)."""
+    g = torch.Generator().manual_seed(5)
+    x, m = torch.randn(3, 6, generator=g, dtype=torch.float64), torch.randn(6, 6, generator=g, dtype=torch.float64)
+    sigma, scale = 1.7, 2.5
+    eps_u, eps_c = m[:3], m[3:]
+    d = x - sigma * (eps_u + scale * (eps_c - eps_u))
+    u = x - sigma * eps_u
+    c = step_coefs(in_x=1.0, in_m=-sigma, guidance=scale, out_x=0.3, out_d=0.9, out_u=-0.4, aux_d=0.0, aux_u=1.0,
+                   dtype=torch.float64)
+    for backend in ("torch", "reference"):
+        out, aux = fused_step(x, m, c, guidance=True, uncond="halves", write_aux=True, backend=backend)
+        torch.testing.assert_close(out, 0.3 * x + 0.9 * d - 0.4 * u, rtol=1e-13, atol=1e-13)
+        torch.testing.assert_close(aux, u, rtol=1e-13, atol=1e-13)
+    x32, m32, c32 = x.float(), m.float(), c.float()
+    out, aux = fused_step(x32, m32, c32, guidance=True, uncond="halves", write_aux=True, backend="triton")
+    torch.testing.assert_close(out.double(), 0.3 * x + 0.9 * d - 0.4 * u, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(aux.double(), u, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch", "reference"])
+def test_uncond_columns_are_ignored_without_uncond(backend):
+    """Without ``uncond`` the out_u / aux_u columns are not read (a NaN there changes nothing)."""
+    g = torch.Generator().manual_seed(6)
+    x, m = torch.randn(2, 9, generator=g), torch.randn(4, 9, generator=g)
+    c = step_coefs(in_x=1.0, in_m=-0.5, guidance=1.5, out_x=0.6, out_d=0.4)
+    c_nan = c.clone()
+    c_nan[:, COEF_NAMES.index("out_u")] = float("nan")
+    c_nan[:, COEF_NAMES.index("aux_u")] = float("nan")
+    a = fused_step(x, m, c, guidance=True, write_aux=True, backend=backend)
+    b = fused_step(x, m, c_nan, guidance=True, write_aux=True, backend=backend)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_bad_uncond_arguments():
+    x, m = torch.randn(2, 4), torch.randn(2, 4)
+    c = step_coefs(out_u=1.0)
+    with pytest.raises(ValueError, match="uncond='halves' needs guidance=True"):
+        fused_step(x, m, c, uncond="halves")
+    with pytest.raises(ValueError, match="uncond must be None, 'halves' or a tensor"):
+        fused_step(x, m, c, uncond="cond")
+    with pytest.raises(ValueError, match="uncond"):
+        fused_step(x, m, c, uncond=torch.randn(2, 5))
+    with pytest.raises(TypeError, match="uncond"):
+        fused_step(x, m, c, uncond=torch.ones(2, 4, dtype=torch.int64))

@@ -28,7 +28,7 @@ RULES = [
     ("model_output-type", {"model_output": M.int()}, TypeError, "model_output must be a float32"),
     ("model_output-device", {"model_output": M.to(META)}, ValueError, "model_output is on meta"),
     ("model_output-shape", {"model_output": M[:1]}, ValueError, "model_output must have shape (2, 3)"),
-    ("coefs-shape", {"coefs": C[:, :12]}, ValueError, "coefs must be a (R, 13) tensor"),
+    ("coefs-shape", {"coefs": C[:, :12]}, ValueError, "coefs must be a (R, 15) tensor"),
     ("coefs-dtype", {"coefs": C.long()}, TypeError, "coefs must be a float table"),
     ("coefs-device", {"coefs": C.to(META)}, ValueError, "coefs is on meta"),
     ("x_eval", {"x_eval": X[:1]}, ValueError, "x_eval must have shape"),

@@ -16,29 +16,11 @@ import diffusers_swap  # noqa: E402
 SRC = os.environ.get("DIFFUSERS_SRC")
 FILES = ("ddim", "ddpm", "euler", "euler_ancestral", "heun", "dpm_multi", "unipc")
 
-_THRESHOLD = "thresholding=True (dynamic thresholding) is not implemented"
-_F32_TABLES = "diffusers builds its tables in float32, fastdiff in float64: sums differ by more than 1e-2"
 OPEN_GAPS = {
     "test_scheduler_ddim.DDIMSchedulerTest::test_betas": "beta_end >= 1 is refused",
-    "test_scheduler_ddim.DDIMSchedulerTest::test_thresholding": _THRESHOLD,
     "test_scheduler_ddim.DDIMSchedulerTest::test_variance": "_get_variance (private) is not provided",
     "test_scheduler_ddpm.DDPMSchedulerTest::test_betas": "beta_end >= 1 is refused",
-    "test_scheduler_ddpm.DDPMSchedulerTest::test_full_loop_with_noise": _F32_TABLES,
-    "test_scheduler_ddpm.DDPMSchedulerTest::test_thresholding": _THRESHOLD,
     "test_scheduler_ddpm.DDPMSchedulerTest::test_variance": "_get_variance (private) is not provided",
-    "test_scheduler_dpm_multi.DPMSolverMultistepSchedulerTest::test_fp16_support": "fp16 model output",
-    "test_scheduler_dpm_multi.DPMSolverMultistepSchedulerTest::test_full_loop_no_noise_thres": _THRESHOLD,
-    "test_scheduler_dpm_multi.DPMSolverMultistepSchedulerTest::test_thresholding": _THRESHOLD,
-    "test_scheduler_euler.EulerDiscreteSchedulerTest::test_full_loop_with_noise": _F32_TABLES,
-    "test_scheduler_euler_ancestral.EulerAncestralDiscreteSchedulerTest::test_full_loop_with_noise": _F32_TABLES,
-    "test_scheduler_heun.HeunDiscreteSchedulerTest::test_beta_sigmas": "use_beta_sigmas is not implemented",
-    "test_scheduler_heun.HeunDiscreteSchedulerTest::test_full_loop_with_noise": _F32_TABLES,
-    "test_scheduler_unipc.UniPCMultistepScheduler1DTest::test_flow_and_karras_sigmas": "use_flow_sigmas",
-    "test_scheduler_unipc.UniPCMultistepScheduler1DTest::test_flow_and_karras_sigmas_values": "use_flow_sigmas",
-    "test_scheduler_unipc.UniPCMultistepScheduler1DTest::test_fp16_support": "fp16 model output",
-    "test_scheduler_unipc.UniPCMultistepScheduler1DTest::test_thresholding": _THRESHOLD,
-    "test_scheduler_unipc.UniPCMultistepSchedulerTest::test_fp16_support": "fp16 model output",
-    "test_scheduler_unipc.UniPCMultistepSchedulerTest::test_thresholding": _THRESHOLD,
 }
 
 

@@ -6,6 +6,7 @@ import torch
 
 import fastdiff
 from fastdiff import k_diffusion as K
+from fastdiff.samplers import NEEDS_UNCOND
 from fastdiff.sampling import list_samplers, sample
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -34,11 +35,19 @@ def test_k_diffusion_face_rejects_repeated_sigmas(name):
         K.SAMPLERS[name](den, X, torch.tensor(REPEATED), disable=True)
 
 
+def guided_if_needed(sampler, fn, batch):
+    """``fn`` as it is, or inside a CFGDenoiser for the CFG++ samplers (they need guidance)."""
+    if sampler not in NEEDS_UNCOND:
+        return fn
+    return fastdiff.CFGDenoiser(lambda x, s, cond: fn(x, s), cond=torch.ones(batch, 1),
+                                uncond=torch.zeros(batch, 1), scale=1.5)
+
+
 @pytest.mark.parametrize("sampler", [s for s in list_samplers() if s != "flow_euler"])
 def test_strictly_decreasing_schedules_still_accepted(sampler):
     for sig in (fastdiff.karras_sigmas(6, 0.03, 10.0), fastdiff.exponential_sigmas(6, 0.03, 10.0),
                 torch.tensor([10.0, 1.0, 0.0])):
-        out = sample(den, X, sig, sampler=sampler, seed=0)
+        out = sample(guided_if_needed(sampler, den, X.shape[0]), X, sig, sampler=sampler, seed=0)
         assert out.shape == X.shape and torch.isfinite(out).all()
 
 
@@ -194,7 +203,7 @@ def test_sample_on_an_empty_batch_returns_an_empty_sample(name):
 
     x = torch.zeros(0, 3)
     sig = fastdiff.FlowMatchingSchedule().sigmas(4) if name == "flow_euler" else fastdiff.karras_sigmas(4, 0.1, 5.0)
-    out = fastdiff.sample(den, x, sig, sampler=name, seed=0)
+    out = fastdiff.sample(guided_if_needed(name, den, 0), x, sig, sampler=name, seed=0)
     assert out.shape == (0, 3) and out.dtype == x.dtype
     assert seen and all(s == (0, 3) for s in seen)
 

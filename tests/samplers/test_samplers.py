@@ -9,12 +9,15 @@ from fastdiff import sampler_run, sampling
 from fastdiff.denoisers import EpsDenoiser
 from fastdiff.sampling import initial_noise, list_samplers, sample
 from fastdiff.toy import GaussianMixture
+from cfgpp_references import CFGPP_REFERENCES
+from fastdiff.samplers import NEEDS_UNCOND
 from sampler_references import REFERENCES, run_reference
 
 GMM = GaussianMixture.ring(k=4, radius=3.0, std=0.4, dim=3)
-ALL = list_samplers()
-# the samplers with a literal transcription in sampler_references.py (the ComfyUI set added later is checked
-# against ComfyUI's own functions by the fastdiff.comfyui parity harness and on the exact mixture in
+# the samplers that run on a plain denoiser; the CFG++ ones need guidance (test_sampler_accuracy_cfgpp.py)
+ALL = [s for s in list_samplers() if s not in NEEDS_UNCOND]
+# the samplers with a literal transcription in sampler_references.py (the ComfyUI solver set is checked against
+# ComfyUI's own functions by the fastdiff.comfyui parity harness and on the exact mixture in
 # test_sampler_accuracy_more.py)
 TRANSCRIBED = [n for n in ALL if n in REFERENCES]
 
@@ -40,6 +43,9 @@ VARIANTS = [
     ("unipc", dict(order=3)),
     ("unipc", dict(order=1)),
     ("unipc", dict(order=2, variant="bh1")),
+    ("res_multistep_ancestral", dict(eta=0.5, s_noise=0.9)),
+    ("res_multistep_ancestral", dict(eta=0.0)),
+    ("gradient_estimation", dict(ge_gamma=3.0)),
 ]
 
 
@@ -74,11 +80,16 @@ def trajectory(run):
 
 
 def test_registry():
-    assert set(ALL) == {"euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2s_ancestral",
-                        "dpmpp_2m", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde", "ddim", "ddpm", "unipc",
-                        "flow_euler", "ipndm", "ipndm_v", "deis", "heunpp2", "lcm", "er_sde", "seeds_2", "seeds_3",
-                        "sa_solver", "sa_solver_pece", "dpmpp_2m_sde_heun", "dpm_fast"}
+    assert set(list_samplers()) == {
+        "euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2s_ancestral", "dpmpp_2m",
+        "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde", "ddim", "ddpm", "unipc", "flow_euler",
+        "euler_cfg_pp", "euler_ancestral_cfg_pp", "dpmpp_2s_ancestral_cfg_pp", "dpmpp_2m_cfg_pp", "res_multistep",
+        "res_multistep_cfg_pp", "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp", "gradient_estimation",
+        "gradient_estimation_cfg_pp",
+        "ipndm", "ipndm_v", "deis", "heunpp2", "lcm", "er_sde", "seeds_2", "seeds_3", "sa_solver", "sa_solver_pece",
+        "dpmpp_2m_sde_heun", "dpm_fast"}
     assert set(REFERENCES) <= set(ALL)
+    assert set(CFGPP_REFERENCES) == set(NEEDS_UNCOND)
     for name, fn in sampling.SAMPLERS.items():
         assert fn.__doc__ and len(fn.__doc__.strip().splitlines()[0]) > 10, name
 
@@ -119,7 +130,7 @@ def test_triton_kernel_matches_reference(name):
     _compare_step_by_step(name, options, dtype=torch.float32, backend="triton", shape=(3, 2, 3), tol=2e-6)
 
 
-@pytest.mark.parametrize("name", sampling.STOCHASTIC + ("heun",))
+@pytest.mark.parametrize("name", [n for n in sampling.STOCHASTIC if n not in NEEDS_UNCOND] + ["heun"])
 def test_batch_split_and_seed(name):
     """Rows 0-7 at once == rows 0-3 and 4-7 run separately (row_ids); same seed -> same samples."""
     opts = dict(s_churn=5.0) if name == "heun" else {}

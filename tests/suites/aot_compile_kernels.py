@@ -24,13 +24,14 @@ def step_variants():
             ("fp32", "bf16"), ((True, True), (False, False)), (0, 1, 2), (False, True)):
         p = PTR[dtype]
         sig = {"x_ptr": p, "xe_ptr": p, "m_ptr": "*fp16", "h0_ptr": p, "h1_ptr": p, "h2_ptr": p, "noise_ptr": p,
-               "out_ptr": p, "aux_ptr": "*fp32", "coef_ptr": "*fp32", "coef_idx_ptr": "*i64", "row_ids_ptr": "*i64",
+               "u_ptr": p, "out_ptr": p, "aux_ptr": "*fp32", "coef_ptr": "*fp32", "coef_idx_ptr": "*i64", "row_ids_ptr": "*i64",
                "coef_row": "i32", "n_cols": "i32", "total": "i64" if idx64 else "i32", "clip_value": "fp32",
                "seed_lo": "i32", "seed_hi": "i32", "stream": "i32"}
-        ce = {"HAS_EVAL": True, "GUIDANCE": True, "DO_CLIP": True, "N_HIST": 3, "NOISE_MODE": noise_mode,
+        # UNCOND (the CFG++ u term) cycles with the noise mode: every mode is compiled without tripling the set
+        ce = {"HAS_EVAL": True, "GUIDANCE": True, "UNCOND": (1, 2, 0)[noise_mode], "DO_CLIP": True, "N_HIST": 3, "NOISE_MODE": noise_mode,
               "WRITE_AUX": True, "PER_ROW": per_row, "HAS_ROW_IDS": True, "GROUPED_NOISE": grouped, "IDX64": idx64,
               "BLOCK": 1024}
-        yield f"step {dtype} grouped={grouped} per_row={per_row} noise={noise_mode} idx64={idx64}", \
+        yield f"step {dtype} grouped={grouped} per_row={per_row} noise={noise_mode} uncond={(1, 2, 0)[noise_mode]} idx64={idx64}", \
             fused_step_kernel, sig, ce
 
 

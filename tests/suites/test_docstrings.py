@@ -19,6 +19,8 @@ MODULES = [
     "fastdiff.diffusers._flow", "fastdiff.bench", "fastdiff.bench.sizes", "fastdiff.bench.timing",
     "fastdiff.bench.cases_step", "fastdiff.bench.runner", "fastdiff.bench.report", "fastdiff.bench.profiling",
     "fastdiff.ops.hmc", "fastdiff.mcmc._hmc", "fastdiff.mcmc._adapt",
+    "fastdiff.schedules._scheduler_sigmas", "fastdiff.schedules._beta_dist", "fastdiff.schedules._ays",
+    "fastdiff.comfyui.schedulers",
 ]
 
 

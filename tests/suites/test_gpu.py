@@ -203,7 +203,7 @@ def test_direct_and_op_launches_agree_bit_for_bit_on_cuda():
     outs = []
     for direct in (True, False):
         out, aux = poisoned_like(x), poisoned_like(x)
-        args = StepArgs(x, m, coefs, None, h, None, None, None, None, None, out, aux, 1, 1, False, None, 1, 17, 0, 3)
+        args = StepArgs(x, m, coefs, None, h, None, None, None, None, None, None, out, aux, 1, 1, False, None, 1, 17, 0, 3)
         if direct:
             step.direct(args)
         else:

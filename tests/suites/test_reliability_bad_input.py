@@ -52,10 +52,10 @@ OPS_CASES = [
     case("step-history-shape", lambda: fastdiff.fused_step(X, X, C1, history=[X[:1]]), ValueError, "history[0]"),
     case("step-history-int", lambda: fastdiff.fused_step(X, X, C1, history=[X.long()]), TypeError, "history[0]"),
     # ---- coefficient tables and rows
-    case("step-coefs-list", lambda: fastdiff.fused_step(X, X, [[0.0] * 13]), ValueError, "coefs", "13"),
-    case("step-coefs-width", lambda: fastdiff.fused_step(X, X, torch.zeros(1, 12)), ValueError, "coefs", "13"),
+    case("step-coefs-list", lambda: fastdiff.fused_step(X, X, [[0.0] * 15]), ValueError, "coefs", "15"),
+    case("step-coefs-width", lambda: fastdiff.fused_step(X, X, torch.zeros(1, 12)), ValueError, "coefs", "15"),
     case("step-coefs-device", lambda: fastdiff.fused_step(X, X, C1.to(META)), ValueError, "coefs"),
-    case("step-coefs-int", lambda: fastdiff.fused_step(X, X, torch.zeros(1, 13, dtype=torch.int64)), TypeError, "coefs"),
+    case("step-coefs-int", lambda: fastdiff.fused_step(X, X, torch.zeros(1, 15, dtype=torch.int64)), TypeError, "coefs"),
     case("step-coef_row-range", lambda: fastdiff.fused_step(X, X, C1, coef_row=5), ValueError, "coef_row"),
     case("step-coef_row-negative", lambda: fastdiff.fused_step(X, X, C1, coef_row=-1), ValueError, "coef_row"),
     case("step-coef_row-float", lambda: fastdiff.fused_step(X, X, C1, coef_row=0.5), TypeError, "coef_row"),

@@ -25,7 +25,7 @@ def _check_idx64(batch, cols, guidance, per_row, big_rows, seed, dtype):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, cols, generator=g).to(dtype)
     m = torch.randn((2 * batch if guidance else batch), cols, generator=g).to(dtype)
-    c = torch.rand(3, 13, generator=g) - 0.5
+    c = torch.rand(3, 15, generator=g) - 0.5
     rid = torch.randint(0, 2 ** 62 if big_rows else 64, (batch,), generator=g)
     kw = dict(guidance=guidance, seed=seed, stream=seed % 5, row_ids=rid, write_aux=True, backend="triton",
               coef_index=torch.randint(0, 3, (batch,), generator=g) if per_row else None, coef_row=2)

@@ -8,12 +8,14 @@ import torch
 import fastdiff
 from fastdiff import diffusers as fd
 from fastdiff.ops.step import step_coefs
+from fastdiff.samplers import NEEDS_UNCOND
 from fastdiff.sampling import list_samplers
 from fastdiff.toy import GaussianMixture
 from reliability_cases import ZTSNR_SCHEDULERS, eps_model, randn, run_scheduler, same_bits, sid
 
 GMM = GaussianMixture.ring(k=4, radius=2.0, std=0.3)
-VE_SAMPLERS = [s for s in list_samplers() if s != "flow_euler"]
+# the CFG++ samplers need guidance: test_sampler_accuracy_cfgpp.py runs these checks on them with a CFGDenoiser
+VE_SAMPLERS = [s for s in list_samplers() if s != "flow_euler" and s not in NEEDS_UNCOND]
 # k-diffusion's samplers take a plain first-order step into sigma = 0 (x_next = the x0 estimate);
 # LMS and UniPC instead integrate over [sigma_i, 0] with their multistep weights; SA-Solver's PECE mode returns
 # the x0 estimate of its second (corrected-state) evaluation, which the callback does not see (as in ComfyUI).
@@ -181,7 +183,7 @@ def test_step_idx64_path_matches_int32_path(monkeypatch):
     x, xe = randn(3, 37, seed=0), randn(3, 37, seed=1)
     m = randn(6, 37, seed=2)
     hist = [randn(3, 37, seed=3), randn(3, 37, seed=4)]
-    c = (torch.rand(4, 13, generator=torch.Generator().manual_seed(5)) - 0.5)
+    c = (torch.rand(4, 15, generator=torch.Generator().manual_seed(5)) - 0.5)
     kw = dict(x_eval=xe, history=hist, coef_index=torch.tensor([3, 0, 2]), guidance=True, seed=77, stream=9,
               row_ids=torch.tensor([5, 2 ** 33 + 1, 11]), write_aux=True, backend="triton")
     ref = fastdiff.fused_step(x, m, c, **kw)

@@ -47,6 +47,8 @@ def step_coefs(
     out_noise: _Coef = 0.0,
     aux_x: _Coef = 0.0,
     aux_d: _Coef = 1.0,
+    out_u: _Coef = 0.0,
+    aux_u: _Coef = 0.0,
     device: Union[str, torch.device, None] = None,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
@@ -54,17 +56,18 @@ def step_coefs(
 
     Each argument is a number (R=1) or a length-R sequence (one row per step or
     per sample); values are assembled in float64 and cast once. The defaults make
-    ``d`` the model output (x0 prediction) and ``aux`` = d.
+    ``d`` the model output (x0 prediction) and ``aux`` = d. ``out_u`` / ``aux_u`` weigh the unconditional x0
+    estimate ``u`` (CFG++), used only by calls that pass ``fused_step(..., uncond=...)``.
 
     Example:
         >>> step_coefs(out_x=[0.9, 0.8], out_d=[0.1, 0.2]).shape
-        torch.Size([2, 13])
+        torch.Size([2, 15])
     """
     out_h = tuple(out_h)
     if len(out_h) > MAX_HISTORY:
         raise ValueError(f"out_h takes at most {MAX_HISTORY} history coefficients, got {len(out_h)}")
     out_h = out_h + (0.0,) * (MAX_HISTORY - len(out_h))
-    values = [in_x, in_m, guidance, out_x, out_e, out_m, out_d, *out_h, out_noise, aux_x, aux_d]
+    values = [in_x, in_m, guidance, out_x, out_e, out_m, out_d, *out_h, out_noise, aux_x, aux_d, out_u, aux_u]
     cols = []
     for name, v in zip(COEF_NAMES, values):
         try:
@@ -121,6 +124,7 @@ def fused_step(
     stream: int = 0,
     row_ids: Optional[torch.Tensor] = None,
     noise: Optional[torch.Tensor] = None,
+    uncond: Union[None, str, torch.Tensor] = None,
     out: Optional[torch.Tensor] = None,
     aux_out: Optional[torch.Tensor] = None,
     write_aux: bool = False,
@@ -144,6 +148,10 @@ def fused_step(
         clip: clamp the denoised estimate to [-clip, clip].
         seed, stream, row_ids: in-kernel Philox noise keyed by (seed, row id, stream, element).
         noise: explicit noise instead of ``seed`` (shape of x).
+        uncond: the unconditional x0 estimate ``u`` weighed by the ``out_u`` / ``aux_u`` columns (CFG++):
+            ``"halves"`` forms it in the pass from the uncond half of a guided ``model_output`` with the row's
+            ``in_x`` / ``in_m`` (needs ``guidance``); a tensor shaped like x is ``u`` itself (an x0 estimate,
+            not converted); None (default) leaves the u columns unread.
         out, aux_out: destination buffers (may alias inputs for in-place work).
         write_aux: also return the ``aux`` tensor (a new history entry).
         backend: "auto" | "triton" | "torch" | "reference".
@@ -152,7 +160,7 @@ def fused_step(
         ``out``, or ``(out, aux)`` when ``write_aux`` or ``aux_out`` is given.
     """
     path, want_aux, a = parse_step(x, model_output, coefs, x_eval, history, coef_index, coef_row, guidance, clip,
-                                   seed, stream, row_ids, noise, out, aux_out, write_aux, backend)
+                                   seed, stream, row_ids, noise, out, aux_out, write_aux, backend, uncond)
     if path == "triton":
         launcher("fused_step")(a)
         return (a.out, a.aux_out) if want_aux else a.out
@@ -169,7 +177,7 @@ def _reference(a: StepArgs, want_aux: bool, compute_dtype: Optional[torch.dtype]
     res, aux = step_reference(
         x, a.model_output, a.coefs, x_eval=a.x_eval, history=a.history, coef_index=a.coef_index,
         coef_row=a.coef_row, guidance=a.guidance, clip=a.clip, seed=a.seed, stream=a.stream, row_ids=a.row_ids,
-        noise=a.noise, compute_dtype=compute_dtype,
+        noise=a.noise, uncond="halves" if a.uncond_mode == 1 else a.uncond, compute_dtype=compute_dtype,
     )
     out = res.to(x.dtype) if a.out is None else a.out.copy_(res)
     if want_aux:

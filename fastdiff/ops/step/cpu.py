@@ -1,7 +1,7 @@
 """The fast CPU path of the step: coefficients read as host floats, zero terms skipped, in-place accumulation.
 
 On CPU a coefficient table is host memory, so reading one row costs nothing and lets the step skip every
-term whose coefficient is zero (a DDIM step touches 3 of the 13). Same formula as ``naive.step_reference``
+term whose coefficient is zero (a DDIM step touches 3 of the 15). Same formula as ``naive.step_reference``
 in float32 (float64 for float64 storage); only the order of the additions differs, and:
 
 * without ``clip`` the denoised estimate ``d = in_x*xe + in_m*m`` is folded into the output coefficients
@@ -92,17 +92,17 @@ def step_cpu(a: StepArgs, row: Sequence[float], want_aux: bool) -> tuple[torch.T
     The results have x's dtype, or are the ``a.out``/``a.aux_out`` buffers (filled) when given; ``aux`` is None
     unless ``want_aux``. Noise is ``a.noise``, or drawn here from ``a.seed`` (``philox_normal``).
     """
-    (x, model_output, _, x_eval, hist0, hist1, hist2, noise, _, row_ids, out, aux_out, _, n_hist, guidance, clip,
-     noise_mode, _, _, stream) = a
+    (x, model_output, _, x_eval, hist0, hist1, hist2, noise, uncond, _, row_ids, out, aux_out, _, n_hist, guidance,
+     clip, noise_mode, _, _, stream, uncond_mode) = a
     history = (hist0, hist1, hist2)[:n_hist]
     if noise_mode == 1:
         noise = philox_normal(x.shape, a.seed, stream, row_ids=row_ids, device=x.device)
-    in_x, in_m, g, out_x, out_e, out_m, out_d, h0, h1, h2, out_n, aux_x, aux_d = row
+    in_x, in_m, g, out_x, out_e, out_m, out_d, h0, h1, h2, out_n, aux_x, aux_d, out_u, aux_u = row
     xd = x.dtype
     dt = _F64 if xd is _F64 else _F32
     xs = x if xd is dt else x.to(dt)
-    if (x_eval is None and not guidance and clip is None and noise is None and not history and out is None
-            and aux_out is None):
+    if (x_eval is None and not guidance and not uncond_mode and clip is None and noise is None and not history
+            and out is None and aux_out is None):
         # the common drop-in call (DDIM / Euler / flow): out and aux are each a*x + b*m
         m = model_output if model_output.dtype is dt else model_output.to(dt)
         res = _lin2(xs, out_x + out_d * in_x, m, out_m + out_d * in_m, dt)
@@ -113,16 +113,18 @@ def step_cpu(a: StepArgs, row: Sequence[float], want_aux: bool) -> tuple[torch.T
         return res, aux
     xe = xs if x_eval is None else _as(x_eval, dt)
     m = _as(model_output, dt)
+    m_u = None
     if guidance:
         batch = x.shape[0]
-        m = torch.lerp(m[:batch], m[batch:], g)
+        m_u = m[:batch]
+        m = torch.lerp(m_u, m[batch:], g)
     hs = [_as(h, dt) for h in history] if history else ()
     nz = None if noise is None else _as(noise, dt)
 
     # Direct writes: the buffer has the compute dtype and shares no memory with anything read after it.
     o_dst = a_dst = None
     if out is not None or aux_out is not None:
-        inputs = (x, x_eval, model_output, noise, *history)
+        inputs = (x, x_eval, model_output, noise, uncond, *history)
         if out is not None and out.dtype is dt and not _shares(out, inputs):
             o_dst = out
         if want_aux and aux_out is not None and aux_out.dtype is dt and not _shares(aux_out, inputs):
@@ -138,13 +140,25 @@ def step_cpu(a: StepArgs, row: Sequence[float], want_aux: bool) -> tuple[torch.T
             o_terms = [(xs, out_x + out_d * in_x), (m, out_m + out_d * in_m)]
         else:
             o_terms = [(xs, out_x), (xe, out_e + out_d * in_x), (m, out_m + out_d * in_m)]
-        aux = _combine([(xe, aux_x + aux_d * in_x), (m, aux_d * in_m)], xs, dt, a_dst) if want_aux else None
+        a_terms = [(xe, aux_x + aux_d * in_x), (m, aux_d * in_m)]
     else:
         d = _combine([(xe, in_x), (m, in_m)], xs, dt, None).clamp_(-clip, clip)
         o_terms = [(xs, out_x), (m, out_m), (d, out_d)]
         if x_eval is not None:
             o_terms.append((xe, out_e))
-        aux = _combine([(xe, aux_x), (d, aux_d)], xs, dt, a_dst) if want_aux else None
+        a_terms = [(xe, aux_x), (d, aux_d)]
+    if uncond_mode:
+        # the unconditional x0 estimate u (CFG++): the tensor given, or in_x*xe + in_m*m_u from the uncond half
+        # (as two terms; materialised only when clipped)
+        if uncond_mode == 2:
+            u = [(_as(uncond, dt) if clip is None else _as(uncond, dt).clamp(-clip, clip), 1.0)]
+        elif clip is None:
+            u = [(xe, in_x), (m_u, in_m)]
+        else:
+            u = [(_combine([(xe, in_x), (m_u, in_m)], xs, dt, None).clamp_(-clip, clip), 1.0)]
+        o_terms += [(t, out_u * c) for t, c in u]
+        a_terms += [(t, aux_u * c) for t, c in u]
+    aux = _combine(a_terms, xs, dt, a_dst) if want_aux else None
     res = _combine(o_terms + tail, xs, dt, o_dst)
 
     if out is None:

@@ -6,7 +6,7 @@ path used for float16/bfloat16/float32 storage.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -15,7 +15,7 @@ from .._common import bcast
 
 COEF_NAMES = (
     "in_x", "in_m", "guidance", "out_x", "out_e", "out_m", "out_d",
-    "out_h0", "out_h1", "out_h2", "out_noise", "aux_x", "aux_d",
+    "out_h0", "out_h1", "out_h2", "out_noise", "aux_x", "aux_d", "out_u", "aux_u",
 )
 NUM_COEFS = len(COEF_NAMES)
 MAX_HISTORY = 3
@@ -36,9 +36,14 @@ def step_reference(
     stream: int = 0,
     row_ids: Optional[torch.Tensor] = None,
     noise: Optional[torch.Tensor] = None,
+    uncond: Union[None, str, torch.Tensor] = None,
     compute_dtype: Optional[torch.dtype] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return ``(out, aux)`` in ``compute_dtype`` (default: x's dtype)."""
+    """Return ``(out, aux)`` in ``compute_dtype`` (default: x's dtype).
+
+    ``uncond``: None (no ``u`` term), ``"halves"`` (``u`` from the uncond half of a guided ``model_output``) or
+    the unconditional x0 estimate as a tensor shaped like x.
+    """
     dt = compute_dtype or x.dtype
     batch = x.shape[0]
     c = coefs[coef_index] if coef_index is not None else coefs[coef_row].expand(batch, NUM_COEFS)
@@ -50,6 +55,7 @@ def step_reference(
     xs = x.to(dt)
     xe = xs if x_eval is None else x_eval.to(dt)
     m = model_output.to(dt)
+    m_uncond = None
     if guidance:
         m_uncond, m_cond = m[:batch], m[batch:]
         m = m_uncond + col("guidance") * (m_cond - m_uncond)
@@ -57,6 +63,15 @@ def step_reference(
     if clip is not None:
         d = d.clamp(-clip, clip)
     out = col("out_x") * xs + col("out_m") * m + col("out_d") * d
+    u = None
+    if isinstance(uncond, str):
+        u = col("in_x") * xe + col("in_m") * m_uncond
+    elif uncond is not None:
+        u = uncond.to(dt)
+    if u is not None:
+        if clip is not None:
+            u = u.clamp(-clip, clip)
+        out = out + col("out_u") * u
     if x_eval is not None:
         out = out + col("out_e") * xe
     for k, h in enumerate(history):
@@ -66,4 +81,6 @@ def step_reference(
     if noise is not None:
         out = out + col("out_noise") * noise.to(dt)
     aux = col("aux_x") * xe + col("aux_d") * d
+    if u is not None:
+        aux = aux + col("aux_u") * u
     return out, aux

@@ -64,6 +64,7 @@ def parse_step(
     aux_out: Optional[torch.Tensor],
     write_aux: bool,
     backend: str,
+    uncond=None,
 ) -> tuple[str, bool, StepArgs]:
     """``(path, want_aux, args)`` for a ``fused_step`` call (same arguments), or the error it raises.
 
@@ -136,6 +137,18 @@ def parse_step(
         check_stream(stream)
     if row_ids is not None:
         row_ids = maybe_rows(row_ids, batch, dev)
+    uncond_mode = 0
+    if uncond is not None:
+        if uncond.__class__ is str or isinstance(uncond, str):
+            if uncond != "halves":
+                raise ValueError(f"uncond must be None, 'halves' or a tensor shaped like x, got {uncond!r}")
+            if not guidance:
+                raise ValueError("uncond='halves' needs guidance=True (model_output as [uncond; cond] halves)")
+            uncond, uncond_mode = None, 1
+        else:
+            if not plain_float(uncond, dev, shape):
+                check_float("uncond", uncond, like=x, shape=shape)
+            uncond_mode = 2
     if out is not None and not (plain_float(out, dev, shape) and out.is_contiguous()):
         check_out("out", out, x)
     if aux_out is not None and not (plain_float(aux_out, dev, shape) and aux_out.is_contiguous()):
@@ -156,6 +169,8 @@ def parse_step(
             h0, h1, h2 = [None if h is None else h.contiguous() for h in (h0, h1, h2)]
         if noise is not None:
             noise = noise.contiguous()
+        if uncond is not None:
+            uncond = uncond.contiguous()
         if out is None:
             out = torch.empty_like(x)
         if want_aux and aux_out is None:
@@ -165,6 +180,6 @@ def parse_step(
     elif path == "torch" and coef_index is None and dev == _CPU and not torch.compiler.is_compiling():
         # host-float coefficients need a concrete table: under torch.compile the generic path traces instead
         path = "cpu"
-    return path, want_aux, _new(StepArgs, (x, model_output, coefs, x_eval, h0, h1, h2, noise, coef_index, row_ids,
-                                           out, aux_out, coef_row, n_hist, guidance, clip, noise_mode, seed_lo,
-                                           seed_hi, stream))
+    return path, want_aux, _new(StepArgs, (x, model_output, coefs, x_eval, h0, h1, h2, noise, uncond, coef_index,
+                                           row_ids, out, aux_out, coef_row, n_hist, guidance, clip, noise_mode,
+                                           seed_lo, seed_hi, stream, uncond_mode))
