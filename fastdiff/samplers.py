@@ -298,10 +298,18 @@ def sample_dpmpp_2m(run: Run, x: torch.Tensor) -> torch.Tensor:
 
 
 def sample_dpmpp_2m_sde(run: Run, x: torch.Tensor, *, eta: float = 1.0, s_noise: float = 1.0,
-                        solver_type: str = "midpoint") -> torch.Tensor:
-    """DPM-Solver++(2M) SDE (Lu et al. 2022, DPM-Solver++; k-diffusion's sample_dpmpp_2m_sde)."""
+                        solver_type: str = "midpoint", flow: bool = False,
+                        flow_first_sigma: float = 1.0 - 1e-4) -> torch.Tensor:
+    """DPM-Solver++(2M) SDE (Lu et al. 2022, DPM-Solver++; k-diffusion's sample_dpmpp_2m_sde).
+
+    ``flow=True``: ComfyUI's branch for rectified-flow models (CONST model_sampling): the same step in the
+    half-log-SNR ``-logit sigma`` with the signal scale ``alpha = 1 - sigma``, a first sigma >= 1 moved to
+    ``flow_first_sigma``.
+    """
     if solver_type not in ("midpoint", "heun"):
         raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
+    if flow:
+        return _dpmpp_2m_sde_half_log_snr(run, x, eta, s_noise, solver_type, flow_first_sigma)
     s = run.sigmas
     plan = []
     h_last = None
@@ -1126,10 +1134,41 @@ def sample_sa_solver_pece(run: Run, x: torch.Tensor, *, tau_func: Optional[Calla
 
 
 def sample_dpmpp_2m_sde_heun(run: Run, x: torch.Tensor, *, eta: float = 1.0, s_noise: float = 1.0,
-                             solver_type: str = "heun") -> torch.Tensor:
+                             solver_type: str = "heun", flow: bool = False,
+                             flow_first_sigma: float = 1.0 - 1e-4) -> torch.Tensor:
     """DPM-Solver++(2M) SDE with the Heun-type second-order term (Lu et al. 2022, DPM-Solver++; ComfyUI's
     ``dpmpp_2m_sde_heun``): :func:`sample_dpmpp_2m_sde` with ``solver_type="heun"`` by default."""
-    return sample_dpmpp_2m_sde(run, x, eta=eta, s_noise=s_noise, solver_type=solver_type)
+    return sample_dpmpp_2m_sde(run, x, eta=eta, s_noise=s_noise, solver_type=solver_type, flow=flow,
+                               flow_first_sigma=flow_first_sigma)
+
+
+def _dpmpp_2m_sde_half_log_snr(run: Run, x: torch.Tensor, eta: float, s_noise: float, solver_type: str,
+                               flow_first_sigma: float) -> torch.Tensor:
+    """DPM-Solver++(2M) SDE in the flow half-log-SNR (ComfyUI's CONST branch), host float64 weights."""
+    sig, lam, _ = _half_log_snr(run, True, flow_first_sigma)
+    plan = []
+    h_last = None
+    for i in range(run.n):
+        if sig[i + 1] == 0:
+            plan.append((run.row(sig[i], out_x=0.0, out_d=1.0), 0, None))
+            h_last = None
+            continue
+        h = lam[i + 1] - lam[i]
+        h_eta = h * (eta + 1)
+        alpha_t = sig[i + 1] * math.exp(lam[i + 1])
+        a = alpha_t * -math.expm1(-h_eta)
+        coefs: Dict[str, Any] = dict(out_x=sig[i + 1] / sig[i] * math.exp(-h * eta), out_d=a)
+        if i > 0:
+            rinv = h / h_last
+            b = (alpha_t * (-math.expm1(-h_eta) / (-h_eta) + 1) if solver_type == "heun" else 0.5 * a) * rinv
+            coefs.update(out_d=a + b, out_h=(-b,))
+        noisy = eta > 0 and s_noise > 0
+        if noisy:
+            coefs["out_noise"] = sig[i + 1] * math.sqrt(-math.expm1(-2 * h * eta)) * s_noise
+        plan.append((run.row(sig[i], **coefs), 1 if i > 0 else 0, i if noisy else None))
+        h_last = h
+    run.plan()
+    return _multistep_loop(run, x, plan, keep=1)
 
 
 def _dpm_solver_rows(run: Any, t: Any, t_to: Any, order: int, noise: float, r1: Optional[float] = None) -> List[int]:

@@ -159,7 +159,7 @@ def test_flow_schedules_run():
         return GMM.denoiser(v / (1 - s), torch.full((v.shape[0],), s / (1 - s), dtype=v.dtype))
 
     sig = torch.linspace(1.0, 0.0, 9)
-    for name in ("er_sde", "seeds_2", "seeds_3", "sa_solver", "sa_solver_pece"):
+    for name in ("er_sde", "seeds_2", "seeds_3", "sa_solver", "sa_solver_pece", "dpmpp_2m_sde", "dpmpp_2m_sde_heun"):
         out = sample(flow_x0, x, sig, sampler=name, seed=0, flow=True)
         assert torch.isfinite(out).all(), name
 
