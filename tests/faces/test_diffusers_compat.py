@@ -30,6 +30,8 @@ import fastdiff.diffusers as fdd  # noqa: E402
 from fastdiff.diffusers import _base  # noqa: E402
 from peer_float64 import assert_parity, float64_pipeline, float64_scheduler  # noqa: E402
 
+#: every drop-in scheduler class
+SCHEDULERS = [n for n in fdd.__all__ if n.endswith("Scheduler") and n != "FusedSchedulerBase"]
 SD = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
 ZSNR_V = {**SD, "rescale_betas_zero_snr": True, "prediction_type": "v_prediction", "timestep_spacing": "trailing"}
 
@@ -167,6 +169,12 @@ for _name in ("EulerDiscreteScheduler", "HeunDiscreteScheduler", "DPMSolverMulti
 _add("FlowMatchEulerDiscreteScheduler", [{"shift": 3.0, "use_beta_sigmas": True}])
 
 
+_add("PNDMScheduler", [{}, {"skip_prk_steps": True}, {**SD, "skip_prk_steps": True, "steps_offset": 1},
+                       {"prediction_type": "v_prediction", "set_alpha_to_one": True},
+                       {"skip_prk_steps": True, "timestep_spacing": "trailing", "prediction_type": "v_prediction"},
+                       {"beta_schedule": "squaredcos_cap_v2", "timestep_spacing": "linspace"}])
+
+
 @pytest.fixture(autouse=True)
 def _quiet():
     with warnings.catch_warnings():
@@ -215,7 +223,7 @@ def test_parity_with_diffusers(name, cfg, n, extra):
             assert_parity(f"{name} pred_original_sample after {i + 1} steps", p, q, r, i + 1)
 
 
-@pytest.mark.parametrize("name", fdd.__all__[:8])
+@pytest.mark.parametrize("name", SCHEDULERS)
 def test_config_round_trip(name, tmp_path):
     cfg = {"num_train_timesteps": 500}
     if name != "FlowMatchEulerDiscreteScheduler":
@@ -236,7 +244,7 @@ def test_config_round_trip(name, tmp_path):
     assert swapped.config.num_train_timesteps == 1000
 
 
-@pytest.mark.parametrize("name", fdd.__all__[:8])
+@pytest.mark.parametrize("name", SCHEDULERS)
 def test_one_fused_step_per_call_and_no_sync(name, monkeypatch):
     calls = []
     real = _base.fused_step
@@ -297,7 +305,7 @@ def test_half_precision_kept(name, dtype):
     torch.testing.assert_close(lo.float(), hi, rtol=0, atol=tol * max(1.0, hi.abs().max().item()))
 
 
-@pytest.mark.parametrize("name", fdd.__all__[:8])
+@pytest.mark.parametrize("name", SCHEDULERS)
 def test_triton_backend_matches_torch(name):
     """Three steps through the Triton kernel (interpreter on CPU) against the PyTorch path."""
     res = []

@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import diffusers_swap  # noqa: E402
 
 SRC = os.environ.get("DIFFUSERS_SRC")
-FILES = ("ddim", "ddpm", "euler", "euler_ancestral", "heun", "dpm_multi", "unipc")
+FILES = ("ddim", "ddpm", "euler", "euler_ancestral", "heun", "dpm_multi", "unipc", "pndm")
 
 OPEN_GAPS = {
     "test_scheduler_ddim.DDIMSchedulerTest::test_betas": "beta_end >= 1 is refused",
