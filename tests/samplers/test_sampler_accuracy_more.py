@@ -14,7 +14,7 @@ import torch
 import fastdiff
 from fastdiff import k_diffusion as K
 from fastdiff.sampling import initial_noise, list_samplers, sample
-from fastdiff.toy import sliced_wasserstein
+from fastdiff.toy import GaussianMixture, sliced_wasserstein
 from test_sampler_accuracy import (CHI2_5DOF_P001, GMM, N_LAW, SMAX, SMIN, STEPS_LAW, VAR_TOL, exact_law,  # noqa: F401
                                    law_run, mode_stats, ode_case, rel_errors)
 
@@ -201,7 +201,7 @@ def test_triton_kernel_matches_float64_torch_path(name):
     """backend='triton' (float32 storage and arithmetic, the in-kernel Philox noise) vs the float64 torch path with
     the same seed: the history / x_eval slots each row uses are read the same way by the kernel (measured
     <= 3e-6 relative over 10 steps; a slot read wrongly gives O(1))."""
-    gmm3 = type(GMM).ring(k=4, radius=3.0, std=0.6, dim=3)
+    gmm3 = GaussianMixture.ring(k=4, radius=3.0, std=0.6, dim=3)
     x = initial_noise((3, 2, 3), 0, dtype=torch.float64) * 10.0
     sig = fastdiff.karras_sigmas(10, 0.05, 10.0)
     ref = sample(gmm3.denoiser, x, sig, sampler=name, seed=3, backend="torch")
