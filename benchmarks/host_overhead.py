@@ -68,7 +68,7 @@ def main(n: int = 20000) -> list:
     coefs = step_coefs(out_x=[0.9, 0.8], out_d=[0.1, 0.2], out_h=[0.05])
     sched, t = fastdiff.DiscreteVPSchedule(), torch.tensor([500])
     accept = torch.tensor([True])
-    args = StepArgs(x, m, coefs, None, h, None, None, None, None, None, x, None, 0, 1, False, None, 0, 0, 0, 0)
+    args = StepArgs(x, m, coefs, None, h, None, None, None, None, None, None, x, None, 0, 1, False, None, 0, 0, 0, 0)
     tensors = args[: dispatch.launcher("fused_step").tensors]  # what a step's launch checks
     with stubbed_launches():
         rows = [

@@ -31,12 +31,12 @@ from .sampler_run import Run
 from .solvers import (IPNDM_WEIGHTS, F, ancestral_split, churn_schedule, deis_weights, er_sde_default_noise_scaler,
                       er_sde_stage_integrals, euler_coefs, expm1, exp, ipndm_v_weights, lerp_half, like,
                       lms_coefficients, log, sa_solver_b_coeffs, sigma_of, sqrt, t_of, unipc_rhos)
+from .solvers import euler_ancestral_cfgpp_coefs, res_multistep_weights
 
 __all__ = ["SAMPLERS", "STOCHASTIC", "dpm_adaptive", "PIDStepSize"] + [f"sample_{n}" for n in (
     "euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2s_ancestral", "dpmpp_sde",
     "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "ddim", "ddpm", "unipc", "flow_euler", "ipndm", "ipndm_v", "deis",
     "heunpp2", "lcm", "er_sde", "seeds_2", "seeds_3", "sa_solver", "sa_solver_pece", "dpmpp_2m_sde_heun", "dpm_fast")]
-from .solvers import euler_ancestral_cfgpp_coefs, res_multistep_weights
 __all__ += ["NEEDS_UNCOND"] + [f"sample_{n}" for n in (
     "euler_cfg_pp", "euler_ancestral_cfg_pp", "dpmpp_2s_ancestral_cfg_pp", "dpmpp_2m_cfg_pp", "res_multistep",
     "res_multistep_cfg_pp", "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp", "gradient_estimation",
@@ -424,14 +424,19 @@ def sample_dpmpp_2m(run: Run, x: torch.Tensor) -> torch.Tensor:
 
 
 def sample_dpmpp_2m_sde(run: Run, x: torch.Tensor, *, eta: float = 1.0, s_noise: float = 1.0,
-                        solver_type: str = "midpoint") -> torch.Tensor:
+                        solver_type: str = "midpoint", flow: bool = False,
+                        flow_first_sigma: float = 1.0 - 1e-4) -> torch.Tensor:
     """DPM-Solver++(2M) SDE (Lu et al. 2022, DPM-Solver++; k-diffusion's sample_dpmpp_2m_sde).
 
-    On a flow run the steps are in ``lambda = log((1 - s) / s)`` and the x0 weights carry ``alpha = 1 - s'``
-    (ComfyUI's half-log-SNR form for CONST models).
+    ``flow=True``: ComfyUI's branch for rectified-flow models (CONST model_sampling): the same step in the
+    half-log-SNR ``-logit sigma`` with the signal scale ``alpha = 1 - sigma``, a first sigma >= 1 moved to
+    ``flow_first_sigma``. A flow run (:attr:`~fastdiff.sampler_run.Run.flow_sigmas`, the ComfyUI face on a CONST
+    model, which moves the first sigma itself) takes the same form in the loop below.
     """
     if solver_type not in ("midpoint", "heun"):
         raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
+    if flow:
+        return _dpmpp_2m_sde_half_log_snr(run, x, eta, s_noise, solver_type, flow_first_sigma)
     s = run.sigmas
     plan = []
     h_last = None
@@ -1267,10 +1272,41 @@ def sample_sa_solver_pece(run: Run, x: torch.Tensor, *, tau_func: Optional[Calla
 
 
 def sample_dpmpp_2m_sde_heun(run: Run, x: torch.Tensor, *, eta: float = 1.0, s_noise: float = 1.0,
-                             solver_type: str = "heun") -> torch.Tensor:
+                             solver_type: str = "heun", flow: bool = False,
+                             flow_first_sigma: float = 1.0 - 1e-4) -> torch.Tensor:
     """DPM-Solver++(2M) SDE with the Heun-type second-order term (Lu et al. 2022, DPM-Solver++; ComfyUI's
     ``dpmpp_2m_sde_heun``): :func:`sample_dpmpp_2m_sde` with ``solver_type="heun"`` by default."""
-    return sample_dpmpp_2m_sde(run, x, eta=eta, s_noise=s_noise, solver_type=solver_type)
+    return sample_dpmpp_2m_sde(run, x, eta=eta, s_noise=s_noise, solver_type=solver_type, flow=flow,
+                               flow_first_sigma=flow_first_sigma)
+
+
+def _dpmpp_2m_sde_half_log_snr(run: Run, x: torch.Tensor, eta: float, s_noise: float, solver_type: str,
+                               flow_first_sigma: float) -> torch.Tensor:
+    """DPM-Solver++(2M) SDE in the flow half-log-SNR (ComfyUI's CONST branch), host float64 weights."""
+    sig, lam, _ = _half_log_snr(run, True, flow_first_sigma)
+    plan = []
+    h_last = None
+    for i in range(run.n):
+        if sig[i + 1] == 0:
+            plan.append((run.row(sig[i], out_x=0.0, out_d=1.0), 0, None))
+            h_last = None
+            continue
+        h = lam[i + 1] - lam[i]
+        h_eta = h * (eta + 1)
+        alpha_t = sig[i + 1] * math.exp(lam[i + 1])
+        a = alpha_t * -math.expm1(-h_eta)
+        coefs: Dict[str, Any] = dict(out_x=sig[i + 1] / sig[i] * math.exp(-h * eta), out_d=a)
+        if i > 0:
+            rinv = h / h_last
+            b = (alpha_t * (-math.expm1(-h_eta) / (-h_eta) + 1) if solver_type == "heun" else 0.5 * a) * rinv
+            coefs.update(out_d=a + b, out_h=(-b,))
+        noisy = eta > 0 and s_noise > 0
+        if noisy:
+            coefs["out_noise"] = sig[i + 1] * math.sqrt(-math.expm1(-2 * h * eta)) * s_noise
+        plan.append((run.row(sig[i], **coefs), 1 if i > 0 else 0, i if noisy else None))
+        h_last = h
+    run.plan()
+    return _multistep_loop(run, x, plan, keep=1)
 
 
 def _dpm_solver_rows(run: Any, t: Any, t_to: Any, order: int, noise: float, r1: Optional[float] = None) -> List[int]:
@@ -1361,7 +1397,13 @@ class _StepRows:
 
 class PIDStepSize:
     """PID step-size control on the inverse error (Söderlind 2003, as k-diffusion's dpm_adaptive uses it):
-    ``factor = 1 + atan(prod_k e_k^{b_k} - 1)``, accepted when ``factor >= accept_safety``; ``h *= factor``."""
+    ``factor = 1 + atan(prod_k e_k^{b_k} - 1)``, accepted when ``factor >= accept_safety``; ``h *= factor``.
+
+    Example (an error of half the tolerance grows a third-order step by ``1 + atan(2^(1/3) - 1)``):
+        >>> pid = PIDStepSize(0.1, pcoeff=0.0, icoeff=1.0, dcoeff=0.0, order=3, accept_safety=0.81)
+        >>> pid.propose(0.5), round(pid.h, 4)
+        (True, 0.1254)
+    """
 
     def __init__(self, h: float, pcoeff: float, icoeff: float, dcoeff: float, order: float,
                  accept_safety: float, eps: float = 1e-8) -> None:
@@ -1400,6 +1442,13 @@ def dpm_adaptive(evaluate: Callable[[torch.Tensor, Any], torch.Tensor], x: torch
     passes of the same stage rows as ``dpm_fast`` (an order-3 step: 3 evaluations, 4 passes; order 2: 2 and 3).
     Accepting or rejecting a step needs the error norm on the host: one device-to-host read per step, inherent
     to the method (the steps are not known in advance). Scalars (0-d tensors or floats) keep their kind.
+
+    Example:
+        >>> den = lambda v, sigma: v / (1 + sigma ** 2)
+        >>> t0, t1 = torch.tensor(10.0).log().neg(), torch.tensor(0.1).log().neg()
+        >>> x, info = dpm_adaptive(den, torch.ones(2, 3), t0, t1)
+        >>> x.shape, info["nfe"] == 3 * info["steps"]
+        (torch.Size([2, 3]), True)
     """
     if isinstance(order, bool) or order not in (2, 3):
         raise ValueError(f"order should be 2 or 3, got {order!r}")
@@ -1510,6 +1559,7 @@ NEEDS_UNCOND = ("euler_cfg_pp", "euler_ancestral_cfg_pp", "dpmpp_2s_ancestral_cf
 
 #: samplers whose noise draws make the result depend on ``seed`` (with their default options).
 STOCHASTIC = ("euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde",
-              "dpmpp_3m_sde", "ddpm",
+              "dpmpp_3m_sde", "ddpm", "lcm", "er_sde", "seeds_2", "seeds_3", "sa_solver", "sa_solver_pece",
+              "dpmpp_2m_sde_heun",
               "euler_ancestral_cfg_pp", "dpmpp_2s_ancestral_cfg_pp", "res_multistep_ancestral",
               "res_multistep_ancestral_cfg_pp")

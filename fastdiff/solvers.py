@@ -28,9 +28,9 @@ __all__ = [
     "F", "log", "exp", "expm1", "sqrt", "like", "lerp_half", "t_of", "sigma_of",
     "ve_x0_coefs", "vp_x0_coefs", "churn_gamma", "churn_schedule", "ancestral_split", "euler_coefs",
     "lms_coefficients", "unipc_rhos", "SQRT2_MINUS_1",
-    "flow_alpha", "euler_ancestral_cfgpp_coefs", "res_multistep_weights", "nan_to_zero",
     "IPNDM_WEIGHTS", "ipndm_v_weights", "deis_weights", "er_sde_default_noise_scaler", "er_sde_stage_integrals",
     "sa_solver_b_coeffs", "dpm_fast_grid",
+    "flow_alpha", "euler_ancestral_cfgpp_coefs", "res_multistep_weights", "nan_to_zero",
 ]
 
 Scalar = Any  # float, 0-d torch.Tensor or numpy array
@@ -348,6 +348,7 @@ def res_multistep_weights(h: Scalar, c2: Scalar) -> Tuple[Scalar, Scalar]:
     phi2 = (phi1 - 1.0) / -h
     return nan_to_zero(phi1 - phi2 / c2), nan_to_zero(phi2 / c2)
 
+
 # ------------------------------------------------------------------------------------------ ComfyUI's solver set
 #: Adams-Bashforth weights of iPNDM (Zhang & Chen 2023) on equal steps, newest derivative first, order 1..4
 IPNDM_WEIGHTS = ((1.0,), (1.5, -0.5), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59 / 24, 37 / 24, -9 / 24))
@@ -407,7 +408,8 @@ def deis_weights(sigmas: Sequence[float], max_order: int, mode: str = "tab", qua
     """
     s = np.asarray([float(v) for v in sigmas], dtype=np.float64)
     if mode == "rhoab":
-        return [[] if i == 0 else lms_coefficients([float(v) for v in s], i, min(i + 1, max_order)) for i in range(len(s) - 1)]
+        host = [float(v) for v in s]
+        return [[] if i == 0 else lms_coefficients(host, i, min(i + 1, max_order)) for i in range(len(s) - 1)]
     if mode != "tab":
         raise ValueError(f"deis_mode must be 'tab' or 'rhoab', got {mode!r}")
     t, b0, bd = _deis_vp_times(s)

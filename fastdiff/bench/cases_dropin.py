@@ -2,7 +2,8 @@
 
 Both schedulers of a case are brought to the same mid-trajectory step of a 50-step run (:func:`common.at_step`)
 and set back to it before every timed call (:func:`common.rewind`, host-side state only). DDIM and Euler
-return pred_original_sample beside prev_sample; DPM-Solver++ keeps its x0 as the next step's history.
+return pred_original_sample beside prev_sample; DPM-Solver++ keeps its x0 as the next step's history; PNDM (PLMS)
+combines the output with three earlier ones.
 """
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ _DROPIN = (
     ("dropin_dpmpp2m", "DPMSolverMultistepScheduler",
      dict(common.diffusers_kwargs(), algorithm_type="dpmsolver++", solver_order=2), 1, True),
     ("dropin_flow_euler", "FlowMatchEulerDiscreteScheduler", dict(num_train_timesteps=1000, shift=3.0), 0, False),
+    # Stable Diffusion 1.x's default: PLMS (skip_prk_steps), a fourth-order step reading three earlier outputs
+    ("dropin_pndm", "PNDMScheduler", dict(common.diffusers_kwargs(), skip_prk_steps=True, set_alpha_to_one=False,
+                                          steps_offset=1), 3, False),
 )
 
 
@@ -31,6 +35,13 @@ def _dropin_factory(module: str, cls_name: str, config: Dict[str, Any], n_hist: 
         sched = getattr(common.import_scheduler_module(module), cls_name)(**config)
         k = common.MID_STEP
         t = common.at_step(sched, spec, k, warm_history=bool(n_hist))
+
+        if cls_name == "PNDMScheduler":  # a step counter and the earlier outputs (oldest first), in both classes
+            def fn(inp):
+                sched.counter, sched.ets = k, [inp["h3"], inp["h2"], inp["h1"]]
+                return (sched.step(inp["eps"], t, inp["x"]).prev_sample,)
+
+            return fn
 
         def fn(inp):
             common.rewind(sched, k, inp["hist"] if n_hist else None, own_history=own_history)
@@ -44,7 +55,7 @@ def _dropin_factory(module: str, cls_name: str, config: Dict[str, Any], n_hist: 
 for _name, _cls, _cfg, _nh, _x0 in _DROPIN:
     register_case(Case(
         _name, f"drop-in {_cls}.step (50 steps, mid-trajectory)",
-        inputs={"x": 1, "eps": 1, **({"hist": 1} if _nh else {})},
+        inputs={"x": 1, "eps": 1, **({"hist": 1} if _nh == 1 else {f"h{j}": 1 for j in range(1, _nh + 1)})},
         writes={"out": 1, **({"x0": 1} if _x0 else {})}, group="dropin",
         check=("fastdiff",), reference="diffusers", op=f"fastdiff.diffusers.{_cls}().step(eps, t, x)"))
     register_provider(_name, "fastdiff", _dropin_factory("fastdiff.diffusers", _cls, _cfg, _nh))

@@ -20,15 +20,17 @@ Example:
     >>> for t in s.timesteps:
     ...     x = s.step(torch.zeros_like(x), t, x).prev_sample
 """
-from ._base import ZTSNR_ALPHA_BAR, FusedSchedulerBase
+from ._base import ZTSNR_ALPHA_BAR, FusedSchedulerBase, set_table_arithmetic
 from ._compat import HAS_DIFFUSERS
 from ._ddim import DDIMScheduler, DDPMScheduler
 from ._euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler
 from ._flow import FlowMatchEulerDiscreteScheduler
 from ._multistep import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+from ._pndm import PNDMScheduler
 
 __all__ = [
     "DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
     "HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
     "FlowMatchEulerDiscreteScheduler", "FusedSchedulerBase", "HAS_DIFFUSERS", "ZTSNR_ALPHA_BAR",
+    "set_table_arithmetic", "PNDMScheduler",
 ]

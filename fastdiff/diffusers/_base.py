@@ -50,7 +50,8 @@ from ..ops.step import COEF_NAMES, fused_step, step_coefs
 # the CPU step's own term arithmetic: a folded drop-in step runs exactly its tensor ops, bit for bit
 from ..ops.step.cpu import _combine, _lin2
 from ..random import draw_seed
-from ..schedules import DiscreteVPSchedule, spaced_timesteps
+from ..schedules import DiscreteVPSchedule, make_betas, spaced_timesteps
+from ..schedules._beta_dist import beta_ppf
 from ._compat import ConfigMixin, SchedulerMixin, randn_tensor, resolve_output
 
 __all__ = ["FusedSchedulerBase", "DiscreteBetaMixin", "ZTSNR_ALPHA_BAR", "sigma_to_t", "spaced_timesteps",
@@ -475,6 +476,74 @@ def _folded_step(x: torch.Tensor, m: torch.Tensor, folded: tuple, history: Seque
     return res, aux
 
 
+#: how the drop-ins build a run's training schedule: "diffusers" (its float32 betas and cumulative product, so
+#: diffusers' reference values hold at its tolerances) or "float64" (exact to float64; see set_table_arithmetic)
+_TABLE_ARITHMETIC = ["diffusers"]
+_ARITHMETICS = ("diffusers", "float64")
+
+
+def set_table_arithmetic(mode: str) -> str:
+    """Choose how schedulers constructed from now on build their training schedule; returns the previous mode.
+
+    ``"diffusers"`` (the default): the betas, ``alphas`` and ``alphas_cumprod`` in float32, operation for operation
+    as diffusers builds them, so a drop-in reproduces diffusers' numbers (its ``full_loop`` reference sums
+    included). ``"float64"``: the schedule in float64 (``fastdiff.schedules``): the cumulative product of 1000
+    float32 factors carries ~1e-5 relative error at the last timestep, which this mode removes; results then
+    differ from diffusers' by about that much. Every later table (sigmas, step coefficients) is float64 in both
+    modes.
+
+    Example:
+        >>> from fastdiff.diffusers import DDPMScheduler, set_table_arithmetic
+        >>> previous = set_table_arithmetic("float64")
+        >>> exact = DDPMScheduler()
+        >>> _ = set_table_arithmetic(previous)
+        >>> float(exact.alphas_cumprod[-1]) != float(DDPMScheduler().alphas_cumprod[-1])
+        True
+    """
+    if mode not in _ARITHMETICS:
+        raise ValueError(f"mode must be one of {_ARITHMETICS}, got {mode!r}")
+    previous, _TABLE_ARITHMETIC[0] = _TABLE_ARITHMETIC[0], mode
+    return previous
+
+
+def f32_like_diffusers(v):
+    """``v`` rounded to float32 (returned as float64) in the "diffusers" table arithmetic, unchanged in "float64":
+    a table builder wraps each intermediate that diffusers computes in float32 tensors."""
+    if _TABLE_ARITHMETIC[0] == "diffusers":
+        return np.asarray(v, dtype=np.float32).astype(np.float64)
+    return v
+
+
+def _diffusers_betas(beta_schedule: str, beta_start: float, beta_end: float, trained_betas, n: int,
+                     rescale: bool) -> torch.Tensor:
+    """The float32 betas diffusers builds for this (already validated) config: float32 linspaces, or the float64
+    betas rounded once where diffusers computes them in Python floats."""
+    f32 = torch.float32
+    if trained_betas is not None:
+        betas = torch.as_tensor(trained_betas).to(f32)
+    elif beta_schedule not in ("linear", "scaled_linear", "sigmoid"):  # computed in Python floats by diffusers
+        betas = make_betas(beta_schedule, n, beta_start, beta_end).to(f32)
+    elif beta_schedule == "linear":
+        betas = torch.linspace(beta_start, beta_end, n, dtype=f32)
+    elif beta_schedule == "scaled_linear":
+        betas = torch.linspace(beta_start**0.5, beta_end**0.5, n, dtype=f32) ** 2
+    else:  # sigmoid
+        betas = torch.sigmoid(torch.linspace(-6, 6, n)) * (beta_end - beta_start) + beta_start
+    if rescale:
+        betas = _rescale_zero_terminal_snr_f32(betas)
+    return betas
+
+
+def _rescale_zero_terminal_snr_f32(betas: torch.Tensor) -> torch.Tensor:
+    """Lin et al. (2024), Algorithm 1 (zero terminal SNR), in float32 as diffusers computes it."""
+    abar_sqrt = torch.cumprod(1.0 - betas, dim=0).sqrt()
+    first, last = abar_sqrt[0].clone(), abar_sqrt[-1].clone()
+    abar_sqrt = (abar_sqrt - last) * (first / (first - last))
+    abar = abar_sqrt**2
+    alphas = torch.cat([abar[0:1], abar[1:] / abar[:-1]])
+    return 1 - alphas
+
+
 class DiscreteBetaMixin:
     """Training-schedule set-up shared by the beta-based schedulers (via ``fastdiff.schedules``)."""
 
@@ -499,6 +568,13 @@ class DiscreteBetaMixin:
                                             "linear" if trained_betas is not None else beta_schedule,
                                             trained_betas=trained_betas,
                                             rescale_betas_zero_snr=bool(rescale_betas_zero_snr))
+        if _TABLE_ARITHMETIC[0] == "diffusers":
+            betas = _diffusers_betas(beta_schedule, beta_start, beta_end, trained_betas, num_train_timesteps,
+                                     bool(rescale_betas_zero_snr))
+            self.betas, self.alphas = betas, 1.0 - betas
+            self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+            self._abar64 = self.alphas_cumprod.to(torch.float64).numpy().copy()
+            return
         self._abar64 = self._schedule.alphas_cumprod.numpy().copy()
         # diffusers-visible float32 views
         self.betas = self._schedule.betas.to(torch.float32)
@@ -519,9 +595,8 @@ class DiscreteBetaMixin:
         from ..schedules import exponential_sigmas, karras_sigmas
 
         cfg = self.config
-        if getattr(cfg, "use_beta_sigmas", False):
-            raise NotImplementedError("use_beta_sigmas is not supported by fastdiff.diffusers")
-        if not (getattr(cfg, "use_karras_sigmas", False) or getattr(cfg, "use_exponential_sigmas", False)):
+        beta = getattr(cfg, "use_beta_sigmas", False)
+        if not (getattr(cfg, "use_karras_sigmas", False) or getattr(cfg, "use_exponential_sigmas", False) or beta):
             return None
         smin = getattr(cfg, "sigma_min", None)
         smax = getattr(cfg, "sigma_max", None)
@@ -530,6 +605,10 @@ class DiscreteBetaMixin:
         smax = float(smax) if smax is not None else float(sigmas[0])
         if cfg.use_karras_sigmas:
             return karras_sigmas(n, smin, smax).numpy()[:-1]
+        if beta:
+            # Lee et al. (2024), "Beta Sampling is All You Need": sigmas at the Beta(0.6, 0.6) quantiles of 1 - u
+            q = torch.as_tensor(1.0 - np.linspace(0, 1, n), dtype=torch.float64)
+            return smin + beta_ppf(q, 0.6, 0.6).numpy() * (smax - smin)
         return exponential_sigmas(n, smin, smax).numpy()[:-1]
 
 

@@ -18,7 +18,7 @@ from ..random import philox_normal
 from ..schedules import inference_timesteps
 from ..solvers import vp_x0_coefs
 from ._base import (ZTSNR_ALPHA_BAR, DiscreteBetaMixin, FusedSchedulerBase, check_steps, check_timestep_value,
-                    result_dtype, rows)
+                    f32_like_diffusers, result_dtype, rows)
 from ._compat import make_output, register_to_config
 
 _LEARNED = ("learned", "learned_range")
@@ -207,18 +207,20 @@ class DDPMScheduler(_DiscreteVPBase):
         t = np.asarray(self._ts, dtype=np.int64)
         prev = np.append(t[1:], -1) if (self.custom_timesteps or self.num_inference_steps) else t - 1
         abar = self._abar64
+        r = f32_like_diffusers  # each quantity rounded where diffusers computes it in float32 (the default)
         a_t = abar[t]
         a_p = np.where(prev >= 0, abar[np.maximum(prev, 0)], 1.0)
-        beta_t = 1.0 - a_t / a_p
-        var = np.maximum((1.0 - a_p) / (1.0 - a_t) * beta_t, 1e-20)
-        std = np.sqrt(beta_t) if self.variance_type.startswith("fixed_large") else np.sqrt(var)
+        beta_prod, beta_prod_prev = r(1.0 - a_t), r(1.0 - a_p)
+        beta_t = r(1.0 - r(a_t / a_p))
+        var = np.maximum(r(r(beta_prod_prev / beta_prod) * beta_t), 1e-20)
+        std = r(np.sqrt(beta_t)) if self.variance_type.startswith("fixed_large") else r(np.sqrt(var))
         if self.variance_type in _LEARNED:
             # the model's variance scales the noise per element: the step gets noise * std as its noise input
             self._log_var_range = (np.log(var), np.log(beta_t))
             std = np.ones_like(std)
         in_x, in_m = self._x0_rows(t)
-        return rows(in_x=in_x, in_m=in_m, out_d=np.sqrt(a_p) * beta_t / (1.0 - a_t),
-                    out_x=np.sqrt(a_t / a_p) * (1.0 - a_p) / (1.0 - a_t), out_noise=np.where(t > 0, std, 0.0))
+        return rows(in_x=in_x, in_m=in_m, out_d=r(r(r(np.sqrt(a_p)) * beta_t) / beta_prod),
+                    out_x=r(r(r(np.sqrt(r(a_t / a_p))) * beta_prod_prev) / beta_prod), out_noise=np.where(t > 0, std, 0.0))
 
     def step(self, model_output: torch.Tensor, timestep: Union[int, torch.Tensor], sample: torch.Tensor,
              generator: Optional[torch.Generator] = None, return_dict: bool = True):

@@ -251,6 +251,8 @@ class DPMSolverMultistepScheduler(_MultistepBase):
                              "`config.use_exponential_sigmas = True`")
         if timesteps is not None and cfg.use_lu_lambdas:
             raise ValueError("Cannot use `timesteps` with `config.use_lu_lambdas = True`")
+        if timesteps is not None and cfg.use_beta_sigmas:
+            raise ValueError("Cannot set `timesteps` with `config.use_beta_sigmas = True`.")
         if timesteps is not None:
             ts = np.asarray(timesteps).astype(np.int64).astype(np.float64)
             n = len(ts)
@@ -260,7 +262,7 @@ class DPMSolverMultistepScheduler(_MultistepBase):
             clipped = int(torch.searchsorted(lam, torch.tensor(float(cfg.lambda_min_clipped))))
             ts = self._multistep_timesteps(n, last=cfg.num_train_timesteps - clipped)
         train = self._train_sigmas.astype(np.float32)  # diffusers works from float32 sigmas here
-        if cfg.use_karras_sigmas or cfg.use_exponential_sigmas:
+        if cfg.use_karras_sigmas or cfg.use_exponential_sigmas or cfg.use_beta_sigmas:
             sig = self._convert_sigmas(np.flip(train).astype(np.float64), n)
             ts = sigma_to_t(sig, np.log(train).astype(np.float64))  # float32 logs, as diffusers
             if cfg.use_karras_sigmas and cfg.beta_schedule != "squaredcos_cap_v2":
@@ -524,14 +526,14 @@ class UniPCMultistepScheduler(_MultistepBase):
         n = num_inference_steps
         ts = self._multistep_timesteps(n)
         train = self._train_sigmas.astype(np.float32)
-        if cfg.use_flow_sigmas and not cfg.use_exponential_sigmas:
+        if cfg.use_flow_sigmas and not (cfg.use_exponential_sigmas or cfg.use_beta_sigmas):
             ts, sig = self._flow_timesteps(n, sigmas, mu)
             self._finish_setup(np.trunc(ts), sig, device)
             if cfg.final_sigmas_type == "sigma_min":  # the last flow sigma repeated, as diffusers
                 self.sigmas[-1] = self.sigmas[-2]
                 self._sig = self.sigmas.to(torch.float64).numpy()
                 self._alpha, self._sigma, self._lam = self._alpha_sigma(self._sig)
-        elif cfg.use_karras_sigmas or cfg.use_exponential_sigmas:
+        elif cfg.use_karras_sigmas or cfg.use_exponential_sigmas or cfg.use_beta_sigmas:
             sig = self._convert_sigmas(np.flip(train).astype(np.float64), n)
             ts = sigma_to_t(sig, np.log(train).astype(np.float64))  # float32 logs, as diffusers
             if cfg.use_karras_sigmas:

@@ -237,9 +237,9 @@ def test_dropin_cases_match_diffusers():
     pytest.importorskip("diffusers")
     pytest.importorskip("fastdiff.diffusers")
     rep = _run(groups=["dropin"], providers=["fastdiff", "diffusers"])
-    assert {r.op for r in rep.rows} == {"dropin_ddim", "dropin_euler", "dropin_dpmpp2m", "dropin_flow_euler"}
-    for r in rep.find("dropin_ddim", "fastdiff") + rep.find("dropin_euler", "fastdiff") + \
-            rep.find("dropin_dpmpp2m", "fastdiff") + rep.find("dropin_flow_euler", "fastdiff"):
+    names = {"dropin_ddim", "dropin_euler", "dropin_dpmpp2m", "dropin_flow_euler", "dropin_pndm"}
+    assert {r.op for r in rep.rows} == names
+    for r in [row for name in sorted(names) for row in rep.find(name, "fastdiff")]:
         assert r.status == "ok" and r.max_rel_err <= 1e-4, (r.op, r.status, r.max_rel_err)
 
 

@@ -30,6 +30,8 @@ import fastdiff.diffusers as fdd  # noqa: E402
 from fastdiff.diffusers import _base  # noqa: E402
 from peer_float64 import assert_parity, float64_pipeline, float64_scheduler  # noqa: E402
 
+#: every drop-in scheduler class
+SCHEDULERS = [n for n in fdd.__all__ if n.endswith("Scheduler") and n != "FusedSchedulerBase"]
 SD = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
 ZSNR_V = {**SD, "rescale_betas_zero_snr": True, "prediction_type": "v_prediction", "timestep_spacing": "trailing"}
 
@@ -160,6 +162,19 @@ _add("DPMSolverMultistepScheduler", [{**_FLOW, "flow_shift": 3.0}, {**_FLOW, "fl
                                      {**_FLOW, "flow_shift": 3.0, "final_sigmas_type": "sigma_min"}])
 
 
+# beta sigmas (Lee et al. 2024): the Beta(0.6, 0.6) quantile is fastdiff's own float64 one, diffusers' is SciPy's
+for _name in ("EulerDiscreteScheduler", "HeunDiscreteScheduler", "DPMSolverMultistepScheduler",
+              "UniPCMultistepScheduler"):
+    _add(_name, [{**SD, "use_beta_sigmas": True}])
+_add("FlowMatchEulerDiscreteScheduler", [{"shift": 3.0, "use_beta_sigmas": True}])
+
+
+_add("PNDMScheduler", [{}, {"skip_prk_steps": True}, {**SD, "skip_prk_steps": True, "steps_offset": 1},
+                       {"prediction_type": "v_prediction", "set_alpha_to_one": True},
+                       {"skip_prk_steps": True, "timestep_spacing": "trailing", "prediction_type": "v_prediction"},
+                       {"beta_schedule": "squaredcos_cap_v2", "timestep_spacing": "linspace"}])
+
+
 @pytest.fixture(autouse=True)
 def _quiet():
     with warnings.catch_warnings():
@@ -208,7 +223,7 @@ def test_parity_with_diffusers(name, cfg, n, extra):
             assert_parity(f"{name} pred_original_sample after {i + 1} steps", p, q, r, i + 1)
 
 
-@pytest.mark.parametrize("name", fdd.__all__[:8])
+@pytest.mark.parametrize("name", SCHEDULERS)
 def test_config_round_trip(name, tmp_path):
     cfg = {"num_train_timesteps": 500}
     if name != "FlowMatchEulerDiscreteScheduler":
@@ -229,7 +244,7 @@ def test_config_round_trip(name, tmp_path):
     assert swapped.config.num_train_timesteps == 1000
 
 
-@pytest.mark.parametrize("name", fdd.__all__[:8])
+@pytest.mark.parametrize("name", SCHEDULERS)
 def test_one_fused_step_per_call_and_no_sync(name, monkeypatch):
     calls = []
     real = _base.fused_step
@@ -290,7 +305,7 @@ def test_half_precision_kept(name, dtype):
     torch.testing.assert_close(lo.float(), hi, rtol=0, atol=tol * max(1.0, hi.abs().max().item()))
 
 
-@pytest.mark.parametrize("name", fdd.__all__[:8])
+@pytest.mark.parametrize("name", SCHEDULERS)
 def test_triton_backend_matches_torch(name):
     """Three steps through the Triton kernel (interpreter on CPU) against the PyTorch path."""
     res = []
@@ -496,3 +511,24 @@ def test_dpm_solver_flow_dynamic_shift():
         runs[key] = x
     assert torch.equal(runs["ours_ts"], runs["peer_ts"]) and runs["ours_shift"] == pytest.approx(runs["peer_shift"])
     assert_parity("flow DPM-Solver (mu) prev_sample", runs["ours"], runs["peer"], runs["exact"], 8)
+
+
+@pytest.mark.parametrize("cfg", [{}, SD, {"beta_schedule": "squaredcos_cap_v2"}, {"beta_schedule": "sigmoid"},
+                                 {**SD, "rescale_betas_zero_snr": True}, {"trained_betas": [0.01 * k for k in range(1, 11)],
+                                                                          "num_train_timesteps": 10}])
+def test_table_arithmetic_modes(cfg):
+    """Default: the training schedule is diffusers' float32 one, bit for bit; "float64": fastdiff.schedules' exact one
+    (nearer to a float64 run of diffusers' own code than diffusers' float32 run is)."""
+    ours, ref = fdd.DDPMScheduler(**cfg), diffusers.DDPMScheduler(**cfg)
+    assert torch.equal(ours.betas, ref.betas) and torch.equal(ours.alphas_cumprod, ref.alphas_cumprod)
+    previous = fdd.set_table_arithmetic("float64")
+    try:
+        exact = fdd.DDPMScheduler(**cfg)
+    finally:
+        fdd.set_table_arithmetic(previous)
+    ref64 = float64_scheduler(diffusers, "DDPMScheduler", cfg).alphas_cumprod.double()
+    err64 = (exact.alphas_cumprod.double() - ref64).abs().max().item()
+    err32 = (ref.alphas_cumprod.double() - ref64).abs().max().item()
+    assert err64 <= max(err32, 6e-8 * ref64.abs().max().item())
+    with pytest.raises(ValueError, match="mode must be one of"):
+        fdd.set_table_arithmetic("float16")

@@ -15,6 +15,8 @@ from fastdiff import k_diffusion as K
 from test_k_diffusion_compat import KD
 
 GMM = fastdiff.toy.GaussianMixture.ring(k=4, radius=2.0, std=0.6)
+# k-diffusion itself calls torch.tensor(sigma) on tensor bounds
+pytestmark = pytest.mark.filterwarnings("ignore:To copy construct from a tensor:UserWarning")
 
 
 class SeededNoise:

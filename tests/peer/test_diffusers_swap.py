@@ -14,19 +14,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import diffusers_swap  # noqa: E402
 
 SRC = os.environ.get("DIFFUSERS_SRC")
-FILES = ("ddim", "ddpm", "euler", "euler_ancestral", "heun", "dpm_multi", "unipc")
+FILES = ("ddim", "ddpm", "euler", "euler_ancestral", "heun", "dpm_multi", "unipc", "pndm")
 
-_F32_TABLES = "diffusers builds its tables in float32, fastdiff in float64: sums differ by more than 1e-2"
 OPEN_GAPS = {
     "test_scheduler_ddim.DDIMSchedulerTest::test_betas": "beta_end >= 1 is refused",
     "test_scheduler_ddim.DDIMSchedulerTest::test_variance": "_get_variance (private) is not provided",
     "test_scheduler_ddpm.DDPMSchedulerTest::test_betas": "beta_end >= 1 is refused",
-    "test_scheduler_ddpm.DDPMSchedulerTest::test_full_loop_with_noise": _F32_TABLES,
     "test_scheduler_ddpm.DDPMSchedulerTest::test_variance": "_get_variance (private) is not provided",
-    "test_scheduler_euler.EulerDiscreteSchedulerTest::test_full_loop_with_noise": _F32_TABLES,
-    "test_scheduler_euler_ancestral.EulerAncestralDiscreteSchedulerTest::test_full_loop_with_noise": _F32_TABLES,
-    "test_scheduler_heun.HeunDiscreteSchedulerTest::test_beta_sigmas": "use_beta_sigmas is not implemented",
-    "test_scheduler_heun.HeunDiscreteSchedulerTest::test_full_loop_with_noise": _F32_TABLES,
 }
 
 

@@ -16,8 +16,8 @@ from sampler_references import REFERENCES, run_reference
 GMM = GaussianMixture.ring(k=4, radius=3.0, std=0.4, dim=3)
 # the samplers that run on a plain denoiser; the CFG++ ones need guidance (test_sampler_accuracy_cfgpp.py)
 ALL = [s for s in list_samplers() if s not in NEEDS_UNCOND]
-# the samplers with a literal transcription in sampler_references.py (the ComfyUI set added later is checked
-# against ComfyUI's own functions by the fastdiff.comfyui parity harness and on the exact mixture in
+# the samplers with a literal transcription in sampler_references.py (the ComfyUI solver set is checked against
+# ComfyUI's own functions by the fastdiff.comfyui parity harness and on the exact mixture in
 # test_sampler_accuracy_more.py)
 TRANSCRIBED = [n for n in ALL if n in REFERENCES]
 

@@ -17,8 +17,9 @@ GMM = GaussianMixture.ring(k=4, radius=2.0, std=0.3)
 # the CFG++ samplers need guidance: test_sampler_accuracy_cfgpp.py runs these checks on them with a CFGDenoiser
 VE_SAMPLERS = [s for s in list_samplers() if s != "flow_euler" and s not in NEEDS_UNCOND]
 # k-diffusion's samplers take a plain first-order step into sigma = 0 (x_next = the x0 estimate);
-# LMS and UniPC instead integrate over [sigma_i, 0] with their multistep weights.
-ENDS_ON_DENOISED = [s for s in VE_SAMPLERS if s not in ("lms", "unipc")]
+# LMS and UniPC instead integrate over [sigma_i, 0] with their multistep weights; SA-Solver's PECE mode returns
+# the x0 estimate of its second (corrected-state) evaluation, which the callback does not see (as in ComfyUI).
+ENDS_ON_DENOISED = [s for s in VE_SAMPLERS if s not in ("lms", "unipc", "sa_solver_pece")]
 
 
 # ------------------------------------------------------------------------------ sigma -> 0, final step
