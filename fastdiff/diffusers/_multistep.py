@@ -7,7 +7,7 @@ coefficient table of a run is built once per start index, in float64.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -40,6 +40,16 @@ def _vp_from_sigma(s: np.ndarray):
     with np.errstate(divide="ignore"):
         lam = np.log(alpha) - np.log(sigma)
     return alpha, sigma, lam
+
+
+def _third_order_differences(lam: np.ndarray, i: int, h: float) -> Tuple[np.ndarray, np.ndarray]:
+    """DPM-Solver's third-order D1 and D2 at step ``i`` as weights on (current, one back, two back) estimates:
+    finite differences in lambda scaled by the step ``h`` (Lu et al. 2022, Alg. of the multistep solver)."""
+    r0 = (lam[i] - lam[i - 1]) / h
+    r1 = (lam[i - 1] - lam[i - 2]) / h
+    d10 = np.array([1.0, -1.0, 0.0]) / r0
+    d11 = np.array([0.0, 1.0, -1.0]) / r1
+    return d10 + r0 / (r0 + r1) * (d10 - d11), (d10 - d11) / (r0 + r1)
 
 
 class _MultistepBase(DiscreteBetaMixin, FusedSchedulerBase):
@@ -346,12 +356,7 @@ class DPMSolverMultistepScheduler(_MultistepBase):
                         c1 = at * ((1.0 - e2h) / (-2.0 * h) + 1.0) if sde else at * ((eh - 1.0) / h + 1.0)
                     m += c1 * np.array([1.0, -1.0, 0.0]) / r0
                 elif k == 3:
-                    r0 = (lam[i] - lam[i - 1]) / h
-                    r1 = (lam[i - 1] - lam[i - 2]) / h
-                    d10 = np.array([1.0, -1.0, 0.0]) / r0
-                    d11 = np.array([0.0, 1.0, -1.0]) / r1
-                    d1 = d10 + r0 / (r0 + r1) * (d10 - d11)
-                    d2 = (d10 - d11) / (r0 + r1)
+                    d1, d2 = _third_order_differences(lam, i, h)
                     if sde:
                         c1 = at * ((1.0 - e2h) / (-2.0 * h) + 1.0)
                         c2 = at * ((1.0 - e2h - 2.0 * h) / (2.0 * h) ** 2 - 0.5)
@@ -390,12 +395,8 @@ class DPMSolverMultistepScheduler(_MultistepBase):
                     if sde:
                         raise NotImplementedError("algorithm_type='sde-dpmsolver' has no third-order update "
                                                   "(as in diffusers); use solver_order <= 2")
-                    r0 = (lam[i] - lam[i - 1]) / h
-                    r1 = (lam[i - 1] - lam[i - 2]) / h
-                    d10 = np.array([1.0, -1.0, 0.0]) / r0
-                    d11 = np.array([0.0, 1.0, -1.0]) / r1
-                    m += -st * (em1 / h - 1.0) * (d10 + r0 / (r0 + r1) * (d10 - d11))
-                    m += -st * ((em1 - h) / h**2 - 0.5) * (d10 - d11) / (r0 + r1)
+                    d1, d2 = _third_order_differences(lam, i, h)
+                    m += -st * (em1 / h - 1.0) * d1 - st * ((em1 - h) / h**2 - 0.5) * d2
                 # eps now = (x - alpha_s d) / sigma_s, with d the x0 estimate the step forms
                 ex, ed = 1.0 / s[i], -a[i] / s[i]
                 per_step.append({"in_x": in_x, "in_m": in_m, "x": at / a[i] + m[0] * ex, "d": m[0] * ed,
