@@ -278,7 +278,7 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
         cfg = self.config
         x0 = sample.float() * in_x + model_output.float() * in_m
         flat = x0.reshape(x0.shape[0], -1)
-        s = torch.quantile(flat.abs(), cfg.dynamic_thresholding_ratio, dim=1)
+        s = _row_quantile(flat.abs(), cfg.dynamic_thresholding_ratio)
         s = torch.clamp(s, min=1, max=cfg.sample_max_value).unsqueeze(1)
         x0 = (torch.clamp(flat, -s, s) / s).reshape(x0.shape).to(model_output.dtype)
         history = tuple(kwargs.pop("history", ()))
@@ -504,6 +504,20 @@ def set_table_arithmetic(mode: str) -> str:
         raise ValueError(f"mode must be one of {_ARITHMETICS}, got {mode!r}")
     previous, _TABLE_ARITHMETIC[0] = _TABLE_ARITHMETIC[0], mode
     return previous
+
+
+def _row_quantile(flat: torch.Tensor, q: float) -> torch.Tensor:
+    """``torch.quantile(flat, q, dim=1)`` (linear interpolation) bit for bit, from one or two ``kthvalue``
+    selections instead of a sort: 9x faster on one 3x64x64 sample, 3x on 16 (1 thread, 2-core EPYC)."""
+    n = flat.shape[1]
+    ftype = np.float64 if flat.dtype == torch.float64 else np.float32
+    rank = ftype(ftype(q) * ftype(n - 1))  # torch forms the rank in the input's dtype
+    below, above = int(np.floor(rank)), int(np.ceil(rank))
+    lo = torch.kthvalue(flat, below + 1, dim=1).values
+    if above == below:
+        return lo
+    hi = torch.kthvalue(flat, above + 1, dim=1).values
+    return torch.lerp(lo, hi, torch.tensor(rank - ftype(below), dtype=flat.dtype, device=flat.device))
 
 
 def f32_like_diffusers(v):

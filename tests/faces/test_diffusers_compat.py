@@ -532,3 +532,12 @@ def test_table_arithmetic_modes(cfg):
     assert err64 <= max(err32, 6e-8 * ref64.abs().max().item())
     with pytest.raises(ValueError, match="mode must be one of"):
         fdd.set_table_arithmetic("float16")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1, 12288), (3, 7), (16, 1000), (2, 1)])
+def test_row_quantile_is_torch_quantile(dtype, shape):
+    """Dynamic thresholding's per-sample quantile (two selections) equals torch.quantile's sort, bit for bit."""
+    flat = torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(shape[1])).abs()
+    for q in (0.0, 0.5, 0.9, 0.995, 0.999, 1.0):
+        assert torch.equal(_base._row_quantile(flat, q), torch.quantile(flat, q, dim=1)), q
