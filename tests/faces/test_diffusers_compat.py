@@ -387,6 +387,7 @@ def _tiny_unet():
     ("DDPMPipeline", "DDPMScheduler", {}),
     ("DDIMPipeline", "DDIMScheduler", {"eta": 0.0}),
     ("DDIMPipeline", "DDIMScheduler", {"eta": 1.0}),
+    ("PNDMPipeline", "PNDMScheduler", {}),
 ])
 def test_pipeline_swap_same_images(pipe_name, sched_name, kw, monkeypatch):
     """The documented swap in diffusers' own pipelines: the images (``(x / 2 + 0.5).clamp(0, 1)``, continuous and
