@@ -36,6 +36,7 @@ from fastdiff.k_diffusion.run import KDiffusionRun
 from fastdiff.samplers import NEEDS_UNCOND
 from fastdiff.sampling import initial_noise, sample
 from fastdiff.toy import GaussianMixture
+from test_sampler_accuracy import rk4
 
 FULL = GaussianMixture.ring(k=6, radius=3.0, std=0.35)
 SUB = GaussianMixture(FULL.means[:2], FULL.stds[:2])
@@ -222,16 +223,6 @@ def test_k_diffusion_run_without_uncond_raises():
 # ---------------------------------------------------------------------------------------------
 # order of accuracy against float64 RK4
 # ---------------------------------------------------------------------------------------------
-def rk4(f, x, grid):
-    for a, b in zip(grid[:-1], grid[1:]):
-        h = b - a
-        k1 = f(x, a)
-        k2 = f(x + h / 2 * k1, a + h / 2)
-        k3 = f(x + h / 2 * k2, a + h / 2)
-        k4 = f(x + h * k3, b)
-        x = x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-    return x
-
 
 def pf_ode(x, n, scale):
     """RK4 on dx/dsigma = (x - D(x, sigma)) / sigma, D = U + scale (C - U), sigma: SMAX -> 0 on the grid

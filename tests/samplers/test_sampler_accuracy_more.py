@@ -16,7 +16,7 @@ from fastdiff import k_diffusion as K
 from fastdiff.sampling import initial_noise, list_samplers, sample
 from fastdiff.toy import GaussianMixture, sliced_wasserstein
 from test_sampler_accuracy import (CHI2_5DOF_P001, GMM, N_LAW, SMAX, SMIN, STEPS_LAW, VAR_TOL, exact_law,  # noqa: F401
-                                   law_run, mode_stats, ode_case, rel_errors)
+                                   assert_exact_law, law_run, mode_stats, ode_case, rel_errors)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -97,14 +97,7 @@ def test_stochastic_law(exact_law, name, options):
     bias at 128 steps) and sliced Wasserstein (gross errors only) vs exact samples. The spread check sees a 10%
     error in the injected noise of seeds_2 / seeds_3 / sa_solver (test below); ER-SDE's noise is a small part of
     its step with the default scaler, so there it only sees larger errors."""
-    exact, sw_threshold = exact_law
-    out = law_run(name, **options)
-    assert torch.isfinite(out).all()
-    chi2, ratio = mode_stats(out)
-    assert chi2 < CHI2_5DOF_P001, f"{name}: mode weights off (chi2 {chi2:.1f})"
-    assert abs(ratio - 1) < VAR_TOL, f"{name}: within-mode variance ratio {ratio:.3f}"
-    sw = sliced_wasserstein(out, exact)
-    assert sw < sw_threshold, f"{name}: sliced W2 {sw:.3f} >= {sw_threshold:.3f}"
+    assert_exact_law(exact_law, name, law_run(name, **options))
 
 
 @pytest.mark.parametrize("name", ["seeds_2", "seeds_3", "sa_solver"])
