@@ -84,8 +84,13 @@ class _MultistepBase(DiscreteBetaMixin, FusedSchedulerBase):
         ts = spaced_timesteps(n, cfg.num_train_timesteps, cfg.timestep_spacing, cfg.steps_offset, extra=1, last=last)
         return np.round(ts) if cfg.timestep_spacing == "linspace" else ts
 
-    def _finish_setup(self, ts: np.ndarray, sig: np.ndarray, device) -> None:
-        last = self._train_sigmas[0] if self.config.final_sigmas_type == "sigma_min" else 0.0
+    def _finish_setup(self, ts: np.ndarray, sig: np.ndarray, device, sigma_min: Optional[float] = None) -> None:
+        """The run's timesteps and sigmas; the final sigma is 0, or with final_sigmas_type "sigma_min" the
+        smallest training sigma (``sigma_min`` overrides it: UniPC repeats its last re-spaced sigma there)."""
+        if self.config.final_sigmas_type == "sigma_min":
+            last = self._train_sigmas[0] if sigma_min is None else sigma_min
+        else:
+            last = 0.0
         self.sigmas = torch.from_numpy(np.concatenate([sig, [last]]).astype(np.float32))
         self.timesteps = torch.from_numpy(np.asarray(ts, dtype=np.float64)).to(device=device, dtype=torch.int64)
         self.num_inference_steps = len(ts)
@@ -529,21 +534,14 @@ class UniPCMultistepScheduler(_MultistepBase):
         train = self._train_sigmas.astype(np.float32)
         if cfg.use_flow_sigmas and not (cfg.use_exponential_sigmas or cfg.use_beta_sigmas):
             ts, sig = self._flow_timesteps(n, sigmas, mu)
-            self._finish_setup(np.trunc(ts), sig, device)
-            if cfg.final_sigmas_type == "sigma_min":  # the last flow sigma repeated, as diffusers
-                self.sigmas[-1] = self.sigmas[-2]
-                self._sig = self.sigmas.to(torch.float64).numpy()
-                self._alpha, self._sigma, self._lam = self._alpha_sigma(self._sig)
+            # with final_sigmas_type "sigma_min" UniPC repeats its last re-spaced sigma (as diffusers)
+            self._finish_setup(np.trunc(ts), sig, device, sigma_min=float(np.float32(sig[-1])))
         elif cfg.use_karras_sigmas or cfg.use_exponential_sigmas or cfg.use_beta_sigmas:
             sig = self._convert_sigmas(np.flip(train).astype(np.float64), n)
             ts = sigma_to_t(sig, np.log(train).astype(np.float64))  # float32 logs, as diffusers
             if cfg.use_karras_sigmas:
                 ts = np.round(ts)
-            self._finish_setup(np.trunc(ts), sig, device)
-            if cfg.final_sigmas_type == "sigma_min":  # UniPC repeats the last Karras sigma here
-                self.sigmas[-1] = self.sigmas[-2]
-                self._sig = self.sigmas.to(torch.float64).numpy()
-                self._alpha, self._sigma, self._lam = self._alpha_sigma(self._sig)
+            self._finish_setup(np.trunc(ts), sig, device, sigma_min=float(np.float32(sig[-1])))
         else:
             self._finish_setup(np.trunc(ts), interp(ts, train.astype(np.float64)), device)
         self.model_outputs = [None] * cfg.solver_order

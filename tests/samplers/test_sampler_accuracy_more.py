@@ -14,7 +14,7 @@ import torch
 import fastdiff
 from fastdiff import k_diffusion as K
 from fastdiff.sampling import initial_noise, list_samplers, sample
-from fastdiff.toy import GaussianMixture, sliced_wasserstein
+from fastdiff.toy import GaussianMixture
 from test_sampler_accuracy import (CHI2_5DOF_P001, GMM, N_LAW, SMAX, SMIN, STEPS_LAW, VAR_TOL, exact_law,  # noqa: F401
                                    assert_exact_law, law_run, mode_stats, ode_case, rel_errors)
 
