@@ -40,6 +40,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Dict, Hashable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -240,7 +241,11 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
         if tab is None:
             host = self._host_tables.get(key)
             if host is None:
-                host = self._build_table(key)
+                if getattr(self, "_schedule", True) is None:  # beta_end >= 1: NaN rows past abar <= 0, as diffusers
+                    with np.errstate(invalid="ignore", divide="ignore"):
+                        host = self._build_table(key)
+                else:
+                    host = self._build_table(key)
                 self._host_tables[key] = host
             tab = host.to(device)
             self._tables[(key, device)] = tab
@@ -528,6 +533,16 @@ def f32_like_diffusers(v):
     return v
 
 
+def _betas_pass_one(beta_schedule: str, beta_start, beta_end, trained_betas) -> bool:
+    """True for a linear / scaled-linear config whose betas reach 1 (``beta_end >= 1``), which diffusers accepts."""
+    if trained_betas is not None or beta_schedule not in ("linear", "scaled_linear"):
+        return False
+    try:
+        return 0.0 <= float(beta_start) < 1.0 <= float(beta_end) < math.inf
+    except (TypeError, ValueError):
+        return False  # fastdiff.schedules names the bad argument
+
+
 def _diffusers_betas(beta_schedule: str, beta_start: float, beta_end: float, trained_betas, n: int,
                      rescale: bool) -> torch.Tensor:
     """The float32 betas diffusers builds for this (already validated) config: float32 linspaces, or the float64
@@ -578,6 +593,9 @@ class DiscreteBetaMixin:
                                        0.999)
         if trained_betas is not None:
             trained_betas = torch.as_tensor(np.asarray(trained_betas, dtype=np.float64))
+        if _betas_pass_one(beta_schedule, beta_start, beta_end, trained_betas):
+            self._make_degenerate_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule)
+            return
         self._schedule = DiscreteVPSchedule(num_train_timesteps, beta_start, beta_end,
                                             "linear" if trained_betas is not None else beta_schedule,
                                             trained_betas=trained_betas,
@@ -594,6 +612,25 @@ class DiscreteBetaMixin:
         self.betas = self._schedule.betas.to(torch.float32)
         self.alphas = self._schedule.alphas.to(torch.float32)
         self.alphas_cumprod = self._schedule.alphas_cumprod.to(torch.float32)
+
+    def _make_degenerate_schedule(self, n: int, beta_start: float, beta_end: float, beta_schedule: str) -> None:
+        """A ``beta_end >= 1`` schedule, accepted as diffusers accepts it: from the first beta >= 1 on, ``alphas_cumprod``
+        is <= 0 (or has underflowed to 0), so a step or ``add_noise`` there gives what diffusers' arithmetic gives.
+        fastdiff.schedules refuses such betas, so ``add_noise`` takes the host-coefficient pass instead."""
+        if _TABLE_ARITHMETIC[0] == "diffusers":
+            betas = _diffusers_betas(beta_schedule, beta_start, beta_end, None, n, False)
+        else:
+            lin = np.linspace(beta_start ** (0.5 if beta_schedule == "scaled_linear" else 1.0),
+                              beta_end ** (0.5 if beta_schedule == "scaled_linear" else 1.0), n)
+            betas = torch.from_numpy(lin**2 if beta_schedule == "scaled_linear" else lin).to(torch.float32)
+        first = int(np.argmax(betas.to(torch.float64).numpy() >= 1.0))
+        warnings.warn(f"{type(self).__name__}: beta_end={beta_end} gives betas >= 1 from training timestep {first} "
+                      f"on: alphas_cumprod is not positive there, so steps and add_noise at those timesteps are not "
+                      f"meaningful (their numbers, 0 or NaN, follow diffusers' arithmetic)", UserWarning, stacklevel=4)
+        self._schedule = None
+        self.betas, self.alphas = betas, 1.0 - betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self._abar64 = self.alphas_cumprod.to(torch.float64).numpy().copy()
 
     def _sigma_table(self, ztsnr_fix: bool) -> np.ndarray:
         """Training VE sigmas sqrt((1 - abar) / abar) in float64; with ``ztsnr_fix`` the terminal abar = 2**-24

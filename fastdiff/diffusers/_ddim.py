@@ -97,6 +97,10 @@ class _DiscreteVPBase(DiscreteBetaMixin, FusedSchedulerBase):
         t = timesteps.reshape(-1).to(original_samples.device)
         if t.numel() == 1 and original_samples.shape[0] > 1:
             t = t.expand(original_samples.shape[0])
+        if self._schedule is None:  # a beta_end >= 1 schedule (NaN where abar <= 0, as diffusers gives)
+            with np.errstate(invalid="ignore"):
+                a, s = np.sqrt(self._abar64), np.sqrt(1.0 - self._abar64)
+            return self._encode(original_samples, noise, a, s, t.cpu().tolist())
         return add_noise(original_samples, t.to(torch.int64), self._schedule, noise=noise.to(original_samples.device),
                          backend=self.backend)
 

@@ -542,3 +542,29 @@ def test_row_quantile_is_torch_quantile(dtype, shape):
     flat = torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(shape[1])).abs()
     for q in (0.0, 0.5, 0.9, 0.995, 0.999, 1.0):
         assert torch.equal(_base._row_quantile(flat, q), torch.quantile(flat, q, dim=1)), q
+
+
+@pytest.mark.parametrize("name", ["DDPMScheduler", "DDIMScheduler"])
+def test_beta_end_above_one_accepted_like_diffusers(name):
+    """diffusers accepts ``beta_end >= 1`` (its betas pass 1 part-way, ``alphas_cumprod`` turns non-positive): the
+    drop-in accepts it too, says where the schedule breaks, and gives diffusers' numbers: ``add_noise`` on both sides
+    of the break (NaN exactly where diffusers has NaN) and one step at an early timestep."""
+    cfg = {"beta_start": 0.1, "beta_end": 2.0}
+    with pytest.warns(UserWarning, match="betas >= 1 from training timestep"):
+        ours = getattr(fdd, name)(**cfg)
+    ref = getattr(diffusers, name)(**cfg)
+    torch.testing.assert_close(ours.alphas_cumprod, ref.alphas_cumprod, rtol=0, atol=0, equal_nan=True)
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(6, 3, 4, 4, generator=g), torch.randn(6, 3, 4, 4, generator=g)
+    t = torch.tensor([0, 3, 100, 473, 474, 999])
+    a, b = ours.add_noise(x0, noise, t), ref.add_noise(x0, noise, t)
+    assert torch.equal(torch.isnan(a), torch.isnan(b))
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, equal_nan=True)
+    x = torch.randn(2, 3, 4, 4, generator=g)
+    ours.set_timesteps(50)
+    ref.set_timesteps(50)
+    t = int(ref.timesteps[-2])  # an early timestep: before the break
+    out = ours.step(0.1 * x, t, x, generator=torch.Generator().manual_seed(1)).prev_sample
+    want = ref.step(0.1 * x, t, x, generator=torch.Generator().manual_seed(1)).prev_sample
+    assert torch.isfinite(want).all()
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)

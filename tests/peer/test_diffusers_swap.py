@@ -17,9 +17,7 @@ SRC = os.environ.get("DIFFUSERS_SRC")
 FILES = ("ddim", "ddpm", "euler", "euler_ancestral", "heun", "dpm_multi", "unipc", "pndm")
 
 OPEN_GAPS = {
-    "test_scheduler_ddim.DDIMSchedulerTest::test_betas": "beta_end >= 1 is refused",
     "test_scheduler_ddim.DDIMSchedulerTest::test_variance": "_get_variance (private) is not provided",
-    "test_scheduler_ddpm.DDPMSchedulerTest::test_betas": "beta_end >= 1 is refused",
     "test_scheduler_ddpm.DDPMSchedulerTest::test_variance": "_get_variance (private) is not provided",
 }
 
