@@ -7,6 +7,7 @@ from typing import List, Optional, Union
 import numpy as np
 import torch
 
+from ..random import philox_normal
 from ..schedules import FlowMatchingSchedule
 from ._base import DiscreteBetaMixin, FusedSchedulerBase, check_one_of, check_steps, rows
 from ._compat import make_output, register_to_config
@@ -184,6 +185,44 @@ class FlowMatchEulerDiscreteScheduler(DiscreteBetaMixin, FusedSchedulerBase):
     def _sigma_to_t(self, sigma):
         return sigma * self.config.num_train_timesteps
 
+    def _per_token_step(self, model_output: torch.Tensor, sample: torch.Tensor, per_token_timesteps: torch.Tensor,
+                        generator: Optional[torch.Generator], i: int) -> torch.Tensor:
+        """The step with a timestep per token (LTX-Video conditioning), diffusers' arithmetic in float32.
+
+        Each token moves from its own sigma ``t / num_train_timesteps`` to the largest schedule sigma below it
+        (``prev = x + (sigma - sigma_next) * v``, diffusers' sign; the result stays float32, as diffusers leaves
+        it). The coefficients differ per token, so this is not a table row: one small pass over the tokens finds
+        ``sigma_next`` on the device (no host read), then one ``addcmul`` pass over the sample (deterministic) or
+        three (stochastic: x0, then the noise mix).
+        """
+        if not isinstance(per_token_timesteps, torch.Tensor):
+            raise TypeError(f"per_token_timesteps must be a tensor, got {type(per_token_timesteps).__name__}")
+        if tuple(per_token_timesteps.shape) != tuple(sample.shape[:per_token_timesteps.dim()]) or \
+                per_token_timesteps.dim() != sample.dim() - 1:
+            raise ValueError(f"per_token_timesteps must have the sample's shape without its last dimension, "
+                             f"{tuple(sample.shape[:-1])}; got {tuple(per_token_timesteps.shape)}")
+        sample = sample.to(torch.float32)
+        sigma = per_token_timesteps / self.config.num_train_timesteps
+        schedule = self._sigmas_on(sigma.device).reshape((-1,) + (1,) * sigma.dim())
+        below = (schedule < sigma[None] - 1e-6) * schedule
+        sigma_next = below.max(dim=0).values.unsqueeze(-1)
+        sigma = sigma.unsqueeze(-1)
+        if not self.config.stochastic_sampling:
+            return torch.addcmul(sample, sigma - sigma_next, model_output)
+        kw = self._noise_kwargs(sample.shape, sample.device, sample.dtype, generator, i)
+        noise = kw["noise"] if "noise" in kw else philox_normal(sample.shape, kw["seed"], kw["stream"],
+                                                                device=sample.device, dtype=sample.dtype)
+        x0 = sample - sigma * model_output
+        return (1.0 - sigma_next) * x0 + sigma_next * noise
+
+    def _sigmas_on(self, device: torch.device) -> torch.Tensor:
+        """``self.sigmas`` on ``device``, moved once per run (the per-token step reads the whole schedule)."""
+        key = ("sigmas", device)
+        tab = self._tables.get(key)
+        if tab is None:
+            tab = self._tables[key] = self.sigmas.to(device)
+        return tab
+
     def step(self, model_output: torch.Tensor, timestep: Union[float, torch.Tensor], sample: torch.Tensor,
              s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
              generator: Optional[torch.Generator] = None, per_token_timesteps: Optional[torch.Tensor] = None,
@@ -195,9 +234,11 @@ class FlowMatchEulerDiscreteScheduler(DiscreteBetaMixin, FusedSchedulerBase):
             raise ValueError("Passing integer indices (e.g. from `enumerate(timesteps)`) as timesteps to "
                              "`FlowMatchEulerDiscreteScheduler.step()` is not supported. Make sure to pass one of "
                              "the `scheduler.timesteps` as a timestep.")
-        if per_token_timesteps is not None:
-            raise NotImplementedError("per_token_timesteps is not supported by fastdiff.diffusers")
         i = self._current_index(timestep)
+        if per_token_timesteps is not None:
+            prev = self._per_token_step(model_output, sample, per_token_timesteps, generator, i)
+            self._step_index = i + 1
+            return (prev,) if not return_dict else make_output("FlowMatchEulerDiscreteSchedulerOutput", prev)
         table = self._table("rows", sample.device)
         kw = {}
         if self.config.stochastic_sampling:

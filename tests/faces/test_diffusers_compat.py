@@ -568,3 +568,45 @@ def test_beta_end_above_one_accepted_like_diffusers(name):
     want = ref.step(0.1 * x, t, x, generator=torch.Generator().manual_seed(1)).prev_sample
     assert torch.isfinite(want).all()
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_flow_match_per_token_timesteps(stochastic):
+    """LTX-style conditioning: each token steps from its own timestep to the next schedule sigma below it, with
+    diffusers' sign and float32 result; bounded by a float64 run of the same formula (deterministic case: the one
+    rounding of addcmul against diffusers' two, so within 2 ulp of the float64 value)."""
+    cfg = dict(shift=3.0, stochastic_sampling=stochastic)
+    ours, ref = fdd.FlowMatchEulerDiscreteScheduler(**cfg), diffusers.FlowMatchEulerDiscreteScheduler(**cfg)
+    ours.set_timesteps(8)
+    ref.set_timesteps(8)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 12, 8, generator=g).to(torch.bfloat16)
+    v = torch.randn(2, 12, 8, generator=g).to(torch.bfloat16)
+    t = ref.timesteps[2]
+    # most tokens at the step's timestep, some conditioning tokens further along (a lower timestep) or at 0
+    ptt = t.expand(2, 12).clone()
+    ptt[:, :3] = ref.timesteps[5]
+    ptt[1, 3] = 0.0
+    for s in (ours, ref):
+        s.set_begin_index(2)
+    a = ours.step(v, t, x, per_token_timesteps=ptt, generator=torch.Generator().manual_seed(5)).prev_sample
+    b = ref.step(v, t, x, per_token_timesteps=ptt, generator=torch.Generator().manual_seed(5)).prev_sample
+    assert a.dtype == b.dtype == torch.float32 and ours.step_index == ref.step_index == 3
+    if stochastic:  # same generator draws: the same noise, the same three float32 operations
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        return
+    sig = ptt.double() / 1000
+    sch = ref.sigmas.double()[:, None, None]
+    nxt = ((sch < sig[None] - 1e-6) * sch).max(dim=0).values
+    exact = x.double() + ((sig - nxt)[..., None]).float().double() * v.double()
+    ulp = torch.finfo(torch.float32).eps * exact.abs().clamp_min(1e-30)
+    assert ((a.double() - exact).abs() <= 2 * ulp + (b.double() - exact).abs()).all()
+    assert (a - b).abs().max() <= 4 * torch.finfo(torch.float32).eps * b.abs().max()
+
+
+def test_flow_match_per_token_timesteps_bad_shape():
+    s = fdd.FlowMatchEulerDiscreteScheduler()
+    s.set_timesteps(4)
+    x = torch.zeros(2, 5, 3)
+    with pytest.raises(ValueError, match="per_token_timesteps"):
+        s.step(x, s.timesteps[0], x, per_token_timesteps=torch.zeros(2, 4))
