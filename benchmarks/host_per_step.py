@@ -87,6 +87,8 @@ def measure(repeats: int = 15) -> Dict[str, float]:
 
         rows[f"fastdiff.sample({sampler}) per evaluation"] = _median_us(run, repeats)
 
+    rows.update(measure_sample_loop(repeats))
+
     ksig = K.get_sigmas_karras(STEPS, 0.02, 10.0)
     for sampler in ("euler", "euler_ancestral", "heun", "dpmpp_2m", "lms"):
         fn = getattr(K, f"sample_{sampler}")
@@ -98,6 +100,60 @@ def measure(repeats: int = 15) -> Dict[str, float]:
 
         rows[f"k_diffusion.sample_{sampler} per evaluation"] = _median_us(run, repeats)
     return rows
+
+
+#: samplers whose per-step host work the goal covers (first- and second-order, multistep, stochastic, corrector)
+LOOP_SAMPLERS = ("euler", "euler_ancestral", "heun", "dpmpp_2m", "dpmpp_2m_sde", "lms", "unipc")
+
+
+def measure_sample_loop(repeats: int = 15, samplers=LOOP_SAMPLERS) -> Dict[str, float]:
+    """``fastdiff.sample``'s own host work, split into the per-run plan and the step loop, per model evaluation.
+
+    The model returns a constant tensor and ``fused_step`` is replaced by a stub that returns its input, so what
+    is timed is fastdiff's Python only: the planning (every row's coefficients, the table; once per run, before
+    the first step) and the loop (per step: the model call's arguments, the launch's arguments, the history).
+    A run's ``SamplerContext.plan`` marks the end of planning; ``loop`` is from there to the end of the run.
+    Rows: ``... loop per evaluation`` (the per-step goal) and ``... planning per evaluation`` (once-per-run work,
+    divided by the evaluations so the two add up to the whole).
+    """
+    import torch
+
+    import fastdiff
+    from fastdiff import sampler_run
+
+    torch.set_num_threads(1)
+    x = fastdiff.initial_noise(SHAPE, seed=0) * 10.0
+    const = torch.zeros(SHAPE)
+    sig = fastdiff.karras_sigmas(STEPS, 0.02, 10.0)
+    marks = []
+    real_plan, real_step = sampler_run.SamplerContext.plan, sampler_run.fused_step
+
+    def plan(self):
+        real_plan(self)
+        marks.append(time.thread_time())
+
+    def stub(x, model_output, coefs, *, write_aux=False, **kwargs):
+        return (x, x) if write_aux else x
+
+    out: Dict[str, float] = {}
+    sampler_run.SamplerContext.plan, sampler_run.fused_step = plan, stub
+    try:
+        for sampler in samplers:
+            evals = 2 * STEPS - 1 if sampler == "heun" else STEPS
+            best_loop, best_plan = float("inf"), float("inf")
+            for rep in range(repeats + 1):
+                marks.clear()
+                t0 = time.thread_time()
+                fastdiff.sample(lambda xx, s: const, x, sig, sampler=sampler, seed=1, backend="torch")
+                t1 = time.thread_time()
+                if rep:  # the first run is the warm-up
+                    best_plan = min(best_plan, (marks[0] - t0) / evals * 1e6)
+                    best_loop = min(best_loop, (t1 - marks[0]) / evals * 1e6)
+            out[f"fastdiff.sample({sampler}) loop per evaluation (launch stubbed)"] = best_loop
+            out[f"fastdiff.sample({sampler}) planning per evaluation (launch stubbed)"] = best_plan
+    finally:
+        sampler_run.SamplerContext.plan, sampler_run.fused_step = real_plan, real_step
+    return out
 
 
 def _child(tree: str) -> Dict[str, float]:

@@ -240,13 +240,29 @@ def lms_coefficients(t: Sequence[float], i: int, order: int) -> List[float]:
     return out
 
 
-def _solve(m: np.ndarray, v: np.ndarray) -> np.ndarray:
-    # singular only when the step is infinite (a final sigma of 0 reached with order > 1): drop the
-    # higher-order terms there, which keeps the step finite
-    try:
-        return np.linalg.solve(m, v)
-    except np.linalg.LinAlgError:
-        return np.zeros(len(v))
+def _solve(m: Sequence[Sequence[float]], v: Sequence[float]) -> List[float]:
+    """``m^-1 v`` for the small (at most 3x3) UniPC systems: Gaussian elimination with partial pivoting in
+    Python floats (numpy's solve costs ~15 us a call in argument handling, on a 2x2 system, once per step).
+
+    Singular only when the step is infinite (a final sigma of 0 reached with order > 1): the higher-order terms
+    are dropped there (zeros), which keeps the step finite.
+    """
+    n = len(v)
+    a = [list(map(float, row[:n])) + [float(v[i])] for i, row in enumerate(m[:n])]
+    for c in range(n):
+        p = max(range(c, n), key=lambda r: abs(a[r][c]))
+        if not math.isfinite(a[p][c]) or a[p][c] == 0.0:
+            return [0.0] * n
+        a[c], a[p] = a[p], a[c]
+        for r in range(c + 1, n):
+            f = a[r][c] / a[c][c]
+            a[r] = [x - f * y for x, y in zip(a[r], a[c])]
+    out = [0.0] * n
+    for r in range(n - 1, -1, -1):
+        out[r] = (a[r][n] - sum(a[r][k] * out[k] for k in range(r + 1, n))) / a[r][r]
+    if not all(map(math.isfinite, out)):
+        return [0.0] * n
+    return out
 
 
 def unipc_rhos(hh: float, rks: Sequence[float], order: int, variant: str) -> Tuple[float, List[float], List[float]]:
@@ -270,14 +286,13 @@ def unipc_rhos(hh: float, rks: Sequence[float], order: int, variant: str) -> Tup
         b.append(h_phi_k * fact / b_h)
         fact *= i + 1
         h_phi_k = h_phi_k / hh - 1.0 / fact
-    big_r, b = np.array(big_r), np.array(b)
     if order == 1:
         rhos_p = []
     elif order == 2:
         rhos_p = [0.5]
     else:
-        rhos_p = list(_solve(big_r[:-1, :-1], b[:-1]))
-    rhos_c = [0.5] if order == 1 else list(_solve(big_r, b))
+        rhos_p = _solve([row[:-1] for row in big_r[:-1]], b[:-1])
+    rhos_c = [0.5] if order == 1 else _solve(big_r, b)
     return b_h, rhos_p, rhos_c
 
 
