@@ -31,6 +31,8 @@ from torch.library import triton_op, wrap_triton
 
 from .backend import interpret_mode
 
+_INTERPRET = interpret_mode()  # fixed at import, as Triton reads TRITON_INTERPRET
+
 __all__ = ["Launcher", "define_launcher", "launcher", "load_launchers", "plain_eager", "interpreter_guard",
            "as_kernel"]
 
@@ -53,10 +55,14 @@ class Launcher:
         self.tensors = tensors  # the record's leading tensor fields (the rest are Python scalars)
 
     def __call__(self, args: tuple) -> None:
-        with interpreter_guard():
-            if plain_eager(args[: self.tensors]):
-                self.direct(args)
+        if plain_eager(args[: self.tensors]):  # not compiling: under the interpreter, always the lock
+            if _INTERPRET:
+                with _INTERPRETER_LOCK:
+                    self.direct(args)
             else:
+                self.direct(args)
+        else:
+            with interpreter_guard():
                 self.op(*args)
 
     def __repr__(self) -> str:
@@ -125,6 +131,9 @@ def launcher(name: str) -> Launcher:
 
 
 _TENSOR = torch.Tensor
+_is_compiling = torch.compiler.is_compiling
+_grad_enabled = torch.is_grad_enabled
+_profiler = torch.autograd.profiler
 _dispatch_depth = getattr(torch._C, "_len_torch_dispatch_stack", None)
 
 
@@ -134,15 +143,19 @@ def plain_eager(tensors: Sequence[Optional[torch.Tensor]]) -> bool:
     ``tensors`` are the launch's tensor arguments (None for an absent one; the first, every record's ``x``, is
     present). The check costs ~0.8 us for a step's 12 tensor arguments on the CI CPU.
     """
-    if torch.compiler.is_compiling() or getattr(torch.autograd.profiler, "_is_profiler_enabled", True):
+    if _is_compiling() or getattr(_profiler, "_is_profiler_enabled", True):
         return False
     if _dispatch_depth is None or _dispatch_depth():  # fake / functional tensors, export, debug modes
         return False
-    grad = torch.is_grad_enabled()
-    for t in tensors:
-        # a subclass (DTensor, FakeTensor) keeps its dispatch; autograd needs the op
-        if t is not None and (t.__class__ is not _TENSOR or (grad and t.requires_grad)):
-            return False
+    # a subclass (DTensor, FakeTensor) keeps its dispatch; autograd needs the op
+    if _grad_enabled():
+        for t in tensors:
+            if t is not None and (t.__class__ is not _TENSOR or t.requires_grad):
+                return False
+    else:
+        for t in tensors:
+            if t is not None and t.__class__ is not _TENSOR:
+                return False
     # the op runs under the tensors' device guard; a direct Triton launch uses the current device
     x = tensors[0]
     return not x.is_cuda or x.device.index == torch.cuda.current_device()

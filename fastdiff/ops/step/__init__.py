@@ -23,7 +23,7 @@ import torch
 from ...random import check_device
 from .._common import host_row
 from ..dispatch import launcher
-from ..profiling import profiled
+from ..profiling import named_range, names_itself
 from .cpu import step_cpu
 from .naive import COEF_NAMES, MAX_HISTORY, NUM_COEFS, step_reference
 from .parse import StepArgs, parse_step
@@ -108,7 +108,7 @@ def coef_table(rows: Sequence[Mapping[str, Any]], *, device: Union[str, torch.de
     return step_coefs(**cols, out_h=out_h, device=device, dtype=dtype)
 
 
-@profiled("fastdiff::fused_step")
+@names_itself
 def fused_step(
     x: torch.Tensor,
     model_output: torch.Tensor,
@@ -159,16 +159,17 @@ def fused_step(
     Returns:
         ``out``, or ``(out, aux)`` when ``write_aux`` or ``aux_out`` is given.
     """
-    path, want_aux, a = parse_step(x, model_output, coefs, x_eval, history, coef_index, coef_row, guidance, clip,
-                                   seed, stream, row_ids, noise, out, aux_out, write_aux, backend, uncond)
-    if path == "triton":
-        launcher("fused_step")(a)
-        return (a.out, a.aux_out) if want_aux else a.out
-    if path == "cpu":
-        res, aux = step_cpu(a, host_row(a.coefs, a.coef_row), want_aux)
-        return (res, aux) if want_aux else res
-    return _reference(a, want_aux, None if path == "reference" else torch.float64 if a.x.dtype == torch.float64
-                      else torch.float32)
+    with named_range("fastdiff::fused_step"):
+        path, want_aux, a = parse_step(x, model_output, coefs, x_eval, history, coef_index, coef_row, guidance,
+                                       clip, seed, stream, row_ids, noise, out, aux_out, write_aux, backend, uncond)
+        if path == "triton":
+            launcher("fused_step")(a)
+            return (a.out, a.aux_out) if want_aux else a.out
+        if path == "cpu":
+            res, aux = step_cpu(a, host_row(a.coefs, a.coef_row), want_aux)
+            return (res, aux) if want_aux else res
+        return _reference(a, want_aux, None if path == "reference" else torch.float64 if a.x.dtype == torch.float64
+                          else torch.float32)
 
 
 def _reference(a: StepArgs, want_aux: bool, compute_dtype: Optional[torch.dtype]):
