@@ -53,14 +53,23 @@ from ..ops.step.cpu import _combine, _lin2
 from ..random import draw_seed
 from ..schedules import DiscreteVPSchedule, make_betas, spaced_timesteps
 from ..schedules._beta_dist import beta_ppf
-from ._compat import ConfigMixin, SchedulerMixin, randn_tensor, resolve_output
+from ._compat import HAS_DIFFUSERS, ConfigMixin, SchedulerMixin, randn_tensor, resolve_output
 
-__all__ = ["FusedSchedulerBase", "DiscreteBetaMixin", "ZTSNR_ALPHA_BAR", "sigma_to_t", "spaced_timesteps",
-           "interp", "check_steps", "result_dtype"]
+__all__ = ["FusedSchedulerBase", "DiscreteBetaMixin", "ZTSNR_ALPHA_BAR", "KARRAS_COMPATIBLES", "sigma_to_t",
+           "spaced_timesteps", "interp", "check_steps", "result_dtype"]
 
 #: The terminal alpha_bar used instead of 0 where a zero-terminal-SNR schedule would divide by it
 #: (the value diffusers' sigma-based schedulers substitute: fp16's smallest subnormal).
 ZTSNR_ALPHA_BAR = 2.0**-24
+
+#: The scheduler names diffusers lists as interchangeable (its ``KarrasDiffusionSchedulers``): the ``_compatibles``
+#: of every class diffusers gives that list (a pipeline's ``scheduler.compatibles`` offers these for swapping).
+KARRAS_COMPATIBLES = (
+    "DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",
+    "HeunDiscreteScheduler", "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
+    "DEISMultistepScheduler", "UniPCMultistepScheduler", "DPMSolverSDEScheduler", "EDMEulerScheduler",
+)
 
 _KARRAS_KEYS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
 
@@ -127,6 +136,25 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
     backend: str = "auto"
     #: the name of the step output type (``_compat.output_class``), resolved at construction
     _output_name: str = "SchedulerOutput"
+
+    @classmethod
+    def _get_compatibles(cls) -> list:
+        """The classes ``compatibles`` offers: this class and its ``_compatibles``, each fastdiff's drop-in where
+        there is one (a pipeline that switches schedulers through ``compatibles`` stays on fastdiff), else
+        diffusers' class (when installed), in diffusers' order of names."""
+        from .. import diffusers as face  # this package: its public classes
+
+        names = [cls.__name__] + [n for n in cls._compatibles if n != cls.__name__]
+        found = []
+        for name in names:
+            c = getattr(face, name, None) if name in face.__all__ else None
+            if c is None and HAS_DIFFUSERS:
+                import diffusers
+
+                c = getattr(diffusers, name, None)
+            if c is not None:
+                found.append(c)
+        return found
 
     # ------------------------------------------------------------------ state
     def _reset_run(self) -> None:

@@ -123,7 +123,8 @@ except ImportError:  # pragma: no cover - exercised only without diffusers
 
         @property
         def compatibles(self) -> list:
-            return []
+            get = getattr(type(self), "_get_compatibles", None)  # the drop-ins' (fastdiff's classes only here)
+            return get() if get is not None else []
 
     def _jsonable(v):
         if isinstance(v, torch.Tensor):

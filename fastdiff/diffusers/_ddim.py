@@ -17,8 +17,8 @@ import torch
 from ..random import philox_normal
 from ..schedules import inference_timesteps
 from ..solvers import vp_x0_coefs
-from ._base import (ZTSNR_ALPHA_BAR, DiscreteBetaMixin, FusedSchedulerBase, check_steps, check_timestep_value,
-                    f32_like_diffusers, result_dtype, rows)
+from ._base import (KARRAS_COMPATIBLES, ZTSNR_ALPHA_BAR, DiscreteBetaMixin, FusedSchedulerBase, check_steps,
+                    check_timestep_value, f32_like_diffusers, result_dtype, rows)
 from ._compat import make_output, register_to_config
 
 _LEARNED = ("learned", "learned_range")
@@ -125,6 +125,7 @@ class DDPMScheduler(_DiscreteVPBase):
     """
 
     order = 1
+    _compatibles = list(KARRAS_COMPATIBLES)
     _output_name = "DDPMSchedulerOutput"
     _beta_schedules = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 
@@ -265,6 +266,7 @@ class DDIMScheduler(_DiscreteVPBase):
     """
 
     order = 1
+    _compatibles = list(KARRAS_COMPATIBLES)
     _output_name = "DDIMSchedulerOutput"
     _beta_schedules = ("linear", "scaled_linear", "squaredcos_cap_v2")
 

@@ -17,8 +17,8 @@ import torch
 from ..random import philox_normal
 from ..solvers import ancestral_split, churn_gamma, ve_x0_coefs
 from ..schedules import spaced_timesteps
-from ._base import (DiscreteBetaMixin, FusedSchedulerBase, check_one_of, check_steps, interp, result_dtype, rows,
-                    sigma_to_t)
+from ._base import (KARRAS_COMPATIBLES, DiscreteBetaMixin, FusedSchedulerBase, check_one_of, check_steps, interp,
+                    result_dtype, rows, sigma_to_t)
 from ._compat import make_output, register_to_config
 
 _INT_DTYPES = (torch.int32, torch.int64)
@@ -153,6 +153,7 @@ class EulerDiscreteScheduler(_SigmaBase):
     """
 
     order = 1
+    _compatibles = list(KARRAS_COMPATIBLES)
     _output_name = "EulerDiscreteSchedulerOutput"
 
     @register_to_config
@@ -276,6 +277,7 @@ class EulerAncestralDiscreteScheduler(_SigmaBase):
     """
 
     order = 1
+    _compatibles = list(KARRAS_COMPATIBLES)
     _output_name = "EulerAncestralDiscreteSchedulerOutput"
 
     @register_to_config
@@ -348,6 +350,7 @@ class HeunDiscreteScheduler(_SigmaBase):
     _extra_beta_schedules = ("exp",)
 
     order = 2
+    _compatibles = list(KARRAS_COMPATIBLES)
     _output_name = "HeunDiscreteSchedulerOutput"
 
     @register_to_config

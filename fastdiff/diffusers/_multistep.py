@@ -12,8 +12,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ._base import DiscreteBetaMixin, FusedSchedulerBase, check_one_of, check_steps, interp, rows, sigma_to_t, \
-    spaced_timesteps
+from ._base import KARRAS_COMPATIBLES, DiscreteBetaMixin, FusedSchedulerBase, check_one_of, check_steps, interp, rows, \
+    sigma_to_t, spaced_timesteps
 from ..solvers import unipc_rhos, vp_x0_coefs
 from ._compat import make_output, register_to_config
 from ._flow import static_shift, stretch_to_terminal, time_shift
@@ -195,6 +195,7 @@ class DPMSolverMultistepScheduler(_MultistepBase):
     """
 
     order = 1
+    _compatibles = list(KARRAS_COMPATIBLES)
     _output_name = "SchedulerOutput"
 
     @register_to_config
@@ -462,6 +463,7 @@ class UniPCMultistepScheduler(_MultistepBase):
     """
 
     order = 1
+    _compatibles = list(KARRAS_COMPATIBLES)
     _output_name = "SchedulerOutput"
 
     @register_to_config

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from ._base import f32_like_diffusers, rows
+from ._base import KARRAS_COMPATIBLES, f32_like_diffusers, rows
 from ._compat import make_output, register_to_config
 from ._ddim import _DiscreteVPBase
 
@@ -42,6 +42,7 @@ class PNDMScheduler(_DiscreteVPBase):
     """
 
     order = 1
+    _compatibles = list(KARRAS_COMPATIBLES)
     _output_name = "SchedulerOutput"
     _beta_schedules = ("linear", "scaled_linear", "squaredcos_cap_v2")
 

@@ -245,6 +245,23 @@ def test_config_round_trip(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", SCHEDULERS)
+def test_compatibles_as_diffusers_lists_them(name):
+    """The same ``_compatibles`` names as diffusers' class; ``compatibles`` offers fastdiff's drop-in wherever
+    there is one (a pipeline switching through it stays on fastdiff), each loading this scheduler's config."""
+    ours = getattr(fdd, name)
+    assert list(ours._compatibles) == list(getattr(diffusers, name)._compatibles)
+    offered = ours().compatibles
+    assert offered[0] is ours
+    names = [c.__name__ for c in offered]
+    assert sorted(names) == sorted({name, *ours._compatibles})
+    for c in offered:
+        assert c is getattr(fdd, c.__name__, getattr(diffusers, c.__name__))
+    if len(offered) > 1:
+        other = next(c for c in offered if c is not ours)
+        assert other.from_config(ours().config) is not None
+
+
+@pytest.mark.parametrize("name", SCHEDULERS)
 def test_one_fused_step_per_call_and_no_sync(name, monkeypatch):
     calls = []
     real = _base.fused_step
