@@ -89,6 +89,70 @@ def measure(size: str, threads: int, rounds: int, reps: int = 0) -> Dict[str, Tu
     return out
 
 
+def step_traffic(module, name: str, config: dict, size: str, warm_steps: int = 3) -> Dict[str, float]:
+    """Memory traffic of one ``scale_model_input`` + ``step`` of ``module.name`` at ``size`` (after ``warm_steps``
+    steps, so multistep histories are full), counted op by op under a dispatch mode.
+
+    ``passes``: the tensor ops over sample-sized tensors; ``mib``: what they read and write (each such tensor
+    argument read once, each result written once; an in-place op reads and writes its tensor); ``floor_mib``:
+    what a single fused pass must move -- the sample-sized tensors the step reads that it did not make, plus the
+    ones it makes that outlive it (the returned sample, ``pred_original_sample``, a kept history entry). At sizes
+    that stream through memory or cache, a step cannot take less time than its ``floor_mib`` at the machine's
+    bandwidth, so diffusers' ``mib`` over fastdiff's ``floor_mib`` bounds the speedup there.
+    """
+    import weakref
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    shape = tuple(int(v) for v in size.split("x"))
+    numel = 1
+    for v in shape:
+        numel *= v
+    big = max(1, numel // 4)
+    gen = torch.Generator().manual_seed(0)
+    x, eps = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
+    sched = getattr(module, name)(**config)
+    sched.set_timesteps(STEPS)
+    scales = hasattr(sched, "scale_model_input")
+    for t in sched.timesteps[:warm_steps]:
+        if scales:
+            sched.scale_model_input(x, t)
+        x = sched.step(eps, t, x).prev_sample
+
+    class Traffic(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.passes, self.nbytes, self.made, self.read = 0, 0, [], {}
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            ins = [t for t in tree_flatten((args, {k: v for k, v in kwargs.items() if k != "out"}))[0]
+                   if isinstance(t, torch.Tensor) and t.numel() >= big]
+            outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor) and t.numel() >= big]
+            if ins or outs:
+                self.passes += 1
+                self.nbytes += sum(t.numel() * t.element_size() for t in {id(t): t for t in ins}.values())
+                self.nbytes += sum(t.numel() * t.element_size() for t in {id(t): t for t in outs}.values())
+                made = {r().data_ptr() for r in self.made if r() is not None}
+                for t in ins:
+                    if t.data_ptr() not in made:
+                        self.read.setdefault(t.data_ptr(), t.numel() * t.element_size())
+                self.made += [weakref.ref(t) for t in outs]
+            return out
+
+    t = sched.timesteps[warm_steps]
+    with Traffic() as tr:
+        inp = sched.scale_model_input(x, t) if scales else x
+        result = sched.step(eps, t, x)
+    del inp
+    alive = {r().data_ptr(): r().numel() * r().element_size() for r in tr.made if r() is not None}
+    del result
+    floor = sum(tr.read.values()) + sum(alive.values())
+    return {"passes": tr.passes, "mib": tr.nbytes / 2**20, "floor_mib": floor / 2**20}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="1x4x8x8,16x4x64x64")
