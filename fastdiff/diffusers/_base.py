@@ -125,6 +125,9 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
 
     order = 1
     backend: str = "auto"
+    #: whether ``thresholding=True`` in the config applies dynamic thresholding to the step's x0 estimate
+    #: (diffusers' TCDScheduler takes the key but never thresholds)
+    _thresholds: bool = True
     #: the name of the step output type (``_compat.output_class``), resolved at construction
     _output_name: str = "SchedulerOutput"
 
@@ -249,7 +252,7 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
                 self._host_tables[key] = host
             tab = host.to(device)
             self._tables[(key, device)] = tab
-            if getattr(self.config, "thresholding", False):
+            if self._thresholds and getattr(self.config, "thresholding", False):
                 self._add_thresholded(tab, host)
         return tab
 

@@ -72,9 +72,19 @@ def _steps(sched, n, ref_ts, extra=None, dtype=torch.float32, shape=(2, 3, 4, 4)
             g = torch.Generator().manual_seed(seed + 1 + i)
         inp = sched.scale_model_input(x, t) if hasattr(sched, "scale_model_input") else x
         out = sched.step(fake_model(inp, ref_ts[i]), t, x, **_step_kwargs(sched, g, extra or {}))
-        steps.append({"x": x, "prev": out.prev_sample, "x0": getattr(out, "pred_original_sample", None)})
+        steps.append({"x": x, "prev": out.prev_sample, "x0": _second_output(out)})
         x = out.prev_sample
     return steps
+
+
+def _second_output(out):
+    """The step's estimate beside ``prev_sample``: x0 (most schedulers), LCM's ``denoised``, TCD's
+    ``pred_noised_sample``; None where the output has none."""
+    for field in ("pred_original_sample", "denoised", "pred_noised_sample"):
+        value = getattr(out, field, None)
+        if value is not None:
+            return value
+    return None
 
 
 CASES = []
@@ -173,6 +183,15 @@ _add("PNDMScheduler", [{}, {"skip_prk_steps": True}, {**SD, "skip_prk_steps": Tr
                        {"prediction_type": "v_prediction", "set_alpha_to_one": True},
                        {"skip_prk_steps": True, "timestep_spacing": "trailing", "prediction_type": "v_prediction"},
                        {"beta_schedule": "squaredcos_cap_v2", "timestep_spacing": "linspace"}])
+
+
+# consistency-model samplers: re-noising between steps (generator draws), boundary scalings, origin grids
+_add("LCMScheduler", [{}, {"prediction_type": "v_prediction"}, {"timestep_scaling": 5.0, "original_inference_steps": 20},
+                      {"clip_sample": True, "clip_sample_range": 0.8, "set_alpha_to_one": False},
+                      {**_THR, "beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02},
+                      {**ZSNR_V}, {"prediction_type": "sample", "num_train_timesteps": 500}])
+_add("LCMScheduler", [{}], n=4)
+_add("LCMScheduler", [{}], n=1)
 
 
 @pytest.fixture(autouse=True)
