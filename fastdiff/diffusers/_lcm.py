@@ -27,7 +27,7 @@ from ._base import check_steps, f32_like_diffusers, result_dtype, rows
 from ._compat import make_output, register_to_config
 from ._ddim import DDPMScheduler, _DiscreteVPBase
 
-__all__ = ["LCMScheduler", "origin_timesteps"]
+__all__ = ["LCMScheduler", "TCDScheduler", "origin_timesteps"]
 
 logger = logging.getLogger(__name__)
 
@@ -247,3 +247,92 @@ class LCMScheduler(_ConsistencyBase):
         if not return_dict:
             return (prev, denoised)
         return make_output("LCMSchedulerOutput", prev, denoised)
+
+
+class TCDScheduler(_ConsistencyBase):
+    """Strategic stochastic sampling of Zheng et al. (2024), "Trajectory Consistency Distillation".
+
+    Same config keys, defaults and numbers as ``diffusers.TCDScheduler`` (which, like it, takes but does not
+    apply ``clip_sample`` / ``thresholding``); ``step(..., eta=gamma)`` is one fused pass writing ``prev_sample``
+    and ``pred_noised_sample``.
+
+    Example:
+        >>> s = TCDScheduler()
+        >>> s.set_timesteps(4)
+        >>> x = torch.randn(1, 4, 8, 8)
+        >>> out = s.step(torch.zeros_like(x), s.timesteps[0], x, eta=0.3, generator=torch.Generator().manual_seed(0))
+        >>> out.pred_noised_sample.shape
+        torch.Size([1, 4, 8, 8])
+    """
+
+    order = 1
+    _output_name = "TCDSchedulerOutput"
+    _thresholds = False
+    _explicit_original_is_every_timestep = True
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.00085,
+        beta_end: float = 0.012,
+        beta_schedule: str = "scaled_linear",
+        trained_betas: Optional[Union[np.ndarray, List[float]]] = None,
+        original_inference_steps: int = 50,
+        clip_sample: bool = False,
+        clip_sample_range: float = 1.0,
+        set_alpha_to_one: bool = True,
+        steps_offset: int = 0,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        sample_max_value: float = 1.0,
+        timestep_spacing: str = "leading",
+        timestep_scaling: float = 10.0,
+        rescale_betas_zero_snr: bool = False,
+    ):
+        self._consistency_init()
+
+    def _clip(self) -> Optional[float]:
+        return None  # diffusers' TCD step neither clips nor thresholds x0
+
+    def _build_table(self, key) -> torch.Tensor:
+        eta = key[1]
+        t, idx = self._grid(key)
+        r = f32_like_diffusers
+        ts = self._ts
+        n_ts = len(ts)
+        prev = np.array([ts[i + 1] if i + 1 < n_ts else 0 for i in idx], dtype=np.int64)
+        # s = floor((1 - gamma) * t_prev), formed in float32 as diffusers' tensor arithmetic does
+        s = np.floor(np.float32(1.0 - eta) * prev.astype(np.float32)).astype(np.int64)
+        abar = self._abar64
+        a_p = np.where(prev >= 0, abar[np.maximum(prev, 0)], self._final_abar)
+        a_s = abar[s]
+        in_x, in_m = self._x0_rows(t)
+        # the model's epsilon from x and x0 (exact for every prediction type; at zero terminal SNR with the
+        # same clamped alpha_bar that the x0 row uses, so it is the model output itself for epsilon prediction)
+        a_t = abar[t]
+        if self.config.prediction_type == "epsilon":
+            a_t = np.maximum(a_t, 2.0**-24)
+        sig_t = np.sqrt(1.0 - a_t)
+        skip_x = r(np.sqrt(r(1.0 - a_s))) / sig_t
+        skip_d = r(np.sqrt(a_s)) - r(np.sqrt(r(1.0 - a_s))) * np.sqrt(a_t) / sig_t
+        noisy = (eta > 0) & (idx != self.num_inference_steps - 1)
+        ratio = r(a_p / a_s)
+        renoise = np.where(noisy, r(np.sqrt(ratio)), 1.0)
+        std = np.where(noisy, r(np.sqrt(np.maximum(r(1.0 - ratio), 0.0))), 0.0)
+        return rows(in_x=in_x, in_m=in_m, **consistency_step_coefs(skip_x, skip_d, renoise, std))
+
+    def step(self, model_output: torch.Tensor, timestep: Union[int, torch.Tensor], sample: torch.Tensor,
+             eta: float = 0.3, generator: Optional[torch.Generator] = None, return_dict: bool = True):
+        """One TCD step with stochasticity ``eta`` (gamma in [0, 1]; a single fused pass)."""
+        if isinstance(eta, bool) or not isinstance(eta, (int, float, np.integer, np.floating)):
+            raise TypeError(f"eta (gamma) must be a float in [0, 1], got {type(eta).__name__}")
+        eta = float(eta)
+        if not 0.0 <= eta <= 1.0:
+            raise ValueError(f"eta (gamma) must be in [0, 1], got {eta}")
+        prev, noised = self._step_pair(model_output, timestep, sample, generator, ("tcd", eta),
+                                       stochastic=eta > 0)
+        if not return_dict:
+            return (prev, noised)
+        return make_output("TCDSchedulerOutput", prev, noised)

@@ -192,6 +192,12 @@ _add("LCMScheduler", [{}, {"prediction_type": "v_prediction"}, {"timestep_scalin
                       {**ZSNR_V}, {"prediction_type": "sample", "num_train_timesteps": 500}])
 _add("LCMScheduler", [{}], n=4)
 _add("LCMScheduler", [{}], n=1)
+for _extra in ({"eta": 0.3}, {"eta": 0.0}, {"eta": 1.0}):
+    _add("TCDScheduler", [{}, {"prediction_type": "v_prediction", "beta_schedule": "linear", "beta_start": 0.0001,
+                               "beta_end": 0.02}, {"prediction_type": "sample", "set_alpha_to_one": False}],
+         extra=_extra)
+_add("TCDScheduler", [{**ZSNR_V}, {"original_inference_steps": 20, "num_train_timesteps": 600}], n=4,
+     extra={"eta": 0.5})
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,7 @@ diffusers = pytest.importorskip("diffusers", reason="diffusers parity tests need
 import fastdiff.diffusers as fdd  # noqa: E402
 from peer_float64 import assert_parity, float64_scheduler  # noqa: E402
 
-CONSISTENCY = ["LCMScheduler"]
+CONSISTENCY = ["LCMScheduler", "TCDScheduler"]
 
 
 @pytest.fixture(autouse=True)
@@ -65,6 +65,15 @@ def test_timestep_options_match_diffusers(name, set_kw):
     _parity(name, {}, set_kw, step_kw={"eta": 0.6} if name == "TCDScheduler" else None)
 
 
+@pytest.mark.parametrize("eta", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("cfg", [{}, {"prediction_type": "v_prediction", "beta_schedule": "squaredcos_cap_v2"},
+                                 {"prediction_type": "sample", "set_alpha_to_one": False},
+                                 {"clip_sample": True, "thresholding": True, "sample_max_value": 1.1}])
+def test_tcd_gamma_matches_diffusers(cfg, eta):
+    """gamma (step's eta): 0 deterministic, 1 the LCM-like limit; TCD neither clips nor thresholds, as diffusers'."""
+    _parity("TCDScheduler", cfg, {"num_inference_steps": 6}, step_kw={"eta": eta})
+
+
 @pytest.mark.parametrize("name", CONSISTENCY)
 def test_timestep_passed_off_the_counter_reads_alpha_bar_at_that_value(name):
     """diffusers takes the next timestep from its counter but alpha_bar (and LCM's c_skip, c_out) at the
@@ -99,6 +108,16 @@ def test_in_kernel_noise_without_generator(name):
     # 3072 values estimate the std to ~1.3% (1 sd)
     assert 0.93 * expected < runs[0].std().item() < 1.07 * expected
     assert abs(runs[0].mean().item()) < 0.1 * expected
+
+
+def test_tcd_bad_gamma_is_named():
+    s = fdd.TCDScheduler()
+    s.set_timesteps(4)
+    x = torch.zeros(1, 2, 3)
+    with pytest.raises(ValueError, match="gamma"):
+        s.step(x, s.timesteps[0], x, eta=1.5)
+    with pytest.raises(TypeError, match="gamma"):
+        s.step(x, s.timesteps[0], x, eta="0.3")
 
 
 @pytest.mark.parametrize("name", CONSISTENCY)
