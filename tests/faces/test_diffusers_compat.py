@@ -200,6 +200,13 @@ _add("TCDScheduler", [{**ZSNR_V}, {"original_inference_steps": 20, "num_train_ti
      extra={"eta": 0.5})
 
 
+# DDIM inversion: clean -> noisy along ascending timesteps (the model at t - T // n, the target t)
+_add("DDIMInverseScheduler", [{}, {"clip_sample": False, "steps_offset": 1},
+                              {**SD, "prediction_type": "v_prediction", "timestep_spacing": "trailing"},
+                              {"prediction_type": "sample", "set_alpha_to_one": False, "clip_sample": False},
+                              {**ZSNR_V, "clip_sample": False}, {"beta_schedule": "squaredcos_cap_v2"}])
+
+
 @pytest.fixture(autouse=True)
 def _quiet():
     with warnings.catch_warnings():
@@ -635,3 +642,20 @@ def test_flow_match_per_token_timesteps_bad_shape():
     x = torch.zeros(2, 5, 3)
     with pytest.raises(ValueError, match="per_token_timesteps"):
         s.step(x, s.timesteps[0], x, per_token_timesteps=torch.zeros(2, 4))
+
+
+def test_ddim_inverse_off_schedule_timestep_and_deprecated_kwarg():
+    """The inversion step is stateless in diffusers: any training timestep steps with its own row; the deprecated
+    ``set_alpha_to_zero`` still sets ``set_alpha_to_one``, as diffusers reads it."""
+    x = torch.linspace(-2, 2, 2 * 3 * 5).reshape(2, 3, 5)
+    for t in (0, 7, 333, 999):
+        outs = []
+        for mod in (fdd, diffusers):
+            s = mod.DDIMInverseScheduler(clip_sample=False)
+            s.set_timesteps(10)
+            outs.append(s.step(fake_model(x, t), t, x))
+        torch.testing.assert_close(outs[0].prev_sample, outs[1].prev_sample, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(outs[0].pred_original_sample, outs[1].pred_original_sample, rtol=1e-5, atol=1e-5)
+    for mod in (fdd, diffusers):
+        s = mod.DDIMInverseScheduler(beta_start=0.01, set_alpha_to_zero=False)
+        assert float(s.initial_alpha_cumprod) == pytest.approx(1 - 0.01, rel=1e-6)
