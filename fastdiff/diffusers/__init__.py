@@ -27,6 +27,7 @@ from ._euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, Heu
 from ._flow import FlowMatchEulerDiscreteScheduler
 from ._lcm import LCMScheduler, TCDScheduler
 from ._multistep import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+from ._parallel import DDIMParallelScheduler, DDPMParallelScheduler
 from ._pndm import PNDMScheduler
 
 __all__ = [
@@ -34,5 +35,5 @@ __all__ = [
     "HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
     "FlowMatchEulerDiscreteScheduler", "FusedSchedulerBase", "HAS_DIFFUSERS", "ZTSNR_ALPHA_BAR",
     "set_table_arithmetic", "PNDMScheduler", "LCMScheduler", "TCDScheduler",
-    "DDIMInverseScheduler",
+    "DDIMInverseScheduler", "DDIMParallelScheduler", "DDPMParallelScheduler",
 ]

@@ -282,7 +282,12 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
         -s, s) / s; then the fused step reads that x0. The per-sample quantile is a reduction over the sample, so
         this is PyTorch passes (x0, |x0|'s quantile, the clamp) before the fused one; nothing is read on the host."""
         _, thr_table, in_coefs, moved = self._thresholded[id(table)]
-        in_x, in_m = in_coefs[row]
+        index = kwargs.get("coef_index")
+        if index is None:
+            in_x, in_m = in_coefs[row]
+        else:  # a row per sample (a batch of timesteps): the x0 coefficients gathered on the device
+            per_sample = table[index, :2].reshape(-1, 2, *(1,) * (sample.dim() - 1))
+            in_x, in_m = per_sample[:, 0], per_sample[:, 1]
         cfg = self.config
         x0 = sample.float() * in_x + model_output.float() * in_m
         flat = x0.reshape(x0.shape[0], -1)

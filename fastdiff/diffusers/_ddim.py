@@ -249,6 +249,11 @@ class DDPMScheduler(_DiscreteVPBase):
     def _build_table(self, key) -> torch.Tensor:
         t = np.asarray(self._ts, dtype=np.int64)
         prev = np.append(t[1:], -1) if (self.custom_timesteps or self.num_inference_steps) else t - 1
+        return self._rows_between(t, prev, learned_range=True)
+
+    def _rows_between(self, t: np.ndarray, prev: np.ndarray, learned_range: bool = False) -> torch.Tensor:
+        """The posterior-mean rows from each ``t`` to its ``prev`` (alpha_bar 1 below 0) and the step's noise
+        scale; ``learned_range`` records the log-variance range the learned variance types mix."""
         abar = self._abar64
         r = f32_like_diffusers  # each quantity rounded where diffusers computes it in float32 (the default)
         a_t = abar[t]
@@ -259,7 +264,8 @@ class DDPMScheduler(_DiscreteVPBase):
         std = r(np.sqrt(beta_t)) if self.variance_type.startswith("fixed_large") else r(np.sqrt(var))
         if self.variance_type in _LEARNED:
             # the model's variance scales the noise per element: the step gets noise * std as its noise input
-            self._log_var_range = (np.log(var), np.log(beta_t))
+            if learned_range:
+                self._log_var_range = (np.log(var), np.log(beta_t))
             std = np.ones_like(std)
         in_x, in_m = self._x0_rows(t)
         return rows(in_x=in_x, in_m=in_m, out_d=r(r(r(np.sqrt(a_p)) * beta_t) / beta_prod),
@@ -287,7 +293,7 @@ class DDPMScheduler(_DiscreteVPBase):
         self._step_index = i + 1
         if not return_dict:
             return (prev, x0)
-        return make_output("DDPMSchedulerOutput", prev, x0)
+        return make_output(self._output_name, prev, x0)
 
 
 class DDIMScheduler(_DiscreteVPBase):
@@ -385,7 +391,7 @@ class DDIMScheduler(_DiscreteVPBase):
             self._step_index = i + 1
         if not return_dict:
             return (prev, x0)
-        return make_output("DDIMSchedulerOutput", prev, x0)
+        return make_output(self._output_name, prev, x0)
 
 
 class DDIMInverseScheduler(_DiscreteVPBase):

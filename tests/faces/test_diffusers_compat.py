@@ -207,6 +207,12 @@ _add("DDIMInverseScheduler", [{}, {"clip_sample": False, "steps_offset": 1},
                               {**ZSNR_V, "clip_sample": False}, {"beta_schedule": "squaredcos_cap_v2"}])
 
 
+# the parallel schedulers step as DDIM / DDPM (their batch_step_no_noise: test_diffusers_parallel.py)
+_add("DDPMParallelScheduler", [{}, {**SD, "prediction_type": "v_prediction", "clip_sample": False}])
+_add("DDIMParallelScheduler", [{}, {**SD, "prediction_type": "v_prediction", "set_alpha_to_one": False}],
+     extra={"eta": 0.5})
+
+
 @pytest.fixture(autouse=True)
 def _quiet():
     with warnings.catch_warnings():

@@ -20,11 +20,11 @@ DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 STOCHASTIC = [("DDPMScheduler", {}), ("EulerAncestralDiscreteScheduler", {}),
               ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
               ("FlowMatchEulerDiscreteScheduler", {"stochastic_sampling": True}), ("LCMScheduler", {}),
-              ("TCDScheduler", {})]
+              ("TCDScheduler", {}), ("DDPMParallelScheduler", {})]
 ALL = ["DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
        "HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
        "FlowMatchEulerDiscreteScheduler", "PNDMScheduler", "LCMScheduler", "TCDScheduler",
-       "DDIMInverseScheduler"]
+       "DDIMInverseScheduler", "DDIMParallelScheduler", "DDPMParallelScheduler"]
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
