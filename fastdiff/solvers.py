@@ -31,6 +31,7 @@ __all__ = [
     "IPNDM_WEIGHTS", "ipndm_v_weights", "deis_weights", "er_sde_default_noise_scaler", "er_sde_stage_integrals",
     "sa_solver_b_coeffs", "dpm_fast_grid",
     "flow_alpha", "euler_ancestral_cfgpp_coefs", "res_multistep_weights", "nan_to_zero",
+    "consistency_boundary", "consistency_step_coefs",
 ]
 
 Scalar = Any  # float, 0-d torch.Tensor or numpy array
@@ -142,6 +143,41 @@ def vp_x0_coefs(prediction: str, alpha: Scalar, sigma: Scalar) -> Tuple[Scalar, 
     if prediction == "v_prediction":
         return alpha, -sigma
     raise ValueError(f"prediction_type must be one of 'epsilon', 'sample', 'v_prediction', got {prediction!r}")
+
+
+# ------------------------------------------------------------------------------------------ consistency models
+def consistency_boundary(t: Scalar, timestep_scaling: float = 10.0, sigma_data: float = 0.5) -> Tuple[Scalar, Scalar]:
+    """``(c_skip, c_out)`` of the consistency-model parameterisation ``f(x, t) = c_skip x + c_out x0`` at the
+    discrete timestep ``t`` (Song et al. 2023, "Consistency Models", eq. 7; the discrete form of Luo et al. 2023,
+    "Latent Consistency Models": ``s = t * timestep_scaling``, ``c_skip = sd^2 / (s^2 + sd^2)``,
+    ``c_out = s / sqrt(s^2 + sd^2)``). At ``t = 0``: ``(1, 0)``, the boundary condition ``f(x, 0) = x``.
+
+    Example:
+        >>> consistency_boundary(0.0)
+        (1.0, 0.0)
+        >>> [round(c, 6) for c in consistency_boundary(0.05)]
+        [0.5, 0.707107]
+    """
+    s = t * timestep_scaling
+    sd2 = sigma_data * sigma_data
+    denom = s * s + sd2
+    return sd2 / denom, s / denom**0.5
+
+
+def consistency_step_coefs(skip_x: Scalar, skip_d: Scalar, renoise: Scalar, noise_std: Scalar) -> dict:
+    """Step coefficients (``fastdiff.ops.step`` column names) of a consistency-style step: the estimate
+    ``e = skip_x * x + skip_d * x0`` (written as the step's aux output), then ``x_next = renoise * e +
+    noise_std * z``, z standard normal. LCM: ``e`` is the boundary-conditioned denoised sample (``skip_x, skip_d =
+    c_skip, c_out``), ``renoise = sqrt(abar_prev)``, ``noise_std = sqrt(1 - abar_prev)``; TCD: ``e`` is the noised
+    estimate at the intermediate timestep s and ``renoise = sqrt(abar_prev / abar_s)``. A step that ends the run
+    passes ``renoise = 1``, ``noise_std = 0``.
+
+    Example:
+        >>> consistency_step_coefs(0.25, 0.75, 0.5, 0.8)["out_d"]
+        0.375
+    """
+    return {"aux_x": skip_x, "aux_d": skip_d, "out_x": renoise * skip_x, "out_d": renoise * skip_d,
+            "out_noise": noise_std}
 
 
 # ------------------------------------------------------------------------------------------ stochasticity

@@ -22,15 +22,18 @@ Example:
 """
 from ._base import ZTSNR_ALPHA_BAR, FusedSchedulerBase, set_table_arithmetic
 from ._compat import HAS_DIFFUSERS
-from ._ddim import DDIMScheduler, DDPMScheduler
+from ._ddim import DDIMInverseScheduler, DDIMScheduler, DDPMScheduler
 from ._euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler
 from ._flow import FlowMatchEulerDiscreteScheduler
+from ._lcm import LCMScheduler, TCDScheduler
 from ._multistep import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+from ._parallel import DDIMParallelScheduler, DDPMParallelScheduler
 from ._pndm import PNDMScheduler
 
 __all__ = [
     "DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
     "HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
     "FlowMatchEulerDiscreteScheduler", "FusedSchedulerBase", "HAS_DIFFUSERS", "ZTSNR_ALPHA_BAR",
-    "set_table_arithmetic", "PNDMScheduler",
+    "set_table_arithmetic", "PNDMScheduler", "LCMScheduler", "TCDScheduler",
+    "DDIMInverseScheduler", "DDIMParallelScheduler", "DDPMParallelScheduler",
 ]

@@ -134,6 +134,9 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
 
     order = 1
     backend: str = "auto"
+    #: whether ``thresholding=True`` in the config applies dynamic thresholding to the step's x0 estimate
+    #: (diffusers' TCDScheduler takes the key but never thresholds)
+    _thresholds: bool = True
     #: the name of the step output type (``_compat.output_class``), resolved at construction
     _output_name: str = "SchedulerOutput"
 
@@ -277,7 +280,7 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
                 self._host_tables[key] = host
             tab = host.to(device)
             self._tables[(key, device)] = tab
-            if getattr(self.config, "thresholding", False):
+            if self._thresholds and getattr(self.config, "thresholding", False):
                 self._add_thresholded(tab, host)
         return tab
 
@@ -307,7 +310,12 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
         -s, s) / s; then the fused step reads that x0. The per-sample quantile is a reduction over the sample, so
         this is PyTorch passes (x0, |x0|'s quantile, the clamp) before the fused one; nothing is read on the host."""
         _, thr_table, in_coefs, moved = self._thresholded[id(table)]
-        in_x, in_m = in_coefs[row]
+        index = kwargs.get("coef_index")
+        if index is None:
+            in_x, in_m = in_coefs[row]
+        else:  # a row per sample (a batch of timesteps): the x0 coefficients gathered on the device
+            per_sample = table[index, :2].reshape(-1, 2, *(1,) * (sample.dim() - 1))
+            in_x, in_m = per_sample[:, 0], per_sample[:, 1]
         cfg = self.config
         x0 = sample.float() * in_x + model_output.float() * in_m
         flat = x0.reshape(x0.shape[0], -1)

@@ -172,36 +172,40 @@ except ImportError:  # pragma: no cover - exercised only without diffusers
         return torch.randn(shape, generator=generator, device=rand_device, dtype=dtype, layout=layout).to(device)
 
 
-def _fallback_output(name: str, with_x0: bool):
+def _fallback_output(name: str, second: Optional[str]):
     fields = [("prev_sample", torch.Tensor)]
-    if with_x0:
-        fields.append(("pred_original_sample", Optional[torch.Tensor], dataclasses.field(default=None)))
+    if second:
+        fields.append((second, Optional[torch.Tensor], dataclasses.field(default=None)))
     return dataclasses.make_dataclass(name, fields, bases=(_Output,))
 
 
 _OUTPUTS = {
-    # name -> (diffusers module, has pred_original_sample)
-    "DDPMSchedulerOutput": ("scheduling_ddpm", True),
-    "DDIMSchedulerOutput": ("scheduling_ddim", True),
-    "EulerDiscreteSchedulerOutput": ("scheduling_euler_discrete", True),
-    "EulerAncestralDiscreteSchedulerOutput": ("scheduling_euler_ancestral_discrete", True),
-    "HeunDiscreteSchedulerOutput": ("scheduling_heun_discrete", True),
-    "FlowMatchEulerDiscreteSchedulerOutput": ("scheduling_flow_match_euler_discrete", False),
-    "SchedulerOutput": (None, False),
+    # name -> (diffusers module, the second field after prev_sample, if any)
+    "DDPMSchedulerOutput": ("scheduling_ddpm", "pred_original_sample"),
+    "DDIMSchedulerOutput": ("scheduling_ddim", "pred_original_sample"),
+    "DDPMParallelSchedulerOutput": ("scheduling_ddpm_parallel", "pred_original_sample"),
+    "DDIMParallelSchedulerOutput": ("scheduling_ddim_parallel", "pred_original_sample"),
+    "LCMSchedulerOutput": ("scheduling_lcm", "denoised"),
+    "TCDSchedulerOutput": ("scheduling_tcd", "pred_noised_sample"),
+    "EulerDiscreteSchedulerOutput": ("scheduling_euler_discrete", "pred_original_sample"),
+    "EulerAncestralDiscreteSchedulerOutput": ("scheduling_euler_ancestral_discrete", "pred_original_sample"),
+    "HeunDiscreteSchedulerOutput": ("scheduling_heun_discrete", "pred_original_sample"),
+    "FlowMatchEulerDiscreteSchedulerOutput": ("scheduling_flow_match_euler_discrete", None),
+    "SchedulerOutput": (None, None),
 }
 
 
 @functools.lru_cache(maxsize=None)
 def output_class(name: str):
     """The step output type diffusers' scheduler of the same family returns (a stand-in without diffusers)."""
-    module, with_x0 = _OUTPUTS[name]
+    module, second = _OUTPUTS[name]
     if module is None:
         return SchedulerOutput
     if HAS_DIFFUSERS:
         import importlib
 
         return getattr(importlib.import_module(f"diffusers.schedulers.{module}"), name)
-    return _fallback_output(name, with_x0)  # pragma: no cover
+    return _fallback_output(name, second)  # pragma: no cover
 
 
 @functools.lru_cache(maxsize=None)

@@ -9,6 +9,7 @@ coefficients (and v/sample prediction, which need no division) are unchanged.
 """
 from __future__ import annotations
 
+import warnings
 from typing import List, Optional, Union
 
 import numpy as np
@@ -23,7 +24,7 @@ from ._compat import make_output, register_to_config
 
 _LEARNED = ("learned", "learned_range")
 
-__all__ = ["DDPMScheduler", "DDIMScheduler", "x0_coefs"]
+__all__ = ["DDPMScheduler", "DDIMScheduler", "DDIMInverseScheduler", "x0_coefs", "ddim_rows"]
 
 _PREDICTIONS = ("epsilon", "sample", "v_prediction")
 
@@ -36,6 +37,44 @@ def x0_coefs(prediction_type: str, abar: np.ndarray):
     elif prediction_type not in _PREDICTIONS:
         raise ValueError(f"prediction_type must be one of {_PREDICTIONS}, got {prediction_type!r}")
     return vp_x0_coefs(prediction_type, np.sqrt(abar), np.sqrt(1.0 - abar))
+
+
+def ddim_rows(prediction_type: str, a_t: np.ndarray, a_p: np.ndarray, eta: float = 0.0,
+              clipped_eps: bool = False) -> torch.Tensor:
+    """Coefficient rows of the DDIM update (Song et al. 2021, eq. 12) from ``alpha_bar`` at the model's timestep
+    (``a_t``) to ``alpha_bar`` at the target (``a_p``): ``sqrt(a_p) x0 + sqrt(1 - a_p - std^2) eps + std z`` with
+    ``std = eta * sqrt((1 - a_p) / (1 - a_t) * (1 - a_t / a_p))``. ``eps`` is the model's (from x and the model
+    output, as diffusers forms it before any clipping of x0), or with ``clipped_eps`` the one implied by the
+    (clipped) x0. The target may be noisier than the source (DDIM inversion, eta = 0).
+
+    Example:
+        >>> ddim_rows("epsilon", np.array([0.5]), np.array([0.8])).shape
+        torch.Size([1, 15])
+    """
+    a_t = np.asarray(a_t, dtype=np.float64)
+    a_p = np.asarray(a_p, dtype=np.float64)
+    alpha_t, sig_t = np.sqrt(a_t), np.sqrt(1.0 - a_t)
+    if eta == 0:  # no variance term (its formula divides by 1 - a_t, 0 for an inversion step from alpha_bar = 1)
+        std = np.zeros_like(a_t)
+    else:
+        std = eta * np.sqrt((1.0 - a_p) / (1.0 - a_t) * (1.0 - a_t / a_p))
+    c_dir = np.sqrt(np.maximum(1.0 - a_p - std**2, 0.0))
+    zero, one = np.zeros_like(a_t), np.ones_like(a_t)
+    # the epsilon estimate as ex * x + em * model_output + ed * x0 (diffusers' pred_epsilon)
+    if clipped_eps or prediction_type == "sample":
+        with np.errstate(divide="ignore"):  # sig_t = 0: inf, as diffusers' division gives
+            inv_sig = 1.0 / sig_t
+    if clipped_eps:
+        ex, em, ed = inv_sig, zero, -alpha_t * inv_sig
+    elif prediction_type == "epsilon":
+        ex, em, ed = zero, one, zero
+    elif prediction_type == "sample":
+        ex, em, ed = inv_sig, -alpha_t * inv_sig, zero
+    else:  # v_prediction
+        ex, em, ed = sig_t, alpha_t, zero
+    in_x, in_m = x0_coefs(prediction_type, a_t)
+    return rows(in_x=in_x, in_m=in_m, out_x=c_dir * ex, out_m=c_dir * em, out_d=np.sqrt(a_p) + c_dir * ed,
+                out_noise=std)
 
 
 class _DiscreteVPBase(DiscreteBetaMixin, FusedSchedulerBase):
@@ -211,6 +250,11 @@ class DDPMScheduler(_DiscreteVPBase):
     def _build_table(self, key) -> torch.Tensor:
         t = np.asarray(self._ts, dtype=np.int64)
         prev = np.append(t[1:], -1) if (self.custom_timesteps or self.num_inference_steps) else t - 1
+        return self._rows_between(t, prev, learned_range=True)
+
+    def _rows_between(self, t: np.ndarray, prev: np.ndarray, learned_range: bool = False) -> torch.Tensor:
+        """The posterior-mean rows from each ``t`` to its ``prev`` (alpha_bar 1 below 0) and the step's noise
+        scale; ``learned_range`` records the log-variance range the learned variance types mix."""
         abar = self._abar64
         r = f32_like_diffusers  # each quantity rounded where diffusers computes it in float32 (the default)
         a_t = abar[t]
@@ -221,7 +265,8 @@ class DDPMScheduler(_DiscreteVPBase):
         std = r(np.sqrt(beta_t)) if self.variance_type.startswith("fixed_large") else r(np.sqrt(var))
         if self.variance_type in _LEARNED:
             # the model's variance scales the noise per element: the step gets noise * std as its noise input
-            self._log_var_range = (np.log(var), np.log(beta_t))
+            if learned_range:
+                self._log_var_range = (np.log(var), np.log(beta_t))
             std = np.ones_like(std)
         in_x, in_m = self._x0_rows(t)
         return rows(in_x=in_x, in_m=in_m, out_d=r(r(r(np.sqrt(a_p)) * beta_t) / beta_prod),
@@ -249,7 +294,7 @@ class DDPMScheduler(_DiscreteVPBase):
         self._step_index = i + 1
         if not return_dict:
             return (prev, x0)
-        return make_output("DDPMSchedulerOutput", prev, x0)
+        return make_output(self._output_name, prev, x0)
 
 
 class DDIMScheduler(_DiscreteVPBase):
@@ -307,26 +352,8 @@ class DDIMScheduler(_DiscreteVPBase):
         T = self.config.num_train_timesteps
         prev = t - T // self.num_inference_steps
         abar = self._abar64
-        a_t = abar[t]
         a_p = np.where(prev >= 0, abar[np.clip(prev, 0, T - 1)], self._final_abar)
-        alpha_t, sig_t = np.sqrt(a_t), np.sqrt(1.0 - a_t)
-        var = (1.0 - a_p) / (1.0 - a_t) * (1.0 - a_t / a_p)
-        std = eta * np.sqrt(var)
-        c_dir = np.sqrt(np.maximum(1.0 - a_p - std**2, 0.0))
-        zero, one = np.zeros_like(a_t), np.ones_like(a_t)
-        pt = self.config.prediction_type
-        # the epsilon estimate as ex * x + em * model_output + ed * x0 (diffusers' pred_epsilon)
-        if clipped_eps:
-            ex, em, ed = 1.0 / sig_t, zero, -alpha_t / sig_t
-        elif pt == "epsilon":
-            ex, em, ed = zero, one, zero
-        elif pt == "sample":
-            ex, em, ed = 1.0 / sig_t, -alpha_t / sig_t, zero
-        else:  # v_prediction
-            ex, em, ed = sig_t, alpha_t, zero
-        in_x, in_m = self._x0_rows(t)
-        return rows(in_x=in_x, in_m=in_m, out_x=c_dir * ex, out_m=c_dir * em, out_d=np.sqrt(a_p) + c_dir * ed,
-                    out_noise=std)
+        return ddim_rows(self.config.prediction_type, abar[t], a_p, eta, clipped_eps)
 
     def _build_table(self, key) -> torch.Tensor:
         kind, eta, clipped = key[0], key[1], key[2]
@@ -362,6 +389,103 @@ class DDIMScheduler(_DiscreteVPBase):
         dtype = result_dtype(sample, model_output)
         prev, x0 = self._launch(sample, model_output, table, row, out_dtype=dtype, aux_dtype=dtype,
                                 clip=self._clip(), **kw)
+        if i is not None:
+            self._step_index = i + 1
+        if not return_dict:
+            return (prev, x0)
+        return make_output(self._output_name, prev, x0)
+
+
+class DDIMInverseScheduler(_DiscreteVPBase):
+    """DDIM inversion (Song et al. 2021, sec. 4.3; used by null-text inversion, Mokady et al. 2023): the
+    deterministic DDIM update run from clean to noisy, image -> latent noise.
+
+    Same config keys, defaults and numbers as ``diffusers.DDIMInverseScheduler`` (ascending timesteps; the step
+    at timestep t evaluates the model at ``t - num_train_timesteps // num_inference_steps`` and lands at t);
+    ``step`` is one fused pass.
+
+    Example:
+        >>> s = DDIMInverseScheduler(timestep_spacing="trailing")
+        >>> s.set_timesteps(4)
+        >>> s.timesteps.tolist()
+        [249, 499, 749, 999]
+        >>> x = torch.randn(2, 3, 8, 8)
+        >>> x = s.step(torch.zeros_like(x), s.timesteps[0], x).prev_sample
+    """
+
+    order = 1
+    ignore_for_config = ["kwargs"]
+    _deprecated_kwargs = ["set_alpha_to_zero"]
+    _output_name = "DDIMSchedulerOutput"
+    _beta_schedules = ("linear", "scaled_linear", "squaredcos_cap_v2")
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: Optional[Union[np.ndarray, List[float]]] = None,
+        clip_sample: bool = True,
+        set_alpha_to_one: bool = True,
+        steps_offset: int = 0,
+        prediction_type: str = "epsilon",
+        clip_sample_range: float = 1.0,
+        timestep_spacing: str = "leading",
+        rescale_betas_zero_snr: bool = False,
+        **kwargs,
+    ):
+        if kwargs.get("set_alpha_to_zero", None) is not None:
+            warnings.warn("The `set_alpha_to_zero` argument is deprecated. Please use `set_alpha_to_one` instead.",
+                          FutureWarning, stacklevel=3)
+            set_alpha_to_one = kwargs["set_alpha_to_zero"]
+        self._common_init(self.config)
+        self._initial_abar = 1.0 if set_alpha_to_one else float(self._abar64[0])
+        self.initial_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
+        self._set_host_timesteps(np.arange(num_train_timesteps, dtype=np.int64))
+
+    def set_timesteps(self, num_inference_steps: int, device=None) -> None:
+        """Ascending timesteps: ``leading`` (``k * T // n + steps_offset``) or ``trailing``."""
+        cfg = self.config
+        T = cfg.num_train_timesteps
+        check_steps(num_inference_steps, T, cap=True)
+        if cfg.timestep_spacing == "leading":
+            ts = np.arange(0, num_inference_steps, dtype=np.int64) * (T // num_inference_steps) + cfg.steps_offset
+        elif cfg.timestep_spacing == "trailing":
+            ts = np.round(np.arange(T, 0, -T / num_inference_steps)[::-1]).astype(np.int64) - 1
+        else:
+            raise ValueError(f"{cfg.timestep_spacing} is not supported. Please make sure to choose one of 'leading' "
+                             f"or 'trailing'.")
+        self.num_inference_steps = num_inference_steps
+        self._set_host_timesteps(ts, device)
+        self._start_run()
+
+    def _build_table(self, key) -> torch.Tensor:
+        T = self.config.num_train_timesteps
+        target = np.asarray(self._ts if key[0] == "rows" else [key[1]], dtype=np.int64)
+        source = np.minimum(target - T // self.num_inference_steps, T - 1)
+        abar = self._abar64
+        a_t = np.where(source >= 0, abar[np.clip(source, 0, T - 1)], self._initial_abar)
+        return ddim_rows(self.config.prediction_type, a_t, abar[target])
+
+    def step(self, model_output: torch.Tensor, timestep: Union[int, torch.Tensor], sample: torch.Tensor,
+             return_dict: bool = True):
+        """One inversion step to the (noisier) ``timestep`` (a single fused pass; no host-device sync)."""
+        if self.num_inference_steps is None:
+            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating "
+                             "the scheduler")
+        i = self._index(timestep)
+        if i is None:  # a host timestep outside the schedule: the step is stateless, build its row
+            value = self._host_value(timestep)
+            if not 0 <= value < self.config.num_train_timesteps:
+                raise ValueError(f"timestep {timestep} is not in [0, {self.config.num_train_timesteps}) "
+                                 f"(num_train_timesteps)")
+            table, row = self._table(("one", int(value)), sample.device), 0
+        else:
+            table, row = self._table(("rows",), sample.device), i
+        dtype = result_dtype(sample, model_output)
+        prev, x0 = self._launch(sample, model_output, table, row, out_dtype=dtype, aux_dtype=dtype, clip=self._clip())
         if i is not None:
             self._step_index = i + 1
         if not return_dict:

@@ -72,9 +72,19 @@ def _steps(sched, n, ref_ts, extra=None, dtype=torch.float32, shape=(2, 3, 4, 4)
             g = torch.Generator().manual_seed(seed + 1 + i)
         inp = sched.scale_model_input(x, t) if hasattr(sched, "scale_model_input") else x
         out = sched.step(fake_model(inp, ref_ts[i]), t, x, **_step_kwargs(sched, g, extra or {}))
-        steps.append({"x": x, "prev": out.prev_sample, "x0": getattr(out, "pred_original_sample", None)})
+        steps.append({"x": x, "prev": out.prev_sample, "x0": _second_output(out)})
         x = out.prev_sample
     return steps
+
+
+def _second_output(out):
+    """The step's estimate beside ``prev_sample``: x0 (most schedulers), LCM's ``denoised``, TCD's
+    ``pred_noised_sample``; None where the output has none."""
+    for field in ("pred_original_sample", "denoised", "pred_noised_sample"):
+        value = getattr(out, field, None)
+        if value is not None:
+            return value
+    return None
 
 
 CASES = []
@@ -173,6 +183,34 @@ _add("PNDMScheduler", [{}, {"skip_prk_steps": True}, {**SD, "skip_prk_steps": Tr
                        {"prediction_type": "v_prediction", "set_alpha_to_one": True},
                        {"skip_prk_steps": True, "timestep_spacing": "trailing", "prediction_type": "v_prediction"},
                        {"beta_schedule": "squaredcos_cap_v2", "timestep_spacing": "linspace"}])
+
+
+# consistency-model samplers: re-noising between steps (generator draws), boundary scalings, origin grids
+_add("LCMScheduler", [{}, {"prediction_type": "v_prediction"}, {"timestep_scaling": 5.0, "original_inference_steps": 20},
+                      {"clip_sample": True, "clip_sample_range": 0.8, "set_alpha_to_one": False},
+                      {**_THR, "beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02},
+                      {**ZSNR_V}, {"prediction_type": "sample", "num_train_timesteps": 500}])
+_add("LCMScheduler", [{}], n=4)
+_add("LCMScheduler", [{}], n=1)
+for _extra in ({"eta": 0.3}, {"eta": 0.0}, {"eta": 1.0}):
+    _add("TCDScheduler", [{}, {"prediction_type": "v_prediction", "beta_schedule": "linear", "beta_start": 0.0001,
+                               "beta_end": 0.02}, {"prediction_type": "sample", "set_alpha_to_one": False}],
+         extra=_extra)
+_add("TCDScheduler", [{**ZSNR_V}, {"original_inference_steps": 20, "num_train_timesteps": 600}], n=4,
+     extra={"eta": 0.5})
+
+
+# DDIM inversion: clean -> noisy along ascending timesteps (the model at t - T // n, the target t)
+_add("DDIMInverseScheduler", [{}, {"clip_sample": False, "steps_offset": 1},
+                              {**SD, "prediction_type": "v_prediction", "timestep_spacing": "trailing"},
+                              {"prediction_type": "sample", "set_alpha_to_one": False, "clip_sample": False},
+                              {**ZSNR_V, "clip_sample": False}, {"beta_schedule": "squaredcos_cap_v2"}])
+
+
+# the parallel schedulers step as DDIM / DDPM (their batch_step_no_noise: test_diffusers_parallel.py)
+_add("DDPMParallelScheduler", [{}, {**SD, "prediction_type": "v_prediction", "clip_sample": False}])
+_add("DDIMParallelScheduler", [{}, {**SD, "prediction_type": "v_prediction", "set_alpha_to_one": False}],
+     extra={"eta": 0.5})
 
 
 @pytest.fixture(autouse=True)
@@ -627,3 +665,20 @@ def test_flow_match_per_token_timesteps_bad_shape():
     x = torch.zeros(2, 5, 3)
     with pytest.raises(ValueError, match="per_token_timesteps"):
         s.step(x, s.timesteps[0], x, per_token_timesteps=torch.zeros(2, 4))
+
+
+def test_ddim_inverse_off_schedule_timestep_and_deprecated_kwarg():
+    """The inversion step is stateless in diffusers: any training timestep steps with its own row; the deprecated
+    ``set_alpha_to_zero`` still sets ``set_alpha_to_one``, as diffusers reads it."""
+    x = torch.linspace(-2, 2, 2 * 3 * 5).reshape(2, 3, 5)
+    for t in (0, 7, 333, 999):
+        outs = []
+        for mod in (fdd, diffusers):
+            s = mod.DDIMInverseScheduler(clip_sample=False)
+            s.set_timesteps(10)
+            outs.append(s.step(fake_model(x, t), t, x))
+        torch.testing.assert_close(outs[0].prev_sample, outs[1].prev_sample, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(outs[0].pred_original_sample, outs[1].pred_original_sample, rtol=1e-5, atol=1e-5)
+    for mod in (fdd, diffusers):
+        s = mod.DDIMInverseScheduler(beta_start=0.01, set_alpha_to_zero=False)
+        assert float(s.initial_alpha_cumprod) == pytest.approx(1 - 0.01, rel=1e-6)

@@ -14,11 +14,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import diffusers_swap  # noqa: E402
 
 SRC = os.environ.get("DIFFUSERS_SRC")
-FILES = ("ddim", "ddpm", "euler", "euler_ancestral", "heun", "dpm_multi", "unipc", "pndm")
+FILES = ("ddim", "ddpm", "euler", "euler_ancestral", "heun", "dpm_multi", "unipc", "pndm", "lcm", "tcd", "ddim_inverse",
+         "ddim_parallel", "ddpm_parallel")
 
 OPEN_GAPS = {
     "test_scheduler_ddim.DDIMSchedulerTest::test_variance": "_get_variance (private) is not provided",
     "test_scheduler_ddpm.DDPMSchedulerTest::test_variance": "_get_variance (private) is not provided",
+    "test_scheduler_ddim_parallel.DDIMParallelSchedulerTest::test_variance": "_get_variance (private) is not provided",
+    "test_scheduler_ddpm_parallel.DDPMParallelSchedulerTest::test_variance": "_get_variance (private) is not provided",
 }
 
 
