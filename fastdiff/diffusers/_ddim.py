@@ -229,6 +229,38 @@ class DDPMScheduler(_DiscreteVPBase):
         i = self._ts_pos[v]
         return torch.tensor(self._ts[i + 1] if i + 1 < len(self._ts) else -1)
 
+    def _get_variance(self, t, predicted_variance: Optional[torch.Tensor] = None,
+                      variance_type: Optional[str] = None) -> torch.Tensor:
+        """diffusers' (private) variance of the step from ``t``, as a float32 tensor: the posterior variance
+        ``(1 - abar_prev) / (1 - abar_t) * beta_t`` (clamped at 1e-20) in the form ``variance_type`` (default: the
+        config's) names. Not used by ``step`` (its rows hold the same numbers); kept for code that calls it.
+
+        Example:
+            >>> round(float(DDPMScheduler()._get_variance(487)), 5)
+            0.00979
+        """
+        prev_t = int(self.previous_timestep(t))
+        abar_t = self.alphas_cumprod[int(t)]
+        abar_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.one
+        beta_t = 1 - abar_t / abar_prev
+        variance = torch.clamp((1 - abar_prev) / (1 - abar_t) * beta_t, min=1e-20)
+        kind = self.config.variance_type if variance_type is None else variance_type
+        if kind == "fixed_small":
+            return variance
+        if kind == "fixed_small_log":
+            return torch.exp(0.5 * torch.log(variance))
+        if kind == "fixed_large":
+            return beta_t
+        if kind == "fixed_large_log":
+            return torch.log(beta_t)
+        if kind == "learned":
+            return predicted_variance
+        if kind == "learned_range":
+            frac = (predicted_variance + 1) / 2
+            return frac * torch.log(beta_t) + (1 - frac) * torch.log(variance)
+        raise ValueError("variance_type must be one of fixed_small, fixed_small_log, fixed_large, fixed_large_log, "
+                         f"learned, learned_range; got {kind!r}")
+
     def _learned_noise(self, kw: dict, i: int, predicted_variance: torch.Tensor,
                        model_output: torch.Tensor) -> torch.Tensor:
         """The step's noise scaled by the model's standard deviation (a second pass: the scale is per element).
@@ -354,6 +386,20 @@ class DDIMScheduler(_DiscreteVPBase):
         abar = self._abar64
         a_p = np.where(prev >= 0, abar[np.clip(prev, 0, T - 1)], self._final_abar)
         return ddim_rows(self.config.prediction_type, abar[t], a_p, eta, clipped_eps)
+
+    def _get_variance(self, timestep, prev_timestep) -> torch.Tensor:
+        """diffusers' (private) DDIM variance between two training timesteps, a float32 tensor:
+        ``(1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)``, ``abar_prev`` the final alpha_bar below 0.
+        Not used by ``step`` (its rows hold the same numbers); kept for code that calls it.
+
+        Example:
+            >>> round(float(DDIMScheduler()._get_variance(420, 400)), 5)
+            0.14771
+        """
+        abar_t = self.alphas_cumprod[int(timestep)]
+        prev = int(prev_timestep)
+        abar_prev = self.alphas_cumprod[prev] if prev >= 0 else self.final_alpha_cumprod
+        return (1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)
 
     def _build_table(self, key) -> torch.Tensor:
         kind, eta, clipped = key[0], key[1], key[2]
