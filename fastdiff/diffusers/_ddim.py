@@ -393,8 +393,8 @@ class DDIMScheduler(_DiscreteVPBase):
         Not used by ``step`` (its rows hold the same numbers); kept for code that calls it.
 
         Example:
-            >>> round(float(DDIMScheduler()._get_variance(420, 400)), 5)
-            0.14771
+            >>> round(float(DDIMScheduler()._get_variance(420, 400)), 4)
+            0.1477
         """
         abar_t = self.alphas_cumprod[int(timestep)]
         prev = int(prev_timestep)
