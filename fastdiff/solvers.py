@@ -27,7 +27,7 @@ import torch
 __all__ = [
     "F", "log", "exp", "expm1", "sqrt", "like", "lerp_half", "t_of", "sigma_of",
     "ve_x0_coefs", "vp_x0_coefs", "churn_gamma", "churn_schedule", "ancestral_split", "euler_coefs",
-    "lms_coefficients", "unipc_rhos", "SQRT2_MINUS_1",
+    "lms_coefficients", "exp_lagrange_weights", "unipc_rhos", "SQRT2_MINUS_1",
     "IPNDM_WEIGHTS", "ipndm_v_weights", "deis_weights", "er_sde_default_noise_scaler", "er_sde_stage_integrals",
     "sa_solver_b_coeffs", "dpm_fast_grid",
     "flow_alpha", "euler_ancestral_cfgpp_coefs", "res_multistep_weights", "nan_to_zero",
@@ -237,6 +237,54 @@ def lms_coefficients(t: Sequence[float], i: int, order: int) -> List[float]:
             return sum(cn * x ** (n + 1) / (n + 1) for n, cn in enumerate(c))
 
         out.append(antiderivative(t[i + 1]) - antiderivative(t[i]))
+    return out
+
+
+def exp_lagrange_weights(h: float, nodes: Sequence[float], rate: float = 1.0) -> List[float]:
+    """Exponential-integrator weights ``w_j = int_0^h rate e^{rate (tau - h)} L_j(tau) d tau``, ``L_j`` the Lagrange
+    basis on ``nodes`` (offsets in log-SNR ``lambda`` from the current point: ``0.0`` first, then the earlier,
+    negative ones), integrated exactly; ``h = lambda_t - lambda_s`` is the step. Host float64.
+
+    This is the multistep integral of DEIS (Zhang & Chen 2023) and of DPM-Solver's "heun" updates (Lu et al.
+    2022a/b), for polynomial extrapolation in ``lambda = -log rho`` of the model's estimate:
+
+    * ``rate = -1`` (noise estimates ``eps_j``): ``x_t = (alpha_t / alpha_s) x + sigma_t sum_j w_j eps_j`` -- DEIS's
+      "logrho" update, ``alpha_t int_{rho_s}^{rho_t} L_j(log rho) d rho`` with ``rho = sigma / alpha``;
+    * ``rate = 1`` (x0 estimates ``D_j``): ``x_t = (sigma_t / sigma_s) x + alpha_t sum_j w_j D_j`` (DPM-Solver++);
+    * ``rate = 2``: the same with ``x`` weighted by ``(sigma_t / sigma_s) e^{-h}`` (SDE-DPM-Solver++'s mean).
+
+    One node gives the first-order (DDIM) weight ``1 - e^{-rate h}``; ``h = 0`` gives zeros; an infinite step
+    (``sigma_t = 0``, ``rate > 0``) is finite only at first order (NaN otherwise).
+
+    Example (first order, rate 1: ``1 - e^{-h}``; two nodes sum to it):
+        >>> w = exp_lagrange_weights(0.5, [0.0, -0.4])
+        >>> round(sum(w), 12) == round(-math.expm1(-0.5), 12)
+        True
+    """
+    n = len(nodes)
+    if h == 0:
+        return [0.0] * n
+    a = rate * h
+    first = -math.expm1(-a)
+    if n == 1:
+        return [first]
+    if not math.isfinite(a):
+        return [math.nan] * n
+    # moments I_m = int_0^1 a e^{a (s - 1)} s^m ds on the unit step s = tau / h: I_m = 1 - (m / a) I_{m-1}
+    moments = [first]
+    for m in range(1, n):
+        moments.append(1.0 - m / a * moments[-1])
+    r = [float(v) / h for v in nodes]
+    out = []
+    for j in range(n):
+        poly = [1.0]  # L_j(s), lowest degree first
+        for k in range(n):
+            if k != j:
+                scale = 1.0 / (r[j] - r[k])
+                shifted = [0.0] + poly
+                poly = [(shifted[i] - r[k] * (poly[i] if i < len(poly) else 0.0)) * scale
+                        for i in range(len(shifted))]
+        out.append(sum(c * moments[i] for i, c in enumerate(poly)))
     return out
 
 

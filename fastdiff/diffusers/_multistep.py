@@ -14,7 +14,7 @@ import torch
 
 from ._base import DiscreteBetaMixin, FusedSchedulerBase, check_one_of, check_steps, interp, rows, sigma_to_t, \
     spaced_timesteps
-from ..solvers import unipc_rhos, vp_x0_coefs
+from ..solvers import exp_lagrange_weights, unipc_rhos, vp_x0_coefs
 from ._compat import make_output, register_to_config
 from ._flow import static_shift, stretch_to_terminal, time_shift
 
@@ -62,12 +62,13 @@ class _MultistepBase(DiscreteBetaMixin, FusedSchedulerBase):
         if cfg.prediction_type not in ("epsilon", "sample", "v_prediction", "flow_prediction"):
             raise NotImplementedError(f"prediction_type {cfg.prediction_type!r} is not supported by "
                                       f"fastdiff.diffusers")
-        if cfg.final_sigmas_type not in ("zero", "sigma_min"):
+        if getattr(cfg, "final_sigmas_type", "zero") not in ("zero", "sigma_min"):
             raise ValueError(f"`final_sigmas_type` must be one of 'zero', or 'sigma_min', but got "
                              f"{cfg.final_sigmas_type}")
+        zsnr = getattr(cfg, "rescale_betas_zero_snr", False)
         self._make_schedule(cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end, cfg.beta_schedule,
-                            cfg.trained_betas, cfg.rescale_betas_zero_snr)
-        self._train_sigmas = self._sigma_table(ztsnr_fix=cfg.rescale_betas_zero_snr)
+                            cfg.trained_betas, zsnr)
+        self._train_sigmas = self._sigma_table(ztsnr_fix=zsnr)
         self._log_sigmas = np.log(self._train_sigmas)
         abar = self.alphas_cumprod.to(torch.float64)
         self.alpha_t = abar.sqrt().to(torch.float32)
@@ -85,9 +86,10 @@ class _MultistepBase(DiscreteBetaMixin, FusedSchedulerBase):
         return np.round(ts) if cfg.timestep_spacing == "linspace" else ts
 
     def _finish_setup(self, ts: np.ndarray, sig: np.ndarray, device, sigma_min: Optional[float] = None) -> None:
-        """The run's timesteps and sigmas; the final sigma is 0, or with final_sigmas_type "sigma_min" the
-        smallest training sigma (``sigma_min`` overrides it: UniPC repeats its last re-spaced sigma there)."""
-        if self.config.final_sigmas_type == "sigma_min":
+        """The run's timesteps and sigmas; the final sigma is 0, or with final_sigmas_type "sigma_min" (DEIS:
+        always) the smallest training sigma (``sigma_min`` overrides it: UniPC and DEIS repeat their last
+        re-spaced sigma there)."""
+        if getattr(self.config, "final_sigmas_type", "sigma_min") == "sigma_min":
             last = self._train_sigmas[0] if sigma_min is None else sigma_min
         else:
             last = 0.0
@@ -167,6 +169,34 @@ class _MultistepBase(DiscreteBetaMixin, FusedSchedulerBase):
         idx = self._indices_for_add_noise(timesteps)
         a, s, _ = self._alpha_sigma(self.sigmas.to(torch.float64).numpy())
         return self._encode(original_samples, noise, a, s, idx)
+
+    def _orders_cached(self, start: int) -> List[int]:
+        key = ("orders", start)
+        if key not in self._host_tables:
+            self._host_tables[key] = self._orders(start)
+        return self._host_tables[key]
+
+    def _orders(self, start: int) -> List[int]:
+        """DPM-Solver's (and DEIS's) order per step: rising from 1 after the start, lowered at the end."""
+        cfg = self.config
+        n = len(self.timesteps)
+        out, lon = [], 0
+        for i in range(n):
+            if i < start:
+                out.append(1)
+                continue
+            lof = i == n - 1 and (getattr(cfg, "euler_at_final", False) or (cfg.lower_order_final and n < 15)
+                                  or getattr(cfg, "final_sigmas_type", None) == "zero")
+            los = i == n - 2 and cfg.lower_order_final and n < 15
+            if cfg.solver_order == 1 or lon < 1 or lof:
+                k = 1
+            elif cfg.solver_order == 2 or lon < 2 or los:
+                k = 2
+            else:
+                k = 3
+            out.append(k)
+            lon = min(lon + 1, cfg.solver_order)
+        return out
 
     def _table_rows(self, per_step: Sequence[Dict[str, float]]) -> torch.Tensor:
         """Stack per-step coefficient dicts into a ``step_coefs`` table (missing entries are 0)."""
@@ -301,33 +331,6 @@ class DPMSolverMultistepScheduler(_MultistepBase):
         self.model_outputs = [None] * cfg.solver_order
         self._start_run()
 
-    def _orders_cached(self, start: int) -> List[int]:
-        key = ("orders", start)
-        if key not in self._host_tables:
-            self._host_tables[key] = self._orders(start)
-        return self._host_tables[key]
-
-    def _orders(self, start: int) -> List[int]:
-        cfg = self.config
-        n = len(self.timesteps)
-        out, lon = [], 0
-        for i in range(n):
-            if i < start:
-                out.append(1)
-                continue
-            lof = i == n - 1 and (cfg.euler_at_final or (cfg.lower_order_final and n < 15)
-                                  or cfg.final_sigmas_type == "zero")
-            los = i == n - 2 and cfg.lower_order_final and n < 15
-            if cfg.solver_order == 1 or lon < 1 or lof:
-                k = 1
-            elif cfg.solver_order == 2 or lon < 2 or los:
-                k = 2
-            else:
-                k = 3
-            out.append(k)
-            lon = min(lon + 1, cfg.solver_order)
-        return out
-
     def _build_table(self, key) -> torch.Tensor:
         start = key
         cfg = self.config
@@ -345,20 +348,20 @@ class DPMSolverMultistepScheduler(_MultistepBase):
                 # x_t = cx * x + sum_j cD[j] * D_j (+ noise); D_0 = current x0, D_1/D_2 finite differences
                 if sde:
                     cx = st / s[i] * eh
-                    cD = [at * (1.0 - e2h)]
                     noise = st * np.sqrt(1.0 - e2h)
                 else:
                     cx = st / s[i]
-                    cD = [-at * (eh - 1.0)]
                     noise = 0.0
+                rate = 2.0 if sde else 1.0
                 m = np.zeros(3)  # coefficients of (m0 = current x0, m1, m2)
-                m[0] = cD[0]
-                if k == 2:
+                if k == 2 and cfg.solver_type == "heun":
+                    # the exact integral of the linear interpolant in lambda (the DEIS weights, x0 form)
+                    m[:2] = at * np.array(exp_lagrange_weights(h, [0.0, lam[i - 1] - lam[i]], rate))
+                else:
+                    m[0] = at * exp_lagrange_weights(h, [0.0], rate)[0]
+                if k == 2 and cfg.solver_type == "midpoint":
                     r0 = (lam[i] - lam[i - 1]) / h
-                    if cfg.solver_type == "midpoint":
-                        c1 = 0.5 * at * (1.0 - e2h) if sde else -0.5 * at * (eh - 1.0)
-                    else:
-                        c1 = at * ((1.0 - e2h) / (-2.0 * h) + 1.0) if sde else at * ((eh - 1.0) / h + 1.0)
+                    c1 = 0.5 * at * (1.0 - e2h) if sde else -0.5 * at * (eh - 1.0)
                     m += c1 * np.array([1.0, -1.0, 0.0]) / r0
                 elif k == 3:
                     d1, d2 = _third_order_differences(lam, i, h)
@@ -388,13 +391,15 @@ class DPMSolverMultistepScheduler(_MultistepBase):
                 h = lam[i + 1] - lam[i]
                 em1 = np.exp(h) - 1.0
                 mult = 2.0 if sde else 1.0
-                m = np.array([-mult * st * em1, 0.0, 0.0])  # on (eps now, eps one step back, two steps back)
-                if k == 2:
+                m = np.zeros(3)  # on (eps now, eps one step back, two steps back)
+                if k == 2 and cfg.solver_type == "heun":
+                    # the exact integral of the linear interpolant in lambda: DEIS's logrho weights
+                    m[:2] = mult * st * np.array(exp_lagrange_weights(h, [0.0, lam[i - 1] - lam[i]], -1.0))
+                else:
+                    m[0] = mult * st * exp_lagrange_weights(h, [0.0], -1.0)[0]
+                if k == 2 and cfg.solver_type == "midpoint":
                     r0 = (lam[i] - lam[i - 1]) / h
-                    if cfg.solver_type == "midpoint":
-                        c1 = -(1.0 if sde else 0.5) * st * em1
-                    else:
-                        c1 = -mult * st * (em1 / h - 1.0)
+                    c1 = -(1.0 if sde else 0.5) * st * em1
                     m += c1 * np.array([1.0, -1.0, 0.0]) / r0
                 elif k == 3:
                     if sde:

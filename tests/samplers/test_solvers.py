@@ -105,6 +105,38 @@ def test_lms_weights_integrate_polynomials_exactly(order):
         assert approx == pytest.approx(exact, rel=1e-11, abs=1e-11)
 
 
+@pytest.mark.parametrize("rate", [-1.0, 1.0, 2.0])
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_exp_lagrange_weights_integrate_the_interpolant_exactly(order, rate):
+    """Against the definition: a fine composite Simpson sum of rate e^{rate (tau - h)} L_j(tau) over [0, h],
+    and the weights reproduce the integral of every polynomial of degree < order through the nodes."""
+    gen = np.random.default_rng(order)
+    for _ in range(5):
+        h = float(gen.uniform(0.05, 1.5))
+        nodes = [0.0] + sorted((-gen.uniform(0.1, 2.0, order - 1)).tolist(), reverse=True)
+        w = S.exp_lagrange_weights(h, nodes, rate)
+        tau = np.linspace(0.0, h, 4001)
+        kernel = rate * np.exp(rate * (tau - h))
+        simpson = np.ones_like(tau)
+        simpson[1:-1:2], simpson[2:-1:2] = 4.0, 2.0
+        simpson *= (tau[1] - tau[0]) / 3.0
+        for j in range(order):
+            basis = np.ones_like(tau)
+            for k in range(order):
+                if k != j:
+                    basis *= (tau - nodes[k]) / (nodes[j] - nodes[k])
+            assert w[j] == pytest.approx(float(np.sum(simpson * kernel * basis)), rel=1e-9, abs=1e-12)
+        for deg in range(order):  # exact on polynomials: sum_j w_j p(node_j) = int kernel p
+            exact = float(np.sum(simpson * kernel * tau ** deg))
+            assert sum(wj * nj ** deg for wj, nj in zip(w, nodes)) == pytest.approx(exact, rel=1e-9, abs=1e-12)
+
+
+def test_exp_lagrange_weights_edge_steps():
+    assert S.exp_lagrange_weights(0.0, [0.0, -0.5], -1.0) == [0.0, 0.0]  # a repeated sigma: no step
+    assert S.exp_lagrange_weights(math.inf, [0.0], 1.0) == [1.0]  # into sigma = 0: the x0 estimate itself
+    assert all(math.isnan(v) for v in S.exp_lagrange_weights(math.inf, [0.0, -0.5], 1.0))
+
+
 @pytest.mark.parametrize("variant", ["bh1", "bh2"])
 @pytest.mark.parametrize("order", [1, 2, 3])
 def test_unipc_rhos_solve_the_order_conditions(order, variant):
