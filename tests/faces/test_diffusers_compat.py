@@ -175,6 +175,17 @@ _add("PNDMScheduler", [{}, {"skip_prk_steps": True}, {**SD, "skip_prk_steps": Tr
                        {"beta_schedule": "squaredcos_cap_v2", "timestep_spacing": "linspace"}])
 
 
+# DEIS (log-rho multistep): orders 1-3, the lowered final orders (< 15 steps) and not, re-spaced and flow sigmas
+_add("DEISMultistepScheduler", [{}, SD, {**SD, "prediction_type": "v_prediction"}, {"solver_order": 3},
+                                {"solver_order": 1}, {"solver_order": 3, "lower_order_final": False},
+                                {"timestep_spacing": "leading", "steps_offset": 1}, {"timestep_spacing": "trailing"},
+                                {**SD, "use_karras_sigmas": True, "solver_order": 3},
+                                {**SD, "use_exponential_sigmas": True}, {"prediction_type": "sample"},
+                                {"beta_schedule": "squaredcos_cap_v2"}, _THR,
+                                {**_FLOW, "flow_shift": 3.0, "solver_order": 3}])
+_add("DEISMultistepScheduler", [{"solver_order": 3}, {**SD, "use_karras_sigmas": True}], n=17)
+
+
 @pytest.fixture(autouse=True)
 def _quiet():
     with warnings.catch_warnings():
