@@ -14,7 +14,7 @@ import torch
 
 from ._base import DiscreteBetaMixin, FusedSchedulerBase, check_one_of, check_steps, interp, rows, sigma_to_t, \
     spaced_timesteps
-from ..solvers import exp_lagrange_weights, unipc_rhos, vp_x0_coefs
+from ..solvers import dpm_solver_coefs, unipc_rhos, vp_x0_coefs
 from ._compat import make_output, register_to_config
 from ._flow import static_shift, stretch_to_terminal, time_shift
 
@@ -23,6 +23,8 @@ __all__ = ["DPMSolverMultistepScheduler", "UniPCMultistepScheduler"]
 #: DPM-Solver's algorithm types: "++" solves for the x0 estimate (Lu et al. 2022b), the plain ones for the noise
 #: estimate (Lu et al. 2022a); "sde-" adds the SDE variant's noise
 _ALGORITHMS = ("dpmsolver++", "sde-dpmsolver++", "dpmsolver", "sde-dpmsolver")
+#: each algorithm's update form in ``solvers.dpm_solver_coefs``
+_FORMS = {"dpmsolver++": "x0", "sde-dpmsolver++": "x0-sde", "dpmsolver": "eps", "sde-dpmsolver": "eps-sde"}
 
 
 def _x0_dtype(model_output: torch.Tensor) -> torch.dtype:
@@ -332,86 +334,38 @@ class DPMSolverMultistepScheduler(_MultistepBase):
         self._start_run()
 
     def _build_table(self, key) -> torch.Tensor:
+        """Rows of DPM-Solver's multistep update (``solvers.dpm_solver_coefs``). The x0 forms ("dpmsolver++",
+        "sde-dpmsolver++") keep x0 estimates as history; the noise forms ("dpmsolver", "sde-dpmsolver") keep noise
+        estimates eps = (x - alpha_s x0) / sigma_s, written as the step's aux output."""
         start = key
         cfg = self.config
-        sde = cfg.algorithm_type.startswith("sde-")
-        if not cfg.algorithm_type.endswith("++"):
-            return self._noise_form_table(start, sde)
+        form = _FORMS[cfg.algorithm_type]
+        eps_form = form.startswith("eps")
         a, s, lam = self._alpha, self._sigma, self._lam
         per_step = []
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             for i, k in enumerate(self._orders(start)):
                 in_x, in_m = self._x0_coefs(i)
-                at, st = a[i + 1], s[i + 1]
                 h = lam[i + 1] - lam[i]
-                eh, e2h = np.exp(-h), np.exp(-2.0 * h)
-                # x_t = cx * x + sum_j cD[j] * D_j (+ noise); D_0 = current x0, D_1/D_2 finite differences
-                if sde:
-                    cx = st / s[i] * eh
-                    noise = st * np.sqrt(1.0 - e2h)
-                else:
-                    cx = st / s[i]
-                    noise = 0.0
-                rate = 2.0 if sde else 1.0
-                m = np.zeros(3)  # coefficients of (m0 = current x0, m1, m2)
-                if k == 2 and cfg.solver_type == "heun":
-                    # the exact integral of the linear interpolant in lambda (the DEIS weights, x0 form)
-                    m[:2] = at * np.array(exp_lagrange_weights(h, [0.0, lam[i - 1] - lam[i]], rate))
-                else:
-                    m[0] = at * exp_lagrange_weights(h, [0.0], rate)[0]
-                if k == 2 and cfg.solver_type == "midpoint":
+                c = dpm_solver_coefs(form, h, a[i + 1], s[i + 1], a[i], s[i])
+                # x_t = c["x"] * x + (m0, m1, m2) . (current estimate, one step back, two back) (+ noise)
+                m = np.array([c["d0"], 0.0, 0.0])
+                if k == 2:
                     r0 = (lam[i] - lam[i - 1]) / h
-                    c1 = 0.5 * at * (1.0 - e2h) if sde else -0.5 * at * (eh - 1.0)
-                    m += c1 * np.array([1.0, -1.0, 0.0]) / r0
+                    m += c["d1_mid" if cfg.solver_type == "midpoint" else "d1"] * np.array([1.0, -1.0, 0.0]) / r0
                 elif k == 3:
-                    d1, d2 = _third_order_differences(lam, i, h)
-                    if sde:
-                        c1 = at * ((1.0 - e2h) / (-2.0 * h) + 1.0)
-                        c2 = at * ((1.0 - e2h - 2.0 * h) / (2.0 * h) ** 2 - 0.5)
-                    else:
-                        c1 = at * ((eh - 1.0) / h + 1.0)
-                        c2 = -at * ((eh - 1.0 + h) / h**2 - 0.5)
-                    m += c1 * d1 + c2 * d2
-                per_step.append({"in_x": in_x, "in_m": in_m, "x": cx, "d": m[0], "h0": m[1], "h1": m[2],
-                                 "noise": noise})
-        return self._table_rows(per_step)
-
-    def _noise_form_table(self, start: int, sde: bool) -> torch.Tensor:
-        """Rows of the noise-prediction solvers ("dpmsolver", "sde-dpmsolver"): the history holds noise
-        estimates eps = (x - alpha_s x0) / sigma_s, written as the step's aux output, and the update is
-        x_t = (alpha_t / alpha_s) x - sum_j c_j eps_j (+ sigma_t sqrt(e^{2h} - 1) z for the SDE), with
-        diffusers' coefficients (the SDE variant doubles them; it has no third order)."""
-        cfg = self.config
-        a, s, lam = self._alpha, self._sigma, self._lam
-        per_step = []
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            for i, k in enumerate(self._orders(start)):
-                in_x, in_m = self._x0_coefs(i)
-                at, st = a[i + 1], s[i + 1]
-                h = lam[i + 1] - lam[i]
-                em1 = np.exp(h) - 1.0
-                mult = 2.0 if sde else 1.0
-                m = np.zeros(3)  # on (eps now, eps one step back, two steps back)
-                if k == 2 and cfg.solver_type == "heun":
-                    # the exact integral of the linear interpolant in lambda: DEIS's logrho weights
-                    m[:2] = mult * st * np.array(exp_lagrange_weights(h, [0.0, lam[i - 1] - lam[i]], -1.0))
-                else:
-                    m[0] = mult * st * exp_lagrange_weights(h, [0.0], -1.0)[0]
-                if k == 2 and cfg.solver_type == "midpoint":
-                    r0 = (lam[i] - lam[i - 1]) / h
-                    c1 = -(1.0 if sde else 0.5) * st * em1
-                    m += c1 * np.array([1.0, -1.0, 0.0]) / r0
-                elif k == 3:
-                    if sde:
+                    if form == "eps-sde":
                         raise NotImplementedError("algorithm_type='sde-dpmsolver' has no third-order update "
                                                   "(as in diffusers); use solver_order <= 2")
                     d1, d2 = _third_order_differences(lam, i, h)
-                    m += -st * (em1 / h - 1.0) * d1 - st * ((em1 - h) / h**2 - 0.5) * d2
-                # eps now = (x - alpha_s d) / sigma_s, with d the x0 estimate the step forms
-                ex, ed = 1.0 / s[i], -a[i] / s[i]
-                per_step.append({"in_x": in_x, "in_m": in_m, "x": at / a[i] + m[0] * ex, "d": m[0] * ed,
-                                 "h0": m[1], "h1": m[2], "aux_x": ex, "aux_d": ed,
-                                 "noise": st * np.sqrt(np.exp(2.0 * h) - 1.0) if sde else 0.0})
+                    m += c["d1"] * d1 + c["d2"] * d2
+                if eps_form:  # eps now = (x - alpha_s d) / sigma_s, with d the x0 estimate the step forms
+                    ex, ed = 1.0 / s[i], -a[i] / s[i]
+                    per_step.append({"in_x": in_x, "in_m": in_m, "x": c["x"] + m[0] * ex, "d": m[0] * ed,
+                                     "h0": m[1], "h1": m[2], "aux_x": ex, "aux_d": ed, "noise": c["noise"]})
+                else:
+                    per_step.append({"in_x": in_x, "in_m": in_m, "x": c["x"], "d": m[0], "h0": m[1], "h1": m[2],
+                                     "noise": c["noise"]})
         return self._table_rows(per_step)
 
     def convert_model_output(self, model_output: torch.Tensor, *args, sample: torch.Tensor = None, **kwargs):
