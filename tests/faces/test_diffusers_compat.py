@@ -186,6 +186,27 @@ _add("DEISMultistepScheduler", [{}, SD, {**SD, "prediction_type": "v_prediction"
 _add("DEISMultistepScheduler", [{"solver_order": 3}, {**SD, "use_karras_sigmas": True}], n=17)
 
 
+# singlestep DPM-Solver: blocks of orders 1-3 from the block's first sample (uneven counts lower the last block)
+_SIGMA_MIN = {"final_sigmas_type": "sigma_min"}
+_add("DPMSolverSinglestepScheduler", [{}, SD, {**SD, "prediction_type": "v_prediction"}, {"solver_order": 3},
+                                      {"solver_order": 1}, {"solver_order": 3, "solver_type": "heun"},
+                                      {"solver_type": "heun"}, {"lower_order_final": True},
+                                      {**_SIGMA_MIN, "solver_order": 3, "lower_order_final": False},
+                                      {**SD, "use_karras_sigmas": True, "solver_order": 3},
+                                      {**SD, "use_exponential_sigmas": True}, {"prediction_type": "sample"},
+                                      {"algorithm_type": "sde-dpmsolver++"},
+                                      {"algorithm_type": "sde-dpmsolver++", "solver_order": 3, "solver_type": "heun"},
+                                      {"algorithm_type": "sde-dpmsolver++", "solver_order": 3},
+                                      {**_SIGMA_MIN, "algorithm_type": "dpmsolver"},
+                                      {**_SIGMA_MIN, "algorithm_type": "dpmsolver", "solver_order": 3},
+                                      {**_SIGMA_MIN, "algorithm_type": "dpmsolver", "solver_order": 3,
+                                       "solver_type": "heun", "prediction_type": "v_prediction"},
+                                      {"beta_schedule": "squaredcos_cap_v2", "lambda_min_clipped": -5.1}, _THR,
+                                      {**_THR, "solver_order": 3},
+                                      {**_FLOW, "flow_shift": 3.0, "solver_order": 3}])
+_add("DPMSolverSinglestepScheduler", [{"solver_order": 3}, {"solver_order": 2, **SD}], n=11)
+
+
 @pytest.fixture(autouse=True)
 def _quiet():
     with warnings.catch_warnings():
@@ -372,15 +393,18 @@ def test_add_noise_matches_diffusers():
     torch.testing.assert_close(ours.scale_noise(x0, t, noise), ref.scale_noise(x0, t, noise), rtol=1e-5, atol=1e-6)
 
 
-def test_begin_index_img2img():
-    """set_begin_index starts mid-schedule; multistep orders restart from there as in diffusers."""
+@pytest.mark.parametrize("name, begin", [("DPMSolverMultistepScheduler", 4), ("DEISMultistepScheduler", 3),
+                                         ("DPMSolverSinglestepScheduler", 4), ("DPMSolverSinglestepScheduler", 5)])
+def test_begin_index_img2img(name, begin):
+    """set_begin_index starts mid-schedule; multistep orders restart from there as in diffusers (singlestep:
+    mid-block, the block is shortened to the steps taken)."""
     res = []
     for mod in (fdd, diffusers):
-        s = mod.DPMSolverMultistepScheduler(solver_order=3)
+        s = getattr(mod, name)(solver_order=3)
         s.set_timesteps(10)
-        s.set_begin_index(4)
+        s.set_begin_index(begin)
         x = torch.linspace(-1, 1, 24).reshape(2, 3, 4)
-        for t in s.timesteps[4:]:
+        for t in s.timesteps[begin:]:
             x = s.step(fake_model(x, t), t, x).prev_sample
         res.append(x)
     torch.testing.assert_close(res[0], res[1], rtol=0, atol=5e-5)
