@@ -26,7 +26,7 @@ from ._ddim import DDIMScheduler, DDPMScheduler
 from ._euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler
 from ._flow import FlowMatchEulerDiscreteScheduler
 from ._multistep import DPMSolverMultistepScheduler, UniPCMultistepScheduler
-from ._multistep_more import DEISMultistepScheduler, DPMSolverSinglestepScheduler
+from ._multistep_more import DEISMultistepScheduler, DPMSolverMultistepInverseScheduler, DPMSolverSinglestepScheduler
 from ._pndm import PNDMScheduler
 
 __all__ = [
@@ -34,5 +34,5 @@ __all__ = [
     "HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
     "FlowMatchEulerDiscreteScheduler", "FusedSchedulerBase", "HAS_DIFFUSERS", "ZTSNR_ALPHA_BAR",
     "set_table_arithmetic", "PNDMScheduler", "DEISMultistepScheduler",
-    "DPMSolverSinglestepScheduler",
+    "DPMSolverSinglestepScheduler", "DPMSolverMultistepInverseScheduler",
 ]

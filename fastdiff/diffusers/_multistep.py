@@ -200,6 +200,17 @@ class _MultistepBase(DiscreteBetaMixin, FusedSchedulerBase):
             lon = min(lon + 1, cfg.solver_order)
         return out
 
+    def _eps_row(self, i: int, in_x: float, in_m: float, cx: float, c_eps: float) -> dict:
+        """Row entries of a noise-form update ``cx * x + c_eps * eps + ...`` at step ``i`` whose noise estimate
+        ``eps = (x - alpha_s x0) / sigma_s`` is also the step's aux output (the next steps' history). The step reads
+        eps directly (``d = eps``, its two coefficients folded in float64 here: for an epsilon model it is the model
+        output itself, free of the cancellation of forming x0 first at small sigma); with thresholding, which
+        clamps x0, ``d`` stays the x0 estimate and eps is formed from it."""
+        ex, ed = 1.0 / self._sigma[i], -self._alpha[i] / self._sigma[i]
+        if getattr(self.config, "thresholding", False):
+            return {"in_x": in_x, "in_m": in_m, "x": cx + c_eps * ex, "d": c_eps * ed, "aux_x": ex, "aux_d": ed}
+        return {"in_x": ex + ed * in_x, "in_m": ed * in_m, "x": cx, "d": c_eps}
+
     def _table_rows(self, per_step: Sequence[Dict[str, float]]) -> torch.Tensor:
         """Stack per-step coefficient dicts into a ``step_coefs`` table (missing entries are 0)."""
         def col(name, default=0.0):
@@ -359,10 +370,9 @@ class DPMSolverMultistepScheduler(_MultistepBase):
                                                   "(as in diffusers); use solver_order <= 2")
                     d1, d2 = _third_order_differences(lam, i, h)
                     m += c["d1"] * d1 + c["d2"] * d2
-                if eps_form:  # eps now = (x - alpha_s d) / sigma_s, with d the x0 estimate the step forms
-                    ex, ed = 1.0 / s[i], -a[i] / s[i]
-                    per_step.append({"in_x": in_x, "in_m": in_m, "x": c["x"] + m[0] * ex, "d": m[0] * ed,
-                                     "h0": m[1], "h1": m[2], "aux_x": ex, "aux_d": ed, "noise": c["noise"]})
+                if eps_form:
+                    per_step.append({**self._eps_row(i, in_x, in_m, c["x"], m[0]), "h0": m[1], "h1": m[2],
+                                     "noise": c["noise"]})
                 else:
                     per_step.append({"in_x": in_x, "in_m": in_m, "x": c["x"], "d": m[0], "h0": m[1], "h1": m[2],
                                      "noise": c["noise"]})

@@ -1,11 +1,12 @@
-"""More exponential-integrator solvers on the machinery of ``_multistep``: DEISMultistepScheduler and
-DPMSolverSinglestepScheduler.
+"""More exponential-integrator solvers on the machinery of ``_multistep``: DEISMultistepScheduler,
+DPMSolverSinglestepScheduler and DPMSolverMultistepInverseScheduler.
 
 DEIS keeps the previous noise estimates as history tensors of the fused step (written as its aux output), and its
 weights are ``fastdiff.solvers.exp_lagrange_weights`` -- the same integrals as DPM-Solver's "heun" updates.
 Singlestep DPM-Solver integrates each block of one to three steps from the block's first sample, which it keeps
 as a history tensor beside the block's earlier estimates; its weights are ``fastdiff.solvers.dpm_solver_coefs``,
-the ones DPMSolverMultistepScheduler uses.
+the ones DPMSolverMultistepScheduler uses. The inverse multistep solver runs DPMSolverMultistepScheduler's rows
+and step on an ascending schedule (inversion: from the data towards the noise).
 """
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ from ..solvers import dpm_solver_coefs, exp_lagrange_weights
 from ._base import check_steps, interp, sigma_to_t, spaced_timesteps
 from ._compat import make_output, register_to_config
 from ._flow import static_shift
-from ._multistep import _FORMS, _MultistepBase, _x0_dtype
+from ._multistep import _ALGORITHMS, _FORMS, DPMSolverMultistepScheduler, _MultistepBase, _x0_dtype
 
-__all__ = ["DEISMultistepScheduler", "DPMSolverSinglestepScheduler"]
+__all__ = ["DEISMultistepScheduler", "DPMSolverSinglestepScheduler", "DPMSolverMultistepInverseScheduler"]
 
 
 class DEISMultistepScheduler(_MultistepBase):
@@ -125,10 +126,7 @@ class DEISMultistepScheduler(_MultistepBase):
                 w = exp_lagrange_weights(lam[i + 1] - lam[i], [lam[i - j] - lam[i] for j in range(k)], -1.0)
                 m = np.zeros(3)  # on (eps now, eps one step back, two steps back)
                 m[:k] = st * np.array(w)
-                # eps now = (x - alpha_s d) / sigma_s, with d the x0 estimate the step forms
-                ex, ed = 1.0 / s[i], -a[i] / s[i]
-                per_step.append({"in_x": in_x, "in_m": in_m, "x": at / a[i] + m[0] * ex, "d": m[0] * ed,
-                                 "h0": m[1], "h1": m[2], "aux_x": ex, "aux_d": ed})
+                per_step.append({**self._eps_row(i, in_x, in_m, at / a[i], m[0]), "h0": m[1], "h1": m[2]})
         return self._table_rows(per_step)
 
     def convert_model_output(self, model_output: torch.Tensor, *args, sample: torch.Tensor = None, **kwargs):
@@ -331,12 +329,10 @@ class DPMSolverSinglestepScheduler(_MultistepBase):
                         m += c["d1"] * d1_1
                     else:
                         m += c["d1"] * (r0 * d1_0 - r1 * d1_1) / (r0 - r1) + c["d2"] * 2.0 * (d1_1 - d1_0) / (r0 - r1)
-                row = {"in_x": in_x, "in_m": in_m, "noise": c["noise"]}
-                if eps_form:  # eps now = (x - alpha_s d) / sigma_s, with d the x0 estimate the step forms
-                    ex, ed = 1.0 / s[i], -a[i] / s[i]
-                    row.update(x=m[0] * ex, d=m[0] * ed, aux_x=ex, aux_d=ed)
+                if eps_form:
+                    row = {**self._eps_row(i, in_x, in_m, 0.0, m[0]), "noise": c["noise"]}
                 else:
-                    row.update(x=0.0, d=m[0])
+                    row = {"in_x": in_x, "in_m": in_m, "x": 0.0, "d": m[0], "noise": c["noise"]}
                 if k == 1:
                     row["x"] += c["x"]
                 elif k == 2:
@@ -392,3 +388,117 @@ class DPMSolverSinglestepScheduler(_MultistepBase):
         if not return_dict:
             return (prev,)
         return make_output("SchedulerOutput", prev)
+
+
+class DPMSolverMultistepInverseScheduler(_MultistepBase):
+    """DPM-Solver(++) multistep run backwards in time, for inversion (Lu et al. 2022b; used by DiffEdit-style
+    pipelines): the timesteps ascend from 0 towards the noisiest one and each step moves the sample to the next,
+    noisier, level with DPMSolverMultistepScheduler's update (its rows and its fused step).
+
+    Same config keys, defaults and numbers as ``diffusers.DPMSolverMultistepInverseScheduler`` (``algorithm_type``
+    "dpmsolver++" / "sde-dpmsolver++" / "dpmsolver" / "sde-dpmsolver", ``solver_order`` 1-3, midpoint/heun,
+    ``lower_order_final``, ``euler_at_final``, Karras/exponential/beta/flow sigmas, ``lambda_min_clipped``).
+
+    Example:
+        >>> s = DPMSolverMultistepInverseScheduler()
+        >>> s.set_timesteps(10)
+        >>> x = torch.randn(1, 4, 8, 8)
+        >>> for t in s.timesteps:
+        ...     x = s.step(torch.zeros_like(x), t, x).prev_sample
+    """
+
+    order = 1
+    _output_name = "SchedulerOutput"
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: Optional[Union[np.ndarray, List[float]]] = None,
+        solver_order: int = 2,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        sample_max_value: float = 1.0,
+        algorithm_type: str = "dpmsolver++",
+        solver_type: str = "midpoint",
+        lower_order_final: bool = True,
+        euler_at_final: bool = False,
+        use_karras_sigmas: Optional[bool] = False,
+        use_exponential_sigmas: Optional[bool] = False,
+        use_beta_sigmas: Optional[bool] = False,
+        use_flow_sigmas: Optional[bool] = False,
+        flow_shift: Optional[float] = 1.0,
+        lambda_min_clipped: float = -float("inf"),
+        variance_type: Optional[str] = None,
+        timestep_spacing: str = "linspace",
+        steps_offset: int = 0,
+    ):
+        if algorithm_type == "deis":
+            self.register_to_config(algorithm_type="dpmsolver++")
+        elif algorithm_type not in _ALGORITHMS:
+            raise NotImplementedError(f"{algorithm_type} is not implemented for {type(self).__name__}")
+        if solver_type in ("logrho", "bh1", "bh2"):
+            self.register_to_config(solver_type="midpoint")
+        elif solver_type not in ("midpoint", "heun"):
+            raise NotImplementedError(f"{solver_type} is not implemented for {type(self).__name__}")
+        if solver_order not in (1, 2, 3):
+            raise ValueError(f"solver_order must be 1, 2 or 3, got {solver_order}")
+        self._init_common(self.config)
+        T = num_train_timesteps
+        self.timesteps = torch.from_numpy(np.linspace(0, T - 1, T, dtype=np.float32))  # ascending
+        self.model_outputs = [None] * solver_order
+        self.use_karras_sigmas = use_karras_sigmas
+        self.use_exponential_sigmas = use_exponential_sigmas
+        self.use_beta_sigmas = use_beta_sigmas
+
+    def set_timesteps(self, num_inference_steps: int = None, device=None) -> None:
+        """Ascending timesteps from 0 to the noisiest one below ``lambda_min_clipped`` (diffusers' spacings,
+        Karras/exponential/beta or flow sigmas); repeated timesteps are dropped, as diffusers drops them."""
+        cfg = self.config
+        check_steps(num_inference_steps, cfg.num_train_timesteps, cap=True)  # integer timesteps
+        n = num_inference_steps
+        lam = self.lambda_t.flip(0)
+        clipped = int(torch.searchsorted(lam, torch.tensor(float(cfg.lambda_min_clipped))))
+        top = cfg.num_train_timesteps - 1 - clipped  # the noisiest timestep
+        self.noisiest_timestep = top
+        if cfg.timestep_spacing == "linspace":
+            ts = np.linspace(0, top, n + 1).round()[:-1]
+        elif cfg.timestep_spacing == "leading":
+            ts = (np.arange(0, n + 1) * ((top + 1) // (n + 1))).round()[:-1] + cfg.steps_offset
+        elif cfg.timestep_spacing == "trailing":
+            ts = spaced_timesteps(n, cfg.num_train_timesteps, "trailing", last=top + 1)[::-1]
+        else:
+            raise ValueError(f"{cfg.timestep_spacing} is not supported. Please make sure to choose one of "
+                             f"'linspace', 'leading' or 'trailing'.")
+        ts = np.asarray(ts, dtype=np.float64)
+        train = self._train_sigmas.astype(np.float32)  # diffusers works from float32 sigmas here
+        if cfg.use_karras_sigmas or cfg.use_exponential_sigmas or cfg.use_beta_sigmas:
+            # re-spaced from the smallest training sigma up to the largest (the descending spacing, reversed)
+            sig = np.flip(self._convert_sigmas(np.flip(train).astype(np.float64), n)).copy()
+            ts = sigma_to_t(sig, np.log(train).astype(np.float64))  # float32 logs, as diffusers
+            if cfg.use_karras_sigmas:
+                ts = np.round(ts)
+            last = float(np.float32(sig[-1]))
+        elif cfg.use_flow_sigmas:  # diffusers' flow sigmas here are the (descending) sampling ones
+            sig = np.flip(static_shift(cfg.flow_shift, 1.0 - np.linspace(1, 1 / cfg.num_train_timesteps, n + 1)))
+            sig = sig[:-1].copy()
+            ts = sig * cfg.num_train_timesteps
+            last = float(np.float32(sig[-1]))
+        else:
+            sig = interp(ts, train.astype(np.float64))
+            last = float(self._train_sigmas[top])  # the noisiest timestep's sigma
+        ts = np.trunc(ts)
+        _, first = np.unique(ts, return_index=True)
+        # repeated timesteps are dropped from the timesteps only (the sigmas keep every entry, as diffusers')
+        self._finish_setup(ts[np.sort(first)], sig, device, sigma_min=last)
+        self.model_outputs = [None] * cfg.solver_order
+        self._start_run()
+
+    # DPM-Solver multistep's rows and step, on this schedule
+    _build_table = DPMSolverMultistepScheduler._build_table
+    convert_model_output = DPMSolverMultistepScheduler.convert_model_output
+    step = DPMSolverMultistepScheduler.step

@@ -207,6 +207,21 @@ _add("DPMSolverSinglestepScheduler", [{}, SD, {**SD, "prediction_type": "v_predi
 _add("DPMSolverSinglestepScheduler", [{"solver_order": 3}, {"solver_order": 2, **SD}], n=11)
 
 
+# the inverse multistep solver (ascending timesteps, towards the noise); no SDE variants: diffusers' noise scale
+# there is the square root of a negative number (h < 0 going up), NaN
+_add("DPMSolverMultistepInverseScheduler", [{}, SD, {**SD, "prediction_type": "v_prediction"}, {"solver_order": 3},
+                                            {"solver_order": 1}, {"solver_type": "heun"},
+                                            {"timestep_spacing": "leading", "steps_offset": 1},
+                                            {"timestep_spacing": "trailing"}, {**SD, "use_karras_sigmas": True},
+                                            {**SD, "use_exponential_sigmas": True, "solver_order": 3},
+                                            {"prediction_type": "sample"},
+                                            {"algorithm_type": "dpmsolver", "solver_order": 3},
+                                            {"euler_at_final": True},
+                                            {"beta_schedule": "squaredcos_cap_v2", "lambda_min_clipped": -5.1},
+                                            _THR, {**_FLOW, "flow_shift": 3.0}])
+_add("DPMSolverMultistepInverseScheduler", [{"solver_order": 3}], n=17)
+
+
 @pytest.fixture(autouse=True)
 def _quiet():
     with warnings.catch_warnings():
@@ -343,7 +358,9 @@ def test_triton_backend_matches_torch(name):
     res = []
     for backend in ("torch", "triton"):
         torch.manual_seed(3)  # before set_timesteps: stochastic schedulers draw their Philox seed there
-        s = getattr(fdd, name)(**({"algorithm_type": "sde-dpmsolver++"} if name.startswith("DPM") else {}))
+        # the SDE variant where it is one (the inverse solver's is not: its noise scale has no real root)
+        sde = name.startswith("DPM") and "Inverse" not in name
+        s = getattr(fdd, name)(**({"algorithm_type": "sde-dpmsolver++"} if sde else {}))
         s.backend = backend
         s.set_timesteps(4)
         g = torch.Generator().manual_seed(1)
