@@ -25,6 +25,7 @@ from ._compat import HAS_DIFFUSERS
 from ._ddim import DDIMScheduler, DDPMScheduler
 from ._euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler
 from ._flow import FlowMatchEulerDiscreteScheduler
+from ._ipndm import IPNDMScheduler
 from ._multistep import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 from ._multistep_more import DEISMultistepScheduler, DPMSolverMultistepInverseScheduler, DPMSolverSinglestepScheduler
 from ._pndm import PNDMScheduler
@@ -34,5 +35,5 @@ __all__ = [
     "HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
     "FlowMatchEulerDiscreteScheduler", "FusedSchedulerBase", "HAS_DIFFUSERS", "ZTSNR_ALPHA_BAR",
     "set_table_arithmetic", "PNDMScheduler", "DEISMultistepScheduler",
-    "DPMSolverSinglestepScheduler", "DPMSolverMultistepInverseScheduler",
+    "DPMSolverSinglestepScheduler", "DPMSolverMultistepInverseScheduler", "IPNDMScheduler",
 ]

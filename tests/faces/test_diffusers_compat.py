@@ -222,6 +222,12 @@ _add("DPMSolverMultistepInverseScheduler", [{}, SD, {**SD, "prediction_type": "v
 _add("DPMSolverMultistepInverseScheduler", [{"solver_order": 3}], n=17)
 
 
+# iPNDM (Adams-Bashforth 1-4 on the trigonometric schedule; its first step divides by alpha floored at 1e-8)
+_add("IPNDMScheduler", [{}])
+_add("IPNDMScheduler", [{}], n=3)
+_add("IPNDMScheduler", [{"num_train_timesteps": 500}], n=23)
+
+
 @pytest.fixture(autouse=True)
 def _quiet():
     with warnings.catch_warnings():
@@ -273,7 +279,7 @@ def test_parity_with_diffusers(name, cfg, n, extra):
 @pytest.mark.parametrize("name", SCHEDULERS)
 def test_config_round_trip(name, tmp_path):
     cfg = {"num_train_timesteps": 500}
-    if name != "FlowMatchEulerDiscreteScheduler":
+    if name not in ("FlowMatchEulerDiscreteScheduler", "IPNDMScheduler"):  # those two have no beta schedule
         cfg.update(SD)
     ours = getattr(fdd, name)(**cfg)
     ours.save_pretrained(tmp_path)

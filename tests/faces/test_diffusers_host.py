@@ -24,7 +24,8 @@ STOCHASTIC = [("DDPMScheduler", {}), ("EulerAncestralDiscreteScheduler", {}),
 ALL = ["DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
        "HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
        "FlowMatchEulerDiscreteScheduler", "PNDMScheduler", "DEISMultistepScheduler",
-       "DPMSolverSinglestepScheduler", "DPMSolverMultistepInverseScheduler"]
+       "DPMSolverSinglestepScheduler", "DPMSolverMultistepInverseScheduler",
+           "IPNDMScheduler"]
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
