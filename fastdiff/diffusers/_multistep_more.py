@@ -367,10 +367,7 @@ class DPMSolverSinglestepScheduler(_MultistepBase):
             model_output = model_output[:, :3]  # [noise; variance] channels: the solver needs the noise only
         i = self._begin_run(timestep)
         table = self._table(self._start, sample.device)
-        key = ("orders", self._start)
-        if key not in self._host_tables:
-            self._host_tables[key] = self._orders(self._start)
-        k = self._host_tables[key][i]
+        k = self._orders_cached(self._start)[i]
         if k == 1:
             self.sample = sample
         kw = {}

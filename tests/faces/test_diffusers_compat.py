@@ -668,3 +668,22 @@ def test_flow_match_per_token_timesteps_bad_shape():
     x = torch.zeros(2, 5, 3)
     with pytest.raises(ValueError, match="per_token_timesteps"):
         s.step(x, s.timesteps[0], x, per_token_timesteps=torch.zeros(2, 4))
+
+
+@pytest.mark.parametrize("name", ["DEISMultistepScheduler", "DPMSolverSinglestepScheduler",
+                                  "DPMSolverMultistepInverseScheduler", "IPNDMScheduler"])
+def test_new_multistep_classes_refuse_bad_input(name):
+    cls = getattr(fdd, name)
+    if name != "IPNDMScheduler":
+        with pytest.raises(ValueError, match="solver_order"):
+            cls(solver_order=4)
+        with pytest.raises(NotImplementedError, match="not implemented"):
+            cls(algorithm_type="no-such-solver")
+    s = cls()
+    for bad, err in ((0, ValueError), (2.5, TypeError)):
+        with pytest.raises(err, match="num_inference_steps"):
+            s.set_timesteps(bad)
+    with pytest.raises(ValueError, match="set_timesteps|Number of inference steps"):
+        fresh = cls()
+        fresh.num_inference_steps = None
+        fresh.step(torch.zeros(1, 2), 0, torch.zeros(1, 2))
