@@ -27,7 +27,7 @@ import torch
 __all__ = [
     "F", "log", "exp", "expm1", "sqrt", "like", "lerp_half", "t_of", "sigma_of",
     "ve_x0_coefs", "vp_x0_coefs", "churn_gamma", "churn_schedule", "ancestral_split", "euler_coefs",
-    "lms_coefficients", "unipc_rhos", "SQRT2_MINUS_1",
+    "lms_coefficients", "exp_lagrange_weights", "dpm_solver_coefs", "unipc_rhos", "SQRT2_MINUS_1",
     "IPNDM_WEIGHTS", "ipndm_v_weights", "deis_weights", "er_sde_default_noise_scaler", "er_sde_stage_integrals",
     "sa_solver_b_coeffs", "dpm_fast_grid",
     "flow_alpha", "euler_ancestral_cfgpp_coefs", "res_multistep_weights", "nan_to_zero",
@@ -274,6 +274,101 @@ def lms_coefficients(t: Sequence[float], i: int, order: int) -> List[float]:
 
         out.append(antiderivative(t[i + 1]) - antiderivative(t[i]))
     return out
+
+
+def _exp_moments(a: float, n: int) -> List[float]:
+    """``I_m = int_0^1 a e^{a (s - 1)} s^m ds`` for ``m < n`` (``I_0 = 1 - e^{-a}``, ``I_m = 1 - (m / a) I_{m-1}``):
+    the moments of the exponential kernel on a unit step, behind :func:`exp_lagrange_weights` and
+    :func:`dpm_solver_coefs` (in numpy float64: ``a = inf`` gives ones, ``a = 0`` NaN beyond ``I_0 = 0``)."""
+    a = np.float64(a)
+    out = [-np.expm1(-a)]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for m in range(1, n):
+            out.append(1.0 - m / a * out[-1])
+    return [float(v) for v in out]
+
+
+def exp_lagrange_weights(h: float, nodes: Sequence[float], rate: float = 1.0) -> List[float]:
+    """Exponential-integrator weights ``w_j = int_0^h rate e^{rate (tau - h)} L_j(tau) d tau``, ``L_j`` the Lagrange
+    basis on ``nodes`` (offsets in log-SNR ``lambda`` from the current point: ``0.0`` first, then the earlier,
+    negative ones), integrated exactly; ``h = lambda_t - lambda_s`` is the step. Host float64.
+
+    This is the multistep integral of DEIS (Zhang & Chen 2023) and of DPM-Solver's "heun" updates (Lu et al.
+    2022a/b), for polynomial extrapolation in ``lambda = -log rho`` of the model's estimate:
+
+    * ``rate = -1`` (noise estimates ``eps_j``): ``x_t = (alpha_t / alpha_s) x + sigma_t sum_j w_j eps_j`` -- DEIS's
+      "logrho" update, ``alpha_t int_{rho_s}^{rho_t} L_j(log rho) d rho`` with ``rho = sigma / alpha``;
+    * ``rate = 1`` (x0 estimates ``D_j``): ``x_t = (sigma_t / sigma_s) x + alpha_t sum_j w_j D_j`` (DPM-Solver++);
+    * ``rate = 2``: the same with ``x`` weighted by ``(sigma_t / sigma_s) e^{-h}`` (SDE-DPM-Solver++'s mean).
+
+    One node gives the first-order (DDIM) weight ``1 - e^{-rate h}``; ``h = 0`` gives zeros; an infinite step
+    (``sigma_t = 0``, ``rate > 0``) is finite only at first order (NaN otherwise).
+
+    Example (first order, rate 1: ``1 - e^{-h}``; two nodes sum to it):
+        >>> w = exp_lagrange_weights(0.5, [0.0, -0.4])
+        >>> round(sum(w), 12) == round(-math.expm1(-0.5), 12)
+        True
+    """
+    n = len(nodes)
+    if h == 0:
+        return [0.0] * n
+    if n == 1:
+        return _exp_moments(rate * h, 1)
+    if not math.isfinite(rate * h):
+        return [math.nan] * n
+    moments = _exp_moments(rate * h, n)
+    r = [float(v) / h for v in nodes]
+    out = []
+    for j in range(n):
+        poly = [1.0]  # L_j(s), lowest degree first
+        for k in range(n):
+            if k != j:
+                scale = 1.0 / (r[j] - r[k])
+                shifted = [0.0] + poly
+                poly = [(shifted[i] - r[k] * (poly[i] if i < len(poly) else 0.0)) * scale
+                        for i in range(len(shifted))]
+        out.append(sum(c * moments[i] for i, c in enumerate(poly)))
+    return out
+
+
+#: DPM-Solver's four update forms: (kernel rate, scale on the target's alpha (x0 forms) or sigma (noise forms))
+_DPM_FORMS = {"x0": (1.0, "alpha", 1.0), "x0-sde": (2.0, "alpha", 1.0), "eps": (-1.0, "sigma", 1.0),
+              "eps-sde": (-1.0, "sigma", 2.0)}
+
+
+def dpm_solver_coefs(form: str, h: float, alpha_t: float, sigma_t: float, alpha_s: float, sigma_s: float) -> dict:
+    """DPM-Solver's update coefficients for one step of log-SNR length ``h = lambda_t - lambda_s`` (Lu et al.
+    2022a, "DPM-Solver"; 2022b, "DPM-Solver++"), as diffusers' multistep and singlestep schedulers write them.
+
+    ``form``: ``"x0"`` (DPM-Solver++), ``"x0-sde"`` (SDE-DPM-Solver++), ``"eps"`` (DPM-Solver), ``"eps-sde"``
+    (SDE-DPM-Solver). The update from the sample ``x_s`` is ``x * x_s + d0 * D0 + c1 * D1 (+ d2 * D2) + noise * z``
+    with ``D0`` the estimate (x0 or noise) at the expansion point, ``D1`` its first difference in units of ``h``
+    (weight ``d1`` for the "heun" solver type and third order, ``d1_mid`` for "midpoint") and ``D2`` the second
+    (third order). The weights are the moments of the exponential kernel of :func:`exp_lagrange_weights` --
+    ``d0, d1, d2 = scale * (I_0, I_1, I_2 / 2)`` -- so the first-order and "heun" second-order updates are that
+    function's (DEIS's) weights for one and two nodes; ``"x0-sde"``'s ``d2`` is diffusers' ``scale * (I_2 / 2 - 1)``
+    and ``"eps-sde"`` has no third order (``d2`` NaN). Host float64 (numpy semantics for numpy scalars).
+
+    Example (first order of DPM-Solver++ is DDIM: ``alpha_t (1 - e^{-h})`` on the x0 estimate):
+        >>> c = dpm_solver_coefs("x0", 0.5, 0.8, 0.6, 0.6, 0.8)
+        >>> round(c["d0"], 12) == round(0.8 * -math.expm1(-0.5), 12), c["d1_mid"] == c["d0"] / 2
+        (True, True)
+    """
+    if form not in _DPM_FORMS:
+        raise ValueError(f"form must be one of {tuple(_DPM_FORMS)}, got {form!r}")
+    rate, on, mult = _DPM_FORMS[form]
+    scale = mult * (alpha_t if on == "alpha" else sigma_t)
+    i0, i1, i2 = _exp_moments(rate * h, 3)
+    d2 = scale * (0.5 * i2 - 1.0) if form == "x0-sde" else (math.nan if form == "eps-sde" else scale * 0.5 * i2)
+    if form == "x0":
+        x, noise = sigma_t / sigma_s, 0.0
+    elif form == "x0-sde":
+        x, noise = sigma_t / sigma_s * exp(-h), sigma_t * sqrt(-expm1(-2.0 * h))
+    elif form == "eps":
+        x, noise = alpha_t / alpha_s, 0.0
+    else:
+        x, noise = alpha_t / alpha_s, sigma_t * sqrt(expm1(2.0 * h))
+    return {"x": x, "d0": scale * i0, "d1_mid": 0.5 * scale * i0, "d1": scale * i1, "d2": d2, "noise": noise}
 
 
 def _solve(m: Sequence[Sequence[float]], v: Sequence[float]) -> List[float]:

@@ -2,8 +2,8 @@
 
 Both schedulers of a case are brought to the same mid-trajectory step of a 50-step run (:func:`common.at_step`)
 and set back to it before every timed call (:func:`common.rewind`, host-side state only). DDIM and Euler
-return pred_original_sample beside prev_sample; DPM-Solver++ keeps its x0 as the next step's history; PNDM (PLMS)
-combines the output with three earlier ones.
+return pred_original_sample beside prev_sample; DPM-Solver++ keeps its x0 (DEIS its noise estimate) as the next
+step's history; PNDM (PLMS) combines the output with three earlier ones.
 """
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ _DROPIN = (
     ("dropin_euler", "EulerDiscreteScheduler", common.diffusers_kwargs(), 0, True),
     ("dropin_dpmpp2m", "DPMSolverMultistepScheduler",
      dict(common.diffusers_kwargs(), algorithm_type="dpmsolver++", solver_order=2), 1, True),
+    # DEIS keeps its noise estimate (the aux output, counted as the x0 slot) as the next step's history
+    ("dropin_deis", "DEISMultistepScheduler", dict(common.diffusers_kwargs(), solver_order=2), 1, True),
     ("dropin_flow_euler", "FlowMatchEulerDiscreteScheduler", dict(num_train_timesteps=1000, shift=3.0), 0, False),
     # Stable Diffusion 1.x's default: PLMS (skip_prk_steps), a fourth-order step reading three earlier outputs
     ("dropin_pndm", "PNDMScheduler", dict(common.diffusers_kwargs(), skip_prk_steps=True, set_alpha_to_one=False,

@@ -25,8 +25,10 @@ from ._compat import HAS_DIFFUSERS
 from ._ddim import DDIMInverseScheduler, DDIMScheduler, DDPMScheduler
 from ._euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler
 from ._flow import FlowMatchEulerDiscreteScheduler
+from ._ipndm import IPNDMScheduler
 from ._lcm import LCMScheduler, TCDScheduler
 from ._multistep import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+from ._multistep_more import DEISMultistepScheduler, DPMSolverMultistepInverseScheduler, DPMSolverSinglestepScheduler
 from ._parallel import DDIMParallelScheduler, DDPMParallelScheduler
 from ._pndm import PNDMScheduler
 
@@ -35,5 +37,6 @@ __all__ = [
     "HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
     "FlowMatchEulerDiscreteScheduler", "FusedSchedulerBase", "HAS_DIFFUSERS", "ZTSNR_ALPHA_BAR",
     "set_table_arithmetic", "PNDMScheduler", "LCMScheduler", "TCDScheduler",
-    "DDIMInverseScheduler", "DDIMParallelScheduler", "DDPMParallelScheduler",
+    "DDIMInverseScheduler", "DDIMParallelScheduler", "DDPMParallelScheduler", "DEISMultistepScheduler",
+    "DPMSolverSinglestepScheduler", "DPMSolverMultistepInverseScheduler", "IPNDMScheduler",
 ]

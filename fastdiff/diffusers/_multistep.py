@@ -14,7 +14,7 @@ import torch
 
 from ._base import KARRAS_COMPATIBLES, DiscreteBetaMixin, FusedSchedulerBase, check_one_of, check_steps, interp, rows, \
     sigma_to_t, spaced_timesteps
-from ..solvers import unipc_rhos, vp_x0_coefs
+from ..solvers import dpm_solver_coefs, unipc_rhos, vp_x0_coefs
 from ._compat import make_output, register_to_config
 from ._flow import static_shift, stretch_to_terminal, time_shift
 
@@ -23,6 +23,8 @@ __all__ = ["DPMSolverMultistepScheduler", "UniPCMultistepScheduler"]
 #: DPM-Solver's algorithm types: "++" solves for the x0 estimate (Lu et al. 2022b), the plain ones for the noise
 #: estimate (Lu et al. 2022a); "sde-" adds the SDE variant's noise
 _ALGORITHMS = ("dpmsolver++", "sde-dpmsolver++", "dpmsolver", "sde-dpmsolver")
+#: each algorithm's update form in ``solvers.dpm_solver_coefs``
+_FORMS = {"dpmsolver++": "x0", "sde-dpmsolver++": "x0-sde", "dpmsolver": "eps", "sde-dpmsolver": "eps-sde"}
 
 
 def _x0_dtype(model_output: torch.Tensor) -> torch.dtype:
@@ -62,12 +64,13 @@ class _MultistepBase(DiscreteBetaMixin, FusedSchedulerBase):
         if cfg.prediction_type not in ("epsilon", "sample", "v_prediction", "flow_prediction"):
             raise NotImplementedError(f"prediction_type {cfg.prediction_type!r} is not supported by "
                                       f"fastdiff.diffusers")
-        if cfg.final_sigmas_type not in ("zero", "sigma_min"):
+        if getattr(cfg, "final_sigmas_type", "zero") not in ("zero", "sigma_min"):
             raise ValueError(f"`final_sigmas_type` must be one of 'zero', or 'sigma_min', but got "
                              f"{cfg.final_sigmas_type}")
+        zsnr = getattr(cfg, "rescale_betas_zero_snr", False)
         self._make_schedule(cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end, cfg.beta_schedule,
-                            cfg.trained_betas, cfg.rescale_betas_zero_snr)
-        self._train_sigmas = self._sigma_table(ztsnr_fix=cfg.rescale_betas_zero_snr)
+                            cfg.trained_betas, zsnr)
+        self._train_sigmas = self._sigma_table(ztsnr_fix=zsnr)
         self._log_sigmas = np.log(self._train_sigmas)
         abar = self.alphas_cumprod.to(torch.float64)
         self.alpha_t = abar.sqrt().to(torch.float32)
@@ -85,9 +88,10 @@ class _MultistepBase(DiscreteBetaMixin, FusedSchedulerBase):
         return np.round(ts) if cfg.timestep_spacing == "linspace" else ts
 
     def _finish_setup(self, ts: np.ndarray, sig: np.ndarray, device, sigma_min: Optional[float] = None) -> None:
-        """The run's timesteps and sigmas; the final sigma is 0, or with final_sigmas_type "sigma_min" the
-        smallest training sigma (``sigma_min`` overrides it: UniPC repeats its last re-spaced sigma there)."""
-        if self.config.final_sigmas_type == "sigma_min":
+        """The run's timesteps and sigmas; the final sigma is 0, or with final_sigmas_type "sigma_min" (DEIS:
+        always) the smallest training sigma (``sigma_min`` overrides it: UniPC and DEIS repeat their last
+        re-spaced sigma there)."""
+        if getattr(self.config, "final_sigmas_type", "sigma_min") == "sigma_min":
             last = self._train_sigmas[0] if sigma_min is None else sigma_min
         else:
             last = 0.0
@@ -167,6 +171,45 @@ class _MultistepBase(DiscreteBetaMixin, FusedSchedulerBase):
         idx = self._indices_for_add_noise(timesteps)
         a, s, _ = self._alpha_sigma(self.sigmas.to(torch.float64).numpy())
         return self._encode(original_samples, noise, a, s, idx)
+
+    def _orders_cached(self, start: int) -> List[int]:
+        key = ("orders", start)
+        if key not in self._host_tables:
+            self._host_tables[key] = self._orders(start)
+        return self._host_tables[key]
+
+    def _orders(self, start: int) -> List[int]:
+        """DPM-Solver's (and DEIS's) order per step: rising from 1 after the start, lowered at the end."""
+        cfg = self.config
+        n = len(self.timesteps)
+        out, lon = [], 0
+        for i in range(n):
+            if i < start:
+                out.append(1)
+                continue
+            lof = i == n - 1 and (getattr(cfg, "euler_at_final", False) or (cfg.lower_order_final and n < 15)
+                                  or getattr(cfg, "final_sigmas_type", None) == "zero")
+            los = i == n - 2 and cfg.lower_order_final and n < 15
+            if cfg.solver_order == 1 or lon < 1 or lof:
+                k = 1
+            elif cfg.solver_order == 2 or lon < 2 or los:
+                k = 2
+            else:
+                k = 3
+            out.append(k)
+            lon = min(lon + 1, cfg.solver_order)
+        return out
+
+    def _eps_row(self, i: int, in_x: float, in_m: float, cx: float, c_eps: float) -> dict:
+        """Row entries of a noise-form update ``cx * x + c_eps * eps + ...`` at step ``i`` whose noise estimate
+        ``eps = (x - alpha_s x0) / sigma_s`` is also the step's aux output (the next steps' history). The step reads
+        eps directly (``d = eps``, its two coefficients folded in float64 here: for an epsilon model it is the model
+        output itself, free of the cancellation of forming x0 first at small sigma); with thresholding, which
+        clamps x0, ``d`` stays the x0 estimate and eps is formed from it."""
+        ex, ed = 1.0 / self._sigma[i], -self._alpha[i] / self._sigma[i]
+        if getattr(self.config, "thresholding", False):
+            return {"in_x": in_x, "in_m": in_m, "x": cx + c_eps * ex, "d": c_eps * ed, "aux_x": ex, "aux_d": ed}
+        return {"in_x": ex + ed * in_x, "in_m": ed * in_m, "x": cx, "d": c_eps}
 
     def _table_rows(self, per_step: Sequence[Dict[str, float]]) -> torch.Tensor:
         """Stack per-step coefficient dicts into a ``step_coefs`` table (missing entries are 0)."""
@@ -302,112 +345,38 @@ class DPMSolverMultistepScheduler(_MultistepBase):
         self.model_outputs = [None] * cfg.solver_order
         self._start_run()
 
-    def _orders_cached(self, start: int) -> List[int]:
-        key = ("orders", start)
-        if key not in self._host_tables:
-            self._host_tables[key] = self._orders(start)
-        return self._host_tables[key]
-
-    def _orders(self, start: int) -> List[int]:
-        cfg = self.config
-        n = len(self.timesteps)
-        out, lon = [], 0
-        for i in range(n):
-            if i < start:
-                out.append(1)
-                continue
-            lof = i == n - 1 and (cfg.euler_at_final or (cfg.lower_order_final and n < 15)
-                                  or cfg.final_sigmas_type == "zero")
-            los = i == n - 2 and cfg.lower_order_final and n < 15
-            if cfg.solver_order == 1 or lon < 1 or lof:
-                k = 1
-            elif cfg.solver_order == 2 or lon < 2 or los:
-                k = 2
-            else:
-                k = 3
-            out.append(k)
-            lon = min(lon + 1, cfg.solver_order)
-        return out
-
     def _build_table(self, key) -> torch.Tensor:
+        """Rows of DPM-Solver's multistep update (``solvers.dpm_solver_coefs``). The x0 forms ("dpmsolver++",
+        "sde-dpmsolver++") keep x0 estimates as history; the noise forms ("dpmsolver", "sde-dpmsolver") keep noise
+        estimates eps = (x - alpha_s x0) / sigma_s, written as the step's aux output."""
         start = key
         cfg = self.config
-        sde = cfg.algorithm_type.startswith("sde-")
-        if not cfg.algorithm_type.endswith("++"):
-            return self._noise_form_table(start, sde)
+        form = _FORMS[cfg.algorithm_type]
+        eps_form = form.startswith("eps")
         a, s, lam = self._alpha, self._sigma, self._lam
         per_step = []
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             for i, k in enumerate(self._orders(start)):
                 in_x, in_m = self._x0_coefs(i)
-                at, st = a[i + 1], s[i + 1]
                 h = lam[i + 1] - lam[i]
-                eh, e2h = np.exp(-h), np.exp(-2.0 * h)
-                # x_t = cx * x + sum_j cD[j] * D_j (+ noise); D_0 = current x0, D_1/D_2 finite differences
-                if sde:
-                    cx = st / s[i] * eh
-                    cD = [at * (1.0 - e2h)]
-                    noise = st * np.sqrt(1.0 - e2h)
-                else:
-                    cx = st / s[i]
-                    cD = [-at * (eh - 1.0)]
-                    noise = 0.0
-                m = np.zeros(3)  # coefficients of (m0 = current x0, m1, m2)
-                m[0] = cD[0]
+                c = dpm_solver_coefs(form, h, a[i + 1], s[i + 1], a[i], s[i])
+                # x_t = c["x"] * x + (m0, m1, m2) . (current estimate, one step back, two back) (+ noise)
+                m = np.array([c["d0"], 0.0, 0.0])
                 if k == 2:
                     r0 = (lam[i] - lam[i - 1]) / h
-                    if cfg.solver_type == "midpoint":
-                        c1 = 0.5 * at * (1.0 - e2h) if sde else -0.5 * at * (eh - 1.0)
-                    else:
-                        c1 = at * ((1.0 - e2h) / (-2.0 * h) + 1.0) if sde else at * ((eh - 1.0) / h + 1.0)
-                    m += c1 * np.array([1.0, -1.0, 0.0]) / r0
+                    m += c["d1_mid" if cfg.solver_type == "midpoint" else "d1"] * np.array([1.0, -1.0, 0.0]) / r0
                 elif k == 3:
-                    d1, d2 = _third_order_differences(lam, i, h)
-                    if sde:
-                        c1 = at * ((1.0 - e2h) / (-2.0 * h) + 1.0)
-                        c2 = at * ((1.0 - e2h - 2.0 * h) / (2.0 * h) ** 2 - 0.5)
-                    else:
-                        c1 = at * ((eh - 1.0) / h + 1.0)
-                        c2 = -at * ((eh - 1.0 + h) / h**2 - 0.5)
-                    m += c1 * d1 + c2 * d2
-                per_step.append({"in_x": in_x, "in_m": in_m, "x": cx, "d": m[0], "h0": m[1], "h1": m[2],
-                                 "noise": noise})
-        return self._table_rows(per_step)
-
-    def _noise_form_table(self, start: int, sde: bool) -> torch.Tensor:
-        """Rows of the noise-prediction solvers ("dpmsolver", "sde-dpmsolver"): the history holds noise
-        estimates eps = (x - alpha_s x0) / sigma_s, written as the step's aux output, and the update is
-        x_t = (alpha_t / alpha_s) x - sum_j c_j eps_j (+ sigma_t sqrt(e^{2h} - 1) z for the SDE), with
-        diffusers' coefficients (the SDE variant doubles them; it has no third order)."""
-        cfg = self.config
-        a, s, lam = self._alpha, self._sigma, self._lam
-        per_step = []
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            for i, k in enumerate(self._orders(start)):
-                in_x, in_m = self._x0_coefs(i)
-                at, st = a[i + 1], s[i + 1]
-                h = lam[i + 1] - lam[i]
-                em1 = np.exp(h) - 1.0
-                mult = 2.0 if sde else 1.0
-                m = np.array([-mult * st * em1, 0.0, 0.0])  # on (eps now, eps one step back, two steps back)
-                if k == 2:
-                    r0 = (lam[i] - lam[i - 1]) / h
-                    if cfg.solver_type == "midpoint":
-                        c1 = -(1.0 if sde else 0.5) * st * em1
-                    else:
-                        c1 = -mult * st * (em1 / h - 1.0)
-                    m += c1 * np.array([1.0, -1.0, 0.0]) / r0
-                elif k == 3:
-                    if sde:
+                    if form == "eps-sde":
                         raise NotImplementedError("algorithm_type='sde-dpmsolver' has no third-order update "
                                                   "(as in diffusers); use solver_order <= 2")
                     d1, d2 = _third_order_differences(lam, i, h)
-                    m += -st * (em1 / h - 1.0) * d1 - st * ((em1 - h) / h**2 - 0.5) * d2
-                # eps now = (x - alpha_s d) / sigma_s, with d the x0 estimate the step forms
-                ex, ed = 1.0 / s[i], -a[i] / s[i]
-                per_step.append({"in_x": in_x, "in_m": in_m, "x": at / a[i] + m[0] * ex, "d": m[0] * ed,
-                                 "h0": m[1], "h1": m[2], "aux_x": ex, "aux_d": ed,
-                                 "noise": st * np.sqrt(np.exp(2.0 * h) - 1.0) if sde else 0.0})
+                    m += c["d1"] * d1 + c["d2"] * d2
+                if eps_form:
+                    per_step.append({**self._eps_row(i, in_x, in_m, c["x"], m[0]), "h0": m[1], "h1": m[2],
+                                     "noise": c["noise"]})
+                else:
+                    per_step.append({"in_x": in_x, "in_m": in_m, "x": c["x"], "d": m[0], "h0": m[1], "h1": m[2],
+                                     "noise": c["noise"]})
         return self._table_rows(per_step)
 
     def convert_model_output(self, model_output: torch.Tensor, *args, sample: torch.Tensor = None, **kwargs):

@@ -211,6 +211,57 @@ _add("DDIMInverseScheduler", [{}, {"clip_sample": False, "steps_offset": 1},
 _add("DDPMParallelScheduler", [{}, {**SD, "prediction_type": "v_prediction", "clip_sample": False}])
 _add("DDIMParallelScheduler", [{}, {**SD, "prediction_type": "v_prediction", "set_alpha_to_one": False}],
      extra={"eta": 0.5})
+# DEIS (log-rho multistep): orders 1-3, the lowered final orders (< 15 steps) and not, re-spaced and flow sigmas
+_add("DEISMultistepScheduler", [{}, SD, {**SD, "prediction_type": "v_prediction"}, {"solver_order": 3},
+                                {"solver_order": 1}, {"solver_order": 3, "lower_order_final": False},
+                                {"timestep_spacing": "leading", "steps_offset": 1}, {"timestep_spacing": "trailing"},
+                                {**SD, "use_karras_sigmas": True, "solver_order": 3},
+                                {**SD, "use_exponential_sigmas": True}, {"prediction_type": "sample"},
+                                {"beta_schedule": "squaredcos_cap_v2"}, _THR,
+                                {**_FLOW, "flow_shift": 3.0, "solver_order": 3}])
+_add("DEISMultistepScheduler", [{"solver_order": 3}, {**SD, "use_karras_sigmas": True}], n=17)
+
+
+# singlestep DPM-Solver: blocks of orders 1-3 from the block's first sample (uneven counts lower the last block)
+_SIGMA_MIN = {"final_sigmas_type": "sigma_min"}
+_add("DPMSolverSinglestepScheduler", [{}, SD, {**SD, "prediction_type": "v_prediction"}, {"solver_order": 3},
+                                      {"solver_order": 1}, {"solver_order": 3, "solver_type": "heun"},
+                                      {"solver_type": "heun"}, {"lower_order_final": True},
+                                      {**_SIGMA_MIN, "solver_order": 3, "lower_order_final": False},
+                                      {**SD, "use_karras_sigmas": True, "solver_order": 3},
+                                      {**SD, "use_exponential_sigmas": True}, {"prediction_type": "sample"},
+                                      {"algorithm_type": "sde-dpmsolver++"},
+                                      {"algorithm_type": "sde-dpmsolver++", "solver_order": 3, "solver_type": "heun"},
+                                      {"algorithm_type": "sde-dpmsolver++", "solver_order": 3},
+                                      {**_SIGMA_MIN, "algorithm_type": "dpmsolver"},
+                                      {**_SIGMA_MIN, "algorithm_type": "dpmsolver", "solver_order": 3},
+                                      {**_SIGMA_MIN, "algorithm_type": "dpmsolver", "solver_order": 3,
+                                       "solver_type": "heun", "prediction_type": "v_prediction"},
+                                      {"beta_schedule": "squaredcos_cap_v2", "lambda_min_clipped": -5.1}, _THR,
+                                      {**_THR, "solver_order": 3},
+                                      {**_FLOW, "flow_shift": 3.0, "solver_order": 3}])
+_add("DPMSolverSinglestepScheduler", [{"solver_order": 3}, {"solver_order": 2, **SD}], n=11)
+
+
+# the inverse multistep solver (ascending timesteps, towards the noise); no SDE variants: diffusers' noise scale
+# there is the square root of a negative number (h < 0 going up), NaN
+_add("DPMSolverMultistepInverseScheduler", [{}, SD, {**SD, "prediction_type": "v_prediction"}, {"solver_order": 3},
+                                            {"solver_order": 1}, {"solver_type": "heun"},
+                                            {"timestep_spacing": "leading", "steps_offset": 1},
+                                            {"timestep_spacing": "trailing"}, {**SD, "use_karras_sigmas": True},
+                                            {**SD, "use_exponential_sigmas": True, "solver_order": 3},
+                                            {"prediction_type": "sample"},
+                                            {"algorithm_type": "dpmsolver", "solver_order": 3},
+                                            {"euler_at_final": True},
+                                            {"beta_schedule": "squaredcos_cap_v2", "lambda_min_clipped": -5.1},
+                                            _THR, {**_FLOW, "flow_shift": 3.0}])
+_add("DPMSolverMultistepInverseScheduler", [{"solver_order": 3}], n=17)
+
+
+# iPNDM (Adams-Bashforth 1-4 on the trigonometric schedule; its first step divides by alpha floored at 1e-8)
+_add("IPNDMScheduler", [{}])
+_add("IPNDMScheduler", [{}], n=3)
+_add("IPNDMScheduler", [{"num_train_timesteps": 500}], n=23)
 
 
 @pytest.fixture(autouse=True)
@@ -264,7 +315,7 @@ def test_parity_with_diffusers(name, cfg, n, extra):
 @pytest.mark.parametrize("name", SCHEDULERS)
 def test_config_round_trip(name, tmp_path):
     cfg = {"num_train_timesteps": 500}
-    if name != "FlowMatchEulerDiscreteScheduler":
+    if name not in ("FlowMatchEulerDiscreteScheduler", "IPNDMScheduler"):  # those two have no beta schedule
         cfg.update(SD)
     ours = getattr(fdd, name)(**cfg)
     ours.save_pretrained(tmp_path)
@@ -366,7 +417,9 @@ def test_triton_backend_matches_torch(name):
     res = []
     for backend in ("torch", "triton"):
         torch.manual_seed(3)  # before set_timesteps: stochastic schedulers draw their Philox seed there
-        s = getattr(fdd, name)(**({"algorithm_type": "sde-dpmsolver++"} if name.startswith("DPM") else {}))
+        # the SDE variant where it is one (the inverse solver's is not: its noise scale has no real root)
+        sde = name.startswith("DPM") and "Inverse" not in name
+        s = getattr(fdd, name)(**({"algorithm_type": "sde-dpmsolver++"} if sde else {}))
         s.backend = backend
         s.set_timesteps(4)
         g = torch.Generator().manual_seed(1)
@@ -416,15 +469,18 @@ def test_add_noise_matches_diffusers():
     torch.testing.assert_close(ours.scale_noise(x0, t, noise), ref.scale_noise(x0, t, noise), rtol=1e-5, atol=1e-6)
 
 
-def test_begin_index_img2img():
-    """set_begin_index starts mid-schedule; multistep orders restart from there as in diffusers."""
+@pytest.mark.parametrize("name, begin", [("DPMSolverMultistepScheduler", 4), ("DEISMultistepScheduler", 3),
+                                         ("DPMSolverSinglestepScheduler", 4), ("DPMSolverSinglestepScheduler", 5)])
+def test_begin_index_img2img(name, begin):
+    """set_begin_index starts mid-schedule; multistep orders restart from there as in diffusers (singlestep:
+    mid-block, the block is shortened to the steps taken)."""
     res = []
     for mod in (fdd, diffusers):
-        s = mod.DPMSolverMultistepScheduler(solver_order=3)
+        s = getattr(mod, name)(solver_order=3)
         s.set_timesteps(10)
-        s.set_begin_index(4)
+        s.set_begin_index(begin)
         x = torch.linspace(-1, 1, 24).reshape(2, 3, 4)
-        for t in s.timesteps[4:]:
+        for t in s.timesteps[begin:]:
             x = s.step(fake_model(x, t), t, x).prev_sample
         res.append(x)
     torch.testing.assert_close(res[0], res[1], rtol=0, atol=5e-5)
@@ -682,3 +738,20 @@ def test_ddim_inverse_off_schedule_timestep_and_deprecated_kwarg():
     for mod in (fdd, diffusers):
         s = mod.DDIMInverseScheduler(beta_start=0.01, set_alpha_to_zero=False)
         assert float(s.initial_alpha_cumprod) == pytest.approx(1 - 0.01, rel=1e-6)
+@pytest.mark.parametrize("name", ["DEISMultistepScheduler", "DPMSolverSinglestepScheduler",
+                                  "DPMSolverMultistepInverseScheduler", "IPNDMScheduler"])
+def test_new_multistep_classes_refuse_bad_input(name):
+    cls = getattr(fdd, name)
+    if name != "IPNDMScheduler":
+        with pytest.raises(ValueError, match="solver_order"):
+            cls(solver_order=4)
+        with pytest.raises(NotImplementedError, match="not implemented"):
+            cls(algorithm_type="no-such-solver")
+    s = cls()
+    for bad, err in ((0, ValueError), (2.5, TypeError)):
+        with pytest.raises(err, match="num_inference_steps"):
+            s.set_timesteps(bad)
+    with pytest.raises(ValueError, match="set_timesteps|Number of inference steps"):
+        fresh = cls()
+        fresh.num_inference_steps = None
+        fresh.step(torch.zeros(1, 2), 0, torch.zeros(1, 2))

@@ -19,12 +19,14 @@ from fastdiff.ops.step import COEF_NAMES, fused_step, step_coefs
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 STOCHASTIC = [("DDPMScheduler", {}), ("EulerAncestralDiscreteScheduler", {}),
               ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+              ("DPMSolverSinglestepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
               ("FlowMatchEulerDiscreteScheduler", {"stochastic_sampling": True}), ("LCMScheduler", {}),
               ("TCDScheduler", {}), ("DDPMParallelScheduler", {})]
 ALL = ["DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
        "HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
        "FlowMatchEulerDiscreteScheduler", "PNDMScheduler", "LCMScheduler", "TCDScheduler",
-       "DDIMInverseScheduler", "DDIMParallelScheduler", "DDPMParallelScheduler"]
+       "DDIMInverseScheduler", "DDIMParallelScheduler", "DDPMParallelScheduler", "DEISMultistepScheduler",
+       "DPMSolverSinglestepScheduler", "DPMSolverMultistepInverseScheduler", "IPNDMScheduler"]
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:

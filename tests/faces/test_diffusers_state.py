@@ -13,7 +13,9 @@ from fastdiff.schedules import DiscreteVPSchedule
 CLASSES = ["DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
            "HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
            "FlowMatchEulerDiscreteScheduler", "PNDMScheduler", "LCMScheduler",
-           "TCDScheduler", "DDIMInverseScheduler", "DDIMParallelScheduler", "DDPMParallelScheduler"]
+           "TCDScheduler", "DDIMInverseScheduler", "DDIMParallelScheduler", "DDPMParallelScheduler",
+           "DEISMultistepScheduler", "DPMSolverSinglestepScheduler", "DPMSolverMultistepInverseScheduler",
+           "IPNDMScheduler"]
 
 
 def _steps(sched, x, n_steps, seed=0):

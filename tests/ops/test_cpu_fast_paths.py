@@ -341,7 +341,9 @@ def test_output_builder_builds_the_same_object():
 
 
 @pytest.mark.parametrize("name", ["DDIMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler",
-                                  "FlowMatchEulerDiscreteScheduler"])
+                                  "FlowMatchEulerDiscreteScheduler", "DEISMultistepScheduler",
+                                  "DPMSolverSinglestepScheduler", "DPMSolverMultistepInverseScheduler",
+                                  "IPNDMScheduler"])
 def test_dropin_fast_path_equals_reference_backend(name):
     """A run on the default CPU path equals the same run with backend='reference' (float32 rounding)."""
     import fastdiff.diffusers as fdd

@@ -15,7 +15,7 @@ import diffusers_swap  # noqa: E402
 
 SRC = os.environ.get("DIFFUSERS_SRC")
 FILES = ("ddim", "ddpm", "euler", "euler_ancestral", "heun", "dpm_multi", "unipc", "pndm", "lcm", "tcd", "ddim_inverse",
-         "ddim_parallel", "ddpm_parallel")
+         "ddim_parallel", "ddpm_parallel", "deis", "dpm_single", "dpm_multi_inverse", "ipndm")
 
 OPEN_GAPS: dict = {}  # none: every test that passes on diffusers passes swapped
 

@@ -105,6 +105,70 @@ def test_lms_weights_integrate_polynomials_exactly(order):
         assert approx == pytest.approx(exact, rel=1e-11, abs=1e-11)
 
 
+@pytest.mark.parametrize("rate", [-1.0, 1.0, 2.0])
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_exp_lagrange_weights_integrate_the_interpolant_exactly(order, rate):
+    """Against the definition: a fine composite Simpson sum of rate e^{rate (tau - h)} L_j(tau) over [0, h],
+    and the weights reproduce the integral of every polynomial of degree < order through the nodes."""
+    gen = np.random.default_rng(order)
+    for _ in range(5):
+        h = float(gen.uniform(0.05, 1.5))
+        nodes = [0.0] + sorted((-gen.uniform(0.1, 2.0, order - 1)).tolist(), reverse=True)
+        w = S.exp_lagrange_weights(h, nodes, rate)
+        tau = np.linspace(0.0, h, 4001)
+        kernel = rate * np.exp(rate * (tau - h))
+        simpson = np.ones_like(tau)
+        simpson[1:-1:2], simpson[2:-1:2] = 4.0, 2.0
+        simpson *= (tau[1] - tau[0]) / 3.0
+        for j in range(order):
+            basis = np.ones_like(tau)
+            for k in range(order):
+                if k != j:
+                    basis *= (tau - nodes[k]) / (nodes[j] - nodes[k])
+            assert w[j] == pytest.approx(float(np.sum(simpson * kernel * basis)), rel=1e-9, abs=1e-12)
+        for deg in range(order):  # exact on polynomials: sum_j w_j p(node_j) = int kernel p
+            exact = float(np.sum(simpson * kernel * tau ** deg))
+            assert sum(wj * nj ** deg for wj, nj in zip(w, nodes)) == pytest.approx(exact, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("form", ["x0", "x0-sde", "eps", "eps-sde"])
+def test_dpm_solver_coefs_are_diffusers_formulas_and_share_the_deis_weights(form):
+    """Against DPM-Solver's closed forms (diffusers' expressions), and the first-order / heun second-order
+    updates equal exp_lagrange_weights for one and two nodes (the same integral)."""
+    gen = np.random.default_rng(7)
+    rate = {"x0": 1.0, "x0-sde": 2.0, "eps": -1.0, "eps-sde": -1.0}[form]
+    for _ in range(5):
+        h, back = float(gen.uniform(0.05, 1.5)), -float(gen.uniform(0.1, 1.0))
+        at, as_ = float(gen.uniform(0.1, 0.9)), float(gen.uniform(0.1, 0.9))
+        st, ss = math.sqrt(1 - at * at), math.sqrt(1 - as_ * as_)
+        c = S.dpm_solver_coefs(form, h, at, st, as_, ss)
+        eh, e2h = math.exp(-h), math.exp(-2 * h)
+        if form == "x0":
+            want = dict(x=st / ss, d0=-at * (eh - 1), d1=at * ((eh - 1) / h + 1), d2=-at * ((eh - 1 + h) / h ** 2 - 0.5))
+        elif form == "x0-sde":
+            want = dict(x=st / ss * eh, d0=at * (1 - e2h), d1=at * ((1 - e2h) / (-2 * h) + 1),
+                        d2=at * ((1 - e2h - 2 * h) / (2 * h) ** 2 - 0.5), noise=st * math.sqrt(1 - e2h))
+        elif form == "eps":
+            em1 = math.exp(h) - 1
+            want = dict(x=at / as_, d0=-st * em1, d1=-st * (em1 / h - 1), d2=-st * ((em1 - h) / h ** 2 - 0.5))
+        else:
+            em1 = math.exp(h) - 1
+            want = dict(x=at / as_, d0=-2 * st * em1, d1=-2 * st * (em1 / h - 1), noise=st * math.sqrt(math.exp(2 * h) - 1))
+        for key, v in want.items():
+            assert c[key] == pytest.approx(v, rel=1e-10, abs=1e-13), key
+        assert c["d1_mid"] == pytest.approx(c["d0"] / 2, rel=1e-15)
+        scale = c["d0"] / S.exp_lagrange_weights(h, [0.0], rate)[0]
+        w = [scale * v for v in S.exp_lagrange_weights(h, [0.0, back], rate)]
+        r0 = -back / h  # heun: d0 * m0 + d1 * (m0 - m1) / r0
+        assert w == pytest.approx([c["d0"] + c["d1"] / r0, -c["d1"] / r0], rel=1e-10)
+
+
+def test_exp_lagrange_weights_edge_steps():
+    assert S.exp_lagrange_weights(0.0, [0.0, -0.5], -1.0) == [0.0, 0.0]  # a repeated sigma: no step
+    assert S.exp_lagrange_weights(math.inf, [0.0], 1.0) == [1.0]  # into sigma = 0: the x0 estimate itself
+    assert all(math.isnan(v) for v in S.exp_lagrange_weights(math.inf, [0.0, -0.5], 1.0))
+
+
 @pytest.mark.parametrize("variant", ["bh1", "bh2"])
 @pytest.mark.parametrize("order", [1, 2, 3])
 def test_unipc_rhos_solve_the_order_conditions(order, variant):

@@ -180,6 +180,29 @@ def test_diffusers_scheduler_loop_with_tensor_timesteps_and_output_objects():
     assert count == 0, reasons
 
 
+@pytest.mark.parametrize("name", ["DEISMultistepScheduler", "DPMSolverSinglestepScheduler", "IPNDMScheduler"])
+def test_diffusers_history_scheduler_loop_traces_without_graph_breaks(name):
+    """Schedulers whose step reads earlier estimates (and, singlestep, the block's first sample) as history."""
+    pytest.importorskip("diffusers")
+    import fastdiff.diffusers as fdd
+
+    sched = getattr(fdd, name)(solver_order=3) if name != "IPNDMScheduler" else fdd.IPNDMScheduler()
+    sched.backend = "triton"
+    sched.set_timesteps(4)
+    steps = [float(t) for t in sched.timesteps]
+
+    def loop(x):
+        sched.set_begin_index(0)
+        sched._step_index = None
+        for t in steps:
+            x = sched.step(0.1 * x, t, x, return_dict=False)[0]
+        return x
+
+    loop(torch.randn(4, 8))  # the run's table is built once, on the host, outside the traced loop
+    count, reasons = breaks(loop, torch.randn(4, 8))
+    assert count == 0, reasons
+
+
 def test_diffusers_ancestral_scheduler_loop_traces_without_graph_breaks():
     pytest.importorskip("diffusers")
     from fastdiff.diffusers import EulerAncestralDiscreteScheduler
