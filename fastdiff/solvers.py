@@ -26,7 +26,7 @@ import torch
 
 __all__ = [
     "F", "log", "exp", "expm1", "sqrt", "like", "lerp_half", "t_of", "sigma_of",
-    "ve_x0_coefs", "vp_x0_coefs", "churn_gamma", "churn_schedule", "ancestral_split", "euler_coefs",
+    "ve_x0_coefs", "vp_x0_coefs", "consistency_scalings", "churn_gamma", "churn_schedule", "ancestral_split", "euler_coefs",
     "lms_coefficients", "unipc_rhos", "SQRT2_MINUS_1",
     "IPNDM_WEIGHTS", "ipndm_v_weights", "deis_weights", "er_sde_default_noise_scaler", "er_sde_stage_integrals",
     "sa_solver_b_coeffs", "dpm_fast_grid",
@@ -142,6 +142,22 @@ def vp_x0_coefs(prediction: str, alpha: Scalar, sigma: Scalar) -> Tuple[Scalar, 
     if prediction == "v_prediction":
         return alpha, -sigma
     raise ValueError(f"prediction_type must be one of 'epsilon', 'sample', 'v_prediction', got {prediction!r}")
+
+
+def consistency_scalings(sigma: Scalar, sigma_data: float, sigma_min: float = 0.0) -> Tuple[Scalar, Scalar]:
+    """``(c_skip, c_out)`` of a consistency model, ``x0 = c_skip x + c_out F(x)`` (Song et al. 2023, App. C):
+    ``c_skip = sigma_data**2 / ((sigma - sigma_min)**2 + sigma_data**2)``, ``c_out = (sigma - sigma_min)
+    sigma_data / sqrt(sigma**2 + sigma_data**2)``. With ``sigma_min`` (the boundary ``epsilon``) the estimate is
+    the sample itself at ``sigma = sigma_min``; ``sigma_min = 0`` gives the EDM scalings of Karras et al. (2022).
+
+    Example:
+        >>> consistency_scalings(0.002, 0.5, sigma_min=0.002)
+        (1.0, 0.0)
+    """
+    shifted = sigma - sigma_min
+    c_skip = sigma_data ** 2 / (shifted ** 2 + sigma_data ** 2)
+    c_out = shifted * sigma_data / sqrt(sigma ** 2 + sigma_data ** 2)
+    return c_skip, c_out
 
 
 # ------------------------------------------------------------------------------------------ stochasticity

@@ -22,6 +22,7 @@ Example:
 """
 from ._base import ZTSNR_ALPHA_BAR, FusedSchedulerBase, set_table_arithmetic
 from ._compat import HAS_DIFFUSERS
+from ._consistency import CMStochasticIterativeScheduler
 from ._ddim import DDIMScheduler, DDPMScheduler
 from ._euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler
 from ._flow import FlowMatchEulerDiscreteScheduler
@@ -32,5 +33,5 @@ __all__ = [
     "DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
     "HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
     "FlowMatchEulerDiscreteScheduler", "FusedSchedulerBase", "HAS_DIFFUSERS", "ZTSNR_ALPHA_BAR",
-    "set_table_arithmetic", "PNDMScheduler",
+    "set_table_arithmetic", "PNDMScheduler", "CMStochasticIterativeScheduler",
 ]

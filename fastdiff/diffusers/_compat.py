@@ -186,6 +186,7 @@ _OUTPUTS = {
     "EulerAncestralDiscreteSchedulerOutput": ("scheduling_euler_ancestral_discrete", True),
     "HeunDiscreteSchedulerOutput": ("scheduling_heun_discrete", True),
     "FlowMatchEulerDiscreteSchedulerOutput": ("scheduling_flow_match_euler_discrete", False),
+    "CMStochasticIterativeSchedulerOutput": ("scheduling_consistency_models", False),
     "SchedulerOutput": (None, False),
 }
 
