@@ -187,6 +187,7 @@ _OUTPUTS = {
     "HeunDiscreteSchedulerOutput": ("scheduling_heun_discrete", True),
     "FlowMatchEulerDiscreteSchedulerOutput": ("scheduling_flow_match_euler_discrete", False),
     "CMStochasticIterativeSchedulerOutput": ("scheduling_consistency_models", False),
+    "FlowMatchHeunDiscreteSchedulerOutput": ("scheduling_flow_match_heun_discrete", False),
     "SchedulerOutput": (None, False),
 }
 

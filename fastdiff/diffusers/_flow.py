@@ -9,10 +9,12 @@ import torch
 
 from ..random import philox_normal
 from ..schedules import FlowMatchingSchedule
+from ..solvers import churn_gamma
 from ._base import DiscreteBetaMixin, FusedSchedulerBase, check_one_of, check_steps, rows
 from ._compat import make_output, register_to_config
+from ._euler import HeunStages
 
-__all__ = ["FlowMatchEulerDiscreteScheduler"]
+__all__ = ["FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler"]
 
 
 
@@ -248,3 +250,103 @@ class FlowMatchEulerDiscreteScheduler(DiscreteBetaMixin, FusedSchedulerBase):
         if not return_dict:
             return (prev,)
         return make_output("FlowMatchEulerDiscreteSchedulerOutput", prev)
+
+
+class FlowMatchHeunDiscreteScheduler(HeunStages, FusedSchedulerBase):
+    """Heun's 2nd-order method on a rectified-flow ODE (Karras et al. 2022 Algorithm 2 on flow sigmas).
+
+    Same config keys, defaults and numbers as ``diffusers.FlowMatchHeunDiscreteScheduler``: the flow sigmas of
+    :class:`FlowMatchEulerDiscreteScheduler` (static ``shift``), every timestep after the first repeated, and
+    ``step`` alternating a predictor and a corrector call, each one fused pass (:class:`HeunStages`; the flow
+    velocity ``v`` converts as ``x0 = x - sigma v``). With ``s_churn > 0`` the predictor's churn noise is added
+    to the sample first (one more elementwise pass); a corrector inside the churn range draws its noise as
+    diffusers does (its effect there is only rounding) so a generator advances alike.
+
+    Example:
+        >>> s = FlowMatchHeunDiscreteScheduler(shift=3.0)
+        >>> s.set_timesteps(4)
+        >>> x = torch.randn(1, 16, 8, 8)
+        >>> for t in s.timesteps:
+        ...     x = s.step(torch.zeros_like(x), t, x).prev_sample
+    """
+
+    order = 2
+    _output_name = "FlowMatchHeunDiscreteSchedulerOutput"
+    _compatibles: list = []
+
+    @register_to_config
+    def __init__(self, num_train_timesteps: int = 1000, shift: float = 1.0):
+        check_steps(num_train_timesteps, num_train_timesteps, cap=False)
+        sig = FlowMatchingSchedule(num_train_timesteps, shift=shift).train_sigmas.to(torch.float32)
+        self.sigmas = sig
+        self.sigma_min = float(sig[-1])
+        self.sigma_max = float(sig[0])
+        self.num_inference_steps = None
+        self._reset_run()
+        self._set_run(sig.to(torch.float64).numpy(), sig * num_train_timesteps)
+
+    def _set_run(self, sig64: np.ndarray, timesteps: torch.Tensor) -> None:
+        FlowMatchEulerDiscreteScheduler._set_run(self, sig64, timesteps)
+        self._sig_host = sig64.tolist()  # Python floats: cheap per-step scalar reads
+        self._prev = None
+
+    def _sigma_to_t(self, sigma):
+        return sigma * self.config.num_train_timesteps
+
+    def set_timesteps(self, num_inference_steps: int, device=None) -> None:
+        """Shifted flow sigmas from ``sigma_max`` to ``sigma_min``, then 0; each after the first repeated."""
+        cfg = self.config
+        T = cfg.num_train_timesteps
+        check_steps(num_inference_steps, T, cap=False)
+        self.num_inference_steps = num_inference_steps
+        ts = np.linspace(self._sigma_to_t(self.sigma_max), self._sigma_to_t(self.sigma_min), num_inference_steps)
+        sig32 = torch.from_numpy(static_shift(cfg.shift, ts / T)).to(dtype=torch.float32, device=device)
+        timesteps = sig32 * T
+        timesteps = torch.cat([timesteps[:1], timesteps[1:].repeat_interleave(2)])
+        sig32 = torch.cat([sig32, torch.zeros(1, device=sig32.device)])
+        self.sigmas = torch.cat([sig32[:1], sig32[1:-1].repeat_interleave(2), sig32[-1:]]).to("cpu")
+        self._set_run(self.sigmas.to(torch.float64).numpy(), timesteps)
+        self._start_run()
+
+    def scale_noise(self, sample: torch.Tensor, timestep, noise: torch.Tensor) -> torch.Tensor:
+        """Forward process ``sigma * noise + (1 - sigma) * sample`` at the current step's sigma (one fused pass)."""
+        if self._step_index is None:
+            self._init_step_index(timestep)
+        s = self._sig
+        return self._encode(sample, noise, 1.0 - s, s, [self._step_index])
+
+    def _build_table(self, key) -> torch.Tensor:
+        return self._heun_rows(key, lambda sigma, sigma_hat: (np.ones_like(sigma), -sigma))  # x0 = x - sigma v
+
+    def step(self, model_output: torch.Tensor, timestep: Union[float, torch.Tensor], sample: torch.Tensor,
+             s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
+             generator: Optional[torch.Generator] = None, return_dict: bool = True):
+        """One predictor or corrector call (a single fused pass; no host-device sync)."""
+        if isinstance(timestep, int) or (isinstance(timestep, torch.Tensor) and timestep.dtype in (torch.int32,
+                                                                                                  torch.int64)):
+            raise ValueError("Passing integer indices (e.g. from `enumerate(timesteps)`) as timesteps to "
+                             "`FlowMatchHeunDiscreteScheduler.step()` is not supported. Make sure to pass one of "
+                             "the `scheduler.timesteps` as a timestep.")
+        i = self._current_index(timestep)
+        churn = (float(s_churn), float(s_tmin), float(s_tmax))
+        sig = self._sig_host
+        first = self._prev is None
+        sigma = sig[i] if first else sig[i - 1]
+        gamma = churn_gamma(sigma, churn[0], len(sig) - 1, churn[1], churn[2]) if churn[0] != 0.0 else 0.0
+        x_first = None
+        if gamma > 0:
+            kw = self._noise_kwargs(model_output.shape, model_output.device, model_output.dtype, generator, i)
+            if first:  # the corrector's draw only keeps a generator in step with diffusers'
+                noise = kw.get("noise")
+                if noise is None:
+                    noise = philox_normal(sample.shape, kw["seed"], kw["stream"], device=sample.device)
+                amp = s_noise * math.sqrt((sigma * (gamma + 1)) ** 2 - sigma**2)
+                x_first = sample.to(torch.float32) + noise * amp
+        # diffusers steps in float32 and returns the model output's dtype; the x0 kept for the corrector is float32
+        prev, _ = self._heun_launch(model_output, sample, i, ("first", *churn), ("second", *churn),
+                                    model_output.dtype, x_first=x_first,
+                                    aux_dtype=torch.promote_types(torch.float32, model_output.dtype))
+        self._step_index = i + 1
+        if not return_dict:
+            return (prev,)
+        return make_output("FlowMatchHeunDiscreteSchedulerOutput", prev)

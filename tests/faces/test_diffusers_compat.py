@@ -177,6 +177,10 @@ _add("PNDMScheduler", [{}, {"skip_prk_steps": True}, {**SD, "skip_prk_steps": Tr
 _add("CMStochasticIterativeScheduler", [{}, {"num_train_timesteps": 201}, {"clip_denoised": False, "s_noise": 1.007},
                                         {"sigma_data": 0.3, "rho": 5.0, "sigma_max": 40.0}])
 _add("CMStochasticIterativeScheduler", [{}], n=1)
+# diffusers has no tests of its own for FlowMatchHeunDiscreteScheduler: these cases are its parity check
+_add("FlowMatchHeunDiscreteScheduler", [{}, {"shift": 3.0}, {"num_train_timesteps": 500, "shift": 2.0}])
+_add("FlowMatchHeunDiscreteScheduler", [{"shift": 3.0}], n=7, extra={"s_churn": 2.0})
+_add("FlowMatchHeunDiscreteScheduler", [{}], n=6, extra={"s_churn": 4.0, "s_tmin": 0.3, "s_tmax": 0.8, "s_noise": 1.01})
 
 
 @pytest.fixture(autouse=True)
@@ -300,7 +304,8 @@ def test_zero_terminal_snr_epsilon_is_finite(name):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("name", ["DDIMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler",
-                                  "UniPCMultistepScheduler", "FlowMatchEulerDiscreteScheduler", "HeunDiscreteScheduler"])
+                                  "UniPCMultistepScheduler", "FlowMatchEulerDiscreteScheduler", "HeunDiscreteScheduler",
+                                  "FlowMatchHeunDiscreteScheduler"])
 def test_half_precision_kept(name, dtype):
     ref_ts = getattr(fdd, name)()
     ref_ts.set_timesteps(8)
@@ -365,6 +370,31 @@ def test_add_noise_matches_diffusers():
     ref.set_timesteps(10)
     t = ref.timesteps[[1, 4, 9]]
     torch.testing.assert_close(ours.scale_noise(x0, t, noise), ref.scale_noise(x0, t, noise), rtol=1e-5, atol=1e-6)
+
+
+def test_flow_match_heun_scale_noise_and_stage_state_match_diffusers():
+    """diffusers has no test file for FlowMatchHeunDiscreteScheduler: its scale_noise (at the step index it sets
+    from the timestep, the second of a repeated pair) and the predictor/corrector state, against diffusers'."""
+    gen = torch.Generator().manual_seed(4)
+    x0, noise = torch.randn(3, 2, 5, generator=gen), torch.randn(3, 2, 5, generator=gen)
+    ours, ref = fdd.FlowMatchHeunDiscreteScheduler(shift=3.0), diffusers.FlowMatchHeunDiscreteScheduler(shift=3.0)
+    for s in (ours, ref):
+        s.set_timesteps(5)
+    t = ref.timesteps[3]
+    torch.testing.assert_close(ours.scale_noise(x0, t, noise), ref.scale_noise(x0, t, noise), rtol=1e-6, atol=1e-6)
+    assert ours.step_index == ref.step_index == 4
+    states = []
+    for s in (ours, ref):
+        s.set_timesteps(5)
+        x, seen = x0.clone(), []
+        for t in s.timesteps[:4]:
+            seen.append(s.state_in_first_order)
+            x = s.step(fake_model(x, t), t, x).prev_sample
+        states.append((seen, s.state_in_first_order, x))
+    assert states[0][:2] == states[1][:2] == ([True, False, True, False], True)
+    torch.testing.assert_close(states[0][2], states[1][2], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="integer indices"):
+        ours.step(x0, 3, x0)
 
 
 def test_begin_index_img2img():

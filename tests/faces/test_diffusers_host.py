@@ -24,7 +24,7 @@ STOCHASTIC = [("DDPMScheduler", {}), ("EulerAncestralDiscreteScheduler", {}),
 ALL = ["DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
        "HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
        "FlowMatchEulerDiscreteScheduler", "PNDMScheduler",
-       "CMStochasticIterativeScheduler"]
+       "CMStochasticIterativeScheduler", "FlowMatchHeunDiscreteScheduler"]
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from fastdiff.schedules import DiscreteVPSchedule
 CLASSES = ["DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
            "HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
            "FlowMatchEulerDiscreteScheduler", "PNDMScheduler",
-           "CMStochasticIterativeScheduler"]
+           "CMStochasticIterativeScheduler", "FlowMatchHeunDiscreteScheduler"]
 
 
 def _steps(sched, x, n_steps, seed=0):
