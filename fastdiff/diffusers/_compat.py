@@ -171,15 +171,16 @@ except ImportError:  # pragma: no cover - exercised only without diffusers
         return torch.randn(shape, generator=generator, device=rand_device, dtype=dtype, layout=layout).to(device)
 
 
-def _fallback_output(name: str, with_x0: bool):
+def _fallback_output(name: str, with_x0):
     fields = [("prev_sample", torch.Tensor)]
-    if with_x0:
-        fields.append(("pred_original_sample", Optional[torch.Tensor], dataclasses.field(default=None)))
+    if with_x0:  # True: pred_original_sample; a string: that second field (SdeVeOutput's prev_sample_mean)
+        second = "pred_original_sample" if with_x0 is True else with_x0
+        fields.append((second, Optional[torch.Tensor], dataclasses.field(default=None)))
     return dataclasses.make_dataclass(name, fields, bases=(_Output,))
 
 
 _OUTPUTS = {
-    # name -> (diffusers module, has pred_original_sample)
+    # name -> (diffusers module, has pred_original_sample, or the name of its second field)
     "DDPMSchedulerOutput": ("scheduling_ddpm", True),
     "DDIMSchedulerOutput": ("scheduling_ddim", True),
     "EulerDiscreteSchedulerOutput": ("scheduling_euler_discrete", True),
@@ -188,6 +189,7 @@ _OUTPUTS = {
     "FlowMatchEulerDiscreteSchedulerOutput": ("scheduling_flow_match_euler_discrete", False),
     "CMStochasticIterativeSchedulerOutput": ("scheduling_consistency_models", False),
     "FlowMatchHeunDiscreteSchedulerOutput": ("scheduling_flow_match_heun_discrete", False),
+    "SdeVeOutput": ("scheduling_sde_ve", "prev_sample_mean"),
     "SchedulerOutput": (None, False),
 }
 

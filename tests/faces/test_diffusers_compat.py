@@ -32,6 +32,8 @@ from peer_float64 import assert_parity, float64_pipeline, float64_scheduler  # n
 
 #: every drop-in scheduler class
 SCHEDULERS = [n for n in fdd.__all__ if n.endswith("Scheduler") and n != "FusedSchedulerBase"]
+#: those with diffusers' ``step`` (ScoreSdeVeScheduler has step_pred / step_correct, tested on their own below)
+STEPPED = [n for n in SCHEDULERS if hasattr(getattr(fdd, n), "step")]
 SD = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
 ZSNR_V = {**SD, "rescale_betas_zero_snr": True, "prediction_type": "v_prediction", "timestep_spacing": "trailing"}
 
@@ -254,7 +256,7 @@ def test_config_round_trip(name, tmp_path):
     assert swapped.config.num_train_timesteps == peer.config.num_train_timesteps
 
 
-@pytest.mark.parametrize("name", SCHEDULERS)
+@pytest.mark.parametrize("name", STEPPED)
 def test_one_fused_step_per_call_and_no_sync(name, monkeypatch):
     calls = []
     real = _base.fused_step
@@ -316,7 +318,7 @@ def test_half_precision_kept(name, dtype):
     torch.testing.assert_close(lo.float(), hi, rtol=0, atol=tol * max(1.0, hi.abs().max().item()))
 
 
-@pytest.mark.parametrize("name", SCHEDULERS)
+@pytest.mark.parametrize("name", STEPPED)
 def test_triton_backend_matches_torch(name):
     """Three steps through the Triton kernel (interpreter on CPU) against the PyTorch path."""
     res = []
@@ -395,6 +397,97 @@ def test_flow_match_heun_scale_noise_and_stage_state_match_diffusers():
     torch.testing.assert_close(states[0][2], states[1][2], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="integer indices"):
         ours.step(x0, 3, x0)
+
+
+def _sde_ve_score(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """A score-like fake model: ``-(x - 0.3 sin x) / (sigma**2 + 1)`` (float32 math, float64 for float64 input)."""
+    wide = x if x.dtype == torch.float64 else x.float()
+    return (-(wide - 0.3 * torch.sin(wide / 7.0)) / (sigma**2 + 1.0)).to(x.dtype)
+
+
+def _sde_ve_run(sched, n, sigmas, dtype=torch.float32, seed=0, shape=(3, 2, 5, 7)):
+    """Predictor-corrector sampling as diffusers' score-SDE pipeline runs it; each step's outputs."""
+    sched.set_timesteps(n)
+    sched.set_sigmas(n)
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=g) * sched.init_noise_sigma).to(dtype)
+    steps = []
+    for i, t in enumerate(sched.timesteps):
+        for _ in range(sched.config.correct_steps):
+            corrected = sched.step_correct(_sde_ve_score(x, sigmas[i]), x, generator=g).prev_sample
+            x = corrected
+        out = sched.step_pred(_sde_ve_score(x, sigmas[i]), t, x, generator=g)
+        steps.append({"corrected": corrected, "prev": out.prev_sample, "mean": out.prev_sample_mean})
+        x = out.prev_sample
+    return steps
+
+
+@pytest.mark.parametrize("cfg,n", [({}, 6), ({"sigma_max": 50.0, "snr": 0.2, "correct_steps": 2}, 5),
+                                   ({"sigma_min": 0.002, "sigma_max": 80.0, "sampling_eps": 1e-3}, 4)])
+def test_score_sde_ve_parity_with_diffusers(cfg, n):
+    """Schedule attributes, then a predictor-corrector run (both outputs of every predictor step and every
+    corrector output) bounded against diffusers' own code run in float64."""
+    ours, ref = fdd.ScoreSdeVeScheduler(**cfg), diffusers.ScoreSdeVeScheduler(**cfg)
+    for s in (ours, ref):
+        s.set_timesteps(n)
+        s.set_sigmas(n)
+    torch.testing.assert_close(ours.timesteps, ref.timesteps, rtol=0, atol=0)
+    torch.testing.assert_close(ours.sigmas, ref.sigmas, rtol=2e-6, atol=0)
+    torch.testing.assert_close(ours.discrete_sigmas, ref.discrete_sigmas, rtol=0, atol=0)
+    assert ours.init_noise_sigma == ref.init_noise_sigma
+    sigmas = [float(v) for v in ref.sigmas]
+    exact = _sde_ve_run(float64_scheduler(diffusers, "ScoreSdeVeScheduler", cfg), n, sigmas, torch.float64)
+    a, b = _sde_ve_run(ours, n, sigmas), _sde_ve_run(ref, n, sigmas)
+    for i, (p, q, r) in enumerate(zip(a, b, exact)):
+        for key in ("corrected", "prev", "mean"):
+            assert p[key].dtype == q[key].dtype
+            assert_parity(f"ScoreSdeVe step {i} {key}", p[key], q[key], r[key], i + 1)
+    tup = ours.step_pred(torch.ones(2, 3), ours.timesteps[0], torch.zeros(2, 3), return_dict=False)
+    assert len(tup) == 2 and len(ours.step_correct(torch.ones(2, 3), torch.zeros(2, 3), return_dict=False)) == 1
+
+
+def test_score_sde_ve_one_fused_step_per_call_no_sync_and_triton(monkeypatch):
+    """step_pred is one fused_step; step_correct one fused_step after its norms; neither reads a tensor back
+    on the host; the Triton kernel (interpreter on CPU) gives the PyTorch path's numbers."""
+    from fastdiff.diffusers import _sde_ve
+
+    calls = []
+    real = _base.fused_step
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_base, "fused_step", counting)
+    monkeypatch.setattr(_sde_ve, "fused_step", counting)
+    results = []
+    for backend in ("torch", "triton"):
+        s = fdd.ScoreSdeVeScheduler(sigma_max=20.0)
+        s.backend = backend
+        s.set_timesteps(4)
+        s.set_sigmas(4)
+        g = torch.Generator().manual_seed(2)
+        x = torch.randn(2, 3, 5, generator=g) * 20.0
+        for i, t in enumerate(s.timesteps):
+            if i == 1:
+                def boom(*a, **k):
+                    raise AssertionError("host-device sync in a step")
+                monkeypatch.setattr(torch.Tensor, "item", boom)
+                monkeypatch.setattr(torch.Tensor, "__bool__", boom)
+            before = len(calls)
+            x = s.step_correct(-x / 4.0, x, generator=g).prev_sample
+            assert len(calls) == before + 1
+            x = s.step_pred(-x / 4.0, t if i % 2 else float(t), x, generator=g).prev_sample
+            assert len(calls) == before + 2
+        monkeypatch.setattr(torch.Tensor, "item", real_item)
+        monkeypatch.setattr(torch.Tensor, "__bool__", real_bool)
+        results.append(x)
+    torch.testing.assert_close(results[1], results[0], rtol=1e-4, atol=1e-5 * results[0].abs().max().item())
+    with pytest.raises(ValueError, match="discrete sigma index"):
+        s.step_pred(x, 2.0, x)
+
+
+real_item, real_bool = torch.Tensor.item, torch.Tensor.__bool__
 
 
 def test_begin_index_img2img():
