@@ -29,6 +29,7 @@ from ._flow import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteSchedul
 from ._multistep import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 from ._pndm import PNDMScheduler
 from ._sde_ve import ScoreSdeVeScheduler
+from ._unclip import UnCLIPScheduler
 
 __all__ = [
     "DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
@@ -36,4 +37,5 @@ __all__ = [
     "FlowMatchEulerDiscreteScheduler", "FusedSchedulerBase", "HAS_DIFFUSERS", "ZTSNR_ALPHA_BAR",
     "set_table_arithmetic", "PNDMScheduler", "CMStochasticIterativeScheduler",
     "FlowMatchHeunDiscreteScheduler", "ScoreSdeVeScheduler",
+    "UnCLIPScheduler",
 ]

@@ -190,6 +190,7 @@ _OUTPUTS = {
     "CMStochasticIterativeSchedulerOutput": ("scheduling_consistency_models", False),
     "FlowMatchHeunDiscreteSchedulerOutput": ("scheduling_flow_match_heun_discrete", False),
     "SdeVeOutput": ("scheduling_sde_ve", "prev_sample_mean"),
+    "UnCLIPSchedulerOutput": ("scheduling_unclip", True),
     "SchedulerOutput": (None, False),
 }
 

@@ -23,7 +23,7 @@ from ._compat import make_output, register_to_config
 
 _LEARNED = ("learned", "learned_range")
 
-__all__ = ["DDPMScheduler", "DDIMScheduler", "x0_coefs"]
+__all__ = ["DDPMScheduler", "DDIMScheduler", "x0_coefs", "learned_range_std"]
 
 _PREDICTIONS = ("epsilon", "sample", "v_prediction")
 
@@ -36,6 +36,14 @@ def x0_coefs(prediction_type: str, abar: np.ndarray):
     elif prediction_type not in _PREDICTIONS:
         raise ValueError(f"prediction_type must be one of {_PREDICTIONS}, got {prediction_type!r}")
     return vp_x0_coefs(prediction_type, np.sqrt(abar), np.sqrt(1.0 - abar))
+
+
+def learned_range_std(predicted_variance: torch.Tensor, min_log: float, max_log: float) -> torch.Tensor:
+    """The per-element noise std of a ``learned_range`` model (Nichol & Dhariwal 2021, eq. 15): the model's
+    ``v`` in [-1, 1] mixes the log variances, ``exp(0.5 ((v + 1) / 2 max_log + (1 - v) / 2 min_log))``, with
+    ``max_log = log(beta_t)`` and ``min_log`` the log posterior variance."""
+    frac = (predicted_variance + 1) / 2
+    return torch.exp(0.5 * (frac * max_log + (1 - frac) * min_log))
 
 
 class _DiscreteVPBase(DiscreteBetaMixin, FusedSchedulerBase):
@@ -204,8 +212,7 @@ class DDPMScheduler(_DiscreteVPBase):
             return noise * predicted_variance**0.5
         self._table("rows", model_output.device)  # builds the log-variance range with the rows
         min_log, max_log = (float(v[i]) for v in self._log_var_range)
-        frac = (predicted_variance + 1) / 2
-        return noise * torch.exp(0.5 * (frac * max_log + (1 - frac) * min_log))
+        return noise * learned_range_std(predicted_variance, min_log, max_log)
 
     def _build_table(self, key) -> torch.Tensor:
         t = np.asarray(self._ts, dtype=np.int64)

@@ -183,6 +183,8 @@ _add("CMStochasticIterativeScheduler", [{}], n=1)
 _add("FlowMatchHeunDiscreteScheduler", [{}, {"shift": 3.0}, {"num_train_timesteps": 500, "shift": 2.0}])
 _add("FlowMatchHeunDiscreteScheduler", [{"shift": 3.0}], n=7, extra={"s_churn": 2.0})
 _add("FlowMatchHeunDiscreteScheduler", [{}], n=6, extra={"s_churn": 4.0, "s_tmin": 0.3, "s_tmax": 0.8, "s_noise": 1.01})
+# (without prev_timestep each UnCLIP step is t -> t - 1; the skipping runs are test_unclip_prev_timestep_parity)
+_add("UnCLIPScheduler", [{}, {"prediction_type": "sample", "clip_sample_range": 2.0}, {"clip_sample": False}])
 
 
 @pytest.fixture(autouse=True)
@@ -250,9 +252,15 @@ def test_config_round_trip(name, tmp_path):
     for k in keys:
         assert ours.config[k] == theirs.config[k] == back.config[k], k
     # and from diffusers' default config of another scheduler (the documented swap)
+    # (diffusers drops the keys of a class outside a scheduler's compatibles: the consistency scheduler keeps 40;
+    # UnCLIP refuses the scaled_linear beta_schedule it is handed, as diffusers' does)
+    try:
+        peer = getattr(diffusers, name).from_config(diffusers.DDIMScheduler(**SD).config)
+    except ValueError:
+        with pytest.raises(ValueError):
+            getattr(fdd, name).from_config(diffusers.DDIMScheduler(**SD).config)
+        return
     swapped = getattr(fdd, name).from_config(diffusers.DDIMScheduler(**SD).config)
-    # (diffusers drops the keys of a class outside a scheduler's compatibles: the consistency scheduler keeps 40)
-    peer = getattr(diffusers, name).from_config(diffusers.DDIMScheduler(**SD).config)
     assert swapped.config.num_train_timesteps == peer.config.num_train_timesteps
 
 
@@ -488,6 +496,51 @@ def test_score_sde_ve_one_fused_step_per_call_no_sync_and_triton(monkeypatch):
 
 
 real_item, real_bool = torch.Tensor.item, torch.Tensor.__bool__
+
+
+@pytest.mark.parametrize("cfg,n", [({}, 8), ({"clip_sample": False, "num_train_timesteps": 500}, 6),
+                                   ({"prediction_type": "sample"}, 5), ({"variance_type": "learned_range"}, 7),
+                                   ({"variance_type": "learned_range", "clip_sample": False}, 25)])
+def test_unclip_prev_timestep_parity(cfg, n):
+    """UnCLIP's skipping run (prev_timestep = the next timestep; None at the last, i.e. t - 1), and with
+    ``learned_range`` a model output of twice the channels (the second half the predicted variance), bounded
+    against diffusers' own code run in float64."""
+    learned = cfg.get("variance_type") == "learned_range"
+
+    def run(sched, dtype):
+        sched.set_timesteps(n)
+        g = torch.Generator().manual_seed(3)
+        x = torch.randn(2, 3, 5, 7, generator=g).to(dtype)
+        ts, steps = sched.timesteps, []
+        for i, t in enumerate(ts):
+            out = fake_model(x, t)
+            if learned:
+                out = torch.cat([out, torch.tanh(x * 0.7)], dim=1)
+            res = sched.step(out, t, x, prev_timestep=ts[i + 1] if i + 1 < len(ts) else None, generator=g)
+            steps.append(res)
+            x = res.prev_sample
+        return steps
+
+    ours, ref = fdd.UnCLIPScheduler(**cfg), diffusers.UnCLIPScheduler(**cfg)
+    a, b = run(ours, torch.float32), run(ref, torch.float32)
+    c = run(float64_scheduler(diffusers, "UnCLIPScheduler", cfg), torch.float64)
+    assert torch.equal(ours.timesteps, ref.timesteps)
+    for i, (p, q, r) in enumerate(zip(a, b, c)):
+        assert_parity(f"UnCLIP step {i} prev_sample", p.prev_sample, q.prev_sample, r.prev_sample, i + 1)
+        assert_parity(f"UnCLIP step {i} x0", p.pred_original_sample, q.pred_original_sample,
+                      r.pred_original_sample, i + 1)
+    # a pair outside both tables (t -> any earlier timestep) and a bad one
+    ours.set_timesteps(n)
+    ref.set_timesteps(n)
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    m = torch.cat([x, x], 1) if learned else x
+    T = ours.config.num_train_timesteps
+    jump = [s.step(m, T * 7 // 10, x, prev_timestep=T // 8, generator=torch.Generator().manual_seed(9))
+            for s in (ours, ref)]
+    torch.testing.assert_close(jump[0].prev_sample, jump[1].prev_sample, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(jump[0].pred_original_sample, jump[1].pred_original_sample, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="prev_timestep"):
+        ours.step(m, 100, x, prev_timestep=100)
 
 
 def test_begin_index_img2img():

@@ -20,11 +20,12 @@ DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 STOCHASTIC = [("DDPMScheduler", {}), ("EulerAncestralDiscreteScheduler", {}),
               ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
               ("FlowMatchEulerDiscreteScheduler", {"stochastic_sampling": True}),
-              ("CMStochasticIterativeScheduler", {})]
+              ("CMStochasticIterativeScheduler", {}), ("UnCLIPScheduler", {})]
 ALL = ["DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
        "HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
        "FlowMatchEulerDiscreteScheduler", "PNDMScheduler",
-       "CMStochasticIterativeScheduler", "FlowMatchHeunDiscreteScheduler"]
+       "CMStochasticIterativeScheduler", "FlowMatchHeunDiscreteScheduler",
+       "UnCLIPScheduler"]
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:

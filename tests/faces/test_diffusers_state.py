@@ -13,7 +13,8 @@ from fastdiff.schedules import DiscreteVPSchedule
 CLASSES = ["DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
            "HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
            "FlowMatchEulerDiscreteScheduler", "PNDMScheduler",
-           "CMStochasticIterativeScheduler", "FlowMatchHeunDiscreteScheduler"]
+           "CMStochasticIterativeScheduler", "FlowMatchHeunDiscreteScheduler",
+           "UnCLIPScheduler"]
 
 
 def _steps(sched, x, n_steps, seed=0):
