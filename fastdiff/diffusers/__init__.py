@@ -25,7 +25,7 @@ from ._compat import HAS_DIFFUSERS
 from ._consistency import CMStochasticIterativeScheduler
 from ._ddim import DDIMScheduler, DDPMScheduler
 from ._euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler
-from ._flow import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
+from ._flow import FlowMapEulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
 from ._multistep import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 from ._pndm import PNDMScheduler
 from ._sde_ve import ScoreSdeVeScheduler
@@ -37,5 +37,5 @@ __all__ = [
     "FlowMatchEulerDiscreteScheduler", "FusedSchedulerBase", "HAS_DIFFUSERS", "ZTSNR_ALPHA_BAR",
     "set_table_arithmetic", "PNDMScheduler", "CMStochasticIterativeScheduler",
     "FlowMatchHeunDiscreteScheduler", "ScoreSdeVeScheduler",
-    "UnCLIPScheduler",
+    "UnCLIPScheduler", "FlowMapEulerDiscreteScheduler",
 ]

@@ -191,6 +191,7 @@ _OUTPUTS = {
     "FlowMatchHeunDiscreteSchedulerOutput": ("scheduling_flow_match_heun_discrete", False),
     "SdeVeOutput": ("scheduling_sde_ve", "prev_sample_mean"),
     "UnCLIPSchedulerOutput": ("scheduling_unclip", True),
+    "FlowMapEulerDiscreteSchedulerOutput": ("scheduling_flow_map_euler_discrete", False),
     "SchedulerOutput": (None, False),
 }
 

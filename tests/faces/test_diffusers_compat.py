@@ -185,6 +185,8 @@ _add("FlowMatchHeunDiscreteScheduler", [{"shift": 3.0}], n=7, extra={"s_churn": 
 _add("FlowMatchHeunDiscreteScheduler", [{}], n=6, extra={"s_churn": 4.0, "s_tmin": 0.3, "s_tmax": 0.8, "s_noise": 1.01})
 # (without prev_timestep each UnCLIP step is t -> t - 1; the skipping runs are test_unclip_prev_timestep_parity)
 _add("UnCLIPScheduler", [{}, {"prediction_type": "sample", "clip_sample_range": 2.0}, {"clip_sample": False}])
+_add("FlowMapEulerDiscreteScheduler", [{}, {"shift": 3.0}, {"num_train_timesteps": 500, "shift": 0.7}])
+_add("FlowMapEulerDiscreteScheduler", [{"shift": 2.0}], n=3)
 
 
 @pytest.fixture(autouse=True)
@@ -541,6 +543,28 @@ def test_unclip_prev_timestep_parity(cfg, n):
     torch.testing.assert_close(jump[0].pred_original_sample, jump[1].pred_original_sample, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="prev_timestep"):
         ours.step(m, 100, x, prev_timestep=100)
+
+
+def test_flow_map_any_step_jumps_match_diffusers():
+    """FlowMapEuler's jumps to a given r_timestep: on the schedule, skipping steps, off the schedule (t / T), one
+    timestep per sample, and the one-shot step; against diffusers' class."""
+    gen = torch.Generator().manual_seed(5)
+    x, m = torch.randn(3, 4, 5, generator=gen), torch.randn(3, 4, 5, generator=gen)
+    ours, ref = fdd.FlowMapEulerDiscreteScheduler(shift=3.0), diffusers.FlowMapEulerDiscreteScheduler(shift=3.0)
+    for s in (ours, ref):
+        s.set_timesteps(6)
+    ts = ref.timesteps
+    for t, r in [(ts[0], ts[1:2]), (ts[1], ts[4]), (ts[2], None), (ts[5], None), (731.3, 402.9),
+                 (torch.tensor([900.0, 650.5, 310.0]), torch.tensor([600.0, 100.0, 0.0])), (ts[0], 0.0),
+                 (ts[3], 299.9)]:
+        a = ours.step(m, t, x, r_timestep=r).prev_sample
+        b = ref.step(m, t, x, r_timestep=r).prev_sample
+        assert a.dtype == b.dtype and ours.step_index == ref.step_index
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="r_timestep"):
+        ours.step(m, 731.3, x)
+    t = torch.tensor([0.0, 500.0, 1000.0])
+    torch.testing.assert_close(ours.scale_noise(x, t, m), ref.scale_noise(x, t, m))
 
 
 def test_begin_index_img2img():

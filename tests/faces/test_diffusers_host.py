@@ -25,7 +25,7 @@ ALL = ["DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestr
        "HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
        "FlowMatchEulerDiscreteScheduler", "PNDMScheduler",
        "CMStochasticIterativeScheduler", "FlowMatchHeunDiscreteScheduler",
-       "UnCLIPScheduler"]
+       "UnCLIPScheduler", "FlowMapEulerDiscreteScheduler"]
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:

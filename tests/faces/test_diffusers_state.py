@@ -14,7 +14,7 @@ CLASSES = ["DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAnc
            "HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
            "FlowMatchEulerDiscreteScheduler", "PNDMScheduler",
            "CMStochasticIterativeScheduler", "FlowMatchHeunDiscreteScheduler",
-           "UnCLIPScheduler"]
+           "UnCLIPScheduler", "FlowMapEulerDiscreteScheduler"]
 
 
 def _steps(sched, x, n_steps, seed=0):
