@@ -500,6 +500,35 @@ def test_score_sde_ve_one_fused_step_per_call_no_sync_and_triton(monkeypatch):
 real_item, real_bool = torch.Tensor.item, torch.Tensor.__bool__
 
 
+def test_score_sde_ve_batched_timesteps_cm_and_unclip_add_noise_match_diffusers():
+    """A step_pred with one timestep per sample (a row per sample: fused_step's coef_index), and add_noise of the
+    consistency, UnCLIP and score-SDE drop-ins, against diffusers."""
+    gen = torch.Generator().manual_seed(8)
+    x, m = torch.randn(3, 2, 5, generator=gen) * 30.0, torch.randn(3, 2, 5, generator=gen)
+    outs = []
+    for mod in (fdd, diffusers):
+        s = mod.ScoreSdeVeScheduler(sigma_max=30.0)
+        s.set_timesteps(9)
+        s.set_sigmas(9)
+        outs.append(s.step_pred(m, torch.tensor([0.2, 0.55, 0.9]), x, generator=torch.Generator().manual_seed(1)))
+    for key in ("prev_sample", "prev_sample_mean"):
+        torch.testing.assert_close(getattr(outs[0], key), getattr(outs[1], key), rtol=1e-6, atol=1e-5)
+    # (4-D: diffusers' score-SDE add_noise broadcasts its sigmas as [:, None, None, None])
+    x0, noise = torch.randn(3, 2, 3, 5, generator=gen), torch.randn(3, 2, 3, 5, generator=gen)
+    for name, n, pick in (("CMStochasticIterativeScheduler", 10, [0, 3, 7]), ("UnCLIPScheduler", 10, [1, 4, 9]),
+                          ("ScoreSdeVeScheduler", 9, None)):
+        ours, ref = getattr(fdd, name)(), getattr(diffusers, name)()
+        for s in (ours, ref):
+            s.set_timesteps(n)
+        t = torch.tensor([0, 4, 8]) if pick is None else ref.timesteps[pick]
+        if pick is None:
+            for s in (ours, ref):
+                s.set_sigmas(n)
+        # (UnCLIP's, as DDPM's, takes fastdiff.add_noise on the float64 schedule: diffusers' float32 cumulative
+        # product is up to ~1e-5 away, the tolerance of test_add_noise_matches_diffusers)
+        torch.testing.assert_close(ours.add_noise(x0, noise, t), ref.add_noise(x0, noise, t), rtol=2e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("cfg,n", [({}, 8), ({"clip_sample": False, "num_train_timesteps": 500}, 6),
                                    ({"prediction_type": "sample"}, 5), ({"variance_type": "learned_range"}, 7),
                                    ({"variance_type": "learned_range", "clip_sample": False}, 25)])
