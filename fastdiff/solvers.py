@@ -26,7 +26,8 @@ import torch
 
 __all__ = [
     "F", "log", "exp", "expm1", "sqrt", "like", "lerp_half", "t_of", "sigma_of",
-    "ve_x0_coefs", "vp_x0_coefs", "churn_gamma", "churn_schedule", "ancestral_split", "euler_coefs",
+    "ve_x0_coefs", "vp_x0_coefs", "consistency_scalings", "consistency_boundary", "consistency_step_coefs",
+    "churn_gamma", "churn_schedule", "ancestral_split", "euler_coefs",
     "lms_coefficients", "exp_lagrange_weights", "dpm_solver_coefs", "unipc_rhos", "SQRT2_MINUS_1",
     "IPNDM_WEIGHTS", "ipndm_v_weights", "deis_weights", "er_sde_default_noise_scaler", "er_sde_stage_integrals",
     "sa_solver_b_coeffs", "dpm_fast_grid",
@@ -145,6 +146,22 @@ def vp_x0_coefs(prediction: str, alpha: Scalar, sigma: Scalar) -> Tuple[Scalar, 
     raise ValueError(f"prediction_type must be one of 'epsilon', 'sample', 'v_prediction', got {prediction!r}")
 
 
+def consistency_scalings(sigma: Scalar, sigma_data: float, sigma_min: float = 0.0) -> Tuple[Scalar, Scalar]:
+    """``(c_skip, c_out)`` of a consistency model, ``x0 = c_skip x + c_out F(x)`` (Song et al. 2023, App. C):
+    ``c_skip = sigma_data**2 / ((sigma - sigma_min)**2 + sigma_data**2)``, ``c_out = (sigma - sigma_min)
+    sigma_data / sqrt(sigma**2 + sigma_data**2)``. With ``sigma_min`` (the boundary ``epsilon``) the estimate is
+    the sample itself at ``sigma = sigma_min``; ``sigma_min = 0`` gives the EDM scalings of Karras et al. (2022).
+
+    Example:
+        >>> consistency_scalings(0.002, 0.5, sigma_min=0.002)
+        (1.0, 0.0)
+    """
+    shifted = sigma - sigma_min
+    c_skip = sigma_data ** 2 / (shifted ** 2 + sigma_data ** 2)
+    c_out = shifted * sigma_data / sqrt(sigma ** 2 + sigma_data ** 2)
+    return c_skip, c_out
+
+
 # ------------------------------------------------------------------------------------------ consistency models
 def consistency_boundary(t: Scalar, timestep_scaling: float = 10.0, sigma_data: float = 0.5) -> Tuple[Scalar, Scalar]:
     """``(c_skip, c_out)`` of the consistency-model parameterisation ``f(x, t) = c_skip x + c_out x0`` at the
@@ -158,10 +175,10 @@ def consistency_boundary(t: Scalar, timestep_scaling: float = 10.0, sigma_data: 
         >>> [round(c, 6) for c in consistency_boundary(0.05)]
         [0.5, 0.707107]
     """
-    s = t * timestep_scaling
-    sd2 = sigma_data * sigma_data
-    denom = s * s + sd2
-    return sd2 / denom, s / denom**0.5
+    # consistency_scalings at sigma = t * timestep_scaling (sigma_min = 0), with c_out in LCM's units: without the
+    # sigma_data factor of the continuous form
+    c_skip, c_out = consistency_scalings(t * timestep_scaling, sigma_data)
+    return c_skip, c_out / sigma_data
 
 
 def consistency_step_coefs(skip_x: Scalar, skip_d: Scalar, renoise: Scalar, noise_std: Scalar) -> dict:

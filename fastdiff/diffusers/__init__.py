@@ -22,15 +22,18 @@ Example:
 """
 from ._base import ZTSNR_ALPHA_BAR, FusedSchedulerBase, set_table_arithmetic
 from ._compat import HAS_DIFFUSERS
+from ._consistency import CMStochasticIterativeScheduler
 from ._ddim import DDIMInverseScheduler, DDIMScheduler, DDPMScheduler
 from ._euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler
-from ._flow import FlowMatchEulerDiscreteScheduler
+from ._flow import FlowMapEulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
 from ._ipndm import IPNDMScheduler
 from ._lcm import LCMScheduler, TCDScheduler
 from ._multistep import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 from ._multistep_more import DEISMultistepScheduler, DPMSolverMultistepInverseScheduler, DPMSolverSinglestepScheduler
 from ._parallel import DDIMParallelScheduler, DDPMParallelScheduler
 from ._pndm import PNDMScheduler
+from ._sde_ve import ScoreSdeVeScheduler
+from ._unclip import UnCLIPScheduler
 
 __all__ = [
     "DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
@@ -39,4 +42,6 @@ __all__ = [
     "set_table_arithmetic", "PNDMScheduler", "LCMScheduler", "TCDScheduler",
     "DDIMInverseScheduler", "DDIMParallelScheduler", "DDPMParallelScheduler", "DEISMultistepScheduler",
     "DPMSolverSinglestepScheduler", "DPMSolverMultistepInverseScheduler", "IPNDMScheduler",
+    "CMStochasticIterativeScheduler", "FlowMatchHeunDiscreteScheduler", "ScoreSdeVeScheduler",
+    "UnCLIPScheduler", "FlowMapEulerDiscreteScheduler",
 ]

@@ -191,6 +191,11 @@ _OUTPUTS = {
     "EulerAncestralDiscreteSchedulerOutput": ("scheduling_euler_ancestral_discrete", "pred_original_sample"),
     "HeunDiscreteSchedulerOutput": ("scheduling_heun_discrete", "pred_original_sample"),
     "FlowMatchEulerDiscreteSchedulerOutput": ("scheduling_flow_match_euler_discrete", None),
+    "CMStochasticIterativeSchedulerOutput": ("scheduling_consistency_models", None),
+    "FlowMatchHeunDiscreteSchedulerOutput": ("scheduling_flow_match_heun_discrete", None),
+    "SdeVeOutput": ("scheduling_sde_ve", "prev_sample_mean"),
+    "UnCLIPSchedulerOutput": ("scheduling_unclip", "pred_original_sample"),
+    "FlowMapEulerDiscreteSchedulerOutput": ("scheduling_flow_map_euler_discrete", None),
     "SchedulerOutput": (None, None),
 }
 

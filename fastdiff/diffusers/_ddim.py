@@ -24,7 +24,7 @@ from ._compat import make_output, register_to_config
 
 _LEARNED = ("learned", "learned_range")
 
-__all__ = ["DDPMScheduler", "DDIMScheduler", "DDIMInverseScheduler", "x0_coefs", "ddim_rows"]
+__all__ = ["DDPMScheduler", "DDIMScheduler", "DDIMInverseScheduler", "x0_coefs", "ddim_rows", "learned_range_std"]
 
 _PREDICTIONS = ("epsilon", "sample", "v_prediction")
 
@@ -75,6 +75,14 @@ def ddim_rows(prediction_type: str, a_t: np.ndarray, a_p: np.ndarray, eta: float
     in_x, in_m = x0_coefs(prediction_type, a_t)
     return rows(in_x=in_x, in_m=in_m, out_x=c_dir * ex, out_m=c_dir * em, out_d=np.sqrt(a_p) + c_dir * ed,
                 out_noise=std)
+
+
+def learned_range_std(predicted_variance: torch.Tensor, min_log: float, max_log: float) -> torch.Tensor:
+    """The per-element noise std of a ``learned_range`` model (Nichol & Dhariwal 2021, eq. 15): the model's
+    ``v`` in [-1, 1] mixes the log variances, ``exp(0.5 ((v + 1) / 2 max_log + (1 - v) / 2 min_log))``, with
+    ``max_log = log(beta_t)`` and ``min_log`` the log posterior variance."""
+    frac = (predicted_variance + 1) / 2
+    return torch.exp(0.5 * (frac * max_log + (1 - frac) * min_log))
 
 
 class _DiscreteVPBase(DiscreteBetaMixin, FusedSchedulerBase):
@@ -276,8 +284,7 @@ class DDPMScheduler(_DiscreteVPBase):
             return noise * predicted_variance**0.5
         self._table("rows", model_output.device)  # builds the log-variance range with the rows
         min_log, max_log = (float(v[i]) for v in self._log_var_range)
-        frac = (predicted_variance + 1) / 2
-        return noise * torch.exp(0.5 * (frac * max_log + (1 - frac) * min_log))
+        return noise * learned_range_std(predicted_variance, min_log, max_log)
 
     def _build_table(self, key) -> torch.Tensor:
         t = np.asarray(self._ts, dtype=np.int64)

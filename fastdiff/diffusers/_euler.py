@@ -23,7 +23,8 @@ from ._compat import make_output, register_to_config
 
 _INT_DTYPES = (torch.int32, torch.int64)
 
-__all__ = ["EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler", "sigma_x0_coefs"]
+__all__ = ["EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler", "HeunStages",
+           "sigma_x0_coefs"]
 
 
 def sigma_x0_coefs(prediction_type: str, sigma: np.ndarray, sigma_hat: Optional[np.ndarray] = None):
@@ -331,7 +332,67 @@ class EulerAncestralDiscreteScheduler(_SigmaBase):
         return make_output("EulerAncestralDiscreteSchedulerOutput", prev, x0)
 
 
-class HeunDiscreteScheduler(_SigmaBase):
+class HeunStages:
+    """Heun's predictor/corrector pair (Karras et al. 2022, Algorithm 1/2) as two fused passes on a VE-form
+    sigma schedule whose every sigma after the first is repeated (diffusers' layout), shared by the Heun drop-ins.
+
+    The predictor at index ``i`` is an Euler step from ``sigma_i`` (churned to ``sigma_hat_i``) to ``sigma_{i+1}``;
+    the corrector at index ``i + 1`` reads the predictor's input ``x`` and x0 estimate (a history tensor) and
+    the sample it is called with (``x_eval``):
+    ``x + dt/2 ((x - x0_1) / sigma_hat + (x_eval - x0_2) / sigma_next)``, ``dt = sigma_next - sigma_hat``.
+    A class provides ``self._sig`` (float64 sigmas, final 0 included) and a ``_build_table`` that calls
+    :meth:`_heun_rows` with its x0 conversion.
+    """
+
+    _prev = None  # (x0 of the predictor, the predictor's input sample) between the two calls
+
+    @property
+    def state_in_first_order(self) -> bool:
+        """True when the next ``step`` is a predictor (Euler) call."""
+        return self._prev is None
+
+    def _heun_rows(self, key, x0_coefs) -> torch.Tensor:
+        """The rows of stage ``key[0]`` ("first" / "second") with churn ``key[1:]`` = (s_churn, s_tmin, s_tmax);
+        ``x0_coefs(sigma, sigma_hat) -> (in_x, in_m)`` converts the model output at level ``sigma``."""
+        stage, s_churn, s_tmin, s_tmax = key
+        s = self._sig
+        sigma, nxt = s[:-1], s[1:]
+        sigma_hat = sigma * (churn_gamma(sigma, s_churn, len(s) - 1, s_tmin, s_tmax) + 1.0)
+        if stage == "first":
+            in_x, in_m = x0_coefs(sigma, sigma_hat)
+            ratio = (nxt - sigma_hat) / sigma_hat
+            return rows(in_x=in_x, in_m=in_m, out_x=1.0 + ratio, out_d=-ratio)
+        # the corrector at index i follows the predictor at i - 1: from sigma_hat[i - 1] to s[i]
+        sh = np.concatenate([[np.nan], sigma_hat[:-1]])
+        nxt = s[:-1]
+        dt = nxt - sh
+        with np.errstate(divide="ignore", invalid="ignore"):
+            in_x, in_m = x0_coefs(nxt, nxt)
+            a, b = dt / (2 * sh), dt / (2 * nxt)
+        z = lambda v: np.where(np.isfinite(v), v, 0.0)  # noqa: E731 - row 0 / a zero sigma is never a corrector
+        return rows(in_x=z(in_x), in_m=z(in_m), out_x=z(1.0 + a), out_h=[z(-a)], out_e=z(b), out_d=z(-b))
+
+    def _heun_launch(self, model_output: torch.Tensor, sample: torch.Tensor, i: int, first_key, second_key,
+                     dtype: torch.dtype, clip: Optional[float] = None, x_first: Optional[torch.Tensor] = None,
+                     aux_dtype: Optional[torch.dtype] = None):
+        """The predictor (from ``x_first``, default ``sample``: a churned sample) or the corrector call at
+        index ``i``: one fused pass each; returns ``(prev, x0)`` (x0 in ``aux_dtype``, default ``dtype``)."""
+        aux_dtype = dtype if aux_dtype is None else aux_dtype
+        if self._prev is None:
+            x = sample if x_first is None else x_first
+            table = self._table(first_key, sample.device)
+            prev, x0 = self._launch(x, model_output, table, i, out_dtype=dtype, aux_dtype=aux_dtype, clip=clip)
+            self._prev = (x0, x)
+        else:
+            x0_first, x_prev = self._prev
+            table = self._table(second_key, sample.device)
+            prev, x0 = self._launch(x_prev, model_output, table, i, out_dtype=dtype, aux_dtype=aux_dtype, clip=clip,
+                                    x_eval=sample, history=(x0_first,))
+            self._prev = None
+        return prev, x0
+
+
+class HeunDiscreteScheduler(HeunStages, _SigmaBase):
     """Heun's 2nd-order method on the probability-flow ODE, Karras et al. (2022) Algorithm 1.
 
     Same config keys, defaults and numbers as ``diffusers.HeunDiscreteScheduler``:
@@ -395,47 +456,17 @@ class HeunDiscreteScheduler(_SigmaBase):
         self._start_run()
         self._prev = None  # (x0 of the predictor, the predictor's input sample, sigma) between the two calls
 
-    @property
-    def state_in_first_order(self) -> bool:
-        """True when the next ``step`` is a predictor (Euler) call."""
-        return self._prev is None
-
     def _build_table(self, key) -> torch.Tensor:
         pt = self.config.prediction_type
-        s = self._sig
-        if key == "first":
-            sigma, nxt = s[:-1], s[1:]
-            in_x, in_m = sigma_x0_coefs(pt, sigma)
-            ratio = (nxt - sigma) / sigma
-            return rows(in_x=in_x, in_m=in_m, out_x=1.0 + ratio, out_d=-ratio)
-        # corrector at index i: sigma = s[i-1], next = s[i]; x = the predictor's input, x_eval = the sample,
-        # history h0 = the predictor's x0:
-        #   x + dt/2 * ((x - h0)/sigma + (x_eval - d)/next)
-        sigma = np.concatenate([[np.nan], s[:-2]])
-        nxt = s[:-1]
-        dt = nxt - sigma
-        with np.errstate(divide="ignore", invalid="ignore"):
-            in_x, in_m = sigma_x0_coefs(pt, nxt)
-            a, b = dt / (2 * sigma), dt / (2 * nxt)
-        z = lambda v: np.where(np.isfinite(v), v, 0.0)  # noqa: E731 - row 0 / a zero sigma is never a corrector
-        return rows(in_x=z(in_x), in_m=z(in_m), out_x=z(1.0 + a), out_h=[z(-a)], out_e=z(b), out_d=z(-b))
+        return self._heun_rows(key, lambda sigma, sigma_hat: sigma_x0_coefs(pt, sigma, sigma_hat))
 
     def step(self, model_output: torch.Tensor, timestep: Union[float, torch.Tensor], sample: torch.Tensor,
              return_dict: bool = True):
         """One predictor or corrector call (a single fused pass; no host-device sync)."""
         i = self._current_index(timestep)
         clip = float(self.config.clip_sample_range) if self.config.clip_sample else None
-        dtype = result_dtype(sample, model_output)
-        if self._prev is None:
-            table = self._table("first", sample.device)
-            prev, x0 = self._launch(sample, model_output, table, i, out_dtype=dtype, aux_dtype=dtype, clip=clip)
-            self._prev = (x0, sample)
-        else:
-            x0_first, x_first = self._prev
-            table = self._table("second", sample.device)
-            prev, x0 = self._launch(x_first, model_output, table, i, out_dtype=dtype, aux_dtype=dtype, clip=clip,
-                                    x_eval=sample, history=(x0_first,))
-            self._prev = None
+        prev, x0 = self._heun_launch(model_output, sample, i, ("first", 0.0, 0.0, 0.0), ("second", 0.0, 0.0, 0.0),
+                                     result_dtype(sample, model_output), clip=clip)
         self._step_index = i + 1
         if not return_dict:
             return (prev, x0)

@@ -2,17 +2,21 @@
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Union
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
 from ..random import philox_normal
 from ..schedules import FlowMatchingSchedule
-from ._base import DiscreteBetaMixin, FusedSchedulerBase, check_one_of, check_steps, rows
+from ..ops.step import fused_step
+from ..solvers import churn_gamma
+from . import _base
+from ._base import DiscreteBetaMixin, FusedSchedulerBase, _element_position, check_one_of, check_steps, rows
 from ._compat import make_output, register_to_config
+from ._euler import HeunStages
 
-__all__ = ["FlowMatchEulerDiscreteScheduler"]
+__all__ = ["FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler", "FlowMapEulerDiscreteScheduler"]
 
 
 
@@ -248,3 +252,285 @@ class FlowMatchEulerDiscreteScheduler(DiscreteBetaMixin, FusedSchedulerBase):
         if not return_dict:
             return (prev,)
         return make_output("FlowMatchEulerDiscreteSchedulerOutput", prev)
+
+
+class FlowMatchHeunDiscreteScheduler(HeunStages, FusedSchedulerBase):
+    """Heun's 2nd-order method on a rectified-flow ODE (Karras et al. 2022 Algorithm 2 on flow sigmas).
+
+    Same config keys, defaults and numbers as ``diffusers.FlowMatchHeunDiscreteScheduler``: the flow sigmas of
+    :class:`FlowMatchEulerDiscreteScheduler` (static ``shift``), every timestep after the first repeated, and
+    ``step`` alternating a predictor and a corrector call, each one fused pass (:class:`HeunStages`; the flow
+    velocity ``v`` converts as ``x0 = x - sigma v``). With ``s_churn > 0`` the predictor's churn noise is added
+    to the sample first (one more elementwise pass); a corrector inside the churn range draws its noise as
+    diffusers does (its effect there is only rounding) so a generator advances alike.
+
+    Example:
+        >>> s = FlowMatchHeunDiscreteScheduler(shift=3.0)
+        >>> s.set_timesteps(4)
+        >>> x = torch.randn(1, 16, 8, 8)
+        >>> for t in s.timesteps:
+        ...     x = s.step(torch.zeros_like(x), t, x).prev_sample
+    """
+
+    order = 2
+    _output_name = "FlowMatchHeunDiscreteSchedulerOutput"
+    _compatibles: list = []
+
+    @register_to_config
+    def __init__(self, num_train_timesteps: int = 1000, shift: float = 1.0):
+        check_steps(num_train_timesteps, num_train_timesteps, cap=False)
+        sig = FlowMatchingSchedule(num_train_timesteps, shift=shift).train_sigmas.to(torch.float32)
+        self.sigmas = sig
+        self.sigma_min = float(sig[-1])
+        self.sigma_max = float(sig[0])
+        self.num_inference_steps = None
+        self._reset_run()
+        self._set_run(sig.to(torch.float64).numpy(), sig * num_train_timesteps)
+
+    def _set_run(self, sig64: np.ndarray, timesteps: torch.Tensor) -> None:
+        FlowMatchEulerDiscreteScheduler._set_run(self, sig64, timesteps)
+        self._sig_host = sig64.tolist()  # Python floats: cheap per-step scalar reads
+        self._prev = None
+
+    def _sigma_to_t(self, sigma):
+        return sigma * self.config.num_train_timesteps
+
+    def set_timesteps(self, num_inference_steps: int, device=None) -> None:
+        """Shifted flow sigmas from ``sigma_max`` to ``sigma_min``, then 0; each after the first repeated."""
+        cfg = self.config
+        T = cfg.num_train_timesteps
+        check_steps(num_inference_steps, T, cap=False)
+        self.num_inference_steps = num_inference_steps
+        ts = np.linspace(self._sigma_to_t(self.sigma_max), self._sigma_to_t(self.sigma_min), num_inference_steps)
+        sig32 = torch.from_numpy(static_shift(cfg.shift, ts / T)).to(dtype=torch.float32, device=device)
+        timesteps = sig32 * T
+        timesteps = torch.cat([timesteps[:1], timesteps[1:].repeat_interleave(2)])
+        sig32 = torch.cat([sig32, torch.zeros(1, device=sig32.device)])
+        self.sigmas = torch.cat([sig32[:1], sig32[1:-1].repeat_interleave(2), sig32[-1:]]).to("cpu")
+        self._set_run(self.sigmas.to(torch.float64).numpy(), timesteps)
+        self._start_run()
+
+    def scale_noise(self, sample: torch.Tensor, timestep, noise: torch.Tensor) -> torch.Tensor:
+        """Forward process ``sigma * noise + (1 - sigma) * sample`` at the current step's sigma (one fused pass)."""
+        if self._step_index is None:
+            self._init_step_index(timestep)
+        s = self._sig
+        return self._encode(sample, noise, 1.0 - s, s, [self._step_index])
+
+    def _build_table(self, key) -> torch.Tensor:
+        return self._heun_rows(key, lambda sigma, sigma_hat: (np.ones_like(sigma), -sigma))  # x0 = x - sigma v
+
+    def step(self, model_output: torch.Tensor, timestep: Union[float, torch.Tensor], sample: torch.Tensor,
+             s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
+             generator: Optional[torch.Generator] = None, return_dict: bool = True):
+        """One predictor or corrector call (a single fused pass; no host-device sync)."""
+        if isinstance(timestep, int) or (isinstance(timestep, torch.Tensor) and timestep.dtype in (torch.int32,
+                                                                                                  torch.int64)):
+            raise ValueError("Passing integer indices (e.g. from `enumerate(timesteps)`) as timesteps to "
+                             "`FlowMatchHeunDiscreteScheduler.step()` is not supported. Make sure to pass one of "
+                             "the `scheduler.timesteps` as a timestep.")
+        i = self._current_index(timestep)
+        churn = (float(s_churn), float(s_tmin), float(s_tmax))
+        sig = self._sig_host
+        first = self._prev is None
+        sigma = sig[i] if first else sig[i - 1]
+        gamma = churn_gamma(sigma, churn[0], len(sig) - 1, churn[1], churn[2]) if churn[0] != 0.0 else 0.0
+        x_first = None
+        if gamma > 0:
+            kw = self._noise_kwargs(model_output.shape, model_output.device, model_output.dtype, generator, i)
+            if first:  # the corrector's draw only keeps a generator in step with diffusers'
+                noise = kw.get("noise")
+                if noise is None:
+                    noise = philox_normal(sample.shape, kw["seed"], kw["stream"], device=sample.device)
+                amp = s_noise * math.sqrt((sigma * (gamma + 1)) ** 2 - sigma**2)
+                x_first = sample.to(torch.float32) + noise * amp
+        # diffusers steps in float32 and returns the model output's dtype; the x0 kept for the corrector is float32
+        prev, _ = self._heun_launch(model_output, sample, i, ("first", *churn), ("second", *churn),
+                                    model_output.dtype, x_first=x_first,
+                                    aux_dtype=torch.promote_types(torch.float32, model_output.dtype))
+        self._step_index = i + 1
+        if not return_dict:
+            return (prev,)
+        return make_output("FlowMatchHeunDiscreteSchedulerOutput", prev)
+
+
+class FlowMapEulerDiscreteScheduler(FusedSchedulerBase):
+    """Any-step sampling with a flow-map model (one that predicts the average velocity between two times):
+    ``x_r = x_t - (sigma_t - sigma_r) u(x_t, t, r)``, Euler's step of the rectified flow with a jump of any size.
+
+    Same config keys, defaults, float64 ``sigmas`` / ``timesteps`` and numbers as
+    ``diffusers.FlowMapEulerDiscreteScheduler``: ``step`` goes from ``timestep`` to ``r_timestep`` (default:
+    the next timestep of the schedule); a timestep within 1e-3 of a scheduled one takes that one's sigma, any
+    other ``t / num_train_timesteps``. Each ``step`` is one fused pass (an off-schedule pair gets a one-row table
+    on first use).
+
+    Example:
+        >>> s = FlowMapEulerDiscreteScheduler(shift=3.0)
+        >>> s.set_timesteps(2)
+        >>> x = torch.randn(1, 16, 8, 8)
+        >>> for t in s.timesteps:
+        ...     x = s.step(torch.zeros_like(x), t, x).prev_sample
+    """
+
+    order = 1
+    _output_name = "FlowMapEulerDiscreteSchedulerOutput"
+    _compatibles: list = []
+
+    @register_to_config
+    def __init__(self, num_train_timesteps: int = 1000, shift: float = 1.0):
+        self._reset_run()
+        self.sigmas = None
+        self.set_timesteps(num_train_timesteps, device="cpu")
+
+    def scale_model_input(self, sample: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """Identity (the flow-map model sees the sample unscaled)."""
+        return sample
+
+    def scale_noise(self, sample: torch.Tensor, timestep: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Forward process ``s * noise + (1 - s) * sample`` with ``s = timestep / num_train_timesteps`` (one
+        ``s`` per sample for a batch of timesteps)."""
+        if not isinstance(timestep, torch.Tensor):
+            raise TypeError(f"timestep must be a tensor, got {type(timestep).__name__}")
+        s = timestep.to(device=sample.device, dtype=sample.dtype) / self.config.num_train_timesteps
+        s = s.view(*s.shape, *([1] * (noise.ndim - s.ndim)))
+        return s * noise + (1.0 - s) * sample
+
+    def apply_shift(self, sigmas: torch.Tensor) -> torch.Tensor:
+        """The static resolution shift ``shift s / (1 + (shift - 1) s)`` (identity at ``shift = 1``)."""
+        if self.config.shift == 1.0:
+            return sigmas
+        return static_shift(self.config.shift, sigmas)
+
+    def set_timesteps(self, num_inference_steps: Optional[int] = None, device=None,
+                      sigmas: Optional[List[float]] = None, timesteps: Optional[List[float]] = None) -> None:
+        """Shifted sigmas from 1 (or the given ``sigmas`` / ``timesteps / num_train_timesteps``), then 0;
+        ``timesteps = sigmas * num_train_timesteps`` (float64, float32 on MPS / NPU as diffusers)."""
+        T = self.config.num_train_timesteps
+        if sigmas is not None and timesteps is not None and len(sigmas) != len(timesteps):
+            raise ValueError("`sigmas` and `timesteps` should have the same length")
+        if num_inference_steps is not None:
+            if (sigmas is not None and len(sigmas) != num_inference_steps) or (
+                    timesteps is not None and len(timesteps) != num_inference_steps):
+                raise ValueError("`sigmas` and `timesteps` should have the same length as `num_inference_steps` "
+                                 "when both are provided")
+            check_steps(num_inference_steps, T, cap=False)
+        elif sigmas is not None:
+            num_inference_steps = len(sigmas)
+        elif timesteps is not None:
+            num_inference_steps = len(timesteps)
+        else:
+            raise ValueError("`num_inference_steps` must be provided when both `sigmas` and `timesteps` are `None`")
+        dev = torch.device(device) if device is not None and not isinstance(device, torch.device) else device
+        out_dtype = torch.float32 if dev is not None and dev.type in ("mps", "npu") else torch.float64
+        if sigmas is not None:
+            work = torch.tensor(sigmas, dtype=torch.float64)
+        elif timesteps is not None:
+            work = torch.tensor(timesteps, dtype=torch.float64) / T
+        else:
+            work = torch.linspace(1.0, 0.0, num_inference_steps + 1, dtype=torch.float64)[:-1]
+        full = torch.cat([self.apply_shift(work), work.new_zeros(1)])
+        self.num_inference_steps = num_inference_steps
+        self.sigmas = full.to(device=device, dtype=out_dtype)
+        self.timesteps = (self.sigmas[:-1] * T).to(device=device, dtype=out_dtype)
+        self._sig = self.sigmas.detach().cpu().to(torch.float64).numpy()
+        # the lookup compares in float32, as diffusers' (timesteps.float() - t).abs()
+        self._ts32 = self._timesteps_host.astype(np.float32)
+        self._tables.clear()
+        self._host_tables.clear()
+        self._step_index = None
+        self._begin_index = None
+        self._start_run()
+
+    def _timestep_values(self, timestep) -> np.ndarray:
+        """The timestep's value(s) on the host: an element of ``timesteps`` from the host copy, numbers and CPU
+        tensors directly, another device tensor read back (one sync)."""
+        if isinstance(timestep, torch.Tensor):
+            pos = _element_position(timestep, self._timesteps)
+            if pos is not None:
+                return self._timesteps_host[pos:pos + 1]
+            if timestep.numel() == 1:
+                values = np.asarray([_base._read_timestep(timestep)])  # (looked up at call time: instrumentable)
+            else:
+                values = timestep.detach().reshape(-1).cpu().to(torch.float64).numpy()
+        elif isinstance(timestep, (int, float, np.integer, np.floating)) and not isinstance(timestep, bool):
+            values = np.asarray([float(timestep)])
+        else:
+            raise TypeError(f"timestep must be a number or a tensor, got {type(timestep).__name__}")
+        if values.size == 0 or not np.all(np.isfinite(values)):
+            raise ValueError(f"timestep must hold finite numbers, got {timestep}")
+        return values
+
+    def _nearest(self, value: float) -> Optional[int]:
+        diffs = np.abs(self._ts32 - np.float32(value))
+        idx = int(diffs.argmin())
+        return None if diffs[idx] > 1e-3 else idx
+
+    def index_for_timestep(self, timestep, schedule_timesteps=None) -> Optional[int]:
+        """The scheduled timestep nearest ``timestep`` (its first value), or None when none is within 1e-3."""
+        if self._timesteps is None:
+            return None
+        return self._nearest(float(self._timestep_values(timestep)[0]))
+
+    def _init_step_index(self, timestep) -> None:
+        if self._begin_index is not None:
+            self._step_index = self._begin_index
+            return
+        idx = self.index_for_timestep(timestep)
+        self._step_index = idx if idx is not None else 0
+
+    def _sigma_at(self, timestep) -> Tuple[Optional[int], np.ndarray]:
+        values = self._timestep_values(timestep)
+        idx = self._nearest(float(values[0]))
+        if idx is not None:
+            return idx, self._sig[idx:idx + 1]
+        # off the schedule: t / num_train_timesteps, in the sigmas' dtype
+        return None, values.astype(self._sig_dtype()) / self.config.num_train_timesteps
+
+    def _sig_dtype(self):
+        return np.float32 if self.sigmas.dtype == torch.float32 else np.float64
+
+    def _build_table(self, key) -> torch.Tensor:
+        if key == "rows":  # scheduled steps: sigma_i -> sigma_{i+1}
+            s = self._sig
+            return rows(in_x=1.0, in_m=0.0, out_x=1.0, out_m=s[1:] - s[:-1])
+        return rows(in_x=1.0, in_m=0.0, out_x=1.0, out_m=np.asarray(key[2]) - np.asarray(key[1]))  # sigma_r - sigma_t
+
+    def step(self, model_output: torch.Tensor, timestep: Union[float, torch.Tensor], sample: torch.Tensor,
+             r_timestep: Optional[Union[float, torch.Tensor]] = None, return_dict: bool = True):
+        """One jump ``timestep -> r_timestep`` (a single fused pass; no host-device sync for timesteps taken
+        from ``self.timesteps`` or given as numbers)."""
+        if self.sigmas is None or self._timesteps is None:
+            raise ValueError("`set_timesteps` has not been called.")
+        if self._step_index is None:
+            self._init_step_index(timestep)
+        t_idx, sigma_t = self._sigma_at(timestep)
+        if r_timestep is None:
+            if t_idx is None:
+                raise ValueError("`r_timestep` is None but `timestep` is not on the current schedule, so `r` cannot "
+                                 "be inferred. Please pass an explicit `r_timestep` for any-step sampling outside "
+                                 "the schedule.")
+            r_idx, sigma_r = t_idx + 1, self._sig[t_idx + 1:t_idx + 2]
+        else:
+            r_idx, sigma_r = self._sigma_at(r_timestep)
+        batch = sample.shape[0]
+        if t_idx is not None and r_idx == t_idx + 1:
+            table, row, index = self._table("rows", sample.device), t_idx, None
+        else:
+            if max(sigma_t.size, sigma_r.size) not in (1, batch):
+                raise ValueError(f"timestep and r_timestep must hold 1 or {batch} values (one per sample)")
+            key = ("pair", tuple(sigma_t.tolist()), tuple(sigma_r.tolist()))
+            if sigma_t.size != sigma_r.size:
+                size = max(sigma_t.size, sigma_r.size)
+                key = ("pair", tuple(np.broadcast_to(sigma_t, size).tolist()),
+                       tuple(np.broadcast_to(sigma_r, size).tolist()))
+            table, row = self._table(key, sample.device), 0
+            index = None if len(key[1]) == 1 else torch.arange(batch, device=sample.device)
+        if index is None:
+            prev, _ = self._launch(sample, model_output, table, row, out_dtype=model_output.dtype)
+        else:
+            out = torch.empty(sample.shape, dtype=model_output.dtype, device=sample.device)
+            prev = fused_step(sample, model_output, table, coef_index=index, out=out, backend=self.backend)
+        self._step_index += 1
+        if not return_dict:
+            return (prev,)
+        return make_output("FlowMapEulerDiscreteSchedulerOutput", prev)

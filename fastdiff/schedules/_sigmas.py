@@ -8,7 +8,22 @@ import torch
 from ..ops._common import check_int
 from ._checks import DeviceLike, _check_float, _check_positive, _check_sigma_range, _finish, _linspace
 
-__all__ = ["karras_sigmas", "exponential_sigmas", "polyexponential_sigmas", "vp_sigmas"]
+__all__ = ["karras_ramp", "karras_sigmas", "exponential_sigmas", "polyexponential_sigmas", "vp_sigmas"]
+
+
+def karras_ramp(ramp, sigma_min: float, sigma_max: float, rho: float = 7.0):
+    """Karras et al. (2022) eq. (5) at the points ``ramp`` of [0, 1] (0: ``sigma_max``, 1: ``sigma_min``):
+    ``(sigma_max**(1/rho) + ramp (sigma_min**(1/rho) - sigma_max**(1/rho)))**rho``, in the ramp's own arithmetic
+    (a float64 tensor or numpy array; the consistency-model drop-in evaluates it at its timestep ramp).
+
+    Example:
+        >>> import numpy as np
+        >>> [round(float(v), 6) for v in karras_ramp(np.array([0.0, 1.0]), 0.002, 80.0)]
+        [80.0, 0.002]
+    """
+    min_inv_rho = sigma_min ** (1.0 / rho)
+    max_inv_rho = sigma_max ** (1.0 / rho)
+    return (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
 
 
 def karras_sigmas(
@@ -27,10 +42,7 @@ def karras_sigmas(
     n = check_int("n", n, minimum=1)
     smin, smax = _check_sigma_range(sigma_min, sigma_max)
     rho = _check_positive("rho", rho)
-    ramp = _linspace(0.0, 1.0, n)
-    min_inv_rho = smin ** (1.0 / rho)
-    max_inv_rho = smax ** (1.0 / rho)
-    sigmas = (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
+    sigmas = karras_ramp(_linspace(0.0, 1.0, n), smin, smax, rho)
     return _finish(torch.cat([sigmas, sigmas.new_zeros(1)]), device)
 
 

@@ -32,6 +32,8 @@ from peer_float64 import assert_parity, float64_pipeline, float64_scheduler  # n
 
 #: every drop-in scheduler class
 SCHEDULERS = [n for n in fdd.__all__ if n.endswith("Scheduler") and n != "FusedSchedulerBase"]
+#: those with diffusers' ``step`` (ScoreSdeVeScheduler has step_pred / step_correct, tested on their own below)
+STEPPED = [n for n in SCHEDULERS if hasattr(getattr(fdd, n), "step")]
 SD = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
 ZSNR_V = {**SD, "rescale_betas_zero_snr": True, "prediction_type": "v_prediction", "timestep_spacing": "trailing"}
 
@@ -184,6 +186,18 @@ _add("PNDMScheduler", [{}, {"skip_prk_steps": True}, {**SD, "skip_prk_steps": Tr
                        {"skip_prk_steps": True, "timestep_spacing": "trailing", "prediction_type": "v_prediction"},
                        {"beta_schedule": "squaredcos_cap_v2", "timestep_spacing": "linspace"}])
 
+_add("CMStochasticIterativeScheduler", [{}, {"num_train_timesteps": 201}, {"clip_denoised": False, "s_noise": 1.007},
+                                        {"sigma_data": 0.3, "rho": 5.0, "sigma_max": 40.0}])
+_add("CMStochasticIterativeScheduler", [{}], n=1)
+# diffusers has no tests of its own for FlowMatchHeunDiscreteScheduler: these cases are its parity check
+_add("FlowMatchHeunDiscreteScheduler", [{}, {"shift": 3.0}, {"num_train_timesteps": 500, "shift": 2.0}])
+_add("FlowMatchHeunDiscreteScheduler", [{"shift": 3.0}], n=7, extra={"s_churn": 2.0})
+_add("FlowMatchHeunDiscreteScheduler", [{}], n=6, extra={"s_churn": 4.0, "s_tmin": 0.3, "s_tmax": 0.8, "s_noise": 1.01})
+# (without prev_timestep each UnCLIP step is t -> t - 1; the skipping runs are test_unclip_prev_timestep_parity)
+_add("UnCLIPScheduler", [{}, {"prediction_type": "sample", "clip_sample_range": 2.0}, {"clip_sample": False}])
+_add("FlowMapEulerDiscreteScheduler", [{}, {"shift": 3.0}, {"num_train_timesteps": 500, "shift": 0.7}])
+_add("FlowMapEulerDiscreteScheduler", [{"shift": 2.0}], n=3)
+
 
 # consistency-model samplers: re-noising between steps (generator draws), boundary scalings, origin grids
 _add("LCMScheduler", [{}, {"prediction_type": "v_prediction"}, {"timestep_scaling": 5.0, "original_inference_steps": 20},
@@ -315,7 +329,7 @@ def test_parity_with_diffusers(name, cfg, n, extra):
 @pytest.mark.parametrize("name", SCHEDULERS)
 def test_config_round_trip(name, tmp_path):
     cfg = {"num_train_timesteps": 500}
-    if name not in ("FlowMatchEulerDiscreteScheduler", "IPNDMScheduler"):  # those two have no beta schedule
+    if "beta_start" in inspect.signature(getattr(fdd, name).__init__).parameters:  # a beta-schedule class
         cfg.update(SD)
     ours = getattr(fdd, name)(**cfg)
     ours.save_pretrained(tmp_path)
@@ -329,8 +343,16 @@ def test_config_round_trip(name, tmp_path):
     for k in keys:
         assert ours.config[k] == theirs.config[k] == back.config[k], k
     # and from diffusers' default config of another scheduler (the documented swap)
+    # (diffusers drops the keys of a class outside a scheduler's compatibles: the consistency scheduler keeps 40;
+    # UnCLIP refuses the scaled_linear beta_schedule it is handed, as diffusers' does)
+    try:
+        peer = getattr(diffusers, name).from_config(diffusers.DDIMScheduler(**SD).config)
+    except ValueError:
+        with pytest.raises(ValueError):
+            getattr(fdd, name).from_config(diffusers.DDIMScheduler(**SD).config)
+        return
     swapped = getattr(fdd, name).from_config(diffusers.DDIMScheduler(**SD).config)
-    assert swapped.config.num_train_timesteps == 1000
+    assert swapped.config.num_train_timesteps == peer.config.num_train_timesteps
 
 
 @pytest.mark.parametrize("name", SCHEDULERS)
@@ -350,7 +372,7 @@ def test_compatibles_as_diffusers_lists_them(name):
         assert other.from_config(ours().config) is not None
 
 
-@pytest.mark.parametrize("name", SCHEDULERS)
+@pytest.mark.parametrize("name", STEPPED)
 def test_one_fused_step_per_call_and_no_sync(name, monkeypatch):
     calls = []
     real = _base.fused_step
@@ -400,7 +422,8 @@ def test_zero_terminal_snr_epsilon_is_finite(name):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("name", ["DDIMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler",
-                                  "UniPCMultistepScheduler", "FlowMatchEulerDiscreteScheduler", "HeunDiscreteScheduler"])
+                                  "UniPCMultistepScheduler", "FlowMatchEulerDiscreteScheduler", "HeunDiscreteScheduler",
+                                  "FlowMatchHeunDiscreteScheduler"])
 def test_half_precision_kept(name, dtype):
     ref_ts = getattr(fdd, name)()
     ref_ts.set_timesteps(8)
@@ -411,7 +434,7 @@ def test_half_precision_kept(name, dtype):
     torch.testing.assert_close(lo.float(), hi, rtol=0, atol=tol * max(1.0, hi.abs().max().item()))
 
 
-@pytest.mark.parametrize("name", SCHEDULERS)
+@pytest.mark.parametrize("name", STEPPED)
 def test_triton_backend_matches_torch(name):
     """Three steps through the Triton kernel (interpreter on CPU) against the PyTorch path."""
     res = []
@@ -467,6 +490,218 @@ def test_add_noise_matches_diffusers():
     ref.set_timesteps(10)
     t = ref.timesteps[[1, 4, 9]]
     torch.testing.assert_close(ours.scale_noise(x0, t, noise), ref.scale_noise(x0, t, noise), rtol=1e-5, atol=1e-6)
+
+
+def test_flow_match_heun_scale_noise_and_stage_state_match_diffusers():
+    """diffusers has no test file for FlowMatchHeunDiscreteScheduler: its scale_noise (at the step index it sets
+    from the timestep, the second of a repeated pair) and the predictor/corrector state, against diffusers'."""
+    gen = torch.Generator().manual_seed(4)
+    x0, noise = torch.randn(3, 2, 5, generator=gen), torch.randn(3, 2, 5, generator=gen)
+    ours, ref = fdd.FlowMatchHeunDiscreteScheduler(shift=3.0), diffusers.FlowMatchHeunDiscreteScheduler(shift=3.0)
+    for s in (ours, ref):
+        s.set_timesteps(5)
+    t = ref.timesteps[3]
+    torch.testing.assert_close(ours.scale_noise(x0, t, noise), ref.scale_noise(x0, t, noise), rtol=1e-6, atol=1e-6)
+    assert ours.step_index == ref.step_index == 4
+    states = []
+    for s in (ours, ref):
+        s.set_timesteps(5)
+        x, seen = x0.clone(), []
+        for t in s.timesteps[:4]:
+            seen.append(s.state_in_first_order)
+            x = s.step(fake_model(x, t), t, x).prev_sample
+        states.append((seen, s.state_in_first_order, x))
+    assert states[0][:2] == states[1][:2] == ([True, False, True, False], True)
+    torch.testing.assert_close(states[0][2], states[1][2], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="integer indices"):
+        ours.step(x0, 3, x0)
+
+
+def _sde_ve_score(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """A score-like fake model: ``-(x - 0.3 sin x) / (sigma**2 + 1)`` (float32 math, float64 for float64 input)."""
+    wide = x if x.dtype == torch.float64 else x.float()
+    return (-(wide - 0.3 * torch.sin(wide / 7.0)) / (sigma**2 + 1.0)).to(x.dtype)
+
+
+def _sde_ve_run(sched, n, sigmas, dtype=torch.float32, seed=0, shape=(3, 2, 5, 7)):
+    """Predictor-corrector sampling as diffusers' score-SDE pipeline runs it; each step's outputs."""
+    sched.set_timesteps(n)
+    sched.set_sigmas(n)
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=g) * sched.init_noise_sigma).to(dtype)
+    steps = []
+    for i, t in enumerate(sched.timesteps):
+        for _ in range(sched.config.correct_steps):
+            corrected = sched.step_correct(_sde_ve_score(x, sigmas[i]), x, generator=g).prev_sample
+            x = corrected
+        out = sched.step_pred(_sde_ve_score(x, sigmas[i]), t, x, generator=g)
+        steps.append({"corrected": corrected, "prev": out.prev_sample, "mean": out.prev_sample_mean})
+        x = out.prev_sample
+    return steps
+
+
+@pytest.mark.parametrize("cfg,n", [({}, 6), ({"sigma_max": 50.0, "snr": 0.2, "correct_steps": 2}, 5),
+                                   ({"sigma_min": 0.002, "sigma_max": 80.0, "sampling_eps": 1e-3}, 4)])
+def test_score_sde_ve_parity_with_diffusers(cfg, n):
+    """Schedule attributes, then a predictor-corrector run (both outputs of every predictor step and every
+    corrector output) bounded against diffusers' own code run in float64."""
+    ours, ref = fdd.ScoreSdeVeScheduler(**cfg), diffusers.ScoreSdeVeScheduler(**cfg)
+    for s in (ours, ref):
+        s.set_timesteps(n)
+        s.set_sigmas(n)
+    torch.testing.assert_close(ours.timesteps, ref.timesteps, rtol=0, atol=0)
+    torch.testing.assert_close(ours.sigmas, ref.sigmas, rtol=2e-6, atol=0)
+    torch.testing.assert_close(ours.discrete_sigmas, ref.discrete_sigmas, rtol=0, atol=0)
+    assert ours.init_noise_sigma == ref.init_noise_sigma
+    sigmas = [float(v) for v in ref.sigmas]
+    exact = _sde_ve_run(float64_scheduler(diffusers, "ScoreSdeVeScheduler", cfg), n, sigmas, torch.float64)
+    a, b = _sde_ve_run(ours, n, sigmas), _sde_ve_run(ref, n, sigmas)
+    for i, (p, q, r) in enumerate(zip(a, b, exact)):
+        for key in ("corrected", "prev", "mean"):
+            assert p[key].dtype == q[key].dtype
+            assert_parity(f"ScoreSdeVe step {i} {key}", p[key], q[key], r[key], i + 1)
+    tup = ours.step_pred(torch.ones(2, 3), ours.timesteps[0], torch.zeros(2, 3), return_dict=False)
+    assert len(tup) == 2 and len(ours.step_correct(torch.ones(2, 3), torch.zeros(2, 3), return_dict=False)) == 1
+
+
+def test_score_sde_ve_one_fused_step_per_call_no_sync_and_triton(monkeypatch):
+    """step_pred is one fused_step; step_correct one fused_step after its norms; neither reads a tensor back
+    on the host; the Triton kernel (interpreter on CPU) gives the PyTorch path's numbers."""
+    from fastdiff.diffusers import _sde_ve
+
+    calls = []
+    real = _base.fused_step
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_base, "fused_step", counting)
+    monkeypatch.setattr(_sde_ve, "fused_step", counting)
+    results = []
+    for backend in ("torch", "triton"):
+        s = fdd.ScoreSdeVeScheduler(sigma_max=20.0)
+        s.backend = backend
+        s.set_timesteps(4)
+        s.set_sigmas(4)
+        g = torch.Generator().manual_seed(2)
+        x = torch.randn(2, 3, 5, generator=g) * 20.0
+        for i, t in enumerate(s.timesteps):
+            if i == 1:
+                def boom(*a, **k):
+                    raise AssertionError("host-device sync in a step")
+                monkeypatch.setattr(torch.Tensor, "item", boom)
+                monkeypatch.setattr(torch.Tensor, "__bool__", boom)
+            before = len(calls)
+            x = s.step_correct(-x / 4.0, x, generator=g).prev_sample
+            assert len(calls) == before + 1
+            x = s.step_pred(-x / 4.0, t if i % 2 else float(t), x, generator=g).prev_sample
+            assert len(calls) == before + 2
+        monkeypatch.setattr(torch.Tensor, "item", real_item)
+        monkeypatch.setattr(torch.Tensor, "__bool__", real_bool)
+        results.append(x)
+    torch.testing.assert_close(results[1], results[0], rtol=1e-4, atol=1e-5 * results[0].abs().max().item())
+    with pytest.raises(ValueError, match="discrete sigma index"):
+        s.step_pred(x, 2.0, x)
+
+
+real_item, real_bool = torch.Tensor.item, torch.Tensor.__bool__
+
+
+def test_score_sde_ve_batched_timesteps_cm_and_unclip_add_noise_match_diffusers():
+    """A step_pred with one timestep per sample (a row per sample: fused_step's coef_index), and add_noise of the
+    consistency, UnCLIP and score-SDE drop-ins, against diffusers."""
+    gen = torch.Generator().manual_seed(8)
+    x, m = torch.randn(3, 2, 5, generator=gen) * 30.0, torch.randn(3, 2, 5, generator=gen)
+    outs = []
+    for mod in (fdd, diffusers):
+        s = mod.ScoreSdeVeScheduler(sigma_max=30.0)
+        s.set_timesteps(9)
+        s.set_sigmas(9)
+        outs.append(s.step_pred(m, torch.tensor([0.2, 0.55, 0.9]), x, generator=torch.Generator().manual_seed(1)))
+    for key in ("prev_sample", "prev_sample_mean"):
+        torch.testing.assert_close(getattr(outs[0], key), getattr(outs[1], key), rtol=1e-6, atol=1e-5)
+    # (4-D: diffusers' score-SDE add_noise broadcasts its sigmas as [:, None, None, None])
+    x0, noise = torch.randn(3, 2, 3, 5, generator=gen), torch.randn(3, 2, 3, 5, generator=gen)
+    for name, n, pick in (("CMStochasticIterativeScheduler", 10, [0, 3, 7]), ("UnCLIPScheduler", 10, [1, 4, 9]),
+                          ("ScoreSdeVeScheduler", 9, None)):
+        ours, ref = getattr(fdd, name)(), getattr(diffusers, name)()
+        for s in (ours, ref):
+            s.set_timesteps(n)
+        t = torch.tensor([0, 4, 8]) if pick is None else ref.timesteps[pick]
+        if pick is None:
+            for s in (ours, ref):
+                s.set_sigmas(n)
+        # (UnCLIP's, as DDPM's, takes fastdiff.add_noise on the float64 schedule: diffusers' float32 cumulative
+        # product is up to ~1e-5 away, the tolerance of test_add_noise_matches_diffusers)
+        torch.testing.assert_close(ours.add_noise(x0, noise, t), ref.add_noise(x0, noise, t), rtol=2e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("cfg,n", [({}, 8), ({"clip_sample": False, "num_train_timesteps": 500}, 6),
+                                   ({"prediction_type": "sample"}, 5), ({"variance_type": "learned_range"}, 7),
+                                   ({"variance_type": "learned_range", "clip_sample": False}, 25)])
+def test_unclip_prev_timestep_parity(cfg, n):
+    """UnCLIP's skipping run (prev_timestep = the next timestep; None at the last, i.e. t - 1), and with
+    ``learned_range`` a model output of twice the channels (the second half the predicted variance), bounded
+    against diffusers' own code run in float64."""
+    learned = cfg.get("variance_type") == "learned_range"
+
+    def run(sched, dtype):
+        sched.set_timesteps(n)
+        g = torch.Generator().manual_seed(3)
+        x = torch.randn(2, 3, 5, 7, generator=g).to(dtype)
+        ts, steps = sched.timesteps, []
+        for i, t in enumerate(ts):
+            out = fake_model(x, t)
+            if learned:
+                out = torch.cat([out, torch.tanh(x * 0.7)], dim=1)
+            res = sched.step(out, t, x, prev_timestep=ts[i + 1] if i + 1 < len(ts) else None, generator=g)
+            steps.append(res)
+            x = res.prev_sample
+        return steps
+
+    ours, ref = fdd.UnCLIPScheduler(**cfg), diffusers.UnCLIPScheduler(**cfg)
+    a, b = run(ours, torch.float32), run(ref, torch.float32)
+    c = run(float64_scheduler(diffusers, "UnCLIPScheduler", cfg), torch.float64)
+    assert torch.equal(ours.timesteps, ref.timesteps)
+    for i, (p, q, r) in enumerate(zip(a, b, c)):
+        assert_parity(f"UnCLIP step {i} prev_sample", p.prev_sample, q.prev_sample, r.prev_sample, i + 1)
+        assert_parity(f"UnCLIP step {i} x0", p.pred_original_sample, q.pred_original_sample,
+                      r.pred_original_sample, i + 1)
+    # a pair outside both tables (t -> any earlier timestep) and a bad one
+    ours.set_timesteps(n)
+    ref.set_timesteps(n)
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    m = torch.cat([x, x], 1) if learned else x
+    T = ours.config.num_train_timesteps
+    jump = [s.step(m, T * 7 // 10, x, prev_timestep=T // 8, generator=torch.Generator().manual_seed(9))
+            for s in (ours, ref)]
+    torch.testing.assert_close(jump[0].prev_sample, jump[1].prev_sample, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(jump[0].pred_original_sample, jump[1].pred_original_sample, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="prev_timestep"):
+        ours.step(m, 100, x, prev_timestep=100)
+
+
+def test_flow_map_any_step_jumps_match_diffusers():
+    """FlowMapEuler's jumps to a given r_timestep: on the schedule, skipping steps, off the schedule (t / T), one
+    timestep per sample, and the one-shot step; against diffusers' class."""
+    gen = torch.Generator().manual_seed(5)
+    x, m = torch.randn(3, 4, 5, generator=gen), torch.randn(3, 4, 5, generator=gen)
+    ours, ref = fdd.FlowMapEulerDiscreteScheduler(shift=3.0), diffusers.FlowMapEulerDiscreteScheduler(shift=3.0)
+    for s in (ours, ref):
+        s.set_timesteps(6)
+    ts = ref.timesteps
+    for t, r in [(ts[0], ts[1:2]), (ts[1], ts[4]), (ts[2], None), (ts[5], None), (731.3, 402.9),
+                 (torch.tensor([900.0, 650.5, 310.0]), torch.tensor([600.0, 100.0, 0.0])), (ts[0], 0.0),
+                 (ts[3], 299.9)]:
+        a = ours.step(m, t, x, r_timestep=r).prev_sample
+        b = ref.step(m, t, x, r_timestep=r).prev_sample
+        assert a.dtype == b.dtype and ours.step_index == ref.step_index
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="r_timestep"):
+        ours.step(m, 731.3, x)
+    t = torch.tensor([0.0, 500.0, 1000.0])
+    torch.testing.assert_close(ours.scale_noise(x, t, m), ref.scale_noise(x, t, m))
 
 
 @pytest.mark.parametrize("name, begin", [("DPMSolverMultistepScheduler", 4), ("DEISMultistepScheduler", 3),

@@ -21,12 +21,15 @@ STOCHASTIC = [("DDPMScheduler", {}), ("EulerAncestralDiscreteScheduler", {}),
               ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
               ("DPMSolverSinglestepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
               ("FlowMatchEulerDiscreteScheduler", {"stochastic_sampling": True}), ("LCMScheduler", {}),
-              ("TCDScheduler", {}), ("DDPMParallelScheduler", {})]
+              ("TCDScheduler", {}), ("DDPMParallelScheduler", {}), ("CMStochasticIterativeScheduler", {}),
+              ("UnCLIPScheduler", {})]
 ALL = ["DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
        "HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
        "FlowMatchEulerDiscreteScheduler", "PNDMScheduler", "LCMScheduler", "TCDScheduler",
        "DDIMInverseScheduler", "DDIMParallelScheduler", "DDPMParallelScheduler", "DEISMultistepScheduler",
-       "DPMSolverSinglestepScheduler", "DPMSolverMultistepInverseScheduler", "IPNDMScheduler"]
+       "DPMSolverSinglestepScheduler", "DPMSolverMultistepInverseScheduler", "IPNDMScheduler",
+       "CMStochasticIterativeScheduler", "FlowMatchHeunDiscreteScheduler", "UnCLIPScheduler",
+       "FlowMapEulerDiscreteScheduler"]
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -163,3 +166,34 @@ def test_unseeded_runs_repeat_under_manual_seed(name, cfg):
             x = s.step(torch.sin(inp), t, x).prev_sample
         outs.append(x)
     assert torch.equal(outs[0], outs[1])
+
+
+def test_score_sde_ve_global_rng_and_first_step_lookup(monkeypatch):
+    """ScoreSdeVeScheduler: set_timesteps / set_sigmas and seeded steps leave torch's global generator alone, an
+    unseeded run draws from it once and repeats under manual_seed, and an element of ``timesteps`` is located
+    without reading it back."""
+    torch.manual_seed(1234)
+    state = torch.get_rng_state()
+    s = fdd.ScoreSdeVeScheduler(sigma_max=30.0)
+    s.set_timesteps(5)
+    s.set_sigmas(5)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 3, 4, generator=g)
+    reads = []
+    real = _base._read_timestep
+    monkeypatch.setattr(_base, "_read_timestep", lambda t: reads.append(t) or real(t))
+    for t in s.timesteps:
+        x = s.step_correct(torch.sin(x), x, generator=g).prev_sample
+        x = s.step_pred(torch.sin(x), t, x, generator=g).prev_sample
+    assert torch.equal(torch.get_rng_state(), state) and reads == []
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        s.set_timesteps(5)
+        y = torch.ones(1, 2, 3)
+        for t in s.timesteps:
+            y = s.step_correct(torch.sin(y), y).prev_sample
+            y = s.step_pred(torch.sin(y), t, y).prev_sample
+        outs.append(y)
+        assert not torch.equal(torch.get_rng_state(), torch.manual_seed(7).get_state())
+    assert torch.equal(outs[0], outs[1]) and torch.isfinite(outs[0]).all()

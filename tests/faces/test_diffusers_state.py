@@ -15,7 +15,8 @@ CLASSES = ["DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAnc
            "FlowMatchEulerDiscreteScheduler", "PNDMScheduler", "LCMScheduler",
            "TCDScheduler", "DDIMInverseScheduler", "DDIMParallelScheduler", "DDPMParallelScheduler",
            "DEISMultistepScheduler", "DPMSolverSinglestepScheduler", "DPMSolverMultistepInverseScheduler",
-           "IPNDMScheduler"]
+           "IPNDMScheduler", "CMStochasticIterativeScheduler", "FlowMatchHeunDiscreteScheduler",
+           "UnCLIPScheduler", "FlowMapEulerDiscreteScheduler"]
 
 
 def _steps(sched, x, n_steps, seed=0):
@@ -68,3 +69,29 @@ def test_ddpm_previous_timestep_has_diffusers_type():
         assert isinstance(a, torch.Tensor) and a.dim() == 0 and a.dtype == b.dtype and int(a) == int(b)
     fresh, fresh_ref = fdd.DDPMScheduler(), diffusers.DDPMScheduler()  # before set_timesteps: timestep - 1
     assert fresh.previous_timestep(500) == fresh_ref.previous_timestep(500) == 499
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_score_sde_ve_copy_taken_mid_run_steps_as_the_original(how):
+    """ScoreSdeVeScheduler steps by step_correct / step_pred (no ``step``): a copy continues exactly."""
+    def run(s, x, ts, seed):
+        g = torch.Generator().manual_seed(seed)
+        for t in ts:
+            x = s.step_correct(-x / 9.0, x, generator=g).prev_sample
+            x = s.step_pred(-x / 9.0, t, x, generator=g).prev_sample
+        return x
+
+    s = fdd.ScoreSdeVeScheduler(sigma_max=30.0)
+    s.set_timesteps(6)
+    s.set_sigmas(6)
+    x = run(s, torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(1)) * 30.0, s.timesteps[:3], 2)
+    twin = copy.deepcopy(s) if how == "deepcopy" else pickle.loads(pickle.dumps(s))
+    assert torch.equal(run(s, x, s.timesteps[3:], 3), run(twin, x, twin.timesteps[3:], 3))
+    # without a generator the copy continues the run's Philox streams
+    torch.manual_seed(0)
+    run(s, x, [], 0)
+    y = s.step_pred(-x, s.timesteps[0], x).prev_sample
+    twin = copy.deepcopy(s)
+    y2, y2_twin = (c.step_pred(-x, c.timesteps[0], x).prev_sample for c in (s, twin))
+    assert not torch.equal(y, y2) and torch.equal(y2, y2_twin)  # a fresh stream per call, continued by the copy
+    assert torch.equal(s.step_correct(-x, x).prev_sample, twin.step_correct(-x, x).prev_sample)
