@@ -123,6 +123,32 @@ class UnCLIPScheduler(_DiscreteVPBase):
                      out_noise=np.where(np.asarray(t) > 0, f64(std), 0.0))
         return table, logs
 
+    def _get_variance(self, t: int, prev_timestep: Optional[int] = None,
+                      predicted_variance: Optional[torch.Tensor] = None,
+                      variance_type: Optional[str] = None) -> torch.Tensor:
+        """diffusers' (private) variance of the step ``t -> prev_timestep`` (default ``t - 1``) as a float32
+        tensor: ``fixed_small_log`` gives the posterior std, ``learned_range`` the log variance that mixes the
+        posterior's and beta's logs by the model's ``(v + 1) / 2`` (unCLIP's form: no clamp before the log). Not
+        used by ``step`` (its rows hold the same numbers); kept for code that calls it.
+
+        Example:
+            >>> round(float(UnCLIPScheduler()._get_variance(487)), 4)
+            0.055
+        """
+        t = int(t)
+        prev = t - 1 if prev_timestep is None else int(prev_timestep)
+        abar_t = self.alphas_cumprod[t]
+        abar_prev = self.alphas_cumprod[prev] if prev >= 0 else self.one
+        beta = self.betas[t] if prev == t - 1 else 1 - abar_t / abar_prev
+        variance = (1 - abar_prev) / (1 - abar_t) * beta
+        kind = self.config.variance_type if variance_type is None else variance_type
+        if kind == "fixed_small_log":
+            return torch.exp(0.5 * torch.log(torch.clamp(variance, min=1e-20)))
+        if kind == "learned_range":
+            frac = (predicted_variance + 1) / 2
+            return frac * beta.log() + (1 - frac) * variance.log()
+        return variance
+
     def _build_table(self, key) -> torch.Tensor:
         if key[0] == "consecutive":
             t = np.arange(self.config.num_train_timesteps)

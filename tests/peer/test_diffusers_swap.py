@@ -18,12 +18,7 @@ FILES = ("ddim", "ddpm", "euler", "euler_ancestral", "heun", "dpm_multi", "unipc
          "ddim_parallel", "ddpm_parallel", "deis", "dpm_single", "dpm_multi_inverse", "ipndm", "consistency_model",
          "score_sde_ve", "unclip", "flow_map_euler_discrete")
 
-OPEN_GAPS = {
-    "test_scheduler_unclip.UnCLIPSchedulerTest::test_variance_fixed_small_log": "_get_variance (private) is not "
-                                                                               "provided",
-    "test_scheduler_unclip.UnCLIPSchedulerTest::test_variance_learned_range": "_get_variance (private) is not "
-                                                                             "provided",
-}
+OPEN_GAPS: dict = {}  # none: every test that passes on diffusers passes swapped
 
 
 @pytest.mark.skipif(not SRC, reason="set DIFFUSERS_SRC to a diffusers source checkout (its tests/schedulers/) "
