@@ -27,7 +27,7 @@ import torch
 __all__ = [
     "F", "log", "exp", "expm1", "sqrt", "like", "lerp_half", "t_of", "sigma_of",
     "ve_x0_coefs", "vp_x0_coefs", "churn_gamma", "churn_schedule", "ancestral_split", "euler_coefs",
-    "lms_coefficients", "unipc_rhos", "SQRT2_MINUS_1",
+    "lms_coefficients", "lms_weight_table", "unipc_rhos", "SQRT2_MINUS_1",
     "IPNDM_WEIGHTS", "ipndm_v_weights", "deis_weights", "er_sde_default_noise_scaler", "er_sde_stage_integrals",
     "sa_solver_b_coeffs", "dpm_fast_grid",
     "flow_alpha", "euler_ancestral_cfgpp_coefs", "res_multistep_weights", "nan_to_zero",
@@ -238,6 +238,23 @@ def lms_coefficients(t: Sequence[float], i: int, order: int) -> List[float]:
 
         out.append(antiderivative(t[i + 1]) - antiderivative(t[i]))
     return out
+
+
+def lms_weight_table(t: Sequence[float], order: int) -> np.ndarray:
+    """:func:`lms_coefficients` for every step of a schedule: an ``(len(t) - 1, order)`` float64 array whose row
+    ``i`` holds the ``min(i + 1, order)`` weights of step ``i`` (the warm-up steps use the orders available),
+    zero-padded on the right.
+
+    Example:
+        >>> lms_weight_table([3.0, 2.0, 1.0], 2).round(6).tolist()
+        [[-1.0, 0.0], [-1.5, 0.5]]
+    """
+    t = [float(v) for v in t]
+    table = np.zeros((len(t) - 1, order))
+    for i in range(len(t) - 1):
+        c = lms_coefficients(t, i, min(i + 1, order))
+        table[i, :len(c)] = c
+    return table
 
 
 def _solve(m: Sequence[Sequence[float]], v: Sequence[float]) -> List[float]:

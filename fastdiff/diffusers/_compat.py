@@ -186,6 +186,10 @@ _OUTPUTS = {
     "EulerAncestralDiscreteSchedulerOutput": ("scheduling_euler_ancestral_discrete", True),
     "HeunDiscreteSchedulerOutput": ("scheduling_heun_discrete", True),
     "FlowMatchEulerDiscreteSchedulerOutput": ("scheduling_flow_match_euler_discrete", False),
+    "LMSDiscreteSchedulerOutput": ("scheduling_lms_discrete", True),
+    "KDPM2DiscreteSchedulerOutput": ("scheduling_k_dpm_2_discrete", True),
+    "KDPM2AncestralDiscreteSchedulerOutput": ("scheduling_k_dpm_2_ancestral_discrete", True),
+    "EDMEulerSchedulerOutput": ("scheduling_edm_euler", True),
     "SchedulerOutput": (None, False),
 }
 

@@ -137,6 +137,12 @@ _add("FlowMatchEulerDiscreteScheduler", [{}, {"shift": 3.0}, {"shift": 3.0, "use
                                          {"stochastic_sampling": True, "shift": 3.0}, {"invert_sigmas": True},
                                          {"shift_terminal": 0.1, "shift": 3.0}])
 
+_add("LMSDiscreteScheduler", [{}, SD, {**SD, "prediction_type": "v_prediction"}, {"prediction_type": "sample"},
+                              {"timestep_spacing": "leading", "steps_offset": 1}, {"timestep_spacing": "trailing"},
+                              {**SD, "use_karras_sigmas": True}, {**SD, "use_exponential_sigmas": True},
+                              {"beta_schedule": "squaredcos_cap_v2"}])
+_add("LMSDiscreteScheduler", [SD], extra={"order": 2})
+_add("LMSDiscreteScheduler", [SD, {**SD, "prediction_type": "v_prediction"}], n=9, extra={"order": 6})
 
 # dynamic thresholding (a per-sample quantile of |x0|): ratios and maxima that make it clamp at most steps
 _THR = {"thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 1.5}
@@ -374,6 +380,23 @@ def test_begin_index_img2img():
         res.append(x)
     torch.testing.assert_close(res[0], res[1], rtol=0, atol=5e-5)
 
+
+
+@pytest.mark.parametrize("order", [1, 3, 4])
+def test_lms_begin_index_pairs_weights_with_the_derivatives_kept(order):
+    """LMS started mid-schedule (img2img) has fewer derivatives than its order: diffusers pairs the first weights
+    of the full-order formula with those it has, and the drop-in does the same (bounded by diffusers' float64 run)."""
+    runs = {}
+    for key, sched, dtype in (("ours", fdd.LMSDiscreteScheduler(**SD), torch.float32),
+                              ("peer", diffusers.LMSDiscreteScheduler(**SD), torch.float32),
+                              ("exact", float64_scheduler(diffusers, "LMSDiscreteScheduler", SD), torch.float64)):
+        sched.set_timesteps(11)
+        sched.set_begin_index(4)
+        x = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(order)).to(dtype) * 3.0
+        for t in sched.timesteps[4:]:
+            x = sched.step(fake_model(sched.scale_model_input(x, t), t), t, x, order=order).prev_sample
+        runs[key] = x
+    assert_parity(f"LMS order {order} from index 4", runs["ours"], runs["peer"], runs["exact"], 7)
 
 def _tiny_unet():
     torch.manual_seed(0)

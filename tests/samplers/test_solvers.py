@@ -105,6 +105,19 @@ def test_lms_weights_integrate_polynomials_exactly(order):
         assert approx == pytest.approx(exact, rel=1e-11, abs=1e-11)
 
 
+
+@pytest.mark.parametrize("order", [1, 2, 4, 6])
+def test_lms_weight_table_rows_are_each_steps_weights(order):
+    t = [14.6, 9.1, 5.3, 3.0, 1.7, 0.9, 0.41, 0.0]  # ends at sigma = 0, as a sampling schedule does
+    table = S.lms_weight_table(t, order)
+    assert table.shape == (len(t) - 1, order)
+    for i in range(len(t) - 1):
+        k = min(i + 1, order)  # the warm-up steps use the orders their derivatives allow
+        assert table[i, :k].tolist() == S.lms_coefficients(t, i, k)
+        assert not table[i, k:].any()
+    if order == 1:  # Euler: each weight is the step in sigma
+        assert table[:, 0].tolist() == pytest.approx([b - a for a, b in zip(t, t[1:])], rel=1e-14)
+
 @pytest.mark.parametrize("variant", ["bh1", "bh2"])
 @pytest.mark.parametrize("order", [1, 2, 3])
 def test_unipc_rhos_solve_the_order_conditions(order, variant):

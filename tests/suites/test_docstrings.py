@@ -16,7 +16,7 @@ MODULES = [
     "fastdiff.ops.step", "fastdiff.ops.encode", "fastdiff.ops.langevin", "fastdiff.k_diffusion",
     "fastdiff.k_diffusion.sampling", "fastdiff.k_diffusion.schedules", "fastdiff.k_diffusion.noise", "fastdiff.demo_run",
     "fastdiff.diffusers._ddim", "fastdiff.diffusers._euler", "fastdiff.diffusers._multistep",
-    "fastdiff.diffusers._flow", "fastdiff.bench", "fastdiff.bench.sizes", "fastdiff.bench.timing",
+    "fastdiff.diffusers._flow", "fastdiff.diffusers._lms", "fastdiff.bench", "fastdiff.bench.sizes", "fastdiff.bench.timing",
     "fastdiff.bench.cases_step", "fastdiff.bench.runner", "fastdiff.bench.report", "fastdiff.bench.profiling",
     "fastdiff.ops.hmc", "fastdiff.mcmc._hmc", "fastdiff.mcmc._adapt",
     "fastdiff.schedules._scheduler_sigmas", "fastdiff.schedules._beta_dist", "fastdiff.schedules._ays",
