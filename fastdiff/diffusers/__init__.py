@@ -25,6 +25,7 @@ from ._compat import HAS_DIFFUSERS
 from ._ddim import DDIMScheduler, DDPMScheduler
 from ._euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler
 from ._flow import FlowMatchEulerDiscreteScheduler
+from ._kdpm2 import KDPM2AncestralDiscreteScheduler, KDPM2DiscreteScheduler
 from ._lms import LMSDiscreteScheduler
 from ._multistep import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 from ._pndm import PNDMScheduler
@@ -34,4 +35,5 @@ __all__ = [
     "HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
     "FlowMatchEulerDiscreteScheduler", "FusedSchedulerBase", "HAS_DIFFUSERS", "ZTSNR_ALPHA_BAR",
     "set_table_arithmetic", "PNDMScheduler", "LMSDiscreteScheduler",
+    "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
 ]

@@ -143,6 +143,13 @@ _add("LMSDiscreteScheduler", [{}, SD, {**SD, "prediction_type": "v_prediction"},
                               {"beta_schedule": "squaredcos_cap_v2"}])
 _add("LMSDiscreteScheduler", [SD], extra={"order": 2})
 _add("LMSDiscreteScheduler", [SD, {**SD, "prediction_type": "v_prediction"}], n=9, extra={"order": 6})
+_add("KDPM2DiscreteScheduler", [{}, SD, {**SD, "prediction_type": "v_prediction"},
+                                {"timestep_spacing": "leading", "steps_offset": 1}, {"timestep_spacing": "trailing"},
+                                {**SD, "use_karras_sigmas": True}, {**SD, "use_exponential_sigmas": True},
+                                {"beta_schedule": "squaredcos_cap_v2"}], n=7)
+_add("KDPM2AncestralDiscreteScheduler", [{}, SD, {**SD, "prediction_type": "v_prediction"},
+                                         {"timestep_spacing": "leading", "steps_offset": 1},
+                                         {**SD, "use_karras_sigmas": True}, {"timestep_spacing": "trailing"}], n=7)
 
 # dynamic thresholding (a per-sample quantile of |x0|): ratios and maxima that make it clamp at most steps
 _THR = {"thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 1.5}
@@ -170,7 +177,8 @@ _add("DPMSolverMultistepScheduler", [{**_FLOW, "flow_shift": 3.0}, {**_FLOW, "fl
 
 # beta sigmas (Lee et al. 2024): the Beta(0.6, 0.6) quantile is fastdiff's own float64 one, diffusers' is SciPy's
 for _name in ("EulerDiscreteScheduler", "HeunDiscreteScheduler", "DPMSolverMultistepScheduler",
-              "UniPCMultistepScheduler"):
+              "UniPCMultistepScheduler", "LMSDiscreteScheduler", "KDPM2DiscreteScheduler",
+              "KDPM2AncestralDiscreteScheduler"):
     _add(_name, [{**SD, "use_beta_sigmas": True}])
 _add("FlowMatchEulerDiscreteScheduler", [{"shift": 3.0, "use_beta_sigmas": True}])
 
@@ -260,6 +268,18 @@ def test_one_fused_step_per_call_and_no_sync(name, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(_base, "fused_step", counting)
+    # the one read allowed: the run's Philox seed, drawn on the CPU from torch's global generator at the first
+    # noisy step without a generator (a later step for a two-stage sampler), which is no device sync
+    seeding, real_draw, real_item = [], _base.draw_seed, torch.Tensor.item
+
+    def draw_seed():
+        seeding.append(1)
+        try:
+            return real_draw()
+        finally:
+            seeding.pop()
+
+    monkeypatch.setattr(_base, "draw_seed", draw_seed)
     s = getattr(fdd, name)()
     s.set_timesteps(6)
     x = torch.randn(2, 3, 4, 4)
@@ -267,7 +287,9 @@ def test_one_fused_step_per_call_and_no_sync(name, monkeypatch):
     for i, t in enumerate(ts):
         if i == 1:
             # from the second step on, no tensor may be read back on the host
-            def boom(*a, **k):
+            def boom(self, *a, **k):
+                if seeding and self.is_cpu:
+                    return real_item(self, *a, **k)
                 raise AssertionError("host-device sync in step")
             monkeypatch.setattr(torch.Tensor, "item", boom)
             monkeypatch.setattr(torch.Tensor, "__bool__", boom)

@@ -19,10 +19,12 @@ from fastdiff.ops.step import COEF_NAMES, fused_step, step_coefs
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 STOCHASTIC = [("DDPMScheduler", {}), ("EulerAncestralDiscreteScheduler", {}),
               ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
-              ("FlowMatchEulerDiscreteScheduler", {"stochastic_sampling": True})]
+              ("FlowMatchEulerDiscreteScheduler", {"stochastic_sampling": True}),
+              ("KDPM2AncestralDiscreteScheduler", {})]
 ALL = ["DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
        "HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
-       "FlowMatchEulerDiscreteScheduler", "PNDMScheduler", "LMSDiscreteScheduler"]
+       "FlowMatchEulerDiscreteScheduler", "PNDMScheduler", "LMSDiscreteScheduler",
+           "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler"]
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:

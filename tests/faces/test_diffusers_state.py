@@ -12,7 +12,8 @@ from fastdiff.schedules import DiscreteVPSchedule
 
 CLASSES = ["DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
            "HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
-           "FlowMatchEulerDiscreteScheduler", "PNDMScheduler", "LMSDiscreteScheduler"]
+           "FlowMatchEulerDiscreteScheduler", "PNDMScheduler", "LMSDiscreteScheduler",
+           "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler"]
 
 
 def _steps(sched, x, n_steps, seed=0):

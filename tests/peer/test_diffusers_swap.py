@@ -14,7 +14,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import diffusers_swap  # noqa: E402
 
 SRC = os.environ.get("DIFFUSERS_SRC")
-FILES = ("ddim", "ddpm", "euler", "euler_ancestral", "heun", "dpm_multi", "unipc", "pndm", "lms")
+FILES = ("ddim", "ddpm", "euler", "euler_ancestral", "heun", "dpm_multi", "unipc", "pndm", "lms", "kdpm2_discrete",
+         "kdpm2_ancestral")
 
 OPEN_GAPS = {
     "test_scheduler_ddim.DDIMSchedulerTest::test_variance": "_get_variance (private) is not provided",
