@@ -26,7 +26,8 @@ import torch
 
 __all__ = [
     "F", "log", "exp", "expm1", "sqrt", "like", "lerp_half", "t_of", "sigma_of",
-    "ve_x0_coefs", "vp_x0_coefs", "churn_gamma", "churn_schedule", "ancestral_split", "euler_coefs",
+    "ve_x0_coefs", "vp_x0_coefs", "edm_c_in", "edm_x0_coefs", "churn_gamma", "churn_schedule", "ancestral_split",
+    "euler_coefs",
     "lms_coefficients", "lms_weight_table", "unipc_rhos", "SQRT2_MINUS_1",
     "IPNDM_WEIGHTS", "ipndm_v_weights", "deis_weights", "er_sde_default_noise_scaler", "er_sde_stage_integrals",
     "sa_solver_b_coeffs", "dpm_fast_grid",
@@ -142,6 +143,34 @@ def vp_x0_coefs(prediction: str, alpha: Scalar, sigma: Scalar) -> Tuple[Scalar, 
     if prediction == "v_prediction":
         return alpha, -sigma
     raise ValueError(f"prediction_type must be one of 'epsilon', 'sample', 'v_prediction', got {prediction!r}")
+
+
+def edm_c_in(sigma: Scalar, sigma_data: float) -> Scalar:
+    """EDM's network-input scaling (Karras et al. 2022, Table 1): ``c_in = 1 / sqrt(sigma^2 + sigma_data^2)``.
+
+    Example:
+        >>> round(edm_c_in(0.5, 0.5), 6)
+        1.414214
+    """
+    return 1 / sqrt(sigma ** 2 + sigma_data ** 2)
+
+
+def edm_x0_coefs(prediction: str, sigma: Scalar, sigma_data: float) -> Tuple[Scalar, Scalar]:
+    """EDM's output preconditioning (Karras et al. 2022, Table 1): ``(c_skip, c_out)`` with
+    ``x0 = c_skip * x + c_out * F`` for the VE sample ``x`` at ``sigma`` and the network output ``F``.
+
+    ``prediction``: ``"epsilon"`` (EDM's ``c_out = sigma sigma_data / sqrt(sigma^2 + sigma_data^2)``) or
+    ``"v_prediction"`` (the same with the opposite sign, diffusers' EDM convention).
+
+    Example:
+        >>> [round(c, 6) for c in edm_x0_coefs("epsilon", 0.5, 0.5)]
+        [0.5, 0.353553]
+    """
+    if prediction not in ("epsilon", "v_prediction"):
+        raise ValueError(f"Prediction type {prediction} is not supported.")
+    total = sigma ** 2 + sigma_data ** 2
+    c_out = sigma * sigma_data / sqrt(total)
+    return sigma_data ** 2 / total, (c_out if prediction == "epsilon" else -c_out)
 
 
 # ------------------------------------------------------------------------------------------ stochasticity

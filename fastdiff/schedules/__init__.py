@@ -72,7 +72,7 @@ from ._scheduler_sigmas import (
     sgm_uniform_sigmas,
     simple_sigmas,
 )
-from ._sigmas import exponential_sigmas, karras_sigmas, polyexponential_sigmas, vp_sigmas
+from ._sigmas import exponential_sigmas, karras_ramp, karras_sigmas, polyexponential_sigmas, vp_sigmas
 from ._timesteps import TIMESTEP_SPACINGS, inference_timesteps, spaced_timesteps
 
 __all__ = [
@@ -87,6 +87,7 @@ __all__ = [
     "inference_timesteps",
     "spaced_timesteps",
     "karras_sigmas",
+    "karras_ramp",
     "exponential_sigmas",
     "polyexponential_sigmas",
     "vp_sigmas",

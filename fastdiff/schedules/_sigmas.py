@@ -8,7 +8,7 @@ import torch
 from ..ops._common import check_int
 from ._checks import DeviceLike, _check_float, _check_positive, _check_sigma_range, _finish, _linspace
 
-__all__ = ["karras_sigmas", "exponential_sigmas", "polyexponential_sigmas", "vp_sigmas"]
+__all__ = ["karras_sigmas", "karras_ramp", "exponential_sigmas", "polyexponential_sigmas", "vp_sigmas"]
 
 
 def karras_sigmas(
@@ -27,11 +27,22 @@ def karras_sigmas(
     n = check_int("n", n, minimum=1)
     smin, smax = _check_sigma_range(sigma_min, sigma_max)
     rho = _check_positive("rho", rho)
-    ramp = _linspace(0.0, 1.0, n)
-    min_inv_rho = smin ** (1.0 / rho)
-    max_inv_rho = smax ** (1.0 / rho)
-    sigmas = (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
+    sigmas = karras_ramp(_linspace(0.0, 1.0, n), smin, smax, rho)
     return _finish(torch.cat([sigmas, sigmas.new_zeros(1)]), device)
+
+
+def karras_ramp(ramp: torch.Tensor, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. (2022) eq. (5) at the given ramp positions (0 -> ``sigma_max``, 1 -> ``sigma_min``), in the
+    ramp's dtype and without a final 0: :func:`karras_sigmas` on an arbitrary ramp (diffusers' EDM schedulers
+    take custom ramps).
+
+    Example:
+        >>> [round(v, 6) for v in karras_ramp(torch.tensor([0.0, 1.0], dtype=torch.float64), 0.002, 80.0).tolist()]
+        [80.0, 0.002]
+    """
+    min_inv_rho = sigma_min ** (1.0 / rho)
+    max_inv_rho = sigma_max ** (1.0 / rho)
+    return (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
 
 
 def exponential_sigmas(n: int, sigma_min: float, sigma_max: float, device: DeviceLike = None) -> torch.Tensor:

@@ -150,6 +150,9 @@ _add("KDPM2DiscreteScheduler", [{}, SD, {**SD, "prediction_type": "v_prediction"
 _add("KDPM2AncestralDiscreteScheduler", [{}, SD, {**SD, "prediction_type": "v_prediction"},
                                          {"timestep_spacing": "leading", "steps_offset": 1},
                                          {**SD, "use_karras_sigmas": True}, {"timestep_spacing": "trailing"}], n=7)
+_add("EDMEulerScheduler", [{}, {"sigma_schedule": "exponential"}, {"prediction_type": "v_prediction"},
+                           {"final_sigmas_type": "sigma_min"}, {"sigma_data": 1.0, "rho": 5.0, "sigma_max": 14.6}])
+_add("EDMEulerScheduler", [{}], extra={"s_churn": 1.0})
 
 # dynamic thresholding (a per-sample quantile of |x0|): ratios and maxima that make it clamp at most steps
 _THR = {"thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 1.5}
@@ -240,7 +243,7 @@ def test_parity_with_diffusers(name, cfg, n, extra):
 @pytest.mark.parametrize("name", SCHEDULERS)
 def test_config_round_trip(name, tmp_path):
     cfg = {"num_train_timesteps": 500}
-    if name != "FlowMatchEulerDiscreteScheduler":
+    if "beta_schedule" in inspect.signature(getattr(fdd, name).__init__).parameters:  # not flow matching, EDM
         cfg.update(SD)
     ours = getattr(fdd, name)(**cfg)
     ours.save_pretrained(tmp_path)
@@ -419,6 +422,30 @@ def test_lms_begin_index_pairs_weights_with_the_derivatives_kept(order):
             x = sched.step(fake_model(sched.scale_model_input(x, t), t), t, x, order=order).prev_sample
         runs[key] = x
     assert_parity(f"LMS order {order} from index 4", runs["ours"], runs["peer"], runs["exact"], 7)
+
+
+def test_edm_preconditioning_custom_ramp_and_given_x0():
+    """EDM's public preconditioning calls, a custom ramp and a caller-given x0 estimate: diffusers' numbers."""
+    cfg = {"sigma_schedule": "karras", "prediction_type": "v_prediction", "sigma_data": 0.7}
+    ours, ref = fdd.EDMEulerScheduler(**cfg), diffusers.EDMEulerScheduler(**cfg)
+    ramp = torch.tensor([0.0, 0.15, 0.4, 0.7, 0.95])
+    for s in (ours, ref):
+        s.set_timesteps(sigmas=ramp)
+    assert torch.equal(ours.sigmas, ref.sigmas) and torch.equal(ours.timesteps, ref.timesteps)
+    g = torch.Generator().manual_seed(4)
+    x, m = torch.randn(2, 3, 5, generator=g) * 20.0, torch.randn(2, 3, 5, generator=g)
+    sigma = ref.sigmas[1]
+    assert torch.equal(ours.precondition_inputs(x, sigma), ref.precondition_inputs(x, sigma))
+    assert torch.equal(ours.precondition_noise(sigma), ref.precondition_noise(sigma))
+    assert torch.equal(ours.precondition_outputs(x, m, sigma), ref.precondition_outputs(x, m, sigma))
+    x0 = torch.randn(2, 3, 5, generator=g)
+    for t in ref.timesteps[:3]:
+        a = ours.step(m, t, x, pred_original_sample=x0)
+        b = ref.step(m, t, x, pred_original_sample=x0)
+        assert a.pred_original_sample is x0
+        torch.testing.assert_close(a.prev_sample, b.prev_sample, rtol=1e-6, atol=1e-5)
+    with pytest.raises(ValueError, match="sigma_schedule"):
+        fdd.EDMEulerScheduler(sigma_schedule="linear")
 
 def _tiny_unet():
     torch.manual_seed(0)

@@ -13,7 +13,7 @@ from fastdiff.schedules import DiscreteVPSchedule
 CLASSES = ["DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
            "HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
            "FlowMatchEulerDiscreteScheduler", "PNDMScheduler", "LMSDiscreteScheduler",
-           "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler"]
+           "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "EDMEulerScheduler"]
 
 
 def _steps(sched, x, n_steps, seed=0):

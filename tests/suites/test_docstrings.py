@@ -17,6 +17,7 @@ MODULES = [
     "fastdiff.k_diffusion.sampling", "fastdiff.k_diffusion.schedules", "fastdiff.k_diffusion.noise", "fastdiff.demo_run",
     "fastdiff.diffusers._ddim", "fastdiff.diffusers._euler", "fastdiff.diffusers._multistep",
     "fastdiff.diffusers._flow", "fastdiff.diffusers._lms", "fastdiff.diffusers._kdpm2",
+    "fastdiff.diffusers._edm",
     "fastdiff.bench", "fastdiff.bench.sizes", "fastdiff.bench.timing",
     "fastdiff.bench.cases_step", "fastdiff.bench.runner", "fastdiff.bench.report", "fastdiff.bench.profiling",
     "fastdiff.ops.hmc", "fastdiff.mcmc._hmc", "fastdiff.mcmc._adapt",
