@@ -28,7 +28,8 @@ __all__ = [
     "F", "log", "exp", "expm1", "sqrt", "like", "lerp_half", "t_of", "sigma_of",
     "ve_x0_coefs", "vp_x0_coefs", "edm_c_in", "edm_x0_coefs", "churn_gamma", "churn_schedule", "ancestral_split",
     "euler_coefs",
-    "lms_coefficients", "lms_weight_table", "unipc_rhos", "SQRT2_MINUS_1",
+    "lms_coefficients", "lms_weight_table", "dpm_third_order_differences", "dpmpp_multistep_weights",
+    "unipc_rhos", "SQRT2_MINUS_1",
     "IPNDM_WEIGHTS", "ipndm_v_weights", "deis_weights", "er_sde_default_noise_scaler", "er_sde_stage_integrals",
     "sa_solver_b_coeffs", "dpm_fast_grid",
     "flow_alpha", "euler_ancestral_cfgpp_coefs", "res_multistep_weights", "nan_to_zero",
@@ -284,6 +285,65 @@ def lms_weight_table(t: Sequence[float], order: int) -> np.ndarray:
         c = lms_coefficients(t, i, min(i + 1, order))
         table[i, :len(c)] = c
     return table
+
+
+def dpm_third_order_differences(lam: Sequence[float], i: int, h: float) -> Tuple[np.ndarray, np.ndarray]:
+    """DPM-Solver's third-order ``D1`` and ``D2`` at step ``i`` as weights on the (current, one back, two back)
+    estimates: finite differences in ``lambda`` scaled by the step ``h`` (Lu et al. 2022, multistep solver).
+
+    Example:
+        >>> [w.round(6).tolist() for w in dpm_third_order_differences([0.0, 1.0, 2.0], 2, 1.0)]
+        [[1.5, -2.0, 0.5], [0.5, -1.0, 0.5]]
+    """
+    r0 = (lam[i] - lam[i - 1]) / h
+    r1 = (lam[i - 1] - lam[i - 2]) / h
+    d10 = np.array([1.0, -1.0, 0.0]) / r0
+    d11 = np.array([0.0, 1.0, -1.0]) / r1
+    return d10 + r0 / (r0 + r1) * (d10 - d11), (d10 - d11) / (r0 + r1)
+
+
+def dpmpp_multistep_weights(alpha: Sequence[float], sigma: Sequence[float], lam: Sequence[float], i: int,
+                            order: int, solver_type: str = "midpoint", sde: bool = False
+                            ) -> Tuple[float, np.ndarray, float]:
+    """Multistep DPM-Solver++ (Lu et al. 2022b) from step ``i`` to ``i + 1`` of a run with the process' ``alpha``,
+    ``sigma`` and log-SNR ``lam`` per step (float64; ``lam = +inf`` at a final sigma of 0): ``(c_x, w, c_noise)``
+    with ``x_next = c_x x + w[0] D_i + w[1] D_{i-1} + w[2] D_{i-2} + c_noise z`` over the x0 estimates ``D``.
+
+    ``order`` 1-3 (3 only for the ODE), ``solver_type`` "midpoint" or "heun" for the second order, ``sde`` the
+    SDE variant (its noise term included); diffusers' formulas. Call under ``np.errstate`` where a step is
+    infinite.
+
+    Example (first order, VE sigmas 2 -> 1, alpha = 1: x_next = x / 2 + D / 2):
+        >>> c_x, w, _ = dpmpp_multistep_weights([1.0, 1.0], [2.0, 1.0], [-math.log(2.0), 0.0], 0, 1)
+        >>> round(c_x, 6), w.round(6).tolist()
+        (0.5, [0.5, 0.0, 0.0])
+    """
+    at, st = alpha[i + 1], sigma[i + 1]
+    h = lam[i + 1] - lam[i]
+    eh, e2h = np.exp(-h), np.exp(-2.0 * h)
+    if sde:
+        c_x, c_d, c_noise = st / sigma[i] * eh, at * (1.0 - e2h), st * np.sqrt(1.0 - e2h)
+    else:
+        c_x, c_d, c_noise = st / sigma[i], -at * (eh - 1.0), 0.0
+    w = np.zeros(3)
+    w[0] = c_d
+    if order == 2:
+        r0 = (lam[i] - lam[i - 1]) / h
+        if solver_type == "midpoint":
+            c1 = 0.5 * at * (1.0 - e2h) if sde else -0.5 * at * (eh - 1.0)
+        else:
+            c1 = at * ((1.0 - e2h) / (-2.0 * h) + 1.0) if sde else at * ((eh - 1.0) / h + 1.0)
+        w += c1 * np.array([1.0, -1.0, 0.0]) / r0
+    elif order == 3:
+        d1, d2 = dpm_third_order_differences(lam, i, h)
+        if sde:
+            c1 = at * ((1.0 - e2h) / (-2.0 * h) + 1.0)
+            c2 = at * ((1.0 - e2h - 2.0 * h) / (2.0 * h) ** 2 - 0.5)
+        else:
+            c1 = at * ((eh - 1.0) / h + 1.0)
+            c2 = -at * ((eh - 1.0 + h) / h**2 - 0.5)
+        w += c1 * d1 + c2 * d2
+    return c_x, w, c_noise
 
 
 def _solve(m: Sequence[Sequence[float]], v: Sequence[float]) -> List[float]:

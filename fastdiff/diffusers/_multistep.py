@@ -14,11 +14,12 @@ import torch
 
 from ._base import DiscreteBetaMixin, FusedSchedulerBase, check_one_of, check_steps, interp, rows, sigma_to_t, \
     spaced_timesteps
-from ..solvers import unipc_rhos, vp_x0_coefs
+from ..solvers import dpm_third_order_differences as _third_order_differences
+from ..solvers import dpmpp_multistep_weights, unipc_rhos, vp_x0_coefs
 from ._compat import make_output, register_to_config
 from ._flow import static_shift, stretch_to_terminal, time_shift
 
-__all__ = ["DPMSolverMultistepScheduler", "UniPCMultistepScheduler"]
+__all__ = ["DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "multistep_orders"]
 
 #: DPM-Solver's algorithm types: "++" solves for the x0 estimate (Lu et al. 2022b), the plain ones for the noise
 #: estimate (Lu et al. 2022a); "sde-" adds the SDE variant's noise
@@ -42,14 +43,26 @@ def _vp_from_sigma(s: np.ndarray):
     return alpha, sigma, lam
 
 
-def _third_order_differences(lam: np.ndarray, i: int, h: float) -> Tuple[np.ndarray, np.ndarray]:
-    """DPM-Solver's third-order D1 and D2 at step ``i`` as weights on (current, one back, two back) estimates:
-    finite differences in lambda scaled by the step ``h`` (Lu et al. 2022, Alg. of the multistep solver)."""
-    r0 = (lam[i] - lam[i - 1]) / h
-    r1 = (lam[i - 1] - lam[i - 2]) / h
-    d10 = np.array([1.0, -1.0, 0.0]) / r0
-    d11 = np.array([0.0, 1.0, -1.0]) / r1
-    return d10 + r0 / (r0 + r1) * (d10 - d11), (d10 - d11) / (r0 + r1)
+def multistep_orders(n: int, start: int, solver_order: int, lower_order_final: bool, euler_at_final: bool,
+                     final_sigmas_type: str) -> List[int]:
+    """The order DPM-Solver++ uses at each of ``n`` steps of a run that starts at index ``start`` (diffusers'
+    warm-up from the start, lower orders at the end of short runs and before a final sigma of 0)."""
+    out, lon = [], 0
+    for i in range(n):
+        if i < start:
+            out.append(1)
+            continue
+        lof = i == n - 1 and (euler_at_final or (lower_order_final and n < 15) or final_sigmas_type == "zero")
+        los = i == n - 2 and lower_order_final and n < 15
+        if solver_order == 1 or lon < 1 or lof:
+            k = 1
+        elif solver_order == 2 or lon < 2 or los:
+            k = 2
+        else:
+            k = 3
+        out.append(k)
+        lon = min(lon + 1, solver_order)
+    return out
 
 
 class _MultistepBase(DiscreteBetaMixin, FusedSchedulerBase):
@@ -309,24 +322,8 @@ class DPMSolverMultistepScheduler(_MultistepBase):
 
     def _orders(self, start: int) -> List[int]:
         cfg = self.config
-        n = len(self.timesteps)
-        out, lon = [], 0
-        for i in range(n):
-            if i < start:
-                out.append(1)
-                continue
-            lof = i == n - 1 and (cfg.euler_at_final or (cfg.lower_order_final and n < 15)
-                                  or cfg.final_sigmas_type == "zero")
-            los = i == n - 2 and cfg.lower_order_final and n < 15
-            if cfg.solver_order == 1 or lon < 1 or lof:
-                k = 1
-            elif cfg.solver_order == 2 or lon < 2 or los:
-                k = 2
-            else:
-                k = 3
-            out.append(k)
-            lon = min(lon + 1, cfg.solver_order)
-        return out
+        return multistep_orders(len(self.timesteps), start, cfg.solver_order, cfg.lower_order_final,
+                                cfg.euler_at_final, cfg.final_sigmas_type)
 
     def _build_table(self, key) -> torch.Tensor:
         start = key
@@ -334,41 +331,13 @@ class DPMSolverMultistepScheduler(_MultistepBase):
         sde = cfg.algorithm_type.startswith("sde-")
         if not cfg.algorithm_type.endswith("++"):
             return self._noise_form_table(start, sde)
-        a, s, lam = self._alpha, self._sigma, self._lam
         per_step = []
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             for i, k in enumerate(self._orders(start)):
                 in_x, in_m = self._x0_coefs(i)
-                at, st = a[i + 1], s[i + 1]
-                h = lam[i + 1] - lam[i]
-                eh, e2h = np.exp(-h), np.exp(-2.0 * h)
-                # x_t = cx * x + sum_j cD[j] * D_j (+ noise); D_0 = current x0, D_1/D_2 finite differences
-                if sde:
-                    cx = st / s[i] * eh
-                    cD = [at * (1.0 - e2h)]
-                    noise = st * np.sqrt(1.0 - e2h)
-                else:
-                    cx = st / s[i]
-                    cD = [-at * (eh - 1.0)]
-                    noise = 0.0
-                m = np.zeros(3)  # coefficients of (m0 = current x0, m1, m2)
-                m[0] = cD[0]
-                if k == 2:
-                    r0 = (lam[i] - lam[i - 1]) / h
-                    if cfg.solver_type == "midpoint":
-                        c1 = 0.5 * at * (1.0 - e2h) if sde else -0.5 * at * (eh - 1.0)
-                    else:
-                        c1 = at * ((1.0 - e2h) / (-2.0 * h) + 1.0) if sde else at * ((eh - 1.0) / h + 1.0)
-                    m += c1 * np.array([1.0, -1.0, 0.0]) / r0
-                elif k == 3:
-                    d1, d2 = _third_order_differences(lam, i, h)
-                    if sde:
-                        c1 = at * ((1.0 - e2h) / (-2.0 * h) + 1.0)
-                        c2 = at * ((1.0 - e2h - 2.0 * h) / (2.0 * h) ** 2 - 0.5)
-                    else:
-                        c1 = at * ((eh - 1.0) / h + 1.0)
-                        c2 = -at * ((eh - 1.0 + h) / h**2 - 0.5)
-                    m += c1 * d1 + c2 * d2
+                # x_t = cx * x + sum_j m[j] * D_j (+ noise); D_0 = current x0, D_1/D_2 the earlier ones
+                cx, m, noise = dpmpp_multistep_weights(self._alpha, self._sigma, self._lam, i, k, cfg.solver_type,
+                                                       sde)
                 per_step.append({"in_x": in_x, "in_m": in_m, "x": cx, "d": m[0], "h0": m[1], "h1": m[2],
                                  "noise": noise})
         return self._table_rows(per_step)
