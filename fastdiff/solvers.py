@@ -322,7 +322,8 @@ def dpmpp_multistep_weights(alpha: Sequence[float], sigma: Sequence[float], lam:
     h = lam[i + 1] - lam[i]
     eh, e2h = np.exp(-h), np.exp(-2.0 * h)
     if sde:
-        c_x, c_d, c_noise = st / sigma[i] * eh, at * (1.0 - e2h), st * np.sqrt(1.0 - e2h)
+        # a step that rises in sigma by a rounding (a final sigma_min just above the last sigma) gets no noise
+        c_x, c_d, c_noise = st / sigma[i] * eh, at * (1.0 - e2h), st * np.sqrt(np.maximum(1.0 - e2h, 0.0))
     else:
         c_x, c_d, c_noise = st / sigma[i], -at * (eh - 1.0), 0.0
     w = np.zeros(3)

@@ -23,7 +23,7 @@ Example:
 from ._base import ZTSNR_ALPHA_BAR, FusedSchedulerBase, set_table_arithmetic
 from ._compat import HAS_DIFFUSERS
 from ._ddim import DDIMScheduler, DDPMScheduler
-from ._edm import EDMEulerScheduler
+from ._edm import EDMDPMSolverMultistepScheduler, EDMEulerScheduler
 from ._euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler
 from ._flow import FlowMatchEulerDiscreteScheduler
 from ._kdpm2 import KDPM2AncestralDiscreteScheduler, KDPM2DiscreteScheduler
@@ -37,4 +37,5 @@ __all__ = [
     "FlowMatchEulerDiscreteScheduler", "FusedSchedulerBase", "HAS_DIFFUSERS", "ZTSNR_ALPHA_BAR",
     "set_table_arithmetic", "PNDMScheduler", "LMSDiscreteScheduler",
     "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "EDMEulerScheduler",
+    "EDMDPMSolverMultistepScheduler",
 ]

@@ -153,6 +153,14 @@ _add("KDPM2AncestralDiscreteScheduler", [{}, SD, {**SD, "prediction_type": "v_pr
 _add("EDMEulerScheduler", [{}, {"sigma_schedule": "exponential"}, {"prediction_type": "v_prediction"},
                            {"final_sigmas_type": "sigma_min"}, {"sigma_data": 1.0, "rho": 5.0, "sigma_max": 14.6}])
 _add("EDMEulerScheduler", [{}], extra={"s_churn": 1.0})
+_add("EDMDPMSolverMultistepScheduler", [{}, {"solver_order": 3}, {"solver_order": 1}, {"solver_type": "heun"},
+                                        {"prediction_type": "v_prediction"}, {"sigma_schedule": "exponential"},
+                                        {"final_sigmas_type": "sigma_min"}, {"algorithm_type": "sde-dpmsolver++"},
+                                        {"algorithm_type": "sde-dpmsolver++", "solver_type": "heun",
+                                         "final_sigmas_type": "sigma_min"},
+                                        {"euler_at_final": True, "final_sigmas_type": "sigma_min"},
+                                        {"solver_order": 3, "lower_order_final": False, "sigma_data": 1.0}])
+_add("EDMDPMSolverMultistepScheduler", [{"solver_order": 3}], n=20)
 
 # dynamic thresholding (a per-sample quantile of |x0|): ratios and maxima that make it clamp at most steps
 _THR = {"thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 1.5}
@@ -162,6 +170,8 @@ _add("DDIMScheduler", [_THR], extra={"eta": 0.0, "use_clipped_model_output": Tru
 _add("DPMSolverMultistepScheduler", [_THR, {**_THR, "solver_order": 3}, {**_THR, "algorithm_type": "sde-dpmsolver++"},
                                      {**_THR, "algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"}])
 _add("UniPCMultistepScheduler", [_THR, {**_THR, "solver_order": 3, "prediction_type": "v_prediction"}])
+_add("EDMDPMSolverMultistepScheduler", [_THR, {**_THR, "solver_order": 3},
+                                        {**_THR, "algorithm_type": "sde-dpmsolver++"}])
 
 
 # flow prediction on flow sigmas (the Wan / SkyReels-V2 / Cosmos UniPC configs)
@@ -446,6 +456,20 @@ def test_edm_preconditioning_custom_ramp_and_given_x0():
         torch.testing.assert_close(a.prev_sample, b.prev_sample, rtol=1e-6, atol=1e-5)
     with pytest.raises(ValueError, match="sigma_schedule"):
         fdd.EDMEulerScheduler(sigma_schedule="linear")
+
+
+def test_edm_dpm_solver_sde_has_no_third_order():
+    """diffusers' EDM DPM-Solver has no third-order SDE update (its step fails there): the drop-in says so."""
+    s = fdd.EDMDPMSolverMultistepScheduler(solver_order=3, algorithm_type="sde-dpmsolver++")
+    s.set_timesteps(6)
+    x = torch.zeros(1, 2, 3)
+    with pytest.raises(NotImplementedError, match="third-order"):
+        s.step(x, s.timesteps[0], x)
+    s = fdd.EDMDPMSolverMultistepScheduler(solver_order=2, algorithm_type="sde-dpmsolver++")
+    s.set_timesteps(6)
+    for t in s.timesteps:
+        x = s.step(torch.zeros_like(x), t, x, generator=torch.Generator().manual_seed(0)).prev_sample
+    assert torch.isfinite(x).all()
 
 def _tiny_unet():
     torch.manual_seed(0)

@@ -20,11 +20,13 @@ DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 STOCHASTIC = [("DDPMScheduler", {}), ("EulerAncestralDiscreteScheduler", {}),
               ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
               ("FlowMatchEulerDiscreteScheduler", {"stochastic_sampling": True}),
-              ("KDPM2AncestralDiscreteScheduler", {})]
+              ("KDPM2AncestralDiscreteScheduler", {}),
+              ("EDMDPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"})]
 ALL = ["DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
        "HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
        "FlowMatchEulerDiscreteScheduler", "PNDMScheduler", "LMSDiscreteScheduler",
-           "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "EDMEulerScheduler"]
+           "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "EDMEulerScheduler",
+           "EDMDPMSolverMultistepScheduler"]
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,8 @@ from fastdiff.schedules import DiscreteVPSchedule
 CLASSES = ["DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
            "HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
            "FlowMatchEulerDiscreteScheduler", "PNDMScheduler", "LMSDiscreteScheduler",
-           "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "EDMEulerScheduler"]
+           "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "EDMEulerScheduler",
+           "EDMDPMSolverMultistepScheduler"]
 
 
 def _steps(sched, x, n_steps, seed=0):

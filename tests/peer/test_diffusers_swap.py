@@ -15,7 +15,7 @@ import diffusers_swap  # noqa: E402
 
 SRC = os.environ.get("DIFFUSERS_SRC")
 FILES = ("ddim", "ddpm", "euler", "euler_ancestral", "heun", "dpm_multi", "unipc", "pndm", "lms", "kdpm2_discrete",
-         "kdpm2_ancestral", "edm_euler")
+         "kdpm2_ancestral", "edm_euler", "edm_dpmsolver_multistep")
 
 OPEN_GAPS = {
     "test_scheduler_ddim.DDIMSchedulerTest::test_variance": "_get_variance (private) is not provided",
