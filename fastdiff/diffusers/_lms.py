@@ -37,7 +37,9 @@ class LMSDiscreteScheduler(_SigmaBase):
 
     Same config keys, defaults and numbers as ``diffusers.LMSDiscreteScheduler`` (its weights are SciPy
     quadratures of the same polynomials; these are exact integrals in float64); ``step`` is one fused pass.
-    ``derivatives`` holds the derivatives of the run, oldest first, as diffusers' attribute does.
+    ``derivatives`` holds the derivatives of the run, oldest first, as diffusers' attribute does; with epsilon
+    prediction they are the model outputs themselves (the derivative, exactly), so a model output must not be
+    overwritten in place while the run still reads it (the next three steps).
 
     Example:
         >>> s = LMSDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)

@@ -335,7 +335,9 @@ def test_zero_terminal_snr_epsilon_is_finite(name):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("name", ["DDIMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler",
-                                  "UniPCMultistepScheduler", "FlowMatchEulerDiscreteScheduler", "HeunDiscreteScheduler"])
+                                  "UniPCMultistepScheduler", "FlowMatchEulerDiscreteScheduler", "HeunDiscreteScheduler",
+                                  "LMSDiscreteScheduler", "KDPM2DiscreteScheduler", "EDMEulerScheduler",
+                                  "EDMDPMSolverMultistepScheduler"])
 def test_half_precision_kept(name, dtype):
     ref_ts = getattr(fdd, name)()
     ref_ts.set_timesteps(8)
@@ -457,6 +459,26 @@ def test_edm_preconditioning_custom_ramp_and_given_x0():
     with pytest.raises(ValueError, match="sigma_schedule"):
         fdd.EDMEulerScheduler(sigma_schedule="linear")
 
+
+@pytest.mark.parametrize("name,cfg", [("KDPM2DiscreteScheduler", SD), ("KDPM2AncestralDiscreteScheduler", SD),
+                                      ("EDMDPMSolverMultistepScheduler", {"solver_order": 3}),
+                                      ("EDMEulerScheduler", {})])
+def test_begin_index_mid_schedule(name, cfg):
+    """set_begin_index (img2img) on the new sigma schedulers: the run from index 4 as diffusers steps it (orders
+    restart there; a two-stage run starts with a first stage), bounded by diffusers' float64 run."""
+    runs = {}
+    for key, sched, dtype in (("ours", getattr(fdd, name)(**cfg), torch.float32),
+                              ("peer", getattr(diffusers, name)(**cfg), torch.float32),
+                              ("exact", float64_scheduler(diffusers, name, cfg), torch.float64)):
+        sched.set_timesteps(9)
+        sched.set_begin_index(4)
+        g = torch.Generator().manual_seed(2)
+        x = torch.randn(2, 3, 5, generator=g).to(dtype) * 2.0
+        for t in sched.timesteps[4:]:
+            kw = {"generator": g} if "generator" in inspect.signature(sched.step).parameters else {}
+            x = sched.step(fake_model(sched.scale_model_input(x, t), t), t, x, **kw).prev_sample
+        runs[key] = x
+    assert_parity(f"{name} from index 4", runs["ours"], runs["peer"], runs["exact"], 9)
 
 def test_edm_dpm_solver_sde_has_no_third_order():
     """diffusers' EDM DPM-Solver has no third-order SDE update (its step fails there): the drop-in says so."""
