@@ -27,8 +27,9 @@ import torch
 __all__ = [
     "F", "log", "exp", "expm1", "sqrt", "like", "lerp_half", "t_of", "sigma_of",
     "ve_x0_coefs", "vp_x0_coefs", "consistency_scalings", "consistency_boundary", "consistency_step_coefs",
-    "churn_gamma", "churn_schedule", "ancestral_split", "euler_coefs",
-    "lms_coefficients", "exp_lagrange_weights", "dpm_solver_coefs", "unipc_rhos", "SQRT2_MINUS_1",
+    "edm_c_in", "edm_x0_coefs", "churn_gamma", "churn_schedule", "ancestral_split", "euler_coefs",
+    "lms_coefficients", "lms_weight_table", "exp_lagrange_weights", "dpm_solver_coefs",
+    "dpm_third_order_differences", "dpmpp_multistep_weights", "unipc_rhos", "SQRT2_MINUS_1",
     "IPNDM_WEIGHTS", "ipndm_v_weights", "deis_weights", "er_sde_default_noise_scaler", "er_sde_stage_integrals",
     "sa_solver_b_coeffs", "dpm_fast_grid",
     "flow_alpha", "euler_ancestral_cfgpp_coefs", "res_multistep_weights", "nan_to_zero",
@@ -195,6 +196,33 @@ def consistency_step_coefs(skip_x: Scalar, skip_d: Scalar, renoise: Scalar, nois
     """
     return {"aux_x": skip_x, "aux_d": skip_d, "out_x": renoise * skip_x, "out_d": renoise * skip_d,
             "out_noise": noise_std}
+
+
+def edm_c_in(sigma: Scalar, sigma_data: float) -> Scalar:
+    """EDM's network-input scaling (Karras et al. 2022, Table 1): ``c_in = 1 / sqrt(sigma^2 + sigma_data^2)``.
+
+    Example:
+        >>> round(edm_c_in(0.5, 0.5), 6)
+        1.414214
+    """
+    return 1 / sqrt(sigma ** 2 + sigma_data ** 2)
+
+
+def edm_x0_coefs(prediction: str, sigma: Scalar, sigma_data: float) -> Tuple[Scalar, Scalar]:
+    """EDM's output preconditioning (Karras et al. 2022, Table 1): ``(c_skip, c_out)`` with
+    ``x0 = c_skip * x + c_out * F`` for the VE sample ``x`` at ``sigma`` and the network output ``F``.
+
+    ``prediction``: ``"epsilon"`` (EDM's ``c_out = sigma sigma_data / sqrt(sigma^2 + sigma_data^2)``) or
+    ``"v_prediction"`` (the same with the opposite sign, diffusers' EDM convention).
+
+    Example:
+        >>> [round(c, 6) for c in edm_x0_coefs("epsilon", 0.5, 0.5)]
+        [0.5, 0.353553]
+    """
+    if prediction not in ("epsilon", "v_prediction"):
+        raise ValueError(f"Prediction type {prediction} is not supported.")
+    c_skip, c_out = consistency_scalings(sigma, sigma_data)  # the consistency scalings at sigma_min = 0
+    return c_skip, (c_out if prediction == "epsilon" else -c_out)
 
 
 # ------------------------------------------------------------------------------------------ stochasticity
@@ -380,12 +408,73 @@ def dpm_solver_coefs(form: str, h: float, alpha_t: float, sigma_t: float, alpha_
     if form == "x0":
         x, noise = sigma_t / sigma_s, 0.0
     elif form == "x0-sde":
-        x, noise = sigma_t / sigma_s * exp(-h), sigma_t * sqrt(-expm1(-2.0 * h))
+        # a step that rises in sigma by a rounding (a final sigma_min just above the last sigma) adds no noise
+        x, noise = sigma_t / sigma_s * exp(-h), sigma_t * sqrt(max(-expm1(-2.0 * h), 0.0))
     elif form == "eps":
         x, noise = alpha_t / alpha_s, 0.0
     else:
         x, noise = alpha_t / alpha_s, sigma_t * sqrt(expm1(2.0 * h))
     return {"x": x, "d0": scale * i0, "d1_mid": 0.5 * scale * i0, "d1": scale * i1, "d2": d2, "noise": noise}
+
+
+def lms_weight_table(t: Sequence[float], order: int) -> np.ndarray:
+    """:func:`lms_coefficients` for every step of a schedule: an ``(len(t) - 1, order)`` float64 array whose row
+    ``i`` holds the ``min(i + 1, order)`` weights of step ``i`` (the warm-up steps use the orders available),
+    zero-padded on the right.
+
+    Example:
+        >>> lms_weight_table([3.0, 2.0, 1.0], 2).round(6).tolist()
+        [[-1.0, 0.0], [-1.5, 0.5]]
+    """
+    t = [float(v) for v in t]
+    table = np.zeros((len(t) - 1, order))
+    for i in range(len(t) - 1):
+        c = lms_coefficients(t, i, min(i + 1, order))
+        table[i, :len(c)] = c
+    return table
+
+
+def dpm_third_order_differences(lam: Sequence[float], i: int, h: float) -> Tuple[np.ndarray, np.ndarray]:
+    """DPM-Solver's third-order ``D1`` and ``D2`` at step ``i`` as weights on the (current, one back, two back)
+    estimates: finite differences in ``lambda`` scaled by the step ``h`` (Lu et al. 2022, multistep solver).
+
+    Example:
+        >>> [w.round(6).tolist() for w in dpm_third_order_differences([0.0, 1.0, 2.0], 2, 1.0)]
+        [[1.5, -2.0, 0.5], [0.5, -1.0, 0.5]]
+    """
+    r0 = (lam[i] - lam[i - 1]) / h
+    r1 = (lam[i - 1] - lam[i - 2]) / h
+    d10 = np.array([1.0, -1.0, 0.0]) / r0
+    d11 = np.array([0.0, 1.0, -1.0]) / r1
+    return d10 + r0 / (r0 + r1) * (d10 - d11), (d10 - d11) / (r0 + r1)
+
+
+def dpmpp_multistep_weights(alpha: Sequence[float], sigma: Sequence[float], lam: Sequence[float], i: int,
+                            order: int, solver_type: str = "midpoint", sde: bool = False
+                            ) -> Tuple[float, np.ndarray, float]:
+    """Multistep DPM-Solver++ (Lu et al. 2022b) from step ``i`` to ``i + 1`` of a run with the process' ``alpha``,
+    ``sigma`` and log-SNR ``lam`` per step (float64; ``lam = +inf`` at a final sigma of 0): ``(c_x, w, c_noise)``
+    with ``x_next = c_x x + w[0] D_i + w[1] D_{i-1} + w[2] D_{i-2} + c_noise z`` over the x0 estimates ``D``.
+
+    :func:`dpm_solver_coefs` (form "x0" or "x0-sde") combined over the finite differences of the estimates:
+    ``order`` 1-3 (3 only for the ODE), ``solver_type`` "midpoint" or "heun" for the second order, ``sde`` the
+    SDE variant (its noise term included). Call under ``np.errstate`` where a step is infinite.
+
+    Example (first order, VE sigmas 2 -> 1, alpha = 1: x_next = x / 2 + D / 2):
+        >>> c_x, w, _ = dpmpp_multistep_weights([1.0, 1.0], [2.0, 1.0], [-math.log(2.0), 0.0], 0, 1)
+        >>> round(c_x, 6), w.round(6).tolist()
+        (0.5, [0.5, 0.0, 0.0])
+    """
+    h = lam[i + 1] - lam[i]
+    c = dpm_solver_coefs("x0-sde" if sde else "x0", h, alpha[i + 1], sigma[i + 1], alpha[i], sigma[i])
+    w = np.array([c["d0"], 0.0, 0.0])
+    if order == 2:
+        r0 = (lam[i] - lam[i - 1]) / h
+        w += c["d1_mid" if solver_type == "midpoint" else "d1"] * np.array([1.0, -1.0, 0.0]) / r0
+    elif order == 3:
+        d1, d2 = dpm_third_order_differences(lam, i, h)
+        w += c["d1"] * d1 + c["d2"] * d2
+    return c["x"], w, c["noise"]
 
 
 def _solve(m: Sequence[Sequence[float]], v: Sequence[float]) -> List[float]:

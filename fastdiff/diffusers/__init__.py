@@ -24,10 +24,13 @@ from ._base import ZTSNR_ALPHA_BAR, FusedSchedulerBase, set_table_arithmetic
 from ._compat import HAS_DIFFUSERS
 from ._consistency import CMStochasticIterativeScheduler
 from ._ddim import DDIMInverseScheduler, DDIMScheduler, DDPMScheduler
+from ._edm import EDMDPMSolverMultistepScheduler, EDMEulerScheduler
 from ._euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler
 from ._flow import FlowMapEulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
 from ._ipndm import IPNDMScheduler
+from ._kdpm2 import KDPM2AncestralDiscreteScheduler, KDPM2DiscreteScheduler
 from ._lcm import LCMScheduler, TCDScheduler
+from ._lms import LMSDiscreteScheduler
 from ._multistep import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 from ._multistep_more import DEISMultistepScheduler, DPMSolverMultistepInverseScheduler, DPMSolverSinglestepScheduler
 from ._parallel import DDIMParallelScheduler, DDPMParallelScheduler
@@ -44,4 +47,6 @@ __all__ = [
     "DPMSolverSinglestepScheduler", "DPMSolverMultistepInverseScheduler", "IPNDMScheduler",
     "CMStochasticIterativeScheduler", "FlowMatchHeunDiscreteScheduler", "ScoreSdeVeScheduler",
     "UnCLIPScheduler", "FlowMapEulerDiscreteScheduler",
+    "LMSDiscreteScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "EDMEulerScheduler",
+    "EDMDPMSolverMultistepScheduler",
 ]

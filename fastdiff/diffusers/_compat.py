@@ -196,6 +196,10 @@ _OUTPUTS = {
     "SdeVeOutput": ("scheduling_sde_ve", "prev_sample_mean"),
     "UnCLIPSchedulerOutput": ("scheduling_unclip", "pred_original_sample"),
     "FlowMapEulerDiscreteSchedulerOutput": ("scheduling_flow_map_euler_discrete", None),
+    "LMSDiscreteSchedulerOutput": ("scheduling_lms_discrete", "pred_original_sample"),
+    "KDPM2DiscreteSchedulerOutput": ("scheduling_k_dpm_2_discrete", "pred_original_sample"),
+    "KDPM2AncestralDiscreteSchedulerOutput": ("scheduling_k_dpm_2_ancestral_discrete", "pred_original_sample"),
+    "EDMEulerSchedulerOutput": ("scheduling_edm_euler", "pred_original_sample"),
     "SchedulerOutput": (None, None),
 }
 

@@ -116,6 +116,25 @@ class _SigmaBase(DiscreteBetaMixin, FusedSchedulerBase):
                              f"`{type(self).__name__}.step()` is not supported. Make sure to pass one of the "
                              f"`scheduler.timesteps` as a timestep.")
 
+    def _churned(self, sample: torch.Tensor, model_output: torch.Tensor, generator, i: int, churn: tuple,
+                 s_noise: float) -> torch.Tensor:
+        """EDM churn before the pass (Karras et al. 2022, Alg. 2): the model saw ``sample``, the step starts from
+        ``sample + s_noise * noise * sqrt(sigma_hat**2 - sigma**2)`` (float32, as diffusers); ``churn`` is
+        ``(s_churn, s_tmin, s_tmax)``. The sample itself when the step has no churn."""
+        s_churn, s_tmin, s_tmax = churn
+        if s_churn == 0.0:
+            return sample
+        sigma = self._sig_host[i]
+        gamma = churn_gamma(sigma, s_churn, len(self._sig_host) - 1, s_tmin, s_tmax)
+        if not gamma > 0:
+            return sample
+        kw = self._noise_kwargs(model_output.shape, model_output.device, model_output.dtype, generator, i)
+        noise = kw.get("noise")
+        if noise is None:
+            noise = philox_normal(sample.shape, kw["seed"], kw["stream"], device=sample.device)
+        amp = s_noise * math.sqrt((sigma * (gamma + 1)) ** 2 - sigma**2)
+        return sample.to(torch.float32) + noise * amp
+
     @staticmethod
     def _aux_dtype(model_output: torch.Tensor, sample: torch.Tensor) -> torch.dtype:
         # diffusers casts the sample to float32 first, so x0 comes out in (at least) float32
@@ -244,17 +263,7 @@ class EulerDiscreteScheduler(_SigmaBase):
         i = self._current_index(timestep)
         key = (float(s_churn), float(s_tmin), float(s_tmax))
         table = self._table(key, sample.device)
-        sigma = self._sig_host[i]
-        gamma = churn_gamma(sigma, key[0], len(self._sig_host) - 1, key[1], key[2]) if key[0] != 0.0 else 0.0
-        x = sample
-        if gamma > 0:
-            # churn: the model saw x, but the step starts from x + noise * sqrt(sigma_hat**2 - sigma**2)
-            kw = self._noise_kwargs(model_output.shape, model_output.device, model_output.dtype, generator, i)
-            noise = kw.get("noise")
-            if noise is None:
-                noise = philox_normal(sample.shape, kw["seed"], kw["stream"], device=sample.device)
-            amp = s_noise * math.sqrt((sigma * (gamma + 1)) ** 2 - sigma**2)
-            x = sample.to(torch.float32) + noise * amp
+        x = self._churned(sample, model_output, generator, i, key, s_noise)
         prev, x0 = self._launch(x, model_output, table, i, out_dtype=model_output.dtype,
                                 aux_dtype=self._aux_dtype(model_output, sample))
         self._step_index = i + 1

@@ -14,11 +14,12 @@ import torch
 
 from ._base import KARRAS_COMPATIBLES, DiscreteBetaMixin, FusedSchedulerBase, check_one_of, check_steps, interp, rows, \
     sigma_to_t, spaced_timesteps
-from ..solvers import dpm_solver_coefs, unipc_rhos, vp_x0_coefs
+from ..solvers import dpm_solver_coefs, dpm_third_order_differences as _third_order_differences
+from ..solvers import unipc_rhos, vp_x0_coefs
 from ._compat import make_output, register_to_config
 from ._flow import static_shift, stretch_to_terminal, time_shift
 
-__all__ = ["DPMSolverMultistepScheduler", "UniPCMultistepScheduler"]
+__all__ = ["DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "multistep_orders"]
 
 #: DPM-Solver's algorithm types: "++" solves for the x0 estimate (Lu et al. 2022b), the plain ones for the noise
 #: estimate (Lu et al. 2022a); "sde-" adds the SDE variant's noise
@@ -44,14 +45,32 @@ def _vp_from_sigma(s: np.ndarray):
     return alpha, sigma, lam
 
 
-def _third_order_differences(lam: np.ndarray, i: int, h: float) -> Tuple[np.ndarray, np.ndarray]:
-    """DPM-Solver's third-order D1 and D2 at step ``i`` as weights on (current, one back, two back) estimates:
-    finite differences in lambda scaled by the step ``h`` (Lu et al. 2022, Alg. of the multistep solver)."""
-    r0 = (lam[i] - lam[i - 1]) / h
-    r1 = (lam[i - 1] - lam[i - 2]) / h
-    d10 = np.array([1.0, -1.0, 0.0]) / r0
-    d11 = np.array([0.0, 1.0, -1.0]) / r1
-    return d10 + r0 / (r0 + r1) * (d10 - d11), (d10 - d11) / (r0 + r1)
+def multistep_orders(n: int, start: int, solver_order: int, lower_order_final: bool, euler_at_final: bool,
+                     final_sigmas_type: Optional[str]) -> List[int]:
+    """The order DPM-Solver (and DEIS, EDM's DPM-Solver++) uses at each of ``n`` steps of a run that starts at
+    index ``start``: rising from 1 after the start (diffusers' warm-up), lowered at the end of short runs
+    (``lower_order_final`` under 15 steps) and before a final sigma of 0.
+
+    Example:
+        >>> multistep_orders(5, 0, 3, True, False, "zero")
+        [1, 2, 3, 2, 1]
+    """
+    out, lon = [], 0
+    for i in range(n):
+        if i < start:
+            out.append(1)
+            continue
+        lof = i == n - 1 and (euler_at_final or (lower_order_final and n < 15) or final_sigmas_type == "zero")
+        los = i == n - 2 and lower_order_final and n < 15
+        if solver_order == 1 or lon < 1 or lof:
+            k = 1
+        elif solver_order == 2 or lon < 2 or los:
+            k = 2
+        else:
+            k = 3
+        out.append(k)
+        lon = min(lon + 1, solver_order)
+    return out
 
 
 class _MultistepBase(DiscreteBetaMixin, FusedSchedulerBase):
@@ -179,26 +198,10 @@ class _MultistepBase(DiscreteBetaMixin, FusedSchedulerBase):
         return self._host_tables[key]
 
     def _orders(self, start: int) -> List[int]:
-        """DPM-Solver's (and DEIS's) order per step: rising from 1 after the start, lowered at the end."""
+        """DPM-Solver's (and DEIS's) order per step (``multistep_orders``)."""
         cfg = self.config
-        n = len(self.timesteps)
-        out, lon = [], 0
-        for i in range(n):
-            if i < start:
-                out.append(1)
-                continue
-            lof = i == n - 1 and (getattr(cfg, "euler_at_final", False) or (cfg.lower_order_final and n < 15)
-                                  or getattr(cfg, "final_sigmas_type", None) == "zero")
-            los = i == n - 2 and cfg.lower_order_final and n < 15
-            if cfg.solver_order == 1 or lon < 1 or lof:
-                k = 1
-            elif cfg.solver_order == 2 or lon < 2 or los:
-                k = 2
-            else:
-                k = 3
-            out.append(k)
-            lon = min(lon + 1, cfg.solver_order)
-        return out
+        return multistep_orders(len(self.timesteps), start, cfg.solver_order, cfg.lower_order_final,
+                                getattr(cfg, "euler_at_final", False), getattr(cfg, "final_sigmas_type", None))
 
     def _eps_row(self, i: int, in_x: float, in_m: float, cx: float, c_eps: float) -> dict:
         """Row entries of a noise-form update ``cx * x + c_eps * eps + ...`` at step ``i`` whose noise estimate

@@ -149,6 +149,30 @@ _add("FlowMatchEulerDiscreteScheduler", [{}, {"shift": 3.0}, {"shift": 3.0, "use
                                          {"stochastic_sampling": True, "shift": 3.0}, {"invert_sigmas": True},
                                          {"shift_terminal": 0.1, "shift": 3.0}])
 
+_add("LMSDiscreteScheduler", [{}, SD, {**SD, "prediction_type": "v_prediction"}, {"prediction_type": "sample"},
+                              {"timestep_spacing": "leading", "steps_offset": 1}, {"timestep_spacing": "trailing"},
+                              {**SD, "use_karras_sigmas": True}, {**SD, "use_exponential_sigmas": True},
+                              {"beta_schedule": "squaredcos_cap_v2"}])
+_add("LMSDiscreteScheduler", [SD], extra={"order": 2})
+_add("LMSDiscreteScheduler", [SD, {**SD, "prediction_type": "v_prediction"}], n=9, extra={"order": 6})
+_add("KDPM2DiscreteScheduler", [{}, SD, {**SD, "prediction_type": "v_prediction"},
+                                {"timestep_spacing": "leading", "steps_offset": 1}, {"timestep_spacing": "trailing"},
+                                {**SD, "use_karras_sigmas": True}, {**SD, "use_exponential_sigmas": True},
+                                {"beta_schedule": "squaredcos_cap_v2"}], n=7)
+_add("KDPM2AncestralDiscreteScheduler", [{}, SD, {**SD, "prediction_type": "v_prediction"},
+                                         {"timestep_spacing": "leading", "steps_offset": 1},
+                                         {**SD, "use_karras_sigmas": True}, {"timestep_spacing": "trailing"}], n=7)
+_add("EDMEulerScheduler", [{}, {"sigma_schedule": "exponential"}, {"prediction_type": "v_prediction"},
+                           {"final_sigmas_type": "sigma_min"}, {"sigma_data": 1.0, "rho": 5.0, "sigma_max": 14.6}])
+_add("EDMEulerScheduler", [{}], extra={"s_churn": 1.0})
+_add("EDMDPMSolverMultistepScheduler", [{}, {"solver_order": 3}, {"solver_order": 1}, {"solver_type": "heun"},
+                                        {"prediction_type": "v_prediction"}, {"sigma_schedule": "exponential"},
+                                        {"final_sigmas_type": "sigma_min"}, {"algorithm_type": "sde-dpmsolver++"},
+                                        {"algorithm_type": "sde-dpmsolver++", "solver_type": "heun",
+                                         "final_sigmas_type": "sigma_min"},
+                                        {"euler_at_final": True, "final_sigmas_type": "sigma_min"},
+                                        {"solver_order": 3, "lower_order_final": False, "sigma_data": 1.0}])
+_add("EDMDPMSolverMultistepScheduler", [{"solver_order": 3}], n=20)
 
 # dynamic thresholding (a per-sample quantile of |x0|): ratios and maxima that make it clamp at most steps
 _THR = {"thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 1.5}
@@ -158,6 +182,8 @@ _add("DDIMScheduler", [_THR], extra={"eta": 0.0, "use_clipped_model_output": Tru
 _add("DPMSolverMultistepScheduler", [_THR, {**_THR, "solver_order": 3}, {**_THR, "algorithm_type": "sde-dpmsolver++"},
                                      {**_THR, "algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"}])
 _add("UniPCMultistepScheduler", [_THR, {**_THR, "solver_order": 3, "prediction_type": "v_prediction"}])
+_add("EDMDPMSolverMultistepScheduler", [_THR, {**_THR, "solver_order": 3},
+                                        {**_THR, "algorithm_type": "sde-dpmsolver++"}])
 
 
 # flow prediction on flow sigmas (the Wan / SkyReels-V2 / Cosmos UniPC configs)
@@ -176,7 +202,8 @@ _add("DPMSolverMultistepScheduler", [{**_FLOW, "flow_shift": 3.0}, {**_FLOW, "fl
 
 # beta sigmas (Lee et al. 2024): the Beta(0.6, 0.6) quantile is fastdiff's own float64 one, diffusers' is SciPy's
 for _name in ("EulerDiscreteScheduler", "HeunDiscreteScheduler", "DPMSolverMultistepScheduler",
-              "UniPCMultistepScheduler"):
+              "UniPCMultistepScheduler", "LMSDiscreteScheduler", "KDPM2DiscreteScheduler",
+              "KDPM2AncestralDiscreteScheduler"):
     _add(_name, [{**SD, "use_beta_sigmas": True}])
 _add("FlowMatchEulerDiscreteScheduler", [{"shift": 3.0, "use_beta_sigmas": True}])
 
@@ -382,6 +409,18 @@ def test_one_fused_step_per_call_and_no_sync(name, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(_base, "fused_step", counting)
+    # the one read allowed: the run's Philox seed, drawn on the CPU from torch's global generator at the first
+    # noisy step without a generator (a later step for a two-stage sampler), which is no device sync
+    seeding, real_draw, real_item = [], _base.draw_seed, torch.Tensor.item
+
+    def draw_seed():
+        seeding.append(1)
+        try:
+            return real_draw()
+        finally:
+            seeding.pop()
+
+    monkeypatch.setattr(_base, "draw_seed", draw_seed)
     s = getattr(fdd, name)()
     s.set_timesteps(6)
     x = torch.randn(2, 3, 4, 4)
@@ -389,7 +428,9 @@ def test_one_fused_step_per_call_and_no_sync(name, monkeypatch):
     for i, t in enumerate(ts):
         if i == 1:
             # from the second step on, no tensor may be read back on the host
-            def boom(*a, **k):
+            def boom(self, *a, **k):
+                if seeding and self.is_cpu:
+                    return real_item(self, *a, **k)
                 raise AssertionError("host-device sync in step")
             monkeypatch.setattr(torch.Tensor, "item", boom)
             monkeypatch.setattr(torch.Tensor, "__bool__", boom)
@@ -423,7 +464,8 @@ def test_zero_terminal_snr_epsilon_is_finite(name):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("name", ["DDIMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler",
                                   "UniPCMultistepScheduler", "FlowMatchEulerDiscreteScheduler", "HeunDiscreteScheduler",
-                                  "FlowMatchHeunDiscreteScheduler"])
+                                  "FlowMatchHeunDiscreteScheduler", "LMSDiscreteScheduler", "KDPM2DiscreteScheduler",
+                                  "EDMEulerScheduler", "EDMDPMSolverMultistepScheduler"])
 def test_half_precision_kept(name, dtype):
     ref_ts = getattr(fdd, name)()
     ref_ts.set_timesteps(8)
@@ -720,6 +762,81 @@ def test_begin_index_img2img(name, begin):
         res.append(x)
     torch.testing.assert_close(res[0], res[1], rtol=0, atol=5e-5)
 
+
+
+@pytest.mark.parametrize("order", [1, 3, 4])
+def test_lms_begin_index_pairs_weights_with_the_derivatives_kept(order):
+    """LMS started mid-schedule (img2img) has fewer derivatives than its order: diffusers pairs the first weights
+    of the full-order formula with those it has, and the drop-in does the same (bounded by diffusers' float64 run)."""
+    runs = {}
+    for key, sched, dtype in (("ours", fdd.LMSDiscreteScheduler(**SD), torch.float32),
+                              ("peer", diffusers.LMSDiscreteScheduler(**SD), torch.float32),
+                              ("exact", float64_scheduler(diffusers, "LMSDiscreteScheduler", SD), torch.float64)):
+        sched.set_timesteps(11)
+        sched.set_begin_index(4)
+        x = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(order)).to(dtype) * 3.0
+        for t in sched.timesteps[4:]:
+            x = sched.step(fake_model(sched.scale_model_input(x, t), t), t, x, order=order).prev_sample
+        runs[key] = x
+    assert_parity(f"LMS order {order} from index 4", runs["ours"], runs["peer"], runs["exact"], 7)
+
+
+def test_edm_preconditioning_custom_ramp_and_given_x0():
+    """EDM's public preconditioning calls, a custom ramp and a caller-given x0 estimate: diffusers' numbers."""
+    cfg = {"sigma_schedule": "karras", "prediction_type": "v_prediction", "sigma_data": 0.7}
+    ours, ref = fdd.EDMEulerScheduler(**cfg), diffusers.EDMEulerScheduler(**cfg)
+    ramp = torch.tensor([0.0, 0.15, 0.4, 0.7, 0.95])
+    for s in (ours, ref):
+        s.set_timesteps(sigmas=ramp)
+    assert torch.equal(ours.sigmas, ref.sigmas) and torch.equal(ours.timesteps, ref.timesteps)
+    g = torch.Generator().manual_seed(4)
+    x, m = torch.randn(2, 3, 5, generator=g) * 20.0, torch.randn(2, 3, 5, generator=g)
+    sigma = ref.sigmas[1]
+    assert torch.equal(ours.precondition_inputs(x, sigma), ref.precondition_inputs(x, sigma))
+    assert torch.equal(ours.precondition_noise(sigma), ref.precondition_noise(sigma))
+    assert torch.equal(ours.precondition_outputs(x, m, sigma), ref.precondition_outputs(x, m, sigma))
+    x0 = torch.randn(2, 3, 5, generator=g)
+    for t in ref.timesteps[:3]:
+        a = ours.step(m, t, x, pred_original_sample=x0)
+        b = ref.step(m, t, x, pred_original_sample=x0)
+        assert a.pred_original_sample is x0
+        torch.testing.assert_close(a.prev_sample, b.prev_sample, rtol=1e-6, atol=1e-5)
+    with pytest.raises(ValueError, match="sigma_schedule"):
+        fdd.EDMEulerScheduler(sigma_schedule="linear")
+
+
+@pytest.mark.parametrize("name,cfg", [("KDPM2DiscreteScheduler", SD), ("KDPM2AncestralDiscreteScheduler", SD),
+                                      ("EDMDPMSolverMultistepScheduler", {"solver_order": 3}),
+                                      ("EDMEulerScheduler", {})])
+def test_begin_index_mid_schedule(name, cfg):
+    """set_begin_index (img2img) on the new sigma schedulers: the run from index 4 as diffusers steps it (orders
+    restart there; a two-stage run starts with a first stage), bounded by diffusers' float64 run."""
+    runs = {}
+    for key, sched, dtype in (("ours", getattr(fdd, name)(**cfg), torch.float32),
+                              ("peer", getattr(diffusers, name)(**cfg), torch.float32),
+                              ("exact", float64_scheduler(diffusers, name, cfg), torch.float64)):
+        sched.set_timesteps(9)
+        sched.set_begin_index(4)
+        g = torch.Generator().manual_seed(2)
+        x = torch.randn(2, 3, 5, generator=g).to(dtype) * 2.0
+        for t in sched.timesteps[4:]:
+            kw = {"generator": g} if "generator" in inspect.signature(sched.step).parameters else {}
+            x = sched.step(fake_model(sched.scale_model_input(x, t), t), t, x, **kw).prev_sample
+        runs[key] = x
+    assert_parity(f"{name} from index 4", runs["ours"], runs["peer"], runs["exact"], 9)
+
+def test_edm_dpm_solver_sde_has_no_third_order():
+    """diffusers' EDM DPM-Solver has no third-order SDE update (its step fails there): the drop-in says so."""
+    s = fdd.EDMDPMSolverMultistepScheduler(solver_order=3, algorithm_type="sde-dpmsolver++")
+    s.set_timesteps(6)
+    x = torch.zeros(1, 2, 3)
+    with pytest.raises(NotImplementedError, match="third-order"):
+        s.step(x, s.timesteps[0], x)
+    s = fdd.EDMDPMSolverMultistepScheduler(solver_order=2, algorithm_type="sde-dpmsolver++")
+    s.set_timesteps(6)
+    for t in s.timesteps:
+        x = s.step(torch.zeros_like(x), t, x, generator=torch.Generator().manual_seed(0)).prev_sample
+    assert torch.isfinite(x).all()
 
 def _tiny_unet():
     torch.manual_seed(0)

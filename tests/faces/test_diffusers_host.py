@@ -22,14 +22,16 @@ STOCHASTIC = [("DDPMScheduler", {}), ("EulerAncestralDiscreteScheduler", {}),
               ("DPMSolverSinglestepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
               ("FlowMatchEulerDiscreteScheduler", {"stochastic_sampling": True}), ("LCMScheduler", {}),
               ("TCDScheduler", {}), ("DDPMParallelScheduler", {}), ("CMStochasticIterativeScheduler", {}),
-              ("UnCLIPScheduler", {})]
+              ("UnCLIPScheduler", {}), ("KDPM2AncestralDiscreteScheduler", {}),
+              ("EDMDPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"})]
 ALL = ["DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
        "HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
        "FlowMatchEulerDiscreteScheduler", "PNDMScheduler", "LCMScheduler", "TCDScheduler",
        "DDIMInverseScheduler", "DDIMParallelScheduler", "DDPMParallelScheduler", "DEISMultistepScheduler",
        "DPMSolverSinglestepScheduler", "DPMSolverMultistepInverseScheduler", "IPNDMScheduler",
        "CMStochasticIterativeScheduler", "FlowMatchHeunDiscreteScheduler", "UnCLIPScheduler",
-       "FlowMapEulerDiscreteScheduler"]
+       "FlowMapEulerDiscreteScheduler", "LMSDiscreteScheduler", "KDPM2DiscreteScheduler",
+       "KDPM2AncestralDiscreteScheduler", "EDMEulerScheduler", "EDMDPMSolverMultistepScheduler"]
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:

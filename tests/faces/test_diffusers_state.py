@@ -16,7 +16,8 @@ CLASSES = ["DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAnc
            "TCDScheduler", "DDIMInverseScheduler", "DDIMParallelScheduler", "DDPMParallelScheduler",
            "DEISMultistepScheduler", "DPMSolverSinglestepScheduler", "DPMSolverMultistepInverseScheduler",
            "IPNDMScheduler", "CMStochasticIterativeScheduler", "FlowMatchHeunDiscreteScheduler",
-           "UnCLIPScheduler", "FlowMapEulerDiscreteScheduler"]
+           "UnCLIPScheduler", "FlowMapEulerDiscreteScheduler", "LMSDiscreteScheduler", "KDPM2DiscreteScheduler",
+           "KDPM2AncestralDiscreteScheduler", "EDMEulerScheduler", "EDMDPMSolverMultistepScheduler"]
 
 
 def _steps(sched, x, n_steps, seed=0):

@@ -169,6 +169,37 @@ def test_exp_lagrange_weights_edge_steps():
     assert all(math.isnan(v) for v in S.exp_lagrange_weights(math.inf, [0.0, -0.5], 1.0))
 
 
+@pytest.mark.parametrize("order", [1, 2, 4, 6])
+def test_lms_weight_table_rows_are_each_steps_weights(order):
+    t = [14.6, 9.1, 5.3, 3.0, 1.7, 0.9, 0.41, 0.0]  # ends at sigma = 0, as a sampling schedule does
+    table = S.lms_weight_table(t, order)
+    assert table.shape == (len(t) - 1, order)
+    for i in range(len(t) - 1):
+        k = min(i + 1, order)  # the warm-up steps use the orders their derivatives allow
+        assert table[i, :k].tolist() == S.lms_coefficients(t, i, k)
+        assert not table[i, k:].any()
+    if order == 1:  # Euler: each weight is the step in sigma
+        assert table[:, 0].tolist() == pytest.approx([b - a for a, b in zip(t, t[1:])], rel=1e-14)
+
+
+@pytest.mark.parametrize("sigma_data", [0.5, 1.0])
+def test_edm_preconditioning_gives_unit_variance_input_and_target(sigma_data):
+    """Karras et al. (2022), Appendix B.6: c_in makes the input unit-variance and c_out the training target
+    ``(y - c_skip (y + n)) / c_out``; floats, numpy arrays and 0-d tensors agree."""
+    sig = np.array([0.002, 0.3, 1.0, 7.5, 80.0])
+    c_in = S.edm_c_in(sig, sigma_data)
+    c_skip, c_out = S.edm_x0_coefs("epsilon", sig, sigma_data)
+    np.testing.assert_allclose(c_in ** 2 * (sig ** 2 + sigma_data ** 2), 1.0, rtol=1e-14)
+    np.testing.assert_allclose(((1 - c_skip) ** 2 * sigma_data ** 2 + c_skip ** 2 * sig ** 2) / c_out ** 2, 1.0,
+                               rtol=1e-12)
+    v_skip, v_out = S.edm_x0_coefs("v_prediction", sig, sigma_data)
+    assert np.array_equal(v_skip, c_skip) and np.array_equal(v_out, -c_out)
+    assert S.edm_x0_coefs("epsilon", 7.5, sigma_data) == (c_skip[3], c_out[3])
+    t_skip, t_out = S.edm_x0_coefs("epsilon", torch.tensor(7.5, dtype=torch.float64), sigma_data)
+    assert (float(t_skip), float(t_out)) == (c_skip[3], c_out[3])
+    with pytest.raises(ValueError, match="Prediction type"):
+        S.edm_x0_coefs("sample", 1.0, sigma_data)
+
 @pytest.mark.parametrize("variant", ["bh1", "bh2"])
 @pytest.mark.parametrize("order", [1, 2, 3])
 def test_unipc_rhos_solve_the_order_conditions(order, variant):

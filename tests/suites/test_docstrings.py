@@ -19,6 +19,7 @@ MODULES = [
     "fastdiff.diffusers._flow", "fastdiff.diffusers._lcm", "fastdiff.diffusers._parallel", "fastdiff.bench",
     "fastdiff.diffusers._consistency", "fastdiff.diffusers._sde_ve", "fastdiff.diffusers._unclip",
     "fastdiff.bench.sizes", "fastdiff.bench.timing",
+    "fastdiff.diffusers._lms", "fastdiff.diffusers._kdpm2", "fastdiff.diffusers._edm",
     "fastdiff.bench.cases_step", "fastdiff.bench.runner", "fastdiff.bench.report", "fastdiff.bench.profiling",
     "fastdiff.ops.hmc", "fastdiff.mcmc._hmc", "fastdiff.mcmc._adapt",
     "fastdiff.schedules._scheduler_sigmas", "fastdiff.schedules._beta_dist", "fastdiff.schedules._ays",
