@@ -27,10 +27,12 @@ from ._euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, Heu
 from ._flow import FlowMatchEulerDiscreteScheduler
 from ._multistep import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 from ._pndm import PNDMScheduler
+from ._sde import DPMSolverSDEScheduler
 
 __all__ = [
     "DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
     "HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
     "FlowMatchEulerDiscreteScheduler", "FusedSchedulerBase", "HAS_DIFFUSERS", "ZTSNR_ALPHA_BAR",
     "set_table_arithmetic", "PNDMScheduler",
+    "DPMSolverSDEScheduler",
 ]

@@ -188,6 +188,7 @@ _OUTPUTS = {
     "HeunDiscreteSchedulerOutput": ("scheduling_heun_discrete", True),
     "FlowMatchEulerDiscreteSchedulerOutput": ("scheduling_flow_match_euler_discrete", False),
     "SchedulerOutput": (None, False),
+    "DPMSolverSDESchedulerOutput": ("scheduling_dpmsolver_sde", True),
 }
 
 
@@ -200,7 +201,10 @@ def output_class(name: str):
     if HAS_DIFFUSERS:
         import importlib
 
-        return getattr(importlib.import_module(f"diffusers.schedulers.{module}"), name)
+        try:
+            return getattr(importlib.import_module(f"diffusers.schedulers.{module}"), name)
+        except ImportError:  # a diffusers module that needs an optional package (torchsde) not installed
+            pass
     return _fallback_output(name, with_x0)  # pragma: no cover
 
 

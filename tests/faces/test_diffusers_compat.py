@@ -175,6 +175,13 @@ _add("PNDMScheduler", [{}, {"skip_prk_steps": True}, {**SD, "skip_prk_steps": Tr
                        {"beta_schedule": "squaredcos_cap_v2", "timestep_spacing": "linspace"}])
 
 
+# DPMSolverSDE: diffusers' Brownian noise (torchsde) from noise_sampler_seed, the same path on both sides
+_add("DPMSolverSDEScheduler", [{"noise_sampler_seed": 0}, {**SD, "prediction_type": "v_prediction", "noise_sampler_seed": 1},
+                               {**SD, "use_karras_sigmas": True, "noise_sampler_seed": 2},
+                               {"timestep_spacing": "trailing", "noise_sampler_seed": 3},
+                               {"timestep_spacing": "leading", "steps_offset": 1, "noise_sampler_seed": 4}], n=7)
+
+
 @pytest.fixture(autouse=True)
 def _quiet():
     with warnings.catch_warnings():
@@ -328,7 +335,7 @@ def test_triton_backend_matches_torch(name):
     res = []
     for backend in ("torch", "triton"):
         torch.manual_seed(3)  # before set_timesteps: stochastic schedulers draw their Philox seed there
-        s = getattr(fdd, name)(**({"algorithm_type": "sde-dpmsolver++"} if name.startswith("DPM") else {}))
+        s = getattr(fdd, name)(**({"algorithm_type": "sde-dpmsolver++"} if name.startswith("DPMSolverMulti") else {}))
         s.backend = backend
         s.set_timesteps(4)
         g = torch.Generator().manual_seed(1)

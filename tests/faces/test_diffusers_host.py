@@ -22,7 +22,7 @@ STOCHASTIC = [("DDPMScheduler", {}), ("EulerAncestralDiscreteScheduler", {}),
               ("FlowMatchEulerDiscreteScheduler", {"stochastic_sampling": True})]
 ALL = ["DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
        "HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
-       "FlowMatchEulerDiscreteScheduler", "PNDMScheduler"]
+       "FlowMatchEulerDiscreteScheduler", "PNDMScheduler", "DPMSolverSDEScheduler"]
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
