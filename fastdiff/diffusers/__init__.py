@@ -27,6 +27,7 @@ from ._euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, Heu
 from ._flow import FlowMatchEulerDiscreteScheduler
 from ._multistep import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 from ._pndm import PNDMScheduler
+from ._sasolver import SASolverScheduler
 from ._sde import DPMSolverSDEScheduler
 
 __all__ = [
@@ -34,5 +35,5 @@ __all__ = [
     "HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
     "FlowMatchEulerDiscreteScheduler", "FusedSchedulerBase", "HAS_DIFFUSERS", "ZTSNR_ALPHA_BAR",
     "set_table_arithmetic", "PNDMScheduler",
-    "DPMSolverSDEScheduler",
+    "DPMSolverSDEScheduler", "SASolverScheduler",
 ]

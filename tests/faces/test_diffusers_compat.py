@@ -182,6 +182,15 @@ _add("DPMSolverSDEScheduler", [{"noise_sampler_seed": 0}, {**SD, "prediction_typ
                                {"timestep_spacing": "leading", "steps_offset": 1, "noise_sampler_seed": 4}], n=7)
 
 
+# SASolver: predictor/corrector orders, data and noise prediction, re-spaced and flow sigmas
+_add("SASolverScheduler", [{}, {**SD, "prediction_type": "v_prediction"}, {**SD, "use_karras_sigmas": True},
+                           {"algorithm_type": "noise_prediction"}, {"predictor_order": 3, "corrector_order": 4},
+                           {"predictor_order": 1, "corrector_order": 1}, {"corrector_order": 3, "lower_order_final": False},
+                           {"algorithm_type": "noise_prediction", "prediction_type": "v_prediction", "predictor_order": 3},
+                           {"timestep_spacing": "trailing", "use_exponential_sigmas": True},
+                           {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": 3.0}], n=9)
+
+
 @pytest.fixture(autouse=True)
 def _quiet():
     with warnings.catch_warnings():

@@ -19,10 +19,10 @@ from fastdiff.ops.step import COEF_NAMES, fused_step, step_coefs
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 STOCHASTIC = [("DDPMScheduler", {}), ("EulerAncestralDiscreteScheduler", {}),
               ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
-              ("FlowMatchEulerDiscreteScheduler", {"stochastic_sampling": True})]
+              ("FlowMatchEulerDiscreteScheduler", {"stochastic_sampling": True}), ("SASolverScheduler", {})]
 ALL = ["DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
        "HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
-       "FlowMatchEulerDiscreteScheduler", "PNDMScheduler", "DPMSolverSDEScheduler"]
+       "FlowMatchEulerDiscreteScheduler", "PNDMScheduler", "DPMSolverSDEScheduler", "SASolverScheduler"]
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import diffusers_swap  # noqa: E402
 
 SRC = os.environ.get("DIFFUSERS_SRC")
-FILES = ("ddim", "ddpm", "euler", "euler_ancestral", "heun", "dpm_multi", "unipc", "pndm", "dpm_sde")
+FILES = ("ddim", "ddpm", "euler", "euler_ancestral", "heun", "dpm_multi", "unipc", "pndm", "dpm_sde", "sasolver")
 
 OPEN_GAPS = {
     "test_scheduler_ddim.DDIMSchedulerTest::test_variance": "_get_variance (private) is not provided",
