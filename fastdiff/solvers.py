@@ -29,7 +29,7 @@ __all__ = [
     "ve_x0_coefs", "vp_x0_coefs", "churn_gamma", "churn_schedule", "ancestral_split", "euler_coefs",
     "lms_coefficients", "unipc_rhos", "SQRT2_MINUS_1",
     "IPNDM_WEIGHTS", "ipndm_v_weights", "deis_weights", "er_sde_default_noise_scaler", "er_sde_stage_integrals",
-    "sa_solver_b_coeffs", "sa_solver_noise_coeffs", "sa_solver_order2_shift", "dpm_fast_grid",
+    "snr_shifted_abar", "sa_solver_b_coeffs", "sa_solver_noise_coeffs", "sa_solver_order2_shift", "dpm_fast_grid",
     "flow_alpha", "euler_ancestral_cfgpp_coefs", "res_multistep_weights", "nan_to_zero",
 ]
 
@@ -504,6 +504,17 @@ def sa_solver_b_coeffs(sigma_next: float, lambdas: Sequence[float], lam_s: float
     integrals = mat @ terms
     vander = np.vander(np.asarray(lambdas, dtype=np.float64), n, increasing=True).T
     return [float(alpha_t * v) for v in np.linalg.solve(vander, integrals)]
+
+
+def snr_shifted_abar(abar: Scalar, scale: float) -> Scalar:
+    """``alphas_cumprod`` with every SNR divided by ``scale`` (CogVideoX's ``snr_shift_scale``):
+    ``abar / (scale + (1 - scale) abar)``, i.e. ``SNR' = SNR / scale``; in the input's own arithmetic.
+
+    Example:
+        >>> snr_shifted_abar(0.5, 3.0)  # SNR 1 -> 1/3
+        0.25
+    """
+    return abar / (scale + (1 - scale) * abar)
 
 
 def sa_solver_noise_coeffs(alpha_t: float, lambdas: Sequence[float], lam_s: float, lam_t: float,

@@ -21,6 +21,7 @@ Example:
     ...     x = s.step(torch.zeros_like(x), t, x).prev_sample
 """
 from ._base import ZTSNR_ALPHA_BAR, FusedSchedulerBase, set_table_arithmetic
+from ._cogvideox import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
 from ._compat import HAS_DIFFUSERS
 from ._ddim import DDIMScheduler, DDPMScheduler
 from ._euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler
@@ -35,5 +36,5 @@ __all__ = [
     "HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
     "FlowMatchEulerDiscreteScheduler", "FusedSchedulerBase", "HAS_DIFFUSERS", "ZTSNR_ALPHA_BAR",
     "set_table_arithmetic", "PNDMScheduler",
-    "DPMSolverSDEScheduler", "SASolverScheduler",
+    "DPMSolverSDEScheduler", "SASolverScheduler", "CogVideoXDDIMScheduler", "CogVideoXDPMScheduler",
 ]

@@ -22,7 +22,7 @@ STOCHASTIC = [("DDPMScheduler", {}), ("EulerAncestralDiscreteScheduler", {}),
               ("FlowMatchEulerDiscreteScheduler", {"stochastic_sampling": True}), ("SASolverScheduler", {})]
 ALL = ["DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
        "HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
-       "FlowMatchEulerDiscreteScheduler", "PNDMScheduler", "DPMSolverSDEScheduler", "SASolverScheduler"]
+       "FlowMatchEulerDiscreteScheduler", "PNDMScheduler", "DPMSolverSDEScheduler", "SASolverScheduler", "CogVideoXDDIMScheduler"]
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from fastdiff.schedules import DiscreteVPSchedule
 
 CLASSES = ["DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
            "HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
-           "FlowMatchEulerDiscreteScheduler", "PNDMScheduler", "DPMSolverSDEScheduler", "SASolverScheduler"]
+           "FlowMatchEulerDiscreteScheduler", "PNDMScheduler", "DPMSolverSDEScheduler", "SASolverScheduler", "CogVideoXDDIMScheduler"]
 
 
 def _steps(sched, x, n_steps, seed=0):
