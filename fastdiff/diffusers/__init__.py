@@ -30,6 +30,7 @@ from ._multistep import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 from ._pndm import PNDMScheduler
 from ._sasolver import SASolverScheduler
 from ._sde import DPMSolverSDEScheduler
+from ._wuerstchen import DDPMWuerstchenScheduler
 
 __all__ = [
     "DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
@@ -37,4 +38,5 @@ __all__ = [
     "FlowMatchEulerDiscreteScheduler", "FusedSchedulerBase", "HAS_DIFFUSERS", "ZTSNR_ALPHA_BAR",
     "set_table_arithmetic", "PNDMScheduler",
     "DPMSolverSDEScheduler", "SASolverScheduler", "CogVideoXDDIMScheduler", "CogVideoXDPMScheduler",
+    "DDPMWuerstchenScheduler",
 ]

@@ -189,6 +189,7 @@ _OUTPUTS = {
     "FlowMatchEulerDiscreteSchedulerOutput": ("scheduling_flow_match_euler_discrete", False),
     "SchedulerOutput": (None, False),
     "DPMSolverSDESchedulerOutput": ("scheduling_dpmsolver_sde", True),
+    "DDPMWuerstchenSchedulerOutput": ("scheduling_ddpm_wuerstchen", False),
 }
 
 
