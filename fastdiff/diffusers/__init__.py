@@ -23,6 +23,7 @@ Example:
 from ._base import ZTSNR_ALPHA_BAR, FusedSchedulerBase, set_table_arithmetic
 from ._cogvideox import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
 from ._compat import HAS_DIFFUSERS
+from ._cosine import CosineDPMSolverMultistepScheduler
 from ._ddim import DDIMScheduler, DDPMScheduler
 from ._euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler
 from ._flow import FlowMatchEulerDiscreteScheduler
@@ -38,5 +39,5 @@ __all__ = [
     "FlowMatchEulerDiscreteScheduler", "FusedSchedulerBase", "HAS_DIFFUSERS", "ZTSNR_ALPHA_BAR",
     "set_table_arithmetic", "PNDMScheduler",
     "DPMSolverSDEScheduler", "SASolverScheduler", "CogVideoXDDIMScheduler", "CogVideoXDPMScheduler",
-    "DDPMWuerstchenScheduler",
+    "DDPMWuerstchenScheduler", "CosineDPMSolverMultistepScheduler",
 ]

@@ -26,7 +26,7 @@ from ._base import _TABLE_ARITHMETIC, KARRAS_COMPATIBLES, check_steps, result_dt
 from ._compat import make_output, register_to_config
 from ._euler import _SigmaBase, sigma_x0_coefs
 
-__all__ = ["DPMSolverSDEScheduler"]
+__all__ = ["DPMSolverSDEScheduler", "BrownianPathMixin", "HAS_TORCHSDE"]
 
 try:  # diffusers' own noise needs torchsde (an optional dependency, as it is for diffusers)
     import torchsde  # noqa: F401
@@ -55,7 +55,52 @@ def _f32_stage_times(sig32: np.ndarray):
     return first, second, mid
 
 
-class DPMSolverSDEScheduler(_SigmaBase):
+class BrownianPathMixin:
+    """diffusers' Brownian noise path (torchsde, through ``fastdiff.k_diffusion``'s sampler) kept as
+    ``self.noise_sampler``; copies and pickles rebuild it from its arguments (the same seed, the same path)."""
+
+    noise_sampler = None
+    _tree_args = None
+
+    def _brownian_path(self, sample: torch.Tensor, lo: float, hi: float, seed) -> None:
+        """The path over ``[lo, hi]`` shaped like ``sample``; a None ``seed`` is one ``torch.randint`` draw from
+        the global generator, where and as diffusers draws it."""
+        from ..k_diffusion.noise import BrownianTreeNoiseSampler
+
+        if seed is None:
+            seed = torch.randint(0, 2**63 - 1, []).item()
+        elif isinstance(seed, (list, tuple)):
+            seed = [int(v) for v in seed]
+        else:
+            seed = int(seed)
+        self._tree_args = (tuple(sample.shape), sample.dtype, sample.device, lo, hi, seed)
+        self.noise_sampler = BrownianTreeNoiseSampler(sample, lo, hi, seed)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["noise_sampler"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        args = state.get("_tree_args")
+        if args is not None and HAS_TORCHSDE:
+            from ..k_diffusion.noise import BrownianTreeNoiseSampler
+
+            shape, dtype, device, lo, hi, seed = args
+            self.noise_sampler = BrownianTreeNoiseSampler(torch.zeros(shape, dtype=dtype, device=device), lo, hi,
+                                                          seed)
+
+    def __deepcopy__(self, memo):
+        import copy
+
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        new.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        return new
+
+
+class DPMSolverSDEScheduler(BrownianPathMixin, _SigmaBase):
     """Stochastic DPM-Solver++ (Lu et al. 2022) with the ancestral split of Karras et al. (2022), two stages per step.
 
     Same config keys, defaults, ``order`` and numbers as ``diffusers.DPMSolverSDEScheduler`` (its Brownian noise
@@ -219,43 +264,8 @@ class DPMSolverSDEScheduler(_SigmaBase):
         return {"seed": self._seed, "stream": i * 4 + (0 if first else 1)}
 
     def _make_tree(self, sample: torch.Tensor) -> None:
-        from ..k_diffusion.noise import BrownianTreeNoiseSampler
-
         s = self.sigmas
-        lo, hi = float(s[s > 0].min()), float(s.max())
-        seed = self.noise_sampler_seed
-        if seed is None:
-            seed = torch.randint(0, 2**63 - 1, []).item()  # diffusers' draw, at its place
-        elif isinstance(seed, (list, tuple)):
-            seed = [int(v) for v in seed]
-        else:
-            seed = int(seed)
-        self._tree_args = (tuple(sample.shape), sample.dtype, sample.device, lo, hi, seed)
-        self.noise_sampler = BrownianTreeNoiseSampler(sample, lo, hi, seed)
-
-    def __getstate__(self):
-        # the torchsde path is rebuilt from its arguments (the same seed gives the same path)
-        state = self.__dict__.copy()
-        state["noise_sampler"] = None
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        args = state.get("_tree_args")
-        if args is not None and HAS_TORCHSDE:
-            from ..k_diffusion.noise import BrownianTreeNoiseSampler
-
-            shape, dtype, device, lo, hi, seed = args
-            self.noise_sampler = BrownianTreeNoiseSampler(torch.zeros(shape, dtype=dtype, device=device), lo, hi,
-                                                          seed)
-
-    def __deepcopy__(self, memo):
-        import copy
-
-        new = type(self).__new__(type(self))
-        memo[id(self)] = new
-        new.__setstate__(copy.deepcopy(self.__getstate__(), memo))
-        return new
+        self._brownian_path(sample, float(s[s > 0].min()), float(s.max()), self.noise_sampler_seed)
 
     # ------------------------------------------------------------------ the step
     def step(self, model_output: torch.Tensor, timestep: Union[float, torch.Tensor], sample: torch.Tensor,

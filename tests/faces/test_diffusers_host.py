@@ -22,7 +22,8 @@ STOCHASTIC = [("DDPMScheduler", {}), ("EulerAncestralDiscreteScheduler", {}),
               ("FlowMatchEulerDiscreteScheduler", {"stochastic_sampling": True}), ("SASolverScheduler", {})]
 ALL = ["DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
        "HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
-       "FlowMatchEulerDiscreteScheduler", "PNDMScheduler", "DPMSolverSDEScheduler", "SASolverScheduler", "CogVideoXDDIMScheduler"]
+       "FlowMatchEulerDiscreteScheduler", "PNDMScheduler", "DPMSolverSDEScheduler", "SASolverScheduler", "CogVideoXDDIMScheduler",
+           "CosineDPMSolverMultistepScheduler"]
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:

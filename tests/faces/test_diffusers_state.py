@@ -12,7 +12,8 @@ from fastdiff.schedules import DiscreteVPSchedule
 
 CLASSES = ["DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
            "HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
-           "FlowMatchEulerDiscreteScheduler", "PNDMScheduler", "DPMSolverSDEScheduler", "SASolverScheduler", "CogVideoXDDIMScheduler"]
+           "FlowMatchEulerDiscreteScheduler", "PNDMScheduler", "DPMSolverSDEScheduler", "SASolverScheduler", "CogVideoXDDIMScheduler",
+           "CosineDPMSolverMultistepScheduler"]
 
 
 def _steps(sched, x, n_steps, seed=0):
