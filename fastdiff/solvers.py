@@ -31,7 +31,7 @@ __all__ = [
     "lms_coefficients", "lms_weight_table", "exp_lagrange_weights", "dpm_solver_coefs",
     "dpm_third_order_differences", "dpmpp_multistep_weights", "unipc_rhos", "SQRT2_MINUS_1",
     "IPNDM_WEIGHTS", "ipndm_v_weights", "deis_weights", "er_sde_default_noise_scaler", "er_sde_stage_integrals",
-    "sa_solver_b_coeffs", "dpm_fast_grid",
+    "snr_shifted_abar", "sa_solver_b_coeffs", "sa_solver_noise_coeffs", "sa_solver_order2_shift", "dpm_fast_grid",
     "flow_alpha", "euler_ancestral_cfgpp_coefs", "res_multistep_weights", "nan_to_zero",
     "consistency_boundary", "consistency_step_coefs",
 ]
@@ -741,6 +741,57 @@ def sa_solver_b_coeffs(sigma_next: float, lambdas: Sequence[float], lam_s: float
     integrals = mat @ terms
     vander = np.vander(np.asarray(lambdas, dtype=np.float64), n, increasing=True).T
     return [float(alpha_t * v) for v in np.linalg.solve(vander, integrals)]
+
+
+def snr_shifted_abar(abar: Scalar, scale: float) -> Scalar:
+    """``alphas_cumprod`` with every SNR divided by ``scale`` (CogVideoX's ``snr_shift_scale``):
+    ``abar / (scale + (1 - scale) abar)``, i.e. ``SNR' = SNR / scale``; in the input's own arithmetic.
+
+    Example:
+        >>> snr_shifted_abar(0.5, 3.0)  # SNR 1 -> 1/3
+        0.25
+    """
+    return abar / (scale + (1 - scale) * abar)
+
+
+def sa_solver_noise_coeffs(alpha_t: float, lambdas: Sequence[float], lam_s: float, lam_t: float,
+                           tau: float) -> List[float]:
+    """SA-Solver's noise-prediction weights (Xue et al. 2023, eqs. 14/17): the Lagrange basis on ``lambdas``
+    integrated against ``exp(-l)`` over ``[lam_s, lam_t]``, times ``-(1 + tau^2) alpha_t``; in the order of
+    ``lambdas``. Host float64.
+
+    Example (one node, tau = 0: ``-alpha_t (exp(-s) - exp(-t))``):
+        >>> round(sa_solver_noise_coeffs(0.5, [0.0], 0.0, math.log(2.0), 0.0)[0], 12)
+        -0.25
+    """
+    n = len(lambdas)
+    # int_s^t l^p exp(-l) dl = [-exp(-l) sum_k p!/(p-k)! l^(p-k)]_s^t
+    integrals = []
+    for p in range(n):
+        def prim(lam, p=p):
+            return -math.exp(-lam) * sum(math.factorial(p) / math.factorial(p - k) * lam ** (p - k)
+                                         for k in range(p + 1))
+        integrals.append(prim(lam_t) - prim(lam_s))
+    vander = np.vander(np.asarray(lambdas, dtype=np.float64), n, increasing=True).T
+    return [float(-(1 + tau ** 2) * alpha_t * v) for v in np.linalg.solve(vander, np.asarray(integrals))]
+
+
+def sa_solver_order2_shift(alpha_t: float, lam_s: float, lam_t: float, tau: float, lam_prev: float = None,
+                           corrector: bool = False) -> float:
+    """The weight diffusers' SA-Solver moves from the older to the newer of two data-prediction nodes (its
+    UniPC-like order-2 variant for few steps; it does not change the convergence order): added to the newest
+    node's :func:`sa_solver_b_coeffs` weight and subtracted from the other's. ``lam_prev``: the node before
+    ``lam_s`` (the predictor's); the corrector's form needs none. Host float64.
+
+    Example (tau = 0, h = 1, corrector: ``alpha_t (1/2 - e^-1)``):
+        >>> round(sa_solver_order2_shift(1.0, 0.0, 1.0, 0.0, corrector=True), 12)
+        0.132120558829
+    """
+    c = 1 + tau ** 2
+    h = lam_t - lam_s
+    core = (h * c - 1 + math.exp(-c * h)) / c ** 2
+    shift = h / 2 - core / h if corrector else (h ** 2 / 2 - core) / (lam_s - lam_prev)
+    return c * alpha_t * shift
 
 
 def dpm_fast_grid(t_start: Scalar, t_end: Scalar, nfe: int) -> Tuple[List[Scalar], List[int]]:

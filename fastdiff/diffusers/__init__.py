@@ -21,8 +21,10 @@ Example:
     ...     x = s.step(torch.zeros_like(x), t, x).prev_sample
 """
 from ._base import ZTSNR_ALPHA_BAR, FusedSchedulerBase, set_table_arithmetic
+from ._cogvideox import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
 from ._compat import HAS_DIFFUSERS
 from ._consistency import CMStochasticIterativeScheduler
+from ._cosine import CosineDPMSolverMultistepScheduler
 from ._ddim import DDIMInverseScheduler, DDIMScheduler, DDPMScheduler
 from ._edm import EDMDPMSolverMultistepScheduler, EDMEulerScheduler
 from ._euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler
@@ -35,8 +37,11 @@ from ._multistep import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 from ._multistep_more import DEISMultistepScheduler, DPMSolverMultistepInverseScheduler, DPMSolverSinglestepScheduler
 from ._parallel import DDIMParallelScheduler, DDPMParallelScheduler
 from ._pndm import PNDMScheduler
+from ._sasolver import SASolverScheduler
+from ._sde import DPMSolverSDEScheduler
 from ._sde_ve import ScoreSdeVeScheduler
 from ._unclip import UnCLIPScheduler
+from ._wuerstchen import DDPMWuerstchenScheduler
 
 __all__ = [
     "DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
@@ -49,4 +54,6 @@ __all__ = [
     "UnCLIPScheduler", "FlowMapEulerDiscreteScheduler",
     "LMSDiscreteScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "EDMEulerScheduler",
     "EDMDPMSolverMultistepScheduler",
+    "DPMSolverSDEScheduler", "SASolverScheduler", "CogVideoXDDIMScheduler", "CogVideoXDPMScheduler",
+    "DDPMWuerstchenScheduler", "CosineDPMSolverMultistepScheduler",
 ]

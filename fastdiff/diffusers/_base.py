@@ -605,12 +605,18 @@ def _diffusers_betas(beta_schedule: str, beta_start: float, beta_end: float, tra
     return betas
 
 
-def _rescale_zero_terminal_snr_f32(betas: torch.Tensor) -> torch.Tensor:
-    """Lin et al. (2024), Algorithm 1 (zero terminal SNR), in float32 as diffusers computes it."""
-    abar_sqrt = torch.cumprod(1.0 - betas, dim=0).sqrt()
+def rescale_abar_zero_terminal_snr(abar: torch.Tensor) -> torch.Tensor:
+    """Lin et al. (2024), Algorithm 1 (zero terminal SNR) on ``alphas_cumprod``, in its dtype as diffusers
+    computes it: sqrt(abar) shifted to end at 0 and scaled to keep its first value."""
+    abar_sqrt = abar.sqrt()
     first, last = abar_sqrt[0].clone(), abar_sqrt[-1].clone()
     abar_sqrt = (abar_sqrt - last) * (first / (first - last))
-    abar = abar_sqrt**2
+    return abar_sqrt**2
+
+
+def _rescale_zero_terminal_snr_f32(betas: torch.Tensor) -> torch.Tensor:
+    """Lin et al. (2024), Algorithm 1 (zero terminal SNR), in float32 as diffusers computes it."""
+    abar = rescale_abar_zero_terminal_snr(torch.cumprod(1.0 - betas, dim=0))
     alphas = torch.cat([abar[0:1], abar[1:] / abar[:-1]])
     return 1 - alphas
 

@@ -200,6 +200,8 @@ _OUTPUTS = {
     "KDPM2DiscreteSchedulerOutput": ("scheduling_k_dpm_2_discrete", "pred_original_sample"),
     "KDPM2AncestralDiscreteSchedulerOutput": ("scheduling_k_dpm_2_ancestral_discrete", "pred_original_sample"),
     "EDMEulerSchedulerOutput": ("scheduling_edm_euler", "pred_original_sample"),
+    "DPMSolverSDESchedulerOutput": ("scheduling_dpmsolver_sde", "pred_original_sample"),
+    "DDPMWuerstchenSchedulerOutput": ("scheduling_ddpm_wuerstchen", None),
     "SchedulerOutput": (None, None),
 }
 
@@ -213,7 +215,10 @@ def output_class(name: str):
     if HAS_DIFFUSERS:
         import importlib
 
-        return getattr(importlib.import_module(f"diffusers.schedulers.{module}"), name)
+        try:
+            return getattr(importlib.import_module(f"diffusers.schedulers.{module}"), name)
+        except ImportError:  # a diffusers module that needs an optional package (torchsde) not installed
+            pass
     return _fallback_output(name, second)  # pragma: no cover
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 __all__ = ["default_noise_sampler", "BrownianTreeNoiseSampler", "NoiseSampler", "resolve_noise", "brownian_default"]
@@ -88,6 +89,24 @@ class BrownianTreeNoiseSampler:
         if not self._per_row:
             w = w[0]
         return w / (b - a).abs().sqrt()
+
+    def at_host_times(self, t0: float, t1: float) -> torch.Tensor:
+        """``self(sigma, sigma_next)`` for path times already transformed and held as host floats (float32
+        values): the same increment and float32 normalization, without reading a tensor back on the host.
+
+        Example:
+            >>> ns = BrownianTreeNoiseSampler(torch.zeros(2), 0.1, 10.0, seed=0)  # doctest: +SKIP
+            >>> torch.equal(ns.at_host_times(5.0, 2.0), ns(torch.tensor(5.0), torch.tensor(2.0)))  # doctest: +SKIP
+            True
+        """
+        sign = 1 if t0 < t1 else -1
+        lo, hi = (t0, t1) if sign > 0 else (t1, t0)
+        w = torch.stack([tree(lo, hi) for tree in self._trees]) * (self._flip * sign)
+        if not self._per_row:
+            w = w[0]
+        # |t1 - t0| ** 0.5 rounded as the float32 0-d tensors of __call__ round it
+        scale = np.sqrt(np.abs(np.float32(t1) - np.float32(t0)))
+        return w / float(scale)
 
 
 def resolve_noise(x: torch.Tensor, noise_sampler: Optional[NoiseSampler]) -> NoiseSampler:

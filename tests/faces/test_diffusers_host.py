@@ -23,7 +23,7 @@ STOCHASTIC = [("DDPMScheduler", {}), ("EulerAncestralDiscreteScheduler", {}),
               ("FlowMatchEulerDiscreteScheduler", {"stochastic_sampling": True}), ("LCMScheduler", {}),
               ("TCDScheduler", {}), ("DDPMParallelScheduler", {}), ("CMStochasticIterativeScheduler", {}),
               ("UnCLIPScheduler", {}), ("KDPM2AncestralDiscreteScheduler", {}),
-              ("EDMDPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"})]
+              ("EDMDPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}), ("SASolverScheduler", {})]
 ALL = ["DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
        "HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
        "FlowMatchEulerDiscreteScheduler", "PNDMScheduler", "LCMScheduler", "TCDScheduler",
@@ -31,7 +31,8 @@ ALL = ["DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestr
        "DPMSolverSinglestepScheduler", "DPMSolverMultistepInverseScheduler", "IPNDMScheduler",
        "CMStochasticIterativeScheduler", "FlowMatchHeunDiscreteScheduler", "UnCLIPScheduler",
        "FlowMapEulerDiscreteScheduler", "LMSDiscreteScheduler", "KDPM2DiscreteScheduler",
-       "KDPM2AncestralDiscreteScheduler", "EDMEulerScheduler", "EDMDPMSolverMultistepScheduler"]
+       "KDPM2AncestralDiscreteScheduler", "EDMEulerScheduler", "EDMDPMSolverMultistepScheduler",
+       "DPMSolverSDEScheduler", "SASolverScheduler", "CogVideoXDDIMScheduler", "CosineDPMSolverMultistepScheduler"]
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,8 @@ CLASSES = ["DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAnc
            "DEISMultistepScheduler", "DPMSolverSinglestepScheduler", "DPMSolverMultistepInverseScheduler",
            "IPNDMScheduler", "CMStochasticIterativeScheduler", "FlowMatchHeunDiscreteScheduler",
            "UnCLIPScheduler", "FlowMapEulerDiscreteScheduler", "LMSDiscreteScheduler", "KDPM2DiscreteScheduler",
-           "KDPM2AncestralDiscreteScheduler", "EDMEulerScheduler", "EDMDPMSolverMultistepScheduler"]
+           "KDPM2AncestralDiscreteScheduler", "EDMEulerScheduler", "EDMDPMSolverMultistepScheduler",
+           "DPMSolverSDEScheduler", "SASolverScheduler", "CogVideoXDDIMScheduler", "CosineDPMSolverMultistepScheduler"]
 
 
 def _steps(sched, x, n_steps, seed=0):

@@ -17,7 +17,7 @@ SRC = os.environ.get("DIFFUSERS_SRC")
 FILES = ("ddim", "ddpm", "euler", "euler_ancestral", "heun", "dpm_multi", "unipc", "pndm", "lcm", "tcd", "ddim_inverse",
          "ddim_parallel", "ddpm_parallel", "deis", "dpm_single", "dpm_multi_inverse", "ipndm", "consistency_model",
          "score_sde_ve", "unclip", "flow_map_euler_discrete", "lms", "kdpm2_discrete",
-         "kdpm2_ancestral", "edm_euler", "edm_dpmsolver_multistep")
+         "kdpm2_ancestral", "edm_euler", "edm_dpmsolver_multistep", "dpm_sde", "sasolver")
 
 OPEN_GAPS: dict = {}  # none: every test that passes on diffusers passes swapped
 
