@@ -51,6 +51,9 @@ def test_byte_counts(op, units, dtype, size):
     ("dropin_dpmpp2m", 5),     # x, eps, history -> prev_sample, x0 (the next step's history)
     ("dropin_deis", 5),        # x, eps, history -> prev_sample, noise estimate (the next step's history)
     ("dropin_flow_euler", 3),  # x, velocity -> prev_sample
+    ("dropin_edm_euler", 4),   # x, model output -> prev_sample, pred_original_sample
+    ("dropin_ddpm", 5),        # x, eps, the generator's noise -> prev_sample, pred_original_sample
+    ("dropin_lcm", 5),         # x, model output, the generator's noise -> prev_sample, denoised
 ])
 def test_dropin_byte_counts_match_what_the_step_returns(op, units):
     assert bench.CASES[op].bytes_moved(1000, torch.float32) == units * 1000 * 4
@@ -238,7 +241,8 @@ def test_dropin_cases_match_diffusers():
     pytest.importorskip("diffusers")
     pytest.importorskip("fastdiff.diffusers")
     rep = _run(groups=["dropin"], providers=["fastdiff", "diffusers"])
-    names = {"dropin_ddim", "dropin_euler", "dropin_dpmpp2m", "dropin_deis", "dropin_flow_euler", "dropin_pndm"}
+    names = {"dropin_ddim", "dropin_euler", "dropin_dpmpp2m", "dropin_deis", "dropin_flow_euler", "dropin_pndm",
+             "dropin_edm_euler", "dropin_ddpm", "dropin_euler_a", "dropin_lcm"}
     assert {r.op for r in rep.rows} == names
     for r in [row for name in sorted(names) for row in rep.find(name, "fastdiff")]:
         assert r.status == "ok" and r.max_rel_err <= 1e-4, (r.op, r.status, r.max_rel_err)
