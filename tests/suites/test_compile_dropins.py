@@ -10,9 +10,9 @@ graph), so the compiled and eager runs use the same noise.
 
 In CI every class x mode compiles with the ``aot_eager`` backend (dynamo's full trace and AOT autograd's
 functional graph: what fullgraph=True checks, without inductor's C++ builds, ~5-10 s each on 2 cores); the
-inductor tests run the default backend for the classes that build fastest in CI and for the rest with
-``--runslow`` (their C++ kernel builds take 15-60 s each on a 2-core CPU; benchmarks/compile_loops.py
-measures them).
+inductor tests run the default backend for the six classes that build fastest in CI, and for the slowest
+builds (DDPM, Heun, SDE-DPM-Solver++, PNDM: 6-22 s each past inductor's one-time start on 2 cores) with
+``--runslow``; benchmarks/compile_loops.py measures cold compiles of every class beside diffusers'.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ CLASSES = {
 }
 STOCHASTIC = frozenset(("ddpm", "euler_ancestral", "dpm_sde"))
 #: inductor builds that stay short enough for CI; the others are marked slow
-INDUCTOR_IN_CI = frozenset(("ddim", "flow_euler"))
+INDUCTOR_IN_CI = frozenset(("ddim", "euler", "euler_ancestral", "dpm_multi", "unipc", "flow_euler"))
 MODES = ("begin_index", "index_lookup")
 
 
