@@ -18,18 +18,26 @@ generator and a distinct stream per step. The seed is drawn at the first step th
 adds noise without a generator -- where diffusers itself draws from the global
 generator -- never in ``set_timesteps`` and never when a generator is given, so the
 global generator's state after any call is what it would be after diffusers' call
-in kind (one draw where diffusers draws, none where it draws none). Inside a
+in kind (one draw where diffusers draws, none where it draws none). ``set_noise_seed``
+fixes the seed on the host instead (kept across runs, no global draw). Inside a
 ``torch.compile`` region that has no seed yet, a generator-less step draws its noise
 as diffusers does (``torch.randn`` on the global generator, traced), since a host
-seed draw there would break the graph.
+seed draw there would break the graph; with ``set_noise_seed`` the compiled loop
+draws the eager loop's Philox noise.
 
 The first step finds its index without reading a device timestep: ``set_timesteps``
 keeps a host copy of the timesteps, and a timestep that is an element of
 ``self.timesteps`` (what iterating it yields) is located from its storage offset and
 looked up in that copy. Only a device timestep from elsewhere is read back (one
 sync, as diffusers' own lookup). Under ``torch.compile`` a tensor timestep is never
-read on the host once the step index is known (after ``set_begin_index`` or the
-first step): the traced loop follows the step counter.
+read on the host: the traced loop follows the step counter, and a traced first step
+without ``set_begin_index`` takes the index eager finds for ``timesteps[0]`` (a loop
+that starts elsewhere sets its begin index, as diffusers' img2img pipelines do).
+
+torch.compile(fullgraph=True) of a whole loop: the host-side set-up a step needs
+(coefficient tables, multistep plans) is computed at trace time outside the graph and
+enters it as constants, guarded by a digest of the run's timesteps and sigmas, so a
+later run of the same timesteps reuses the graph and a run on others compiles anew.
 
 Example:
     >>> from fastdiff.diffusers import EulerDiscreteScheduler
