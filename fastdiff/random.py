@@ -276,6 +276,24 @@ def _philox_words(words: np.ndarray, k0: int, k1: int) -> np.ndarray:
     return words
 
 
+def _host_normals(rows: int, groups: int, row_ids: torch.Tensor, stream: int, k0: int, k1: int) -> torch.Tensor:
+    """(rows, groups, 4) float32 normals on the CPU: the numba loop where it imports, else numpy (same bits)."""
+    out = normals_jit(rows, groups, row_ids, stream, k0, k1)
+    return _normals_numpy(rows, groups, row_ids, stream, k0, k1) if out is None else out
+
+
+@torch.library.custom_op("fastdiff::philox_normals_cpu", mutates_args=())
+def _philox_normals_cpu(rows: int, groups: int, row_ids: torch.Tensor, stream: int, k0: int,
+                        k1: int) -> torch.Tensor:
+    """``_host_normals`` as a ``torch.library`` op: what a traced CPU ``philox_normal`` calls (see there)."""
+    return _host_normals(rows, groups, row_ids, stream, k0, k1)
+
+
+@_philox_normals_cpu.register_fake
+def _(rows, groups, row_ids, stream, k0, k1):
+    return row_ids.new_empty((rows, groups, 4), dtype=torch.float32)
+
+
 def _normals_numpy(rows: int, groups: int, row_ids: torch.Tensor, stream: int, k0: int, k1: int) -> torch.Tensor:
     """(rows, groups, 4) float32 normals: Philox words, then Box-Muller in float32, in place.
 
@@ -366,13 +384,14 @@ def philox_normal(
     if rows == 0 or cols == 0:  # nothing to draw (and no (rows,) row ids to build for a (huge, 0) shape)
         return torch.empty(shape, dtype=dtype, device=device)
     groups = (cols + 3) // 4
-    # the numpy Philox is the fast CPU path; under torch.compile dynamo cannot trace numpy uint64 code, so a
-    # traced region takes the int64 torch emulation below (the same words, hence the same noise)
-    if torch.device(device if device is not None else "cpu").type == "cpu" and not torch.compiler.is_compiling():
-        # the compiled loop (numba) where it imports, else numpy: the same words and float32 operations
-        out = normals_jit(rows, groups, row_ids, stream, k0, k1)
-        if out is None:
-            out = _normals_numpy(rows, groups, row_ids, stream, k0, k1)
+    if torch.device(device if device is not None else "cpu").type == "cpu":
+        # the compiled loop (numba) where it imports, else numpy: the same words and float32 operations. Traced
+        # (torch.compile), the same host code runs as one opaque op: dynamo cannot trace numpy uint64 code, and
+        # inductor takes minutes over the int64 emulation below (ten Philox rounds inlined per draw)
+        if torch.compiler.is_compiling():
+            out = torch.ops.fastdiff.philox_normals_cpu(rows, groups, row_ids, stream, k0, k1)
+        else:
+            out = _host_normals(rows, groups, row_ids, stream, k0, k1)
         return out.reshape(rows, groups * 4)[:, :cols].reshape(shape).to(dtype)
     c0 = torch.arange(groups, dtype=torch.int64, device=device).expand(rows, groups)
     c1 = (row_ids & _MASK32)[:, None].expand(rows, groups)

@@ -18,18 +18,26 @@ generator and a distinct stream per step. The seed is drawn at the first step th
 adds noise without a generator -- where diffusers itself draws from the global
 generator -- never in ``set_timesteps`` and never when a generator is given, so the
 global generator's state after any call is what it would be after diffusers' call
-in kind (one draw where diffusers draws, none where it draws none). Inside a
+in kind (one draw where diffusers draws, none where it draws none). ``set_noise_seed``
+fixes the seed on the host instead (kept across runs, no global draw). Inside a
 ``torch.compile`` region that has no seed yet, a generator-less step draws its noise
 as diffusers does (``torch.randn`` on the global generator, traced), since a host
-seed draw there would break the graph.
+seed draw there would break the graph; with ``set_noise_seed`` the compiled loop
+draws the eager loop's Philox noise.
 
 The first step finds its index without reading a device timestep: ``set_timesteps``
 keeps a host copy of the timesteps, and a timestep that is an element of
 ``self.timesteps`` (what iterating it yields) is located from its storage offset and
 looked up in that copy. Only a device timestep from elsewhere is read back (one
 sync, as diffusers' own lookup). Under ``torch.compile`` a tensor timestep is never
-read on the host once the step index is known (after ``set_begin_index`` or the
-first step): the traced loop follows the step counter.
+read on the host: the traced loop follows the step counter, and a traced first step
+without ``set_begin_index`` takes the index eager finds for ``timesteps[0]`` (a loop
+that starts elsewhere sets its begin index, as diffusers' img2img pipelines do).
+
+torch.compile(fullgraph=True) of a whole loop: the host-side set-up a step needs
+(coefficient tables, multistep plans) is computed at trace time outside the graph and
+enters it as constants, guarded by a digest of the run's timesteps and sigmas, so a
+later run of the same timesteps reuses the graph and a run on others compiles anew.
 
 Example:
     >>> from fastdiff.diffusers import EulerDiscreteScheduler
@@ -39,6 +47,7 @@ Example:
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 from typing import Dict, Hashable, List, Optional, Sequence, Tuple
@@ -50,7 +59,7 @@ from ..ops import fused_encode
 from ..ops.step import COEF_DEFAULTS, COEF_NAMES, MAX_HISTORY, fused_step
 # the CPU step's own term arithmetic: a folded drop-in step runs exactly its tensor ops, bit for bit
 from ..ops.step.cpu import _combine, _lin2
-from ..random import draw_seed
+from ..random import draw_seed, split_seed
 from ..schedules import DiscreteVPSchedule, make_betas, spaced_timesteps
 from ..schedules._beta_dist import beta_ppf
 from ._compat import HAS_DIFFUSERS, ConfigMixin, SchedulerMixin, randn_tensor, resolve_output
@@ -172,6 +181,7 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
         # id(table) -> (table, its thresholded twin, host (in_x, in_m) per row, raw output moved): thresholding=True
         self._thresholded: Dict[int, tuple] = {}
         self._seed: Optional[int] = None
+        self._noise_seed: Optional[int] = None  # set_noise_seed: every run's Philox seed, kept across runs
 
     @property
     def timesteps(self) -> torch.Tensor:
@@ -185,6 +195,18 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
         # back here, once per set_timesteps, outside the step loop
         host = value.detach()
         self._timesteps_host = (host if host.is_cpu else host.cpu()).to(torch.float64).numpy().reshape(-1)
+        # the index eager finds for timesteps[0] (the second match when its value appears twice): a traced first
+        # step's index (see _init_step_index), a host int so that the trace runs no lookup
+        first = np.nonzero(self._timesteps_host == self._timesteps_host[0])[0] if self._timesteps_host.size else ()
+        self._first_index = int(first[1] if len(first) > 1 else 0)
+        # what a run's tables are built from (the timesteps, and the sigmas, which every class sets first), as a
+        # str: a traced step's tables are constants of its graph, and dynamo guards a str attribute by value,
+        # so a later run with other timesteps or sigmas compiles anew instead of reusing stale tables
+        digest = hashlib.blake2b(self._timesteps_host.tobytes(), digest_size=16)
+        sigmas = self.__dict__.get("sigmas")
+        if isinstance(sigmas, torch.Tensor):
+            digest.update(sigmas.detach().cpu().to(torch.float64).numpy().tobytes())
+        self._run_key = digest.hexdigest()
 
     @property
     def step_index(self) -> Optional[int]:
@@ -199,6 +221,20 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Start stepping at ``timesteps[begin_index]`` (called by pipelines before the loop)."""
         self._begin_index = begin_index
+
+    def set_noise_seed(self, seed: Optional[int]) -> None:
+        """Key the in-kernel (Philox) noise of every later run by ``seed`` (an int in [0, 2**63)) instead of a
+        seed drawn from torch's global generator at the run's first noisy step; ``None`` restores the draw.
+
+        Steps given a ``generator`` (or ``variance_noise``) are unaffected. Each run (``set_timesteps``) gets
+        the same noise for the same seed, step for step, on any device. This is how a ``torch.compile``-d
+        loop of a stochastic scheduler reproduces its eager run: the seed is a host int, a constant of the
+        traced graph (a new seed compiles a new graph), where an unseeded traced step can only draw
+        ``torch.randn`` from the global generator, inside the graph.
+        """
+        if seed is not None:
+            split_seed(seed)  # TypeError / ValueError naming seed
+        self._noise_seed = seed
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
@@ -241,10 +277,17 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
         raise ValueError(f"timestep {value} is not one of the scheduler's timesteps")
 
     def _init_step_index(self, timestep) -> None:
-        if self._begin_index is None:
-            self._step_index = self.index_for_timestep(timestep)
-        else:
+        if self._begin_index is not None:
             self._step_index = self._begin_index
+        elif torch.compiler.is_compiling() and isinstance(timestep, torch.Tensor):
+            # Traced, a tensor timestep has no value and no storage to locate on the host. The traced loop is
+            # taken to start where iterating ``self.timesteps`` starts: the step index is that of the first
+            # timestep's value, looked up in the host copy as eager looks up ``self.timesteps[0]`` (0, or 1
+            # when that value appears twice). A loop starting elsewhere calls ``set_begin_index``, as diffusers'
+            # img2img pipelines do.
+            self._step_index = self._first_index
+        else:
+            self._step_index = self.index_for_timestep(timestep)
 
     @property
     def _host_timesteps_f32(self) -> np.ndarray:
@@ -267,7 +310,31 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
         raise NotImplementedError
 
     def _table(self, key: Hashable, device: torch.device) -> torch.Tensor:
-        """The coefficient table for ``key`` on ``device``: built in float64 once, moved once, then cached."""
+        """The coefficient table for ``key`` on ``device``: built in float64 once, moved once, then cached.
+
+        Traced (``torch.compile``), the table is looked up or built on the host at trace time, outside the
+        graph (its float64 host arithmetic, numpy included, is never traced), and enters the graph as
+        constants, keyed by ``key``, ``device`` and the run's ``_run_key`` (which dynamo guards).
+        """
+        if torch.compiler.is_compiling():
+            # the values come back as Python floats (a tensor result would be a graph attribute, which AOT
+            # autograd cannot take twice from the one function); the table's dtype holds them exactly
+            values, dtype = _table_at_trace_time(self, key, device, self._run_key)
+            return torch.tensor(values, dtype=dtype, device=device)
+        return self._host_built_table(key, device)
+
+    def _host_cached(self, key: Hashable, method: str, *args):
+        """``getattr(self, method)(*args)``, a per-run host value (a plan, a list of orders), computed once per
+        run and kept in ``_host_tables[key]``. Traced, it is computed (or looked up) at trace time outside the
+        graph and enters it as a constant, as ``_table``'s tables do: the trace never mutates the cache."""
+        if torch.compiler.is_compiling():
+            return _host_cached_at_trace_time(self, key, method, args, self._run_key)
+        value = self._host_tables.get(key)
+        if value is None:
+            value = self._host_tables[key] = getattr(self, method)(*args)
+        return value
+
+    def _host_built_table(self, key: Hashable, device: torch.device) -> torch.Tensor:
         tab = self._tables.get((key, device))
         if tab is None:
             host = self._host_tables.get(key)
@@ -338,6 +405,8 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
             return {"noise": variance_noise.to(device=device)}
         if generator is not None:
             return {"noise": randn_tensor(tuple(shape), generator=generator, device=device, dtype=dtype)}
+        if self._seed is None and self._noise_seed is not None:
+            self._seed = self._noise_seed
         if self._seed is None:
             if torch.compiler.is_compiling():
                 # a host seed draw would break the graph: draw as diffusers does (torch.randn on the global
@@ -448,6 +517,29 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
             return [self.index_for_timestep(t) for t in flat.detach().cpu()]
         idx = self._step_index if self._step_index is not None else self._begin_index
         return [idx] * flat.numel()
+
+
+def _table_at_trace_time(sched: FusedSchedulerBase, key: Hashable, device: torch.device,
+                         run_key: str) -> Tuple[list, torch.dtype]:
+    """``sched._table(key, device)``'s values and dtype, evaluated by dynamo on the real scheduler while
+    tracing (the result is a constant of the graph; ``run_key`` is there to be guarded: a new run's tables
+    compile a new graph)."""
+    tab = sched._host_built_table(key, device)
+    return tab.tolist(), tab.dtype
+
+
+def _host_cached_at_trace_time(sched: FusedSchedulerBase, key: Hashable, method: str, args: tuple, run_key: str):
+    """``sched._host_cached(key, method, *args)`` evaluated by dynamo while tracing, as ``_table_at_trace_time``."""
+    value = sched._host_tables.get(key)
+    if value is None:
+        value = sched._host_tables[key] = getattr(sched, method)(*args)
+    return value
+
+
+# dynamo calls these at trace time on the real arguments and stores the results in the graph as constants
+# (guarding the scheduler's identity and the constant arguments, run_key among them)
+_table_at_trace_time = torch.compiler.assume_constant_result(_table_at_trace_time)
+_host_cached_at_trace_time = torch.compiler.assume_constant_result(_host_cached_at_trace_time)
 
 
 def result_dtype(a: torch.Tensor, b: torch.Tensor) -> torch.dtype:

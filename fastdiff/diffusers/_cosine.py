@@ -246,10 +246,7 @@ class CosineDPMSolverMultistepScheduler(BrownianPathMixin, FusedSchedulerBase):
         return make_output("SchedulerOutput", prev)
 
     def _table_orders(self, start: int):
-        key = ("orders", start)
-        if key not in self._host_tables:
-            self._host_tables[key] = self._orders(start)
-        return self._host_tables[key]
+        return self._host_cached(("orders", start), "_orders", start)
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """``x0 + sigma * noise`` at the timesteps' step indices (one fused pass)."""

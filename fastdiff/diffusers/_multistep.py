@@ -192,10 +192,7 @@ class _MultistepBase(DiscreteBetaMixin, FusedSchedulerBase):
         return self._encode(original_samples, noise, a, s, idx)
 
     def _orders_cached(self, start: int) -> List[int]:
-        key = ("orders", start)
-        if key not in self._host_tables:
-            self._host_tables[key] = self._orders(start)
-        return self._host_tables[key]
+        return self._host_cached(("orders", start), "_orders", start)
 
     def _orders(self, start: int) -> List[int]:
         """DPM-Solver's (and DEIS's) order per step (``multistep_orders``)."""
@@ -608,10 +605,7 @@ class UniPCMultistepScheduler(_MultistepBase):
         table = self._table(self._start, sample.device)
         keep = self.config.solver_order
         aux_dtype = _x0_dtype(model_output)
-        key = ("plan", self._start)
-        if key not in self._host_tables:
-            self._host_tables[key] = self._plan(self._start)
-        order, corr = self._host_tables[key][i]
+        order, corr = self._host_cached(("plan", self._start), "_plan", self._start)[i]
         prev, x0 = self._launch(sample, model_output, table, i, out_dtype=sample.dtype, aux_dtype=aux_dtype,
                                 history=tuple(self._hist[: max(corr, order - 1)]))
         self._push_history(x0, keep)

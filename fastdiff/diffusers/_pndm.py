@@ -104,6 +104,7 @@ class PNDMScheduler(_DiscreteVPBase):
             prk = prk[:-1].repeat(2)[1:-1][::-1].copy()
             plms = base[:-3][::-1].copy()
         self.prk_timesteps, self.plms_timesteps = prk, plms
+        self._prk_host = [int(t) for t in prk]
         ts = np.concatenate([prk, plms]).astype(np.int64)
         self._ts = [int(t) for t in ts]
         self.timesteps = torch.from_numpy(ts).to(device)
@@ -118,7 +119,7 @@ class PNDMScheduler(_DiscreteVPBase):
         ratio = self.config.num_train_timesteps // self.num_inference_steps
         if prk:
             prev = t - (0 if c % 2 else ratio // 2)
-            t_used = int(self.prk_timesteps[c // 4 * 4])
+            t_used = self._prk_host[c // 4 * 4]  # (a host list: a traced step reads no numpy array)
             return t_used, prev, (tuple(reversed(_RK4)) if c % 4 == 3 else (1.0,)), c % 4 != 0
         kept = min(n_ets, 4) if c == 1 else min(n_ets, 3) + 1
         if c == 1 and kept == 1:  # the second PLMS step re-takes the first from the stored sample, outputs averaged
@@ -129,17 +130,17 @@ class PNDMScheduler(_DiscreteVPBase):
 
     def _standard_plans(self) -> List[tuple]:
         """The plan of every step of a run taken in order (the run's table has one row per step)."""
-        key = ("plans",)
-        if key not in self._host_tables:
-            plans, n_ets = [], 0
-            n_prk = 0 if self.config.skip_prk_steps else len(self.prk_timesteps)
-            for c, t in enumerate(self._ts):
-                prk = c < n_prk
-                plans.append(self._plan(prk, c, n_ets, t))
-                if (prk and c % 4 == 0) or (not prk and c != 1):
-                    n_ets = n_ets + 1 if prk else min(n_ets, 3) + 1
-            self._host_tables[key] = plans
-        return self._host_tables[key]
+        return self._host_cached(("plans",), "_run_plans")
+
+    def _run_plans(self) -> List[tuple]:
+        plans, n_ets = [], 0
+        n_prk = 0 if self.config.skip_prk_steps else len(self.prk_timesteps)
+        for c, t in enumerate(self._ts):
+            prk = c < n_prk
+            plans.append(self._plan(prk, c, n_ets, t))
+            if (prk and c % 4 == 0) or (not prk and c != 1):
+                n_ets = n_ets + 1 if prk else min(n_ets, 3) + 1
+        return plans
 
     def _rows(self, plans) -> torch.Tensor:
         r = f32_like_diffusers  # each quantity rounded where diffusers computes it in float32 (the default)
