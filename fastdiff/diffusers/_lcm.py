@@ -56,6 +56,31 @@ class _ConsistencyBase(_DiscreteVPBase):
     #: TCD: an explicit ``original_inference_steps`` selects every training timestep as the origin grid
     _explicit_original_is_every_timestep = False
 
+    # LCM's and TCD's config keys and defaults are the same: one __init__ (diffusers reads each class's
+    # inherited signature for its config)
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.00085,
+        beta_end: float = 0.012,
+        beta_schedule: str = "scaled_linear",
+        trained_betas: Optional[Union[np.ndarray, List[float]]] = None,
+        original_inference_steps: int = 50,
+        clip_sample: bool = False,
+        clip_sample_range: float = 1.0,
+        set_alpha_to_one: bool = True,
+        steps_offset: int = 0,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        sample_max_value: float = 1.0,
+        timestep_spacing: str = "leading",
+        timestep_scaling: float = 10.0,
+        rescale_betas_zero_snr: bool = False,
+    ):
+        self._consistency_init()
+
     def _consistency_init(self) -> None:
         self._common_init(self.config)
         cfg = self.config
@@ -196,28 +221,6 @@ class LCMScheduler(_ConsistencyBase):
     order = 1
     _output_name = "LCMSchedulerOutput"
 
-    @register_to_config
-    def __init__(
-        self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.00085,
-        beta_end: float = 0.012,
-        beta_schedule: str = "scaled_linear",
-        trained_betas: Optional[Union[np.ndarray, List[float]]] = None,
-        original_inference_steps: int = 50,
-        clip_sample: bool = False,
-        clip_sample_range: float = 1.0,
-        set_alpha_to_one: bool = True,
-        steps_offset: int = 0,
-        prediction_type: str = "epsilon",
-        thresholding: bool = False,
-        dynamic_thresholding_ratio: float = 0.995,
-        sample_max_value: float = 1.0,
-        timestep_spacing: str = "leading",
-        timestep_scaling: float = 10.0,
-        rescale_betas_zero_snr: bool = False,
-    ):
-        self._consistency_init()
 
     def get_scalings_for_boundary_condition_discrete(self, timestep):
         """``(c_skip, c_out)`` at ``timestep`` (``fastdiff.solvers.consistency_boundary``, sigma_data = 0.5)."""
@@ -270,28 +273,6 @@ class TCDScheduler(_ConsistencyBase):
     _thresholds = False
     _explicit_original_is_every_timestep = True
 
-    @register_to_config
-    def __init__(
-        self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.00085,
-        beta_end: float = 0.012,
-        beta_schedule: str = "scaled_linear",
-        trained_betas: Optional[Union[np.ndarray, List[float]]] = None,
-        original_inference_steps: int = 50,
-        clip_sample: bool = False,
-        clip_sample_range: float = 1.0,
-        set_alpha_to_one: bool = True,
-        steps_offset: int = 0,
-        prediction_type: str = "epsilon",
-        thresholding: bool = False,
-        dynamic_thresholding_ratio: float = 0.995,
-        sample_max_value: float = 1.0,
-        timestep_spacing: str = "leading",
-        timestep_scaling: float = 10.0,
-        rescale_betas_zero_snr: bool = False,
-    ):
-        self._consistency_init()
 
     def _clip(self) -> Optional[float]:
         return None  # diffusers' TCD step neither clips nor thresholds x0
