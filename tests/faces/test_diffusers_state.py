@@ -97,3 +97,35 @@ def test_score_sde_ve_copy_taken_mid_run_steps_as_the_original(how):
     y2, y2_twin = (c.step_pred(-x, c.timesteps[0], x).prev_sample for c in (s, twin))
     assert not torch.equal(y, y2) and torch.equal(y2, y2_twin)  # a fresh stream per call, continued by the copy
     assert torch.equal(s.step_correct(-x, x).prev_sample, twin.step_correct(-x, x).prev_sample)
+
+
+@pytest.mark.parametrize("name, other", [
+    ("FlowMatchEulerDiscreteScheduler", {"sigmas": [1.0, 0.7, 0.45, 0.2, 0.05]}),
+    ("EulerDiscreteScheduler", {"num_inference_steps": 6}),
+    ("DPMSolverMultistepScheduler", {"num_inference_steps": 6}),
+    ("DDIMScheduler", {"num_inference_steps": 6}),
+])
+def test_a_repeated_run_reuses_its_table_and_another_run_does_not(name, other):
+    """set_timesteps with the same schedule as a recent run takes that run's coefficient table (a pipeline's
+    per-image set_timesteps does not rebuild it); a run on another schedule gets its own, and every run gives
+    what a fresh scheduler gives."""
+    cls = getattr(fdd, name)
+    x = torch.linspace(-1.5, 1.5, 2 * 3 * 4 * 4).reshape(2, 3, 4, 4)
+
+    def run(sched, **kw):
+        sched.set_timesteps(**({"num_inference_steps": 5} | kw))
+        y = x.clone()
+        for t in sched.timesteps:
+            y = sched.step(torch.sin(y) * 0.5, t, y).prev_sample
+        return y
+
+    s = cls()
+    first = run(s)
+    tables = dict(s._tables)
+    assert tables
+    second_other = run(s, **other)
+    assert all(s._tables.get(k) is not v for k, v in tables.items())  # another schedule: its own tables
+    torch.testing.assert_close(second_other, run(cls(), **other), rtol=0, atol=0)
+    again = run(s)
+    assert any(s._tables.get(k) is v for k, v in tables.items())  # the first schedule again: its tables back
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
