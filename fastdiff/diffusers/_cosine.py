@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..solvers import dpmpp_multistep_weights
 from ._base import FusedSchedulerBase, rows
 from ._compat import make_output, register_to_config
 from ._sde import HAS_TORCHSDE, BrownianPathMixin
@@ -186,18 +187,12 @@ class CosineDPMSolverMultistepScheduler(BrownianPathMixin, FusedSchedulerBase):
         orders = self._orders(start)
         cols = {k: np.zeros(n) for k in ("in_x", "in_m", "x", "d", "h0", "noise")}
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            # SDE-DPM-Solver++ on the VE process (alpha = 1, lambda = -log sigma): the shared multistep weights
+            alpha, lam = np.ones(n + 1), -np.log(np.asarray(s, dtype=np.float64))
             for i in range(n):
                 in_x, in_m = self._x0_coefs(s[i])
-                h = np.log(s[i]) - np.log(s[i + 1])  # lambda = -log sigma (alpha = 1)
-                A = -np.expm1(-2.0 * h)
-                x = s[i + 1] / s[i] * np.exp(-h)
-                d, h0 = A, 0.0
-                if orders[i] == 2:
-                    r0 = (np.log(s[i - 1]) - np.log(s[i])) / h
-                    B = 0.5 * A if self.config.solver_type == "midpoint" else -A / (2.0 * h) + 1.0
-                    d, h0 = A + B / r0, -B / r0
-                vals = {"in_x": in_x, "in_m": in_m, "x": x, "d": d, "h0": h0,
-                        "noise": s[i + 1] * np.sqrt(-np.expm1(-2.0 * h))}
+                x, w, noise = dpmpp_multistep_weights(alpha, s, lam, i, orders[i], self.config.solver_type, sde=True)
+                vals = {"in_x": in_x, "in_m": in_m, "x": x, "d": w[0], "h0": w[1], "noise": noise}
                 for k, v in vals.items():
                     cols[k][i] = v if np.isfinite(v) else 0.0
         return rows(in_x=cols["in_x"], in_m=cols["in_m"], out_x=cols["x"], out_d=cols["d"], out_h=[cols["h0"]],
