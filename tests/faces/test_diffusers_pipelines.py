@@ -42,15 +42,16 @@ def _config(name: str, config: dict) -> dict:
     return {k: v for k, v in config.items() if k in params}
 
 
-def _run_loop(sched, model, latents, cond, steps, guidance, generator_seed, combine, model_kwargs):
+def _run_loop(sched, net, call, latents, cond, steps, guidance, generator_seed, combine, model_kwargs):
     sched.set_timesteps(steps)
     x = latents * getattr(sched, "init_noise_sigma", 1.0)
     g = torch.Generator().manual_seed(generator_seed)
     with torch.no_grad():
         for t in sched.timesteps:
-            inp = sched.scale_model_input(torch.cat([x] * 2), t) if hasattr(sched, "scale_model_input") \
-                else torch.cat([x] * 2)
-            out = model(inp, t, cond, **model_kwargs)
+            inp = torch.cat([x] * 2)
+            if hasattr(sched, "scale_model_input"):
+                inp = sched.scale_model_input(inp, t)
+            out = call(net, inp, t, cond, **model_kwargs)
             pred = combine(out, guidance)
             kw = {"generator": g} if "generator" in inspect.signature(sched.step).parameters else {}
             x = sched.step(pred, t, x, **kw).prev_sample
@@ -62,40 +63,38 @@ def _cfg(out: torch.Tensor, scale: float) -> torch.Tensor:
     return u + scale * (c - u)
 
 
-def _three_runs(name, config, model, shape, cond, steps, guidance, combine, model_kwargs=None, seed=0):
-    """(fastdiff, diffusers float32, diffusers float64) final samples of the loop."""
+def _three_runs(name, config, net, call, shape, cond, steps, guidance, combine, model_kwargs=None, seed=0):
+    """(fastdiff, diffusers float32, diffusers float64) final samples of the loop; ``call(net, inp, t, cond,
+    **model_kwargs)`` is the model output of the network ``net`` (cast to float64 for the last run)."""
     model_kwargs = model_kwargs or {}
     latents = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
     cfg = _config(name, config)
-    ours = _run_loop(getattr(fdd, name).from_config(cfg), model, latents, cond, steps, guidance, seed + 1, combine,
-                     model_kwargs)
-    peer = _run_loop(getattr(diffusers, name).from_config(cfg), model, latents, cond, steps, guidance, seed + 1,
+    ours = _run_loop(getattr(fdd, name).from_config(cfg), net, call, latents, cond, steps, guidance, seed + 1,
                      combine, model_kwargs)
-    wide = model.double()
+    peer = _run_loop(getattr(diffusers, name).from_config(cfg), net, call, latents, cond, steps, guidance, seed + 1,
+                     combine, model_kwargs)
     try:
-        exact = _run_loop(float64_scheduler(diffusers, name, cfg), wide, latents.double(), cond.double(), steps,
-                          guidance, seed + 1, combine,
+        exact = _run_loop(float64_scheduler(diffusers, name, cfg), net.double(), call, latents.double(), cond.double(),
+                          steps, guidance, seed + 1, combine,
                           {k: v.double() if torch.is_tensor(v) else v for k, v in model_kwargs.items()})
     finally:
-        model.float()
+        net.float()
     return ours, peer, exact
 
 
 # ---------------------------------------------------------------- SD-style: cross-attention UNet with CFG
-def _sd_unet():
+def _cross_attn_unet(in_channels: int, out_channels: int):
+    """A tiny random UNet2DConditionModel (cross-attention on 16-wide prompt embeddings), SD's and IF's network."""
     torch.manual_seed(0)
     return diffusers.UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+        sample_size=8, in_channels=in_channels, out_channels=out_channels, layers_per_block=1,
+        block_out_channels=(8, 16),
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=16, attention_head_dim=4, norm_num_groups=4).eval()
 
 
-def _sd_model(unet):
-    def model(inp, t, cond):
-        return unet(inp, t, encoder_hidden_states=cond).sample
-    model.double = lambda: (unet.double(), model)[1]
-    model.float = lambda: (unet.float(), model)[1]
-    return model
+def _unet_call(unet, inp, t, cond):
+    return unet(inp, t, encoder_hidden_states=cond).sample
 
 
 @pytest.mark.parametrize("name,extra", [
@@ -108,7 +107,7 @@ def _sd_model(unet):
 ])
 def test_sd_style_cfg_loop(name, extra):
     steps = 6
-    ours, peer, exact = _three_runs(name, {**SD1, **extra}, _sd_model(_sd_unet()), (2, 4, 8, 8),
+    ours, peer, exact = _three_runs(name, {**SD1, **extra}, _cross_attn_unet(4, 4), _unet_call, (2, 4, 8, 8),
                                     _embeddings(2, 5, 16, seed=7), steps, 7.5, _cfg)
     assert peer.std() > 0.05 and torch.isfinite(peer).all()
     assert_parity(f"SD-style loop with {name}", ours, peer, exact, steps)
@@ -121,13 +120,12 @@ def _flow_model():
         sample_size=8, patch_size=2, in_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=2,
         joint_attention_dim=16, caption_projection_dim=16, pooled_projection_dim=8, out_channels=4,
         pos_embed_max_size=8).eval()
+    return net
 
-    def model(inp, t, cond, pooled):
-        return net(hidden_states=inp, timestep=t.expand(inp.shape[0]), encoder_hidden_states=cond,
-                   pooled_projections=pooled).sample
-    model.double = lambda: (net.double(), model)[1]
-    model.float = lambda: (net.float(), model)[1]
-    return model
+
+def _transformer_call(net, inp, t, cond, pooled):
+    return net(hidden_states=inp, timestep=t.expand(inp.shape[0]), encoder_hidden_states=cond,
+               pooled_projections=pooled).sample
 
 
 @pytest.mark.parametrize("name,config", [
@@ -140,26 +138,13 @@ def _flow_model():
 def test_flow_matching_transformer_cfg_loop(name, config):
     steps = 6
     pooled = torch.randn(4, 8, generator=torch.Generator().manual_seed(5))
-    ours, peer, exact = _three_runs(name, config, _flow_model(), (2, 4, 8, 8), _embeddings(2, 3, 16, seed=9),
-                                    steps, 4.0, _cfg, {"pooled": pooled})
+    ours, peer, exact = _three_runs(name, config, _flow_model(), _transformer_call, (2, 4, 8, 8),
+                                    _embeddings(2, 3, 16, seed=9), steps, 4.0, _cfg, {"pooled": pooled})
     assert peer.std() > 0.05 and torch.isfinite(peer).all()
     assert_parity(f"flow-matching loop with {name}", ours, peer, exact, steps)
 
 
 # ---------------------------------------------------------------- IF-style: learned variance + thresholding
-def _if_model():
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=8, in_channels=3, out_channels=6, layers_per_block=1, block_out_channels=(8, 16),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=16, attention_head_dim=4, norm_num_groups=4).eval()
-
-    def model(inp, t, cond):
-        return unet(inp, t, encoder_hidden_states=cond).sample
-    model.double = lambda: (unet.double(), model)[1]
-    model.float = lambda: (unet.float(), model)[1]
-    return model
-
 
 def _if_combine(out: torch.Tensor, scale: float) -> torch.Tensor:
     """IF's guidance: on the noise channels only; the learned variance is the conditional half's."""
@@ -175,7 +160,8 @@ IF_CONFIG = dict(beta_schedule="squaredcos_cap_v2", variance_type="learned_range
 
 def test_if_style_thresholding_learned_variance_loop():
     steps = 8
-    ours, peer, exact = _three_runs("DDPMScheduler", IF_CONFIG, _if_model(), (2, 3, 8, 8),
+    # the IF network predicts the noise and a learned variance: out_channels = 2 * in_channels
+    ours, peer, exact = _three_runs("DDPMScheduler", IF_CONFIG, _cross_attn_unet(3, 6), _unet_call, (2, 3, 8, 8),
                                     _embeddings(2, 4, 16, seed=3), steps, 7.0, _if_combine)
     assert peer.std() > 0.05 and torch.isfinite(peer).all()
     assert_parity("IF-style loop with DDPMScheduler", ours, peer, exact, steps)
