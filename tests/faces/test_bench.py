@@ -431,13 +431,16 @@ def test_gpu_check_script_runs_end_to_end_on_cpu(tmp_path):
 
 
 def test_host_overhead_script_runs_and_restores_the_launchers():
+    from fastdiff.ops import dispatch
     from fastdiff.ops.dispatch import launcher
 
     mod = _load_script("host_overhead")
     before = [(launcher(name).op, launcher(name).direct) for name in mod.LAUNCHERS]
+    interpret = dispatch._INTERPRET
     rows = mod.main(n=50)
-    assert len(rows) == 9 and all(us > 0 for _, us in rows)
+    assert len(rows) == 10 and all(us > 0 for _, us in rows)
     assert [(launcher(name).op, launcher(name).direct) for name in mod.LAUNCHERS] == before
+    assert dispatch._INTERPRET == interpret
 
 
 def test_cpu_goals_parts_judge_and_record(tmp_path, monkeypatch):

@@ -138,14 +138,28 @@ def _parse(x=X, model_output=M, coefs=C, x_eval=None, history=(), coef_index=Non
 
 def test_the_torch_paths_get_the_arguments_as_given():
     h = X.t().contiguous().t()
-    path, want_aux, a = _parse(history=[h], clip=2, seed=2**40 + 7, aux_out=torch.empty(2, 3))
+    path, want_aux, plain, a = _parse(history=[h], clip=2, seed=2**40 + 7, aux_out=torch.empty(2, 3))
     assert path == "cpu" and want_aux and isinstance(a, StepArgs)
     assert a.x is X and a.model_output is M and a.coefs is C and a.h0 is h and a.h1 is None and a.n_hist == 1
     assert a.out is None and a.clip == 2 and type(a.clip) is int
     assert a.history == (h,) and a.noise_mode == 1 and a.seed == 2**40 + 7
     assert _parse(backend="reference")[0] == "reference"
     assert _parse(coef_index=torch.tensor([0, 1]))[0] == "torch"   # per-sample rows: the generic formula
-    assert _parse(noise=X)[2].noise_mode == 2 and _parse(noise=X)[2].seed is None
+    assert _parse(noise=X)[3].noise_mode == 2 and _parse(noise=X)[3].seed is None
+
+
+class _Marked(torch.Tensor):
+    pass
+
+
+@pytest.mark.parametrize("arg", ["x", "model_output", "coefs", "history", "noise", "out", "coef_index", "row_ids"])
+def test_plain_is_cleared_by_any_tensor_subclass(arg):
+    """``plain`` lets the launcher skip its class checks, so a subclass in any tensor argument must clear it."""
+    assert _parse()[2] and _parse(history=[X], noise=X, out=torch.empty(2, 3), coef_index=torch.tensor([0, 0]),
+                                  row_ids=torch.tensor([4, 5]))[2]
+    given = {"x": X, "model_output": M, "coefs": C, "history": X, "noise": X, "out": torch.empty(2, 3),
+             "coef_index": torch.tensor([0, 0]), "row_ids": torch.tensor([4, 5])}[arg].as_subclass(_Marked)
+    assert not _parse(**{arg: [given] if arg == "history" else given})[2]
 
 
 @pytest.mark.skipif(not (triton_available() and fastdiff.ops.backend.interpret_mode()),
@@ -153,11 +167,11 @@ def test_the_torch_paths_get_the_arguments_as_given():
 def test_the_kernel_path_gets_contiguous_tensors_a_float32_table_and_its_outputs():
     x = X.t().contiguous().t()
     h = X.t().contiguous().t()
-    path, want_aux, a = _parse(x=x, history=(h,), coefs=C.double(), clip=2, write_aux=True, backend="triton")
+    path, want_aux, plain, a = _parse(x=x, history=(h,), coefs=C.double(), clip=2, write_aux=True, backend="triton")
     assert path == "triton" and want_aux
     assert a.x.is_contiguous() and torch.equal(a.x, x) and a.h0.is_contiguous() and torch.equal(a.h0, h)
     assert a.coefs.dtype == torch.float32 and a.coefs.is_contiguous()
     assert a.out.shape == x.shape and a.out.is_contiguous() and a.aux_out.shape == x.shape
     assert a.clip == 2.0 and type(a.clip) is float
-    same = _parse(backend="triton")[2]
+    same = _parse(backend="triton")[3]
     assert same.x is X and same.coefs is C and same.aux_out is None   # already right: nothing copied

@@ -178,10 +178,10 @@ def fused_step(
         ``out``, or ``(out, aux)`` when ``write_aux`` or ``aux_out`` is given.
     """
     with named_range("fastdiff::fused_step"):
-        path, want_aux, a = parse_step(x, model_output, coefs, x_eval, history, coef_index, coef_row, guidance,
+        path, want_aux, plain, a = parse_step(x, model_output, coefs, x_eval, history, coef_index, coef_row, guidance,
                                        clip, seed, stream, row_ids, noise, out, aux_out, write_aux, backend, uncond)
         if path == "triton":
-            launcher("fused_step")(a)
+            launcher("fused_step")(a, plain)
             return (a.out, a.aux_out) if want_aux else a.out
         if path == "cpu":
             res, aux = step_cpu(a, host_row(a.coefs, a.coef_row), want_aux)

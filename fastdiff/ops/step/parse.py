@@ -65,15 +65,19 @@ def parse_step(
     write_aux: bool,
     backend: str,
     uncond=None,
-) -> tuple[str, bool, StepArgs]:
-    """``(path, want_aux, args)`` for a ``fused_step`` call (same arguments), or the error it raises.
+) -> tuple[str, bool, bool, StepArgs]:
+    """``(path, want_aux, plain, args)`` for a ``fused_step`` call (same arguments), or the error it raises.
 
     ``path`` is what runs: "triton" (the kernel), "cpu" (the host-coefficient CPU path, ``step_cpu``), "torch"
     (the reference formula in float32, or float64 for float64 storage) or "reference" (in the inputs' dtype);
-    ``want_aux`` whether the call returns ``(out, aux)``; ``args`` the launch record (see the module docstring).
+    ``want_aux`` whether the call returns ``(out, aux)``; ``plain`` whether every tensor argument passed its quick
+    test (so is a plain ``torch.Tensor``: the launcher need not look at the classes again); ``args`` the launch
+    record (see the module docstring).
     """
+    plain = True  # every full check below (the only ones that accept a tensor subclass) clears it
     if x.__class__ is not _Tensor or x.dtype not in _FLOATS:
         check_float("x", x)
+        plain = False
     shape = x.shape
     if not shape:
         rows_of(x)  # raises: a 0-d x has no batch dimension
@@ -82,6 +86,7 @@ def parse_step(
 
     if model_output.__class__ is not _Tensor or model_output.dtype not in _FLOATS or model_output.device != dev:
         check_float("model_output", model_output, like=x)
+        plain = False
     mshape = (2 * batch, *shape[1:]) if guidance else shape
     if model_output.shape != mshape:
         hint = " ([uncond; cond] halves for guidance)" if guidance else ""
@@ -94,9 +99,11 @@ def parse_step(
     else:
         check_coefs(coefs, dev)
         cshape = coefs.shape
+        plain = False
     n_rows = cshape[0]
     if x_eval is not None and not plain_float(x_eval, dev, shape):
         check_float("x_eval", x_eval, like=x, shape=shape)
+        plain = False
 
     if history.__class__ is not tuple and history.__class__ is not list:
         history = seq("history", history)
@@ -108,12 +115,14 @@ def parse_step(
         for k, h in enumerate(history):
             if not plain_float(h, dev, shape):
                 check_float(f"history[{k}]", h, like=x, shape=shape)
+                plain = False
         h0, h1, h2 = (*history, None, None)[:MAX_HISTORY]
 
     if coef_row.__class__ is not int and (isinstance(coef_row, bool) or not isinstance(coef_row, int)):
         raise TypeError(f"coef_row must be an int, got {type(coef_row).__name__}")
     if coef_index is not None:
         coef_index = check_index("coef_index", coef_index, batch, dev, rows=n_rows)
+        plain = plain and coef_index.__class__ is _Tensor
     elif not 0 <= coef_row < n_rows:
         raise ValueError(f"coef_row must be in [0, {n_rows}), got {coef_row}")
     if clip is not None:
@@ -126,6 +135,7 @@ def parse_step(
     if noise is not None:
         if not plain_float(noise, dev, shape):
             check_float("noise", noise, like=x, shape=shape)
+            plain = False
         if seed is not None:
             raise ValueError("pass either seed (in-kernel noise) or noise, not both")
         noise_mode = 2
@@ -137,6 +147,7 @@ def parse_step(
         check_stream(stream)
     if row_ids is not None:
         row_ids = maybe_rows(row_ids, batch, dev)
+        plain = plain and row_ids.__class__ is _Tensor
     uncond_mode = 0
     if uncond is not None:
         if uncond.__class__ is str or isinstance(uncond, str):
@@ -148,11 +159,14 @@ def parse_step(
         else:
             if not plain_float(uncond, dev, shape):
                 check_float("uncond", uncond, like=x, shape=shape)
+                plain = False
             uncond_mode = 2
     if out is not None and not (plain_float(out, dev, shape) and out.is_contiguous()):
         check_out("out", out, x)
+        plain = False
     if aux_out is not None and not (plain_float(aux_out, dev, shape) and aux_out.is_contiguous()):
         check_out("aux_out", aux_out, x)
+        plain = False
     want_aux = write_aux or aux_out is not None
 
     path = resolve_backend(backend, dev)
@@ -180,6 +194,6 @@ def parse_step(
     elif path == "torch" and coef_index is None and dev == _CPU and not torch.compiler.is_compiling():
         # host-float coefficients need a concrete table: under torch.compile the generic path traces instead
         path = "cpu"
-    return path, want_aux, _new(StepArgs, (x, model_output, coefs, x_eval, h0, h1, h2, noise, uncond, coef_index,
+    return path, want_aux, plain, _new(StepArgs, (x, model_output, coefs, x_eval, h0, h1, h2, noise, uncond, coef_index,
                                            row_ids, out, aux_out, coef_row, n_hist, guidance, clip, noise_mode,
                                            seed_lo, seed_hi, stream, uncond_mode))
