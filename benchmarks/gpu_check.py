@@ -134,6 +134,15 @@ def _goals(report, extras: dict, device_type: str) -> list:
         if any(r.provider == "fastdiff" and r.peak_extra_bytes is not None for r in core):
             if not any(ln.startswith("MISS peak memory") for ln in lines):
                 lines.append("PASS peak memory: every fastdiff call allocated at most its outputs")
+    graphs = extras.get("dropin_graphs")
+    if graphs:
+        bad = [k for k, r in graphs["classes"].items() if r["status"] != "ok"]
+        if device_type == "cuda":
+            mark = "PASS" if not bad else "MISS"
+            lines.append(f"{mark} drop-in loops captured in a CUDA graph, replay = eager: {graphs['captured']} of "
+                         f"{graphs['total']} classes" + (f" (not: {', '.join(bad)})" if bad else ""))
+        else:
+            lines.append(f"info drop-in loops: eager only on {device_type} ({graphs['total']} classes run)")
     for key, goal in (("loop_graph", GOAL_GRAPH_US), ("loop_eager", GOAL_EAGER_US)):
         if key in extras and "overhead_us" in extras[key]:
             v = extras[key]["overhead_us"]
@@ -190,6 +199,18 @@ def main(argv=None) -> int:
             extras["loop_graph"] = bench.step_loop_overhead(dev, cuda_graph=True, quick=args.quick)
     except Exception as exc:  # reported, not fatal
         extras["loop_error"] = f"{type(exc).__name__}: {exc}"
+    _log("drop-in denoising loops captured in CUDA graphs")
+    try:
+        import dropin_graphs  # benchmarks/, beside this script
+
+        # on CPU (a check of the script) two classes' eager loops; on CUDA every class, captured and replayed
+        few = None if dev.type == "cuda" else {"ddim": ("DDIMScheduler", {}),
+                                               "euler_a": ("EulerAncestralDiscreteScheduler", {})}
+        extras["dropin_graphs"] = dropin_graphs.graph_loop_check(
+            dev, steps=10 if dev.type == "cuda" else 2, shape=(1, 4, 64, 64) if dev.type == "cuda" else (1, 4, 8, 8),
+            reps=5 if dev.type == "cuda" else 1, loops=few, deadline=deadline - 200)
+    except Exception as exc:  # reported, not fatal
+        extras["dropin_graphs_error"] = f"{type(exc).__name__}: {exc}"
     drop = bench.run_suite(device=dev, sizes=["16x4x128x128" if dev.type == "cuda" else "1x4x8x8"],
                            dtypes=["fp16" if dev.type == "cuda" else "fp32"], providers=providers,
                            groups=["dropin"], quick=args.quick, deadline=deadline - 45, log=_log,

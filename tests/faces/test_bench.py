@@ -425,6 +425,9 @@ def test_gpu_check_script_runs_end_to_end_on_cpu(tmp_path):
         [(r["op"], r["provider"], r["status"]) for r in data["rows"] if r["status"] != "ok"]
     assert {"fastdiff", "eager"} <= {r["provider"] for r in data["rows"]}
     assert "loop_eager" in data["meta"]["extras"]
+    graphs = data["meta"]["extras"]["dropin_graphs"]  # on CPU: the eager loops of two classes, nothing captured
+    assert graphs["total"] == 2 and graphs["captured"] == 0
+    assert all(r["status"].startswith("eager only") and r["eager_us_per_step"] > 0 for r in graphs["classes"].values())
     assert (tmp_path / js.name.replace(".json", ".md")).read_text().startswith("# fastdiff GPU check")
     last = proc.stdout.strip().splitlines()
     assert last[-1].startswith("wrote ") and any("copy bandwidth" in ln for ln in last[-6:])
@@ -517,8 +520,11 @@ def test_gpu_check_judges_every_goal_from_a_cuda_report():
     report = bench.Report(meta={}, rows=rows)
     extras = {"loop_eager": {"overhead_us": 35.0, "per_step_us": 41.0},
               "loop_graph": {"overhead_us": 12.0, "per_step_us": 15.0}}
+    extras["dropin_graphs"] = {"captured": 1, "total": 2, "classes": {
+        "ddim": {"status": "ok"}, "unclip": {"status": "capture failed: RuntimeError: operation not permitted"}}}
     lines = mod._goals(report, extras, "cuda")
     text = "\n".join(lines)
+    assert "MISS drop-in loops captured in a CUDA graph, replay = eager: 1 of 2 classes (not: unclip)" in text
     assert "PASS step_ddim 16x4x512x512 fp32: 91.0% of copy bandwidth" in text
     assert "MISS step_cfg 16x4x512x512 fp32: 80.0%" in text
     assert "MISS langevin 16x4x512x512 bf16: error: boom" in text
