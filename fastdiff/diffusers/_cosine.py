@@ -9,8 +9,9 @@ generator; with torchsde installed it is that same path, queried at the same sig
 ``set_noise_seed`` (and without torchsde, or with ``use_brownian_noise = False``) it is the kernel's Philox noise
 (``_base``'s rule): the path's law, not torchsde's numbers -- each step queries the path over its own interval
 [sigma_next, sigma], and these do not overlap, so the tree's normalised increments are independent standard
-normals, as the per-step Philox streams are. That is the noise a ``torch.compile``-d loop can trace. ``solver_order=3`` is refused at
-the first step: diffusers' class has no third-order update (its step fails there too).
+normals, as the per-step Philox streams are. That is the noise a ``torch.compile``-d loop can trace.
+``solver_order=3`` is refused at the first step: diffusers' class has no third-order update (its step fails
+there too).
 """
 from __future__ import annotations
 

@@ -17,8 +17,9 @@ the kernel's counter-based Philox with the Brownian path's law, not torchsde's n
 Philox stream ``z1`` in its fused pass; the second adds ``w_new z'`` (a stream of its own) in its fused pass and
 then ``w_shared z1``, ``z1`` regenerated from the first stage's key and counter, in a second pass over the result
 (``solvers.brownian_overlap_weights``; the kernel takes one Philox stream per pass, so this costs one more pass per
-step, a read and a write of the sample (the stages' own passes read and write 9 sample-sized tensors), and no
-stored noise). The Philox seed is
+step, a read and a write of the sample (the stages' own passes read and write 9 sample-sized tensors), for a
+half-precision sample one more rounding of the second stage's result, and no stored noise: the first stage's
+noise is not read back from the midpoint sample, which a pipeline may change between the stages). The Philox seed is
 ``set_noise_seed``'s, else ``noise_sampler_seed``, else one seed drawn from the global generator at the first
 step, where diffusers draws its seed. This is the noise a ``torch.compile``-d loop can trace (torchsde's tree is
 host code).
@@ -117,10 +118,11 @@ class DPMSolverSDEScheduler(BrownianPathMixin, _SigmaBase):
     with torchsde installed; see the module docstring for the rule). Under ``set_noise_seed`` the noise is
     in-kernel Philox with the Brownian tree's law (each stage standard normal, the two stages of a step
     correlated as the tree's overlapping increments are, steps independent), not torchsde's numbers; that is
-    the noise a ``torch.compile(fullgraph=True)`` loop draws as its eager run does. ``timesteps`` holds each step's timestep
-    followed by its log-midpoint's; ``step`` alternates the stage to the midpoint and the stage to the next
-    sigma (``state_in_first_order``), each one fused pass: the second reads the first stage's input sample as
-    ``x`` and the midpoint sample as ``x_eval``. The last step (to sigma 0) is one Euler pass.
+    the noise a ``torch.compile(fullgraph=True)`` loop draws as its eager run does. ``timesteps`` holds each
+    step's timestep followed by its log-midpoint's; ``step`` alternates the stage to the midpoint and the stage
+    to the next sigma (``state_in_first_order``), each one fused pass (and, with the Philox noise, the second
+    stage one more pass for its shared noise): the second reads the first stage's input sample as ``x`` and the
+    midpoint sample as ``x_eval``. The last step (to sigma 0) is one Euler pass.
 
     Example:
         >>> s = DPMSolverSDEScheduler(noise_sampler_seed=0)
