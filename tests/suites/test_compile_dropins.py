@@ -13,8 +13,8 @@ Brownian tree (DPMSolverSDE, CosineDPMSolverMultistep) draw Philox noise with th
 In CI every class x mode compiles with the ``aot_eager`` backend (dynamo's full trace and AOT autograd's
 functional graph: what fullgraph=True checks, without inductor's C++ builds, ~5-10 s each on 2 cores); the
 inductor tests run the default backend for the six classes that build fastest in CI, and for the slowest
-builds (DDPM, Heun, SDE-DPM-Solver++, PNDM: 6-22 s each past inductor's one-time start on 2 cores) with
-``--runslow``; benchmarks/compile_loops.py measures cold compiles of every class beside diffusers'.
+builds (DDPM, Heun, SDE-DPM-Solver++, PNDM: 6-22 s each past inductor's one-time start on 2 cores;
+DPMSolverSDE 33 s, CosineDPMSolverMultistep 20 s at load ~4.5) with ``--runslow``; benchmarks/compile_loops.py measures cold compiles of every class beside diffusers'.
 """
 from __future__ import annotations
 
