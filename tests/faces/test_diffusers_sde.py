@@ -169,3 +169,29 @@ def test_set_noise_seed_takes_philox_noise_over_the_configured_tree():
     tree = _run(s)
     assert s.noise_sampler is not None and torch.equal(tree, _run(fdd.DPMSolverSDEScheduler(noise_sampler_seed=2)))
     assert not torch.allclose(tree, outs[0])
+
+
+def test_philox_second_stage_is_two_passes_and_the_triton_kernel_draws_the_same_noise(monkeypatch):
+    """Under ``set_noise_seed`` a first stage is one fused pass and a second stage two (its own, then the shared
+    noise regenerated from the first stage's stream); the Triton kernel (interpreter on CPU) gives the PyTorch
+    path's numbers, so both draw the same Philox noise for the regenerated stream."""
+    from fastdiff.diffusers import _base
+
+    calls = []
+    real = _base.fused_step
+    monkeypatch.setattr(_base, "fused_step", lambda *a, **k: calls.append(1) or real(*a, **k))
+    res = []
+    for backend in ("torch", "triton"):
+        s = fdd.DPMSolverSDEScheduler()
+        s.backend = backend
+        s.set_timesteps(3)
+        s.set_noise_seed(6)
+        x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1)) * float(s.init_noise_sigma)
+        per_call = []
+        for t in list(s.timesteps)[:4]:
+            before = len(calls)
+            x = s.step(torch.cos(s.scale_model_input(x, t)), t, x).prev_sample
+            per_call.append(len(calls) - before)
+        assert per_call == [1, 2, 1, 2]
+        res.append(x)
+    torch.testing.assert_close(res[1], res[0], rtol=1e-4, atol=2e-5 * max(1.0, float(res[0].abs().max())))
