@@ -49,8 +49,10 @@ CLASSES = {
     "unipc": ("UniPCMultistepScheduler", {}),
     "flow_euler": ("FlowMatchEulerDiscreteScheduler", {}),
     "pndm": ("PNDMScheduler", {}),
+    "dpm_sde_2stage": ("DPMSolverSDEScheduler", {}),
+    "cosine_dpm": ("CosineDPMSolverMultistepScheduler", {}),
 }
-STOCHASTIC = frozenset(("ddpm", "euler_ancestral", "dpm_sde"))
+STOCHASTIC = frozenset(("ddpm", "euler_ancestral", "dpm_sde", "dpm_sde_2stage", "cosine_dpm"))
 MODES = ("begin", "lookup")
 
 

@@ -27,7 +27,8 @@ import torch
 __all__ = [
     "F", "log", "exp", "expm1", "sqrt", "like", "lerp_half", "t_of", "sigma_of",
     "ve_x0_coefs", "vp_x0_coefs", "consistency_scalings", "consistency_boundary", "consistency_step_coefs",
-    "edm_c_in", "edm_x0_coefs", "churn_gamma", "churn_schedule", "ancestral_split", "euler_coefs",
+    "edm_c_in", "edm_x0_coefs", "churn_gamma", "churn_schedule", "ancestral_split", "brownian_overlap_weights",
+    "euler_coefs",
     "lms_coefficients", "lms_weight_table", "exp_lagrange_weights", "dpm_solver_coefs",
     "dpm_third_order_differences", "dpmpp_multistep_weights", "unipc_rhos", "SQRT2_MINUS_1",
     "IPNDM_WEIGHTS", "ipndm_v_weights", "deis_weights", "er_sde_default_noise_scaler", "er_sde_stage_integrals",
@@ -279,6 +280,28 @@ def ancestral_split(sigma: Scalar, sigma_next: Scalar, eta: float = 1.0) -> Tupl
     scaled = eta * sqrt(variance)
     up = np.minimum(sigma_next, scaled) if isinstance(scaled, np.ndarray) else min(sigma_next, scaled)
     return sqrt(sigma_next ** 2 - up ** 2), up
+
+
+def brownian_overlap_weights(a: Scalar, b: Scalar) -> Tuple[Scalar, Scalar]:
+    """``(w_shared, w_new)`` with ``z2 = w_shared z1 + w_new z'`` for the normalised increments of one Brownian path
+    over two intervals from the same start, of lengths ``0 <= a <= b``: ``z1 = W(a) / sqrt(a)``,
+    ``z2 = W(b) / sqrt(b)``, ``z'`` standard normal independent of ``z1``.
+
+    ``W(b) = W(a) + (W(b) - W(a))`` with independent parts of variances ``a`` and ``b - a``, so
+    ``w_shared = sqrt(a / b)`` (the correlation of ``z1`` and ``z2``) and ``w_new = sqrt((b - a) / b)``; both
+    are standard normal. A zero-length second interval (``b = 0``) gives ``(0, 1)``.
+
+    Example:
+        >>> [round(w, 6) for w in brownian_overlap_weights(1.0, 4.0)]
+        [0.5, 0.866025]
+    """
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            frac = np.where(b > 0, np.clip(a / b, 0.0, 1.0), 0.0)
+        return np.sqrt(frac), np.sqrt(1.0 - frac)
+    frac = min(max(a / b, 0.0), 1.0) if b > 0 else 0.0
+    return math.sqrt(frac), math.sqrt(1.0 - frac)
 
 
 def euler_coefs(sigma: Scalar, sigma_to: Scalar) -> dict:

@@ -5,9 +5,13 @@ the model sees ``x / sqrt(sigma^2 + sigma_data^2)`` and the x0 estimate is EDM's
 step is one fused pass (the previous x0 estimate as a history tensor). Noise (the rule, as for
 DPMSolverSDEScheduler): diffusers' Brownian path over ``[sigma_min, sigma_max]`` seeded from the generator's
 ``initial_seed()`` (the generator itself is never drawn from), or from one global ``torch.randint`` draw without a
-generator; with torchsde installed it is that same path, queried at the same sigmas; without torchsde, or with
-``use_brownian_noise = False``, the kernel's Philox noise (``_base``'s rule). ``solver_order=3`` is refused at
-the first step: diffusers' class has no third-order update (its step fails there too).
+generator; with torchsde installed it is that same path, queried at the same sigmas. Without a generator under
+``set_noise_seed`` (and without torchsde, or with ``use_brownian_noise = False``) it is the kernel's Philox noise
+(``_base``'s rule): the path's law, not torchsde's numbers -- each step queries the path over its own interval
+[sigma_next, sigma], and these do not overlap, so the tree's normalised increments are independent standard
+normals, as the per-step Philox streams are. That is the noise a ``torch.compile``-d loop can trace.
+``solver_order=3`` is refused at the first step: diffusers' class has no third-order update (its step fails
+there too).
 """
 from __future__ import annotations
 
@@ -29,7 +33,10 @@ class CosineDPMSolverMultistepScheduler(BrownianPathMixin, FusedSchedulerBase):
     """DPM-Solver++(2M) SDE (Lu et al. 2022) with EDM preconditioning (Karras et al. 2022), as Stable Audio uses it.
 
     Same config keys, defaults and numbers as ``diffusers.CosineDPMSolverMultistepScheduler`` (its Brownian noise
-    with torchsde installed); ``step`` is one fused pass.
+    with torchsde installed); ``step`` is one fused pass. Under ``set_noise_seed`` (steps without a generator)
+    the noise is in-kernel Philox with the Brownian tree's law (independent standard normals per step: the
+    steps' intervals do not overlap), not torchsde's numbers; that is the noise a
+    ``torch.compile(fullgraph=True)`` loop draws as its eager run does.
 
     Example:
         >>> s = CosineDPMSolverMultistepScheduler()
@@ -41,7 +48,8 @@ class CosineDPMSolverMultistepScheduler(BrownianPathMixin, FusedSchedulerBase):
 
     order = 1
     _compatibles: list = []
-    #: draw diffusers' Brownian noise when torchsde is installed (False: the in-kernel Philox noise)
+    #: draw diffusers' Brownian noise when torchsde is installed, unless a step without a generator runs under
+    #: ``set_noise_seed`` (False: the in-kernel Philox noise)
     use_brownian_noise: bool = True
 
     @register_to_config
@@ -69,8 +77,8 @@ class CosineDPMSolverMultistepScheduler(BrownianPathMixin, FusedSchedulerBase):
             raise ValueError(f"sigma_schedule must be 'exponential' or 'karras', got {sigma_schedule!r}")
         self._reset_run()
         sig = self._sigmas(num_train_timesteps)
-        self.timesteps = self.precondition_noise(sig)
         self.sigmas = torch.cat([sig, torch.zeros(1)])
+        self.timesteps = self.precondition_noise(sig)
         self.num_inference_steps = None
         self.model_outputs = [None] * solver_order
         self.lower_order_nums = 0
@@ -130,8 +138,9 @@ class CosineDPMSolverMultistepScheduler(BrownianPathMixin, FusedSchedulerBase):
                              f"{cfg.final_sigmas_type}")
         self.num_inference_steps = num_inference_steps
         sig = self._sigmas(num_inference_steps).to(dtype=torch.float32, device=device)
-        self.timesteps = self.precondition_noise(sig)
+        # the sigmas first: setting the timesteps keys the run (its traced tables) by both
         self.sigmas = torch.cat([sig, torch.tensor([last], dtype=torch.float32, device=device)]).to("cpu")
+        self.timesteps = self.precondition_noise(sig)
         self._sig = self.sigmas.to(torch.float64).numpy()
         s32 = self.sigmas
         self._c_in = [float(v) for v in 1 / ((s32**2 + cfg.sigma_data**2) ** 0.5)]
@@ -199,7 +208,8 @@ class CosineDPMSolverMultistepScheduler(BrownianPathMixin, FusedSchedulerBase):
                     out_noise=cols["noise"])
 
     def _noise(self, shape, dtype, device, generator, i: int) -> dict:
-        if self.use_brownian_noise and HAS_TORCHSDE:
+        seeded = generator is None and self._noise_seed is not None
+        if self.use_brownian_noise and HAS_TORCHSDE and not seeded:
             if self.noise_sampler is None:
                 seed = None
                 if generator is not None:

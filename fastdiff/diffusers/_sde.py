@@ -1,17 +1,28 @@
 """DPMSolverSDEScheduler: the two-stage stochastic DPM-Solver++ (k-diffusion's ``sample_dpmpp_sde``) as diffusers
 runs it, one call per stage.
 
-Noise (the rule): diffusers draws each stage's noise from a Brownian path (a torchsde Brownian interval over
-``[min positive sigma, max sigma]``, seeded from ``noise_sampler_seed``, or from one ``torch.randint`` draw on the
-global generator at the first step when that is None). With ``torchsde`` installed the drop-in builds the same
-path (``fastdiff.k_diffusion``'s Brownian tree noise sampler: the same torchsde interval, tolerance and pool) and
+Noise (the rule): diffusers draws each stage's noise from a Brownian path W over sigma itself (a torchsde
+Brownian interval over ``[min positive sigma, max sigma]``, seeded from ``noise_sampler_seed``, or from one
+``torch.randint`` draw on the global generator at the first step when that is None): the stage to the midpoint
+adds ``z1 = (W(sigma_mid) - W(sigma)) / sqrt(sigma - sigma_mid)``, the stage to the next sigma
+``z2 = (W(sigma_next) - W(sigma)) / sqrt(sigma - sigma_next)``, two intervals from the same start, so z1 and z2
+are correlated (``sqrt(a / b)``, ``a = sigma - sigma_mid``, ``b = sigma - sigma_next``); the steps' intervals do
+not overlap, so steps are independent. With ``torchsde`` installed the drop-in builds the same path
+(``fastdiff.k_diffusion``'s Brownian tree noise sampler: the same torchsde interval, tolerance and pool) and
 queries it at the same float32 times, so its numbers are diffusers' own; the query is torchsde's work (host
 bookkeeping, its own draws on the sample's device) and the result enters the fused pass as ``noise=``.
-Without torchsde the noise is the kernel's Philox, keyed by ``noise_sampler_seed`` (or one seed drawn from the
-global generator at the first step, where diffusers draws its seed) and a stream per step: each stage's noise is
-standard normal as diffusers' is, but independent of the other stages' (no Brownian correlation between the
-two stages of a step, nor across step counts). ``use_brownian_noise = False`` on an instance forces the Philox
-noise with torchsde installed.
+
+Under ``set_noise_seed`` (and without torchsde, or with ``use_brownian_noise = False`` on an instance) the noise is
+the kernel's counter-based Philox with the Brownian path's law, not torchsde's numbers: the first stage adds
+Philox stream ``z1`` in its fused pass; the second adds ``w_new z'`` (a stream of its own) in its fused pass and
+then ``w_shared z1``, ``z1`` regenerated from the first stage's key and counter, in a second pass over the result
+(``solvers.brownian_overlap_weights``; the kernel takes one Philox stream per pass, so this costs one more pass per
+step, a read and a write of the sample (the stages' own passes read and write 9 sample-sized tensors), for a
+half-precision sample one more rounding of the second stage's result, and no stored noise: the first stage's
+noise is not read back from the midpoint sample, which a pipeline may change between the stages). The Philox seed is
+``set_noise_seed``'s, else ``noise_sampler_seed``, else one seed drawn from the global generator at the first
+step, where diffusers draws its seed. This is the noise a ``torch.compile``-d loop can trace (torchsde's tree is
+host code).
 """
 from __future__ import annotations
 
@@ -21,7 +32,7 @@ import numpy as np
 import torch
 
 from ..schedules import spaced_timesteps
-from ..solvers import ancestral_split, sigma_of, t_of
+from ..solvers import ancestral_split, brownian_overlap_weights, sigma_of, t_of
 from ._base import _TABLE_ARITHMETIC, KARRAS_COMPATIBLES, check_steps, result_dtype, rows, sigma_to_t
 from ._compat import make_output, register_to_config
 from ._euler import _SigmaBase, sigma_x0_coefs
@@ -104,10 +115,14 @@ class DPMSolverSDEScheduler(BrownianPathMixin, _SigmaBase):
     """Stochastic DPM-Solver++ (Lu et al. 2022) with the ancestral split of Karras et al. (2022), two stages per step.
 
     Same config keys, defaults, ``order`` and numbers as ``diffusers.DPMSolverSDEScheduler`` (its Brownian noise
-    with torchsde installed; see the module docstring for the rule). ``timesteps`` holds each step's timestep
-    followed by its log-midpoint's; ``step`` alternates the stage to the midpoint and the stage to the next
-    sigma (``state_in_first_order``), each one fused pass: the second reads the first stage's input sample as
-    ``x`` and the midpoint sample as ``x_eval``. The last step (to sigma 0) is one Euler pass.
+    with torchsde installed; see the module docstring for the rule). Under ``set_noise_seed`` the noise is
+    in-kernel Philox with the Brownian tree's law (each stage standard normal, the two stages of a step
+    correlated as the tree's overlapping increments are, steps independent), not torchsde's numbers; that is
+    the noise a ``torch.compile(fullgraph=True)`` loop draws as its eager run does. ``timesteps`` holds each
+    step's timestep followed by its log-midpoint's; ``step`` alternates the stage to the midpoint and the stage
+    to the next sigma (``state_in_first_order``), each one fused pass (and, with the Philox noise, the second
+    stage one more pass for its shared noise): the second reads the first stage's input sample as ``x`` and the
+    midpoint sample as ``x_eval``. The last step (to sigma 0) is one Euler pass.
 
     Example:
         >>> s = DPMSolverSDEScheduler(noise_sampler_seed=0)
@@ -120,7 +135,8 @@ class DPMSolverSDEScheduler(BrownianPathMixin, _SigmaBase):
     order = 2
     _compatibles = list(KARRAS_COMPATIBLES)
     _output_name = "DPMSolverSDESchedulerOutput"
-    #: draw diffusers' Brownian noise when torchsde is installed (False: the in-kernel Philox noise)
+    #: draw diffusers' Brownian noise when torchsde is installed and no ``set_noise_seed`` is given (False: the
+    #: in-kernel Philox noise)
     use_brownian_noise: bool = True
 
     @register_to_config
@@ -218,7 +234,7 @@ class DPMSolverSDEScheduler(BrownianPathMixin, _SigmaBase):
 
     # ------------------------------------------------------------------ coefficient rows
     def _build_table(self, key) -> torch.Tensor:
-        stage, s_noise = key
+        stage, s_noise, philox = key
         pt = self.config.prediction_type
         if pt == "sample":
             raise NotImplementedError("prediction_type not implemented yet: sample")
@@ -234,6 +250,15 @@ class DPMSolverSDEScheduler(BrownianPathMixin, _SigmaBase):
                 sigma, nxt = np.concatenate([[np.nan], s[:-2]]), s[:-1]
                 target = nxt
                 model_sigma = sigma_of(t_of(sigma) + (t_of(nxt) - t_of(sigma)) * 0.5)
+            if philox and stage != "first":
+                # the Brownian path over sigma: this stage's increment [sigma, nxt] holds the first stage's
+                # [sigma, midpoint]; "second" adds the new part, "shared" (its own pass) the first stage's noise
+                w_shared, w_new = brownian_overlap_weights(np.abs(sigma - model_sigma), np.abs(sigma - nxt))
+                if stage == "shared":
+                    _, up = ancestral_split(sigma, target)
+                    noise = np.where(nxt == 0, 0.0, up * w_shared * s_noise)
+                    return rows(in_x=0.0, in_m=0.0, out_x=1.0, out_noise=np.where(np.isfinite(noise), noise, 0.0))
+                s_noise = s_noise * w_new
             in_x, in_m = sigma_x0_coefs(pt, model_sigma)
             down, up = ancestral_split(sigma, target)
             ratio = down / sigma  # sigma_fn(ancestral_t) / sigma_fn(t)
@@ -246,22 +271,31 @@ class DPMSolverSDEScheduler(BrownianPathMixin, _SigmaBase):
         return rows(in_x=z(in_x), in_m=z(in_m), out_x=z(ratio), out_d=z(out_d), out_noise=z(up * s_noise))
 
     # ------------------------------------------------------------------ noise
+    def _philox_noise(self) -> bool:
+        """The in-kernel Philox noise (the module docstring's rule) rather than diffusers' torchsde path."""
+        return self._noise_seed is not None or not (self.use_brownian_noise and HAS_TORCHSDE)
+
     def _stage_noise(self, sample: torch.Tensor, i: int, first: bool) -> dict:
         """The fused pass's noise for stage ``first`` at step index ``i`` (see the module docstring)."""
-        if self.use_brownian_noise and HAS_TORCHSDE:
+        if not self._philox_noise():
             if self.noise_sampler is None:
                 self._make_tree(sample)
             a, b = (self._first_q if first else self._second_q)[i]
             return {"noise": self.noise_sampler.at_host_times(a, b)}
         if self._seed is None:
-            seed = self.noise_sampler_seed
+            seed = self._noise_seed if self._noise_seed is not None else self.noise_sampler_seed
             if seed is None:
                 self._seed = int(torch.randint(0, 2**63 - 1, []).item())  # where diffusers draws its seed
             elif isinstance(seed, (list, tuple)):
                 self._seed = hash(tuple(int(v) for v in seed)) % 2**63
             else:
                 self._seed = int(seed) % 2**63
-        return {"seed": self._seed, "stream": i * 4 + (0 if first else 1)}
+        return {"seed": self._seed, "stream": self._stage_stream(i, first)}
+
+    @staticmethod
+    def _stage_stream(i: int, first: bool) -> int:
+        """The Philox stream of the stage at step index ``i`` (a second stage's first stage is at ``i - 1``)."""
+        return i * 4 + (0 if first else 1)
 
     def _make_tree(self, sample: torch.Tensor) -> None:
         s = self.sigmas
@@ -274,10 +308,10 @@ class DPMSolverSDEScheduler(BrownianPathMixin, _SigmaBase):
         i = self._current_index(timestep)
         dtype = result_dtype(sample, model_output)
         first = self._prev is None
-        key = ("first" if first else "second", float(s_noise))
-        table = self._table(key, sample.device)
         final = self._sig_host[i + 1] == 0.0 if first else self._sig_host[i] == 0.0
         kw = {} if final else self._stage_noise(sample, i, first)
+        philox = "seed" in kw and not first  # only a second stage's rows differ with the Philox noise
+        table = self._table(("first" if first else "second", float(s_noise), philox), sample.device)
         if first:
             prev, x0 = self._launch(sample, model_output, table, i, out_dtype=dtype, aux_dtype=dtype, **kw)
             if not final:
@@ -285,6 +319,10 @@ class DPMSolverSDEScheduler(BrownianPathMixin, _SigmaBase):
         else:
             prev, x0 = self._launch(self._prev, model_output, table, i, out_dtype=dtype, aux_dtype=dtype,
                                     x_eval=sample, **kw)
+            if philox:  # + the first stage's noise, regenerated from its key and counter (module docstring)
+                shared = self._table(("shared", float(s_noise), True), sample.device)
+                prev, _ = self._launch(prev, prev, shared, i, out_dtype=dtype, seed=kw["seed"],
+                                       stream=self._stage_stream(i - 1, True))
             self._prev = None
         self._step_index = i + 1
         if not return_dict:

@@ -102,6 +102,30 @@ def test_philox_option_repeats_and_differs_from_the_brownian_path():
     assert torch.equal(runs[0], runs[1]) and not torch.allclose(runs[0], runs[2])
 
 
+def test_set_noise_seed_keys_philox_noise_without_a_generator_and_leaves_generator_steps_alone():
+    """Without a generator, ``set_noise_seed`` gives the Philox noise (no tree, no global draw; the same run twice,
+    another seed another run); steps given a generator keep diffusers' Brownian path from its seed."""
+
+    def run(s, seed=None, g_seed=None):
+        s.set_timesteps(5)
+        x = torch.ones(1, 2, 9) * s.init_noise_sigma
+        g = None if g_seed is None else torch.Generator().manual_seed(g_seed)
+        for t in s.timesteps:
+            x = s.step(torch.sin(s.scale_model_input(x, t)), t, x, generator=g).prev_sample
+        return x
+
+    s = fdd.CosineDPMSolverMultistepScheduler()
+    s.set_noise_seed(4)
+    glob = torch.get_rng_state()
+    a, b = run(s), run(s)
+    assert s.noise_sampler is None and torch.equal(a, b) and torch.equal(torch.get_rng_state(), glob)
+    s.set_noise_seed(5)
+    assert not torch.allclose(run(s), a)
+    with_gen = run(s, g_seed=11)
+    assert s.noise_sampler is not None
+    assert torch.equal(with_gen, run(fdd.CosineDPMSolverMultistepScheduler(), g_seed=11))
+
+
 @pytest.mark.parametrize("how", ["deepcopy", "pickle"])
 def test_a_copy_taken_mid_run_continues_the_same_path(how):
     s = fdd.CosineDPMSolverMultistepScheduler()

@@ -37,6 +37,19 @@ def test_ancestral_split_reaches_sigma_next_and_agrees_on_every_kind(eta):
     np.testing.assert_array_equal(np.broadcast_to(a_up, len(want)), [w[1] for w in want])
 
 
+def test_brownian_overlap_weights_give_the_increments_covariance():
+    """z2 = w_shared z1 + w_new z' has unit variance and Cov(z1, z2) = Cov(W(a), W(b)) / sqrt(a b) = sqrt(a / b);
+    the array form agrees with the float form; a zero-length interval takes all new noise."""
+    pairs = [(1.0, 4.0), (0.3, 0.3), (0.0, 2.0), (2.5, 7.0), (0.0, 0.0)]
+    for a, b in pairs:
+        w_shared, w_new = S.brownian_overlap_weights(a, b)
+        assert w_shared**2 + w_new**2 == pytest.approx(1.0, rel=1e-15)
+        assert w_shared == pytest.approx(math.sqrt(a / b) if b else 0.0, rel=1e-15)
+    arr = np.array(pairs)
+    got = np.stack(S.brownian_overlap_weights(arr[:, 0], arr[:, 1]), axis=1)
+    np.testing.assert_allclose(got, [S.brownian_overlap_weights(a, b) for a, b in pairs], rtol=1e-15)
+
+
 def test_ancestral_split_in_float32_tensors_rounds_like_float32():
     for s, s1 in SIGMA_PAIRS:
         down, up = S.ancestral_split(torch.tensor(s), torch.tensor(s1))

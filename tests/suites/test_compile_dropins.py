@@ -6,13 +6,15 @@ without ``set_begin_index(0)`` (without it, the traced first step takes the inde
 ``FusedSchedulerBase._init_step_index``) and must give the eager result: the compiled and eager runs are
 compared to each other, bounded by the eager run's own distance to a float64 run of the same loop.
 Stochastic classes draw in-kernel Philox noise keyed by ``set_noise_seed`` (a host int, a constant of the
-graph), so the compiled and eager runs use the same noise.
+graph), so the compiled and eager runs use the same noise; the two classes whose diffusers noise is torchsde's
+Brownian tree (DPMSolverSDE, CosineDPMSolverMultistep) draw Philox noise with the tree's law under it
+(tests/faces/test_diffusers_sde.py tests that law).
 
 In CI every class x mode compiles with the ``aot_eager`` backend (dynamo's full trace and AOT autograd's
 functional graph: what fullgraph=True checks, without inductor's C++ builds, ~5-10 s each on 2 cores); the
 inductor tests run the default backend for the six classes that build fastest in CI, and for the slowest
-builds (DDPM, Heun, SDE-DPM-Solver++, PNDM: 6-22 s each past inductor's one-time start on 2 cores) with
-``--runslow``; benchmarks/compile_loops.py measures cold compiles of every class beside diffusers'.
+builds (DDPM, Heun, SDE-DPM-Solver++, PNDM: 6-22 s each past inductor's one-time start on 2 cores;
+DPMSolverSDE 33 s, CosineDPMSolverMultistep 20 s at load ~4.5) with ``--runslow``; benchmarks/compile_loops.py measures cold compiles of every class beside diffusers'.
 """
 from __future__ import annotations
 
@@ -58,6 +60,8 @@ CLASSES = {
     "edm_euler": ("EDMEulerScheduler", {}),
     "sasolver": ("SASolverScheduler", {}),
     "cogvideox_ddim": ("CogVideoXDDIMScheduler", {}),
+    "dpm_sde_2stage": ("DPMSolverSDEScheduler", {}),
+    "cosine_dpm": ("CosineDPMSolverMultistepScheduler", {}),
 }
 #: exported classes whose loop does not compile fullgraph (or not as required) yet, and why
 NOT_COMPILED = {
@@ -66,19 +70,17 @@ NOT_COMPILED = {
     "UnCLIPScheduler": "data-dependent guard in step (a float read of a tensor)",
     "FlowMatchHeunDiscreteScheduler": "compiles, but the compiled loop differs from eager by ~40x eager's own error",
     "FlowMapEulerDiscreteScheduler": "step reads the timestep's value on the host (its off-schedule jump)",
-    "DPMSolverSDEScheduler": "the Brownian-tree noise (torchsde) is host code dynamo cannot trace",
-    "CosineDPMSolverMultistepScheduler": "the Brownian-tree noise (torchsde) branches on data",
     "ScoreSdeVeScheduler": "no step(): its predictor / corrector loop is step_pred / step_correct",
     "CogVideoXDPMScheduler": "diffusers' own step signature (old x0 and timestep_back), not a step() loop",
     "DDPMWuerstchenScheduler": "diffusers' own step signature (a per-sample float timestep), not a step() loop",
 }
 STOCHASTIC = frozenset(("ddpm", "euler_ancestral", "dpm_sde", "lcm", "tcd", "ddpm_parallel", "cm",
-                        "kdpm2_ancestral", "sasolver"))
+                        "kdpm2_ancestral", "sasolver", "dpm_sde_2stage", "cosine_dpm"))
 #: inductor builds that stay short enough for CI; the others are marked slow
 INDUCTOR_IN_CI = frozenset(("ddim", "euler", "euler_ancestral", "dpm_multi", "unipc", "flow_euler"))
 #: the classes whose inductor builds are tested (the rest are traced with aot_eager only, in CI)
 INDUCTOR_CLASSES = ("ddpm", "ddim", "euler", "euler_ancestral", "heun", "dpm_multi", "dpm_sde", "unipc",
-                    "flow_euler", "pndm")
+                    "flow_euler", "pndm", "dpm_sde_2stage", "cosine_dpm")
 MODES = ("begin_index", "index_lookup")
 
 
