@@ -13,8 +13,9 @@ Wuerstchen's prior) are compiled around those pipelines' loops, as the pipelines
 In CI every class x mode compiles with the ``aot_eager`` backend (dynamo's full trace and AOT autograd's
 functional graph: what fullgraph=True checks, without inductor's C++ builds, ~5-10 s each on 2 cores); the
 inductor tests run the default backend for the six classes that build fastest in CI, and for the slowest
-builds (DDPM, Heun, SDE-DPM-Solver++, PNDM: 6-22 s each past inductor's one-time start on 2 cores) with
-``--runslow``; benchmarks/compile_loops.py measures cold compiles of every class beside diffusers'.
+builds (DDPM, Heun, SDE-DPM-Solver++, PNDM: 6-22 s each past inductor's one-time start on 2 cores), UnCLIP,
+FlowMapEuler and the OWN_LOOPS loops with ``--runslow``; benchmarks/compile_loops.py measures cold compiles
+of every class beside diffusers'.
 """
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ STOCHASTIC = frozenset(("ddpm", "euler_ancestral", "dpm_sde", "lcm", "tcd", "ddp
 INDUCTOR_IN_CI = frozenset(("ddim", "euler", "euler_ancestral", "dpm_multi", "unipc", "flow_euler"))
 #: the classes whose inductor builds are tested (the rest are traced with aot_eager only, in CI)
 INDUCTOR_CLASSES = ("ddpm", "ddim", "euler", "euler_ancestral", "heun", "dpm_multi", "dpm_sde", "unipc",
-                    "flow_euler", "pndm")
+                    "flow_euler", "pndm", "unclip", "flow_map_euler")
 MODES = ("begin_index", "index_lookup")
 
 
@@ -268,6 +269,13 @@ def test_own_pipeline_loop_compiles_fullgraph_and_matches_eager(short):
 def test_whole_loop_compiles_fullgraph_with_inductor(short, mode):
     seconds = compile_and_check(short, mode, "inductor")
     print(f"{short} {mode}: compiled in {seconds:.1f} s")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("short", list(OWN_LOOPS))
+def test_own_pipeline_loop_compiles_fullgraph_with_inductor(short):
+    seconds = compile_and_check(short, "index_lookup", "inductor")
+    print(f"{short}: compiled in {seconds:.1f} s")
 
 
 def test_a_run_with_other_sigmas_compiles_anew_and_matches_eager():
