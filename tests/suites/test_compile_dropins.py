@@ -8,7 +8,8 @@ compared to each other, bounded by the eager run's own distance to a float64 run
 Stochastic classes draw in-kernel Philox noise keyed by ``set_noise_seed`` (a host int, a constant of the
 graph), so the compiled and eager runs use the same noise. The classes whose pipelines call them otherwise
 (OWN_LOOPS: unCLIP's prior with ``prev_timestep``, ScoreSdeVe's predictor-corrector, CogVideoX's DPM loop,
-Wuerstchen's prior) are compiled around those pipelines' loops, as the pipelines run them (no begin index).
+Wuerstchen's prior) are compiled around those pipelines' loops (which set no begin index; the drop-ins are
+run with one too).
 
 In CI every class x mode compiles with the ``aot_eager`` backend (dynamo's full trace and AOT autograd's
 functional graph: what fullgraph=True checks, without inductor's C++ builds, ~5-10 s each on 2 cores); the
@@ -127,6 +128,8 @@ def make_loop(sched, net, begin: bool):
 def make_unclip_prior_loop(sched, net, begin: bool):
     """unCLIP's (and Kandinsky's) prior loop: each step names the next timestep, the last step none."""
     def loop(x):
+        if begin:
+            sched.set_begin_index(0)
         timesteps = sched.timesteps
         for i, t in enumerate(timesteps):
             prev = timesteps[i + 1] if i + 1 < timesteps.shape[0] else None
@@ -144,6 +147,8 @@ def make_score_sde_ve_loop(sched, net, begin: bool):
         return (net(x / s) - x / s) / s
 
     def loop(x):
+        if begin:
+            sched.set_begin_index(0)
         for i, t in enumerate(sched.timesteps):
             sigma = sched.sigmas[i] * torch.ones(x.shape[0], dtype=x.dtype)
             for _ in range(sched.config.correct_steps):
@@ -158,6 +163,8 @@ def make_cogvideox_dpm_loop(sched, net, begin: bool):
     """CogVideoX pipelines' loop with CogVideoXDPMScheduler: each step passes the previous x0 estimate and the
     previous timestep (``timesteps[i - 1]``) and gets the new estimate back."""
     def loop(x):
+        if begin:
+            sched.set_begin_index(0)
         old = None
         timesteps = sched.timesteps
         for i, t in enumerate(timesteps):
@@ -170,6 +177,8 @@ def make_cogvideox_dpm_loop(sched, net, begin: bool):
 def make_wuerstchen_prior_loop(sched, net, begin: bool):
     """Wuerstchen's prior loop: every timestep but the last, as a per-sample ratio (``t.expand(batch)``)."""
     def loop(x):
+        if begin:
+            sched.set_begin_index(0)
         for t in sched.timesteps[:-1]:
             ratio = t.expand(x.shape[0]).to(x.dtype)
             x = sched.step(model_output=net(x), timestep=ratio, sample=x).prev_sample
@@ -178,8 +187,8 @@ def make_wuerstchen_prior_loop(sched, net, begin: bool):
 
 
 #: id -> (class name, config, loop builder): the classes whose pipelines run a loop of their own (another
-#: signature than step(model_output, t, sample), or other arguments); each runs without set_begin_index, as
-#: those pipelines do (diffusers' classes have none)
+#: signature than step(model_output, t, sample), or other arguments); those pipelines call no set_begin_index
+#: (diffusers' classes have none), the drop-ins have it and are run with and without it
 OWN_LOOPS = {
     "unclip_prior": ("UnCLIPScheduler", {}, make_unclip_prior_loop),
     "score_sde_ve": ("ScoreSdeVeScheduler", {"sigma_max": 50.0}, make_score_sde_ve_loop),
@@ -258,9 +267,10 @@ def test_whole_loop_compiles_fullgraph_and_matches_eager(short, mode):
     compile_and_check(short, mode, "aot_eager")
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("short", list(OWN_LOOPS))
-def test_own_pipeline_loop_compiles_fullgraph_and_matches_eager(short):
-    compile_and_check(short, "index_lookup", "aot_eager")
+def test_own_pipeline_loop_compiles_fullgraph_and_matches_eager(short, mode):
+    compile_and_check(short, mode, "aot_eager")
 
 
 @pytest.mark.parametrize("mode", MODES)
