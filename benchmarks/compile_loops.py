@@ -3,7 +3,9 @@
 For each scheduler class and each mode (``begin``: ``set_begin_index(0)`` before the loop; ``lookup``: no begin
 index, so the first step finds its index from the timestep), the loop iterates ``scheduler.timesteps``, calls
 ``scale_model_input`` and ``step(..., return_dict=False)`` around a small two-layer conv net, and is compiled
-with ``torch.compile(fullgraph=True)`` (inductor unless ``--backend``). Printed per row: whether it compiled,
+with ``torch.compile(fullgraph=True)`` (inductor unless ``--backend``). The OWN_LOOPS classes run their
+pipeline's loop instead (unCLIP's prior with ``prev_timestep``, ScoreSdeVe's predictor-corrector, CogVideoX's
+DPM loop, Wuerstchen's prior), in the lookup mode only. Printed per row: whether it compiled,
 the compile time (first call), and the largest difference between the compiled and the eager run.
 
 Noise: fastdiff's stochastic classes draw in-kernel Philox noise keyed by ``set_noise_seed(SEED)`` (a host int, a
@@ -51,8 +53,19 @@ CLASSES = {
     "pndm": ("PNDMScheduler", {}),
     "dpm_sde_2stage": ("DPMSolverSDEScheduler", {}),
     "cosine_dpm": ("CosineDPMSolverMultistepScheduler", {}),
+    "unclip": ("UnCLIPScheduler", {}),
+    "flow_map_euler": ("FlowMapEulerDiscreteScheduler", {}),
 }
-STOCHASTIC = frozenset(("ddpm", "euler_ancestral", "dpm_sde", "dpm_sde_2stage", "cosine_dpm"))
+#: short name -> (class name, config overrides): classes run through their pipeline's own loop (the loop
+#: builders of tests/suites/test_compile_dropins.py's OWN_LOOPS, of the same ids), in the lookup mode only
+OWN_LOOPS = {
+    "unclip_prior": ("UnCLIPScheduler", {}),
+    "score_sde_ve": ("ScoreSdeVeScheduler", {"sigma_max": 50.0}),
+    "cogvideox_dpm": ("CogVideoXDPMScheduler", {}),
+    "wuerstchen_prior": ("DDPMWuerstchenScheduler", {}),
+}
+STOCHASTIC = frozenset(("ddpm", "euler_ancestral", "dpm_sde", "dpm_sde_2stage", "cosine_dpm", "unclip",
+                        *OWN_LOOPS))
 MODES = ("begin", "lookup")
 
 
@@ -66,7 +79,7 @@ def make_net(channels: int = 4, hidden: int = 8) -> torch.nn.Module:
 
 
 def make_scheduler(side: str, short: str):
-    name, cfg = CLASSES[short]
+    name, cfg = OWN_LOOPS[short] if short in OWN_LOOPS else CLASSES[short]
     if side == "fastdiff":
         import fastdiff.diffusers as mod
     else:
@@ -88,8 +101,20 @@ def make_loop(sched, net, begin: bool):
     return loop
 
 
+def loop_builder(short: str):
+    """``make_loop``, or the pipeline's own loop of an OWN_LOOPS class (the test's builder, one definition)."""
+    if short not in OWN_LOOPS:
+        return make_loop
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "suites"))
+    import test_compile_dropins
+
+    return test_compile_dropins.OWN_LOOPS[short][2]
+
+
 def prepare(sched, side: str, short: str, steps: int) -> None:
     sched.set_timesteps(steps)
+    if hasattr(sched, "set_sigmas"):  # ScoreSdeVe: its pipeline sets the sigmas after the timesteps
+        sched.set_sigmas(steps)
     if side == "fastdiff" and short in STOCHASTIC and hasattr(sched, "set_noise_seed"):
         sched.set_noise_seed(SEED)
     torch.manual_seed(SEED)  # diffusers' (and fastdiff's generator-less unseeded) draws
@@ -100,12 +125,13 @@ def run_case(side: str, short: str, mode: str, steps: int, backend: str, shape=(
     net = make_net(shape[1])
     x0 = torch.randn(shape, generator=torch.Generator().manual_seed(7))
     sched = make_scheduler(side, short)
+    builder = loop_builder(short)
     eager_sched = copy.deepcopy(sched)
     prepare(eager_sched, side, short, steps)
     with torch.no_grad():
-        eager = make_loop(eager_sched, net, mode == "begin")(x0 * _init_sigma(eager_sched))
+        eager = builder(eager_sched, net, mode == "begin")(x0 * _init_sigma(eager_sched))
     prepare(sched, side, short, steps)
-    compiled = torch.compile(make_loop(sched, net, mode == "begin"), backend=backend, fullgraph=True)
+    compiled = torch.compile(builder(sched, net, mode == "begin"), backend=backend, fullgraph=True)
     row = {"side": side, "class": short, "mode": mode}
     t0, c0 = time.perf_counter(), _cpu_seconds()
     try:
@@ -169,7 +195,7 @@ def main() -> None:
         import torch._inductor.config as ic
         ic.fallback_random = True
     torch.set_num_threads(1)
-    shorts = [s for s in a.only.split(",") if s] or list(CLASSES)
+    shorts = [s for s in a.only.split(",") if s] or [*CLASSES, *OWN_LOOPS]
     if not a.no_header:
         print(f"torch {torch.__version__}; backend={a.backend}; steps={a.steps}; shape (1, 4, 8, 8); seed {SEED}")
         print(f"{'class':16s} {'mode':7s} {'side':9s} {'fullgraph':9s} {'compile s':>9s} {'cpu s':>6s} "
@@ -177,6 +203,8 @@ def main() -> None:
               f"{'rel':>9s} {'rerun s':>8s}  note")
     for short in shorts:
         for mode in a.modes.split(","):
+            if short in OWN_LOOPS and mode != "lookup":  # their pipelines set no begin index
+                continue
             for side in a.side.split(","):
                 if a.in_process:
                     _print_row(run_case(side, short, mode, a.steps, a.backend), a.trace)

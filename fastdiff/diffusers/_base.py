@@ -199,13 +199,19 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
         # step's index (see _init_step_index), a host int so that the trace runs no lookup
         first = np.nonzero(self._timesteps_host == self._timesteps_host[0])[0] if self._timesteps_host.size else ()
         self._first_index = int(first[1] if len(first) > 1 else 0)
-        # what a run's tables are built from (the timesteps, and the sigmas, which every class sets first), as a
-        # str: a traced step's tables are constants of its graph, and dynamo guards a str attribute by value,
-        # so a later run with other timesteps or sigmas compiles anew instead of reusing stale tables
+        self._set_run_key()
+
+    def _set_run_key(self, *extra: np.ndarray) -> None:
+        """``_run_key``: what a run's tables are built from (the timesteps, the sigmas, which every class sets
+        first, and ``extra``: arrays a class sets later), as a str: a traced step's tables are constants of its
+        graph, and dynamo guards a str attribute by value, so a later run with other timesteps or sigmas
+        compiles anew instead of reusing stale tables."""
         digest = hashlib.blake2b(self._timesteps_host.tobytes(), digest_size=16)
         sigmas = self.__dict__.get("sigmas")
         if isinstance(sigmas, torch.Tensor):
             digest.update(sigmas.detach().cpu().to(torch.float64).numpy().tobytes())
+        for array in extra:
+            digest.update(np.ascontiguousarray(array, dtype=np.float64).tobytes())
         self._run_key = digest.hexdigest()
 
     @property
@@ -288,6 +294,20 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
             self._step_index = self._first_index
         else:
             self._step_index = self.index_for_timestep(timestep)
+
+    @staticmethod
+    def _traced_schedule_timestep(timestep: torch.Tensor, schedule: Sequence, index: Optional[int], name: str):
+        """A traced tensor ``timestep`` given beside the step's own (unCLIP's ``prev_timestep``, CogVideoX-DPM's
+        ``timestep_back``) has no host value: it is taken as ``schedule[index]`` (a host list of the timesteps:
+        a numpy array would be traced), the one the pipelines pass, and checked on the device (``_assert_async``,
+        no sync), so another value fails the run instead of stepping to the wrong timestep."""
+        if index is None or not 0 <= index < len(schedule):
+            raise ValueError(f"a traced {name} must be one of the scheduler's timesteps; this step has none at "
+                             f"index {index}")
+        value = schedule[index]
+        torch._assert_async((timestep == value).all(),
+                            f"{name} is not timesteps[{index}], the value a traced step takes it to be")
+        return value
 
     @property
     def _host_timesteps_f32(self) -> np.ndarray:

@@ -180,10 +180,23 @@ class CogVideoXDPMScheduler(_CogVideoXBase):
         if self.num_inference_steps is None:
             raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating "
                              "the scheduler")
-        t = self._timestep_value(timestep)
+        traced = torch.compiler.is_compiling()
+        if traced and isinstance(timestep, torch.Tensor):
+            # traced, a tensor timestep has no host value: the step counter (a traced loop iterates
+            # self.timesteps from the begin index, else from its start), as CogVideoX's pipelines step
+            i = self._step_index if self._step_index is not None else (self._begin_index or 0)
+            t = self._ts[i]
+        else:
+            t = self._timestep_value(timestep)
+            i = self._ts_pos.get(t)
         prev = t - self.config.num_train_timesteps // self.num_inference_steps
         second = old_pred_original_sample is not None and prev >= 0
-        t_back = self._timestep_value(timestep_back) if timestep_back is not None else None
+        if timestep_back is None:
+            t_back = None
+        elif traced and isinstance(timestep_back, torch.Tensor):  # the pipelines' timesteps[i - 1]
+            t_back = self._traced_schedule_timestep(timestep_back, self._ts, None if not i else i - 1, "timestep_back")
+        else:
+            t_back = self._timestep_value(timestep_back)
         if t_back is None and second:
             raise ValueError("old_pred_original_sample needs timestep_back (the timestep it was predicted at)")
         table = self._table(("dpm", t, t_back if second else None), sample.device)
@@ -200,6 +213,8 @@ class CogVideoXDPMScheduler(_CogVideoXBase):
             kw["history"] = (old_pred_original_sample,)
         dtype = result_dtype(sample, model_output)
         prev_sample, x0 = self._launch(sample, model_output, table, 0, out_dtype=dtype, aux_dtype=dtype, **kw)
+        if i is not None:
+            self._step_index = i + 1
         if not return_dict:
             return (prev_sample, x0)
         return make_output("DDIMSchedulerOutput", prev_sample, x0)

@@ -362,7 +362,8 @@ class FlowMapEulerDiscreteScheduler(FusedSchedulerBase):
     ``diffusers.FlowMapEulerDiscreteScheduler``: ``step`` goes from ``timestep`` to ``r_timestep`` (default:
     the next timestep of the schedule); a timestep within 1e-3 of a scheduled one takes that one's sigma, any
     other ``t / num_train_timesteps``. Each ``step`` is one fused pass (an off-schedule pair gets a one-row table
-    on first use).
+    on first use). Traced (``torch.compile``), a tensor timestep has no host value: the step takes the step
+    counter's scheduled timestep (what iterating ``timesteps`` gives), and ``r_timestep`` must be a number or None.
 
     Example:
         >>> s = FlowMapEulerDiscreteScheduler(shift=3.0)
@@ -475,6 +476,11 @@ class FlowMapEulerDiscreteScheduler(FusedSchedulerBase):
         if self._begin_index is not None:
             self._step_index = self._begin_index
             return
+        if torch.compiler.is_compiling() and isinstance(timestep, torch.Tensor):
+            # traced, a tensor timestep has no host value: the loop starts where iterating self.timesteps does,
+            # at index 0 (what eager's nearest-timestep lookup finds for timesteps[0])
+            self._step_index = 0
+            return
         idx = self.index_for_timestep(timestep)
         self._step_index = idx if idx is not None else 0
 
@@ -503,7 +509,19 @@ class FlowMapEulerDiscreteScheduler(FusedSchedulerBase):
             raise ValueError("`set_timesteps` has not been called.")
         if self._step_index is None:
             self._init_step_index(timestep)
-        t_idx, sigma_t = self._sigma_at(timestep)
+        if torch.compiler.is_compiling() and isinstance(timestep, torch.Tensor):
+            # traced, a tensor timestep has no host value: the step counter's scheduled timestep (eager finds the
+            # sigma from the value: for a loop over self.timesteps, the same one)
+            t_idx = self._step_index
+            if not 0 <= t_idx < len(self._timesteps_host):
+                raise ValueError(f"step called {t_idx + 1} times but there are only {len(self._timesteps_host)} "
+                                 f"timesteps; call set_timesteps again")
+            sigma_t = self._sig[t_idx:t_idx + 1]
+            if isinstance(r_timestep, torch.Tensor):
+                raise TypeError("a traced step takes r_timestep as a number or None (a tensor's value is not on "
+                                "the host: an off-schedule jump needs it)")
+        else:
+            t_idx, sigma_t = self._sigma_at(timestep)
         if r_timestep is None:
             if t_idx is None:
                 raise ValueError("`r_timestep` is None but `timestep` is not on the current schedule, so `r` cannot "

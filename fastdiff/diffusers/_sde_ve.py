@@ -3,7 +3,8 @@
 The predictor (``step_pred``) is the reverse-diffusion step of the discretised VE SDE with a score model:
 ``mean = x + g**2 score``, ``x_next = mean + g z`` with ``g = sqrt(sigma_k**2 - sigma_{k-1}**2)`` on the
 geometric discrete sigmas. Both outputs come from one ``fused_step`` pass (``prev_sample`` and, as its aux
-output, ``prev_sample_mean``), its row picked by the timestep.
+output, ``prev_sample_mean``), its row picked by the timestep (traced, where the timestep has no host value,
+the per-sample row is formed on the device as diffusers forms it, ``int(t * (len(timesteps) - 1))``).
 
 The corrector (``step_correct``) is a Langevin step whose step size is set from the norms of the score and of
 the noise: ``e = 2 (snr |z| / |score|)**2`` with ``|.|`` the per-sample L2 norm averaged over the batch. That is
@@ -18,11 +19,11 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from ..ops.step import COEF_NAMES, fused_step, step_coefs
+from ..ops.step import COEF_NAMES, fused_step
 from ..random import philox_normal
 from ..schedules import VESchedule, exponential_sigmas
 from ._base import _TABLE_ARITHMETIC, FusedSchedulerBase, _element_position, result_dtype, rows
-from ._compat import make_output, randn_tensor, register_to_config
+from ._compat import make_output, randn_tensor, register_to_config, resolve_output
 
 __all__ = ["ScoreSdeVeScheduler"]
 
@@ -64,6 +65,7 @@ class ScoreSdeVeScheduler(FusedSchedulerBase):
     ):
         self.init_noise_sigma = sigma_max
         self._reset_run()
+        resolve_output("SchedulerOutput")  # step_correct's output type (a traced step cannot resolve it)
         self._timesteps = None
         self._calls = 0
         self.set_sigmas(num_train_timesteps, sigma_min, sigma_max, sampling_eps)
@@ -120,6 +122,9 @@ class ScoreSdeVeScheduler(FusedSchedulerBase):
         self.discrete_sigmas = ds
         self._tables.clear()
         self._host_tables.clear()
+        # the predictor's table follows the discrete sigmas, set after the timesteps: the run's key covers them
+        # (and the sigmas just set), so a run's traced tables are guarded by what they are built from
+        self._set_run_key(self._ds)
 
     def get_adjacent_sigma(self, timesteps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The discrete sigma one index below each of ``timesteps`` (indices; 0 below the first)."""
@@ -128,6 +133,8 @@ class ScoreSdeVeScheduler(FusedSchedulerBase):
 
     # ------------------------------------------------------------------ the predictor
     def _build_table(self, key) -> torch.Tensor:
+        if key == "correct":
+            return rows(in_x=1.0, in_m=0.0, out_d=1.0, out_noise=0.0)
         # row k: g = sqrt(sigma_k**2 - sigma_{k-1}**2) (sigma_{-1} = 0); d = x + g**2 score is the mean
         if _TABLE_ARITHMETIC[0] == "diffusers":  # diffusers' float32 operations
             ds = self.discrete_sigmas.to(torch.float32)
@@ -170,6 +177,20 @@ class ScoreSdeVeScheduler(FusedSchedulerBase):
                              f"{n} discrete_sigmas (call set_sigmas with as many steps as set_timesteps)")
         return idx.tolist()
 
+    def _traced_level_indices(self, timestep: torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
+        """``_level_indices`` of a traced tensor timestep, which has no host value: formed on the device as
+        diffusers forms them (float32 ``t * (len(timesteps) - 1)``, truncated), one per sample, and checked there
+        (``_assert_async``, no sync) to lie in the discrete sigmas, where eager raises."""
+        flat = timestep.reshape(-1).to(device=device, dtype=torch.float32)
+        if flat.numel() not in (1, batch):
+            raise ValueError(f"timestep must be a number or hold one value per sample ({batch}), got "
+                             f"{flat.numel()} values")
+        idx = (flat * (len(self._timesteps_host) - 1)).to(torch.int64).expand(batch)
+        torch._assert_async(((idx >= 0) & (idx < len(self._ds))).all(),
+                            "timestep maps outside the discrete sigmas (call set_sigmas with as many steps as "
+                            "set_timesteps)")
+        return idx
+
     def _noise(self, sample: torch.Tensor, generator, cpu_draw: bool = False) -> dict:
         """This call's noise: diffusers' draw with a generator (``cpu_draw``: on the CPU in float32, then moved,
         as its corrector draws), else a fresh Philox stream of the run's seed."""
@@ -190,15 +211,18 @@ class ScoreSdeVeScheduler(FusedSchedulerBase):
 
         Returns ``SdeVeOutput(prev_sample, prev_sample_mean)`` (or the tuple of both)."""
         self._check_set()
-        idx = self._level_indices(timestep, sample.shape[0])
+        if torch.compiler.is_compiling() and isinstance(timestep, torch.Tensor):
+            idx = self._traced_level_indices(timestep, sample.shape[0], sample.device)
+        else:
+            idx = self._level_indices(timestep, sample.shape[0])
         table = self._table("pred", sample.device)
         kw = self._noise(sample, generator)
         # diffusers' per-sample float32 coefficients promote a half-precision sample to float32
         dtype = torch.promote_types(torch.float32, result_dtype(sample, model_output))
-        if all(k == idx[0] for k in idx):
+        if isinstance(idx, list) and all(k == idx[0] for k in idx):
             prev, mean = self._launch(sample, model_output, table, idx[0], out_dtype=dtype, aux_dtype=dtype, **kw)
         else:
-            index = torch.tensor(idx, dtype=torch.int64).to(sample.device)
+            index = idx if isinstance(idx, torch.Tensor) else torch.tensor(idx, dtype=torch.int64).to(sample.device)
             out = torch.empty(sample.shape, dtype=dtype, device=sample.device)
             aux = torch.empty(sample.shape, dtype=dtype, device=sample.device)
             if "seed" in kw:
@@ -212,12 +236,9 @@ class ScoreSdeVeScheduler(FusedSchedulerBase):
     # ------------------------------------------------------------------ the corrector
     def _corrector_base(self, device: torch.device) -> torch.Tensor:
         """The corrector's coefficient row without its step size: ``x + e score + sqrt(2 e) z`` with ``e`` (the
-        ``in_m`` column) and ``sqrt(2 e)`` (``out_noise``) written on the device per call."""
-        key = ("correct", device)
-        row = self._tables.get(key)
-        if row is None:
-            row = self._tables[key] = step_coefs(in_x=1.0, in_m=0.0, out_d=1.0, out_noise=0.0).to(device)
-        return row
+        ``in_m`` column) and ``sqrt(2 e)`` (``out_noise``) written on the device per call. A table as the
+        predictor's (``_table``: cached per device, a graph constant when traced)."""
+        return self._table("correct", device)
 
     def step_correct(self, model_output: torch.Tensor, sample: torch.Tensor,
                      generator: Optional[torch.Generator] = None, return_dict: bool = True):

@@ -181,14 +181,26 @@ class UnCLIPScheduler(_DiscreteVPBase):
              return_dict: bool = True):
         """One step ``t -> prev_timestep`` (default ``t - 1``): a single fused pass, no host-device sync for
         timesteps taken from ``self.timesteps`` (or numbers)."""
-        if isinstance(timestep, torch.Tensor) and _element_position(timestep, self._timesteps) is None \
+        traced = torch.compiler.is_compiling()
+        if traced and isinstance(timestep, torch.Tensor):
+            # traced, a tensor timestep has no host value: the step counter; a traced loop iterates
+            # self.timesteps from the begin index, else from its start (index 0, what eager finds for
+            # timesteps[0]: the first match, as for any host value)
+            i = self._step_index if self._step_index is not None else (self._begin_index or 0)
+            t = self._ts[i]
+        elif isinstance(timestep, torch.Tensor) and _element_position(timestep, self._timesteps) is None \
                 and not timestep.is_cpu:
             i = self._index(timestep)  # a device timestep from elsewhere: the step counter, as DDPM
             t = self._ts[i]
         else:
             t = self._host_int(timestep, "timestep")
             i = self._ts_pos.get(t)
-        p = t - 1 if prev_timestep is None else self._host_int(prev_timestep, "prev_timestep")
+        if prev_timestep is None:
+            p = t - 1
+        elif traced and isinstance(prev_timestep, torch.Tensor):  # the pipelines' timesteps[i + 1]
+            p = self._traced_schedule_timestep(prev_timestep, self._ts, None if i is None else i + 1, "prev_timestep")
+        else:
+            p = self._host_int(prev_timestep, "prev_timestep")
         if p >= t:
             raise ValueError(f"prev_timestep ({p}) must be smaller than timestep ({t})")
         if p == t - 1:

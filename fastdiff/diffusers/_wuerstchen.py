@@ -5,7 +5,8 @@ the shifted cosine of Nichol & Dhariwal (2021), optionally warped by ``scaler``,
 per-step rows are built from it in diffusers' float32 arithmetic, then the coefficients in float64. A step's row
 follows the timestep's value when it is on the host (a number or a CPU tensor, as diffusers matches it: the
 nearest timestep) and the step counter for a device tensor (the first step reads it once, as diffusers reads
-every step). The whole batch steps at one timestep (diffusers takes the previous timestep from ``timestep[0]``).
+every step; traced, the first step too takes the counter's start, the begin index or 0). The whole batch steps
+at one timestep (diffusers takes the previous timestep from ``timestep[0]``).
 Noise: with a ``generator``, diffusers' draw (every step, the last one's masked to 0); without one, the kernel's
 Philox (``_base``'s rule).
 """
@@ -101,7 +102,16 @@ class DDPMWuerstchenScheduler(FusedSchedulerBase):
         value = self._host_value(first)
         if value is None:
             if self._step_index is not None:
-                return self._step_index
+                i = self._step_index
+                if i + 1 >= len(self._timesteps_host):
+                    raise IndexError(f"step called {i + 1} times but the {len(self._timesteps_host)} timesteps "
+                                     f"hold {len(self._timesteps_host) - 1} steps; call set_timesteps again")
+                return i
+            if torch.compiler.is_compiling():
+                # traced, the first step has no host value either: a traced loop iterates timesteps[:-1] from
+                # the begin index, else from its start (index 0: the nearest timestep eager finds for
+                # timesteps[0])
+                return self._begin_index or 0
             value = _read_timestep(first)  # the first step only (diffusers reads every step)
         check_timestep_value(value)
         i = int(np.abs(self._timesteps_host - value).argmin())

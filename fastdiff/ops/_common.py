@@ -77,7 +77,11 @@ def check_index(name: str, t, batch: int, device: torch.device, rows: Optional[i
         raise ValueError(f"{name} must have shape ({batch},), got {tuple(t.shape)}")
     if t.device != device:
         raise ValueError(f"{name} is on {t.device} but the data is on {device}")
-    if rows is not None and device.type == "cpu" and t.numel():
+    if rows is not None and t.numel() and torch.compiler.is_compiling():
+        # traced, the values are not on the host: checked on the device instead (no sync; a failure ends the run)
+        torch._assert_async(((t >= 0) & (t < rows)).all(),
+                            f"{name} values must lie in [0, {rows}) (rows of the table)")
+    elif rows is not None and device.type == "cpu" and t.numel():
         lo, hi = int(t.min()), int(t.max())
         if lo < 0 or hi >= rows:
             raise ValueError(f"{name} values must lie in [0, {rows}) (rows of the table), got [{lo}, {hi}]")

@@ -8,13 +8,17 @@ compared to each other, bounded by the eager run's own distance to a float64 run
 Stochastic classes draw in-kernel Philox noise keyed by ``set_noise_seed`` (a host int, a constant of the
 graph), so the compiled and eager runs use the same noise; the two classes whose diffusers noise is torchsde's
 Brownian tree (DPMSolverSDE, CosineDPMSolverMultistep) draw Philox noise with the tree's law under it
-(tests/faces/test_diffusers_sde.py tests that law).
+(tests/faces/test_diffusers_sde.py tests that law). The classes whose pipelines call them otherwise
+(OWN_LOOPS: unCLIP's prior with ``prev_timestep``, ScoreSdeVe's predictor-corrector, CogVideoX's DPM loop,
+Wuerstchen's prior) are compiled around those pipelines' loops (which set no begin index; the drop-ins are
+run with one too).
 
 In CI every class x mode compiles with the ``aot_eager`` backend (dynamo's full trace and AOT autograd's
 functional graph: what fullgraph=True checks, without inductor's C++ builds, ~5-10 s each on 2 cores); the
 inductor tests run the default backend for the six classes that build fastest in CI, and for the slowest
 builds (DDPM, Heun, SDE-DPM-Solver++, PNDM: 6-22 s each past inductor's one-time start on 2 cores;
-DPMSolverSDE 33 s, CosineDPMSolverMultistep 20 s at load ~4.5) with ``--runslow``; benchmarks/compile_loops.py measures cold compiles of every class beside diffusers'.
+DPMSolverSDE 33 s, CosineDPMSolverMultistep 20 s at load ~4.5), UnCLIP, FlowMapEuler and the OWN_LOOPS loops
+with ``--runslow``; benchmarks/compile_loops.py measures cold compiles of every class beside diffusers'.
 """
 from __future__ import annotations
 
@@ -62,33 +66,31 @@ CLASSES = {
     "cogvideox_ddim": ("CogVideoXDDIMScheduler", {}),
     "dpm_sde_2stage": ("DPMSolverSDEScheduler", {}),
     "cosine_dpm": ("CosineDPMSolverMultistepScheduler", {}),
+    "unclip": ("UnCLIPScheduler", {}),
+    "flow_map_euler": ("FlowMapEulerDiscreteScheduler", {}),
 }
 #: exported classes whose loop does not compile fullgraph (or not as required) yet, and why
 NOT_COMPILED = {
     "DPMSolverMultistepInverseScheduler": "compiles, but the compiled loop is ~5x further from float64 than eager",
     "EDMDPMSolverMultistepScheduler": "compiles, but a second run recompiles instead of reusing the graph",
-    "UnCLIPScheduler": "data-dependent guard in step (a float read of a tensor)",
     "FlowMatchHeunDiscreteScheduler": "compiles, but the compiled loop differs from eager by ~40x eager's own error",
-    "FlowMapEulerDiscreteScheduler": "step reads the timestep's value on the host (its off-schedule jump)",
-    "ScoreSdeVeScheduler": "no step(): its predictor / corrector loop is step_pred / step_correct",
-    "CogVideoXDPMScheduler": "diffusers' own step signature (old x0 and timestep_back), not a step() loop",
-    "DDPMWuerstchenScheduler": "diffusers' own step signature (a per-sample float timestep), not a step() loop",
 }
 STOCHASTIC = frozenset(("ddpm", "euler_ancestral", "dpm_sde", "lcm", "tcd", "ddpm_parallel", "cm",
-                        "kdpm2_ancestral", "sasolver", "dpm_sde_2stage", "cosine_dpm"))
+                        "kdpm2_ancestral", "sasolver", "dpm_sde_2stage", "cosine_dpm", "unclip"))
 #: inductor builds that stay short enough for CI; the others are marked slow
 INDUCTOR_IN_CI = frozenset(("ddim", "euler", "euler_ancestral", "dpm_multi", "unipc", "flow_euler"))
 #: the classes whose inductor builds are tested (the rest are traced with aot_eager only, in CI)
 INDUCTOR_CLASSES = ("ddpm", "ddim", "euler", "euler_ancestral", "heun", "dpm_multi", "dpm_sde", "unipc",
-                    "flow_euler", "pndm", "dpm_sde_2stage", "cosine_dpm")
+                    "flow_euler", "pndm", "dpm_sde_2stage", "cosine_dpm", "unclip", "flow_map_euler")
 MODES = ("begin_index", "index_lookup")
 
 
 def test_every_exported_scheduler_is_covered():
     exported = {n for n in fd.__all__ if n.endswith("Scheduler")}
-    covered = {name for name, _ in CLASSES.values()}
+    covered = {name for name, _ in CLASSES.values()} | {name for name, _, _ in OWN_LOOPS.values()}
     assert not covered & set(NOT_COMPILED)
-    assert exported == covered | set(NOT_COMPILED), "add new drop-in classes to CLASSES (or NOT_COMPILED, why)"
+    assert exported == covered | set(NOT_COMPILED), \
+        "add new drop-in classes to CLASSES or OWN_LOOPS (or NOT_COMPILED, why)"
 
 
 @pytest.fixture(autouse=True)
@@ -125,18 +127,102 @@ def make_loop(sched, net, begin: bool):
     return loop
 
 
+def make_unclip_prior_loop(sched, net, begin: bool):
+    """unCLIP's (and Kandinsky's) prior loop: each step names the next timestep, the last step none."""
+    def loop(x):
+        if begin:
+            sched.set_begin_index(0)
+        timesteps = sched.timesteps
+        for i, t in enumerate(timesteps):
+            prev = timesteps[i + 1] if i + 1 < timesteps.shape[0] else None
+            x = sched.step(net(x), timestep=t, sample=x, prev_timestep=prev).prev_sample
+        return x
+    return loop
+
+
+def make_score_sde_ve_loop(sched, net, begin: bool):
+    """ScoreSdeVePipeline's predictor-corrector loop: per timestep, ``correct_steps`` Langevin corrections, then
+    the predictor; its result is the last predictor mean. The score model is the net on ``x / sigma`` (a VE
+    model sees its noise level), ``score = (net(x / sigma) - x / sigma) / sigma``."""
+    def score(x, sigma):
+        s = sigma.reshape(-1, *(1,) * (x.dim() - 1))
+        return (net(x / s) - x / s) / s
+
+    def loop(x):
+        if begin:
+            sched.set_begin_index(0)
+        for i, t in enumerate(sched.timesteps):
+            sigma = sched.sigmas[i] * torch.ones(x.shape[0], dtype=x.dtype)
+            for _ in range(sched.config.correct_steps):
+                x = sched.step_correct(score(x, sigma), x).prev_sample
+            out = sched.step_pred(score(x, sigma), t, x)
+            x, mean = out.prev_sample, out.prev_sample_mean
+        return mean
+    return loop
+
+
+def make_cogvideox_dpm_loop(sched, net, begin: bool):
+    """CogVideoX pipelines' loop with CogVideoXDPMScheduler: each step passes the previous x0 estimate and the
+    previous timestep (``timesteps[i - 1]``) and gets the new estimate back."""
+    def loop(x):
+        if begin:
+            sched.set_begin_index(0)
+        old = None
+        timesteps = sched.timesteps
+        for i, t in enumerate(timesteps):
+            eps = net(sched.scale_model_input(x, t))
+            x, old = sched.step(eps, old, t, timesteps[i - 1] if i > 0 else None, x, return_dict=False)
+        return x
+    return loop
+
+
+def make_wuerstchen_prior_loop(sched, net, begin: bool):
+    """Wuerstchen's prior loop: every timestep but the last, as a per-sample ratio (``t.expand(batch)``)."""
+    def loop(x):
+        if begin:
+            sched.set_begin_index(0)
+        for t in sched.timesteps[:-1]:
+            ratio = t.expand(x.shape[0]).to(x.dtype)
+            x = sched.step(model_output=net(x), timestep=ratio, sample=x).prev_sample
+        return x
+    return loop
+
+
+#: id -> (class name, config, loop builder): the classes whose pipelines run a loop of their own (another
+#: signature than step(model_output, t, sample), or other arguments); those pipelines call no set_begin_index
+#: (diffusers' classes have none), the drop-ins have it and are run with and without it
+OWN_LOOPS = {
+    "unclip_prior": ("UnCLIPScheduler", {}, make_unclip_prior_loop),
+    "score_sde_ve": ("ScoreSdeVeScheduler", {"sigma_max": 50.0}, make_score_sde_ve_loop),
+    "cogvideox_dpm": ("CogVideoXDPMScheduler", {}, make_cogvideox_dpm_loop),
+    "wuerstchen_prior": ("DDPMWuerstchenScheduler", {}, make_wuerstchen_prior_loop),
+}
+OWN_STOCHASTIC = frozenset(OWN_LOOPS)  # every one of them adds noise
+
+
+def case(short: str):
+    """``(class name, config, loop builder, stochastic)`` of a CLASSES or OWN_LOOPS id."""
+    if short in OWN_LOOPS:
+        name, cfg, builder = OWN_LOOPS[short]
+        return name, cfg, builder, short in OWN_STOCHASTIC
+    name, cfg = CLASSES[short]
+    return name, cfg, make_loop, short in STOCHASTIC
+
+
 def new_run(sched, short: str, **kwargs) -> None:
     sched.set_timesteps(STEPS, **kwargs)
-    if short in STOCHASTIC:
+    if hasattr(sched, "set_sigmas"):  # ScoreSdeVe: its pipeline sets the sigmas after the timesteps
+        sched.set_sigmas(STEPS)
+    if case(short)[3]:
         sched.set_noise_seed(SEED)
 
 
 def eager_run(short: str, x: torch.Tensor, begin: bool, dtype=torch.float32) -> torch.Tensor:
-    name, cfg = CLASSES[short]
+    name, cfg, builder, _ = case(short)
     sched = getattr(fd, name)(**cfg)
     new_run(sched, short)
     with torch.no_grad():
-        return make_loop(sched, make_net(dtype), begin)(x.to(dtype) * getattr(sched, "init_noise_sigma", 1.0))
+        return builder(sched, make_net(dtype), begin)(x.to(dtype) * getattr(sched, "init_noise_sigma", 1.0))
 
 
 def check_close(got: torch.Tensor, eager: torch.Tensor, ref64: torch.Tensor) -> None:
@@ -149,13 +235,13 @@ def check_close(got: torch.Tensor, eager: torch.Tensor, ref64: torch.Tensor) -> 
 
 def compile_and_check(short: str, mode: str, backend: str) -> float:
     begin = mode == "begin_index"
-    name, cfg = CLASSES[short]
+    name, cfg, builder, stochastic = case(short)
     x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
     eager = eager_run(short, x, begin)
     ref64 = eager_run(short, x, begin, torch.float64)
     sched = getattr(fd, name)(**cfg)
     counter = torch._dynamo.testing.CompileCounterWithBackend(backend)
-    compiled = torch.compile(make_loop(sched, make_net(), begin), backend=counter, fullgraph=True)
+    compiled = torch.compile(builder(sched, make_net(), begin), backend=counter, fullgraph=True)
     results = []
     start = time.perf_counter()
     for _ in range(2):  # the second run (a fresh set_timesteps) must reuse the graph
@@ -167,12 +253,12 @@ def compile_and_check(short: str, mode: str, backend: str) -> float:
     assert counter.frame_count == 1, f"{counter.frame_count} compiles: a new run should reuse the graph"
     for got in results:
         check_close(got, eager, ref64)
-    if short in STOCHASTIC:  # the noise is really there: another seed moves the result
+    if stochastic:  # the noise is really there: another seed moves the result
         other = copy.deepcopy(sched)
         new_run(other, short)
         other.set_noise_seed(SEED + 1)
         with torch.no_grad():
-            moved = make_loop(other, make_net(), begin)(x * getattr(other, "init_noise_sigma", 1.0))
+            moved = builder(other, make_net(), begin)(x * getattr(other, "init_noise_sigma", 1.0))
         assert float((moved - eager).abs().max()) > 1e-3
     return seconds
 
@@ -184,11 +270,24 @@ def test_whole_loop_compiles_fullgraph_and_matches_eager(short, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("short", list(OWN_LOOPS))
+def test_own_pipeline_loop_compiles_fullgraph_and_matches_eager(short, mode):
+    compile_and_check(short, mode, "aot_eager")
+
+
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("short", [s if s in INDUCTOR_IN_CI else pytest.param(s, marks=pytest.mark.slow)
                                    for s in INDUCTOR_CLASSES])
 def test_whole_loop_compiles_fullgraph_with_inductor(short, mode):
     seconds = compile_and_check(short, mode, "inductor")
     print(f"{short} {mode}: compiled in {seconds:.1f} s")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("short", list(OWN_LOOPS))
+def test_own_pipeline_loop_compiles_fullgraph_with_inductor(short):
+    seconds = compile_and_check(short, "index_lookup", "inductor")
+    print(f"{short}: compiled in {seconds:.1f} s")
 
 
 def test_a_run_with_other_sigmas_compiles_anew_and_matches_eager():
@@ -236,6 +335,28 @@ def test_a_loop_started_later_compiles_with_its_begin_index():
         with torch.no_grad():
             runs.append(loop(x.to(dtype)))
     check_close(*runs)
+
+
+def test_a_traced_prev_timestep_off_the_schedule_fails_the_run():
+    """Traced, a ``prev_timestep`` tensor has no host value: it is taken as the schedule's next timestep and
+    checked on the device, so a loop passing another one fails instead of stepping to the wrong timestep."""
+    sched = fd.UnCLIPScheduler()
+    sched.set_timesteps(STEPS)
+    net = make_net()
+
+    def loop(x):
+        timesteps = sched.timesteps
+        for i in range(timesteps.shape[0] - 1):
+            x = sched.step(net(x), timesteps[i], x, prev_timestep=timesteps[i + 1] - 1).prev_sample
+        return x
+
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        eager = loop(x)  # eager reads the value: a valid jump off the schedule
+        assert torch.isfinite(eager).all()
+        sched.set_timesteps(STEPS)
+        with pytest.raises(RuntimeError, match="prev_timestep"):
+            torch.compile(loop, backend="aot_eager", fullgraph=True)(x)
 
 
 def test_set_noise_seed():
