@@ -39,10 +39,10 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().view(-1).view(torch.uint8)
 
 
-def _table(gen: torch.Generator) -> torch.Tensor:
+def _table(gen: torch.Generator, x_eval: bool = False) -> torch.Tensor:
     """Rows covering the CPU path's special cases: folded coefficients 0, 1 and general, on x and on m."""
     cols = {name: torch.randn(6, generator=gen, dtype=torch.float64) for name in COEF_NAMES}
-    for name in ("guidance", "out_e", "out_noise"):  # unused by a plain call
+    for name in ("guidance", "out_noise") + (() if x_eval else ("out_e",)):  # unused by a plain call
         cols[name] = torch.zeros(6, dtype=torch.float64)
     # row 0: x + c*m (out_x = 1, d unused); row 1: c*m only; row 2: c*x only; row 3: all zero out;
     # row 4: aux = x exactly; row 5: general
@@ -55,20 +55,22 @@ def _table(gen: torch.Generator) -> torch.Tensor:
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n_hist", [0, 1, 3])
-def test_folded_step_is_fused_steps_cpu_result_bit_for_bit(dtype, n_hist):
+@pytest.mark.parametrize("with_x_eval", [False, True])  # a second stage (Heun, KDPM2): x0 from x_eval
+def test_folded_step_is_fused_steps_cpu_result_bit_for_bit(dtype, n_hist, with_x_eval):
     gen = torch.Generator().manual_seed(10 + n_hist)
-    table = _table(gen)
+    table = _table(gen, x_eval=with_x_eval)
     shape = (3, 5, 7)  # odd sizes
     x = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
     m = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
     hist = tuple(torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype) for _ in range(n_hist))
+    kw = {"x_eval": torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)} if with_x_eval else {}
     sched = fdd.EulerDiscreteScheduler()  # any drop-in: _launch is the base's
     for row in range(table.shape[0]):
         for aux_dtype in (None, dtype):
             want = aux_dtype is not None
-            ref = fused_step(x, m, table, coef_row=row, history=hist, write_aux=want, backend="torch")
+            ref = fused_step(x, m, table, coef_row=row, history=hist, write_aux=want, backend="torch", **kw)
             ref = ref if want else (ref, None)
-            got = sched._launch(x, m, table, row, out_dtype=dtype, aux_dtype=aux_dtype, history=hist)
+            got = sched._launch(x, m, table, row, out_dtype=dtype, aux_dtype=aux_dtype, history=hist, **kw)
             assert got[0].dtype == dtype and got[0].shape == shape
             assert torch.equal(_bits(got[0]), _bits(ref[0])), (row, aux_dtype)
             if want:
@@ -95,6 +97,11 @@ def test_folded_step_runs_and_leaves_anything_unusual_to_fused_step(monkeypatch)
     x = torch.randn(1, 4, 5, 5, generator=torch.Generator().manual_seed(3))
     for t in s.timesteps:
         x = s.step(torch.sin(x), t, x).prev_sample
+    assert calls == [] and torch.isfinite(x).all()
+    heun = fdd.HeunDiscreteScheduler()  # predictor and corrector (an x_eval call): both folded
+    heun.set_timesteps(3)
+    for t in heun.timesteps:
+        x = heun.step(torch.sin(heun.scale_model_input(x, t)), t, x).prev_sample
     assert calls == [] and torch.isfinite(x).all()
     monkeypatch.setattr(_base, "_FUSED_STEP", real)  # fused_step replaced in the module: every call is seen
     s.set_timesteps(4)
