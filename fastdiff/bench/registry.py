@@ -3,6 +3,8 @@
 A provider is a factory ``factory(spec) -> fn(inputs) -> outputs`` registered per (case, provider name).
 The factory does the untimed set-up (coefficient tables, schedulers) and may raise :class:`Unavailable`
 to skip cleanly; ``compile`` needs no factory of its own: it is ``torch.compile`` of the ``eager`` one.
+A function that keeps state per input set (a drop-in scheduler's history) may carry ``fn.prepare(sets)``,
+which the runner calls, untimed, with the input sets it will rotate through before the first call.
 """
 from __future__ import annotations
 

@@ -95,8 +95,16 @@ def build_call(case: str, provider_name: str, spec: Spec, *, n_sets: Optional[in
     n = n_sets if n_sets is not None else rotation_sets(c.input_bytes(spec), spec.device)
     sets = [c.make_inputs(spec, gen) for _ in range(n)]
     fn = build_provider(c, provider_name, spec)
+    _prepare(fn, sets)
     fn(sets[0])
     return rotating(fn, sets)
+
+
+def _prepare(fn: Callable, sets: List[Dict[str, torch.Tensor]]) -> None:
+    """Untimed per-input-set set-up of a provider that keeps state per set (``fn.prepare(sets)``, optional)."""
+    prepare = getattr(fn, "prepare", None)
+    if prepare is not None:
+        prepare(sets)
 
 
 def floor_call(case: str, spec: Spec, *, n_sets: Optional[int] = None) -> Tuple[Callable[[], Any], float]:
@@ -240,6 +248,7 @@ def _run_case(case: Case, spec: Spec, rows: Dict[str, Row], gen_device: Union[st
             ref = None
     for name in list(fns):
         try:
+            _prepare(fns[name], sets)
             out = as_tuple(fns[name](sets[0]))
             out = as_tuple(fns[name](sets[0]))  # torch.compile: the second call runs the compiled code
         except Exception as exc:

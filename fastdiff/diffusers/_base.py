@@ -462,10 +462,10 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
         A result in the sample's own dtype is left to ``fused_step`` to allocate (no Python-side
         ``torch.empty``: on CPU the step's last tensor op writes it), others get an explicit buffer.
 
-        The common CPU call (plain CPU tensors of one dtype, results in that dtype, no noise, clip or
-        corrector input; history allowed) skips ``fused_step``'s argument parsing and runs the tensor ops its
-        CPU path would run (``ops.step.cpu``) on this row's coefficients, folded once per table: the same
-        bits, without ~4 us of host work per step. Anything else -- a profiler running (the op is then named
+        The common CPU call (plain CPU tensors of one dtype, results in that dtype, no clip; history, a second
+        stage's ``x_eval`` and a generator's ``noise`` allowed) skips ``fused_step``'s argument parsing and runs
+        the tensor ops its CPU path would run (``ops.step.cpu``) on this row's coefficients, folded once per
+        table: the same bits, without ~4 us of host work per step. Anything else -- a profiler running (the op is then named
         in the trace), ``fused_step`` replaced in this module (instrumentation), torch.compile, a tensor
         subclass, another backend or device -- takes ``fused_step``.
         """
@@ -479,12 +479,12 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
                 and table.is_cpu and row.__class__ is int and self.backend in _CPU_PATH_BACKENDS
                 and fused_step is _FUSED_STEP and not _profiler._is_profiler_enabled
                 and not torch.compiler.is_compiling()):
-            history = () if not kwargs else self._folded_history(kwargs, sample)
+            plain = ((), None, None) if not kwargs else self._folded_history(kwargs, sample)
             shape = sample.shape
-            if history is not None and shape and model_output.shape == shape:
+            if plain is not None and shape and model_output.shape == shape:
                 folded = self._folded_row(table, row)
                 if folded is not None:
-                    return _folded_step(sample, model_output, folded, history, aux_dtype is not None)
+                    return _folded_step(sample, model_output, folded, plain[0], aux_dtype is not None, *plain[1:])
         out = None if out_dtype == sd else torch.empty(sample.shape, dtype=out_dtype, device=sample.device)
         if aux_dtype is None:
             aux, want = None, False
@@ -497,9 +497,10 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
 
     @staticmethod
     def _folded_history(kwargs: dict, sample: torch.Tensor) -> Optional[tuple]:
-        """The history tensors when ``kwargs`` hold nothing but plain ``clip=None`` / ``history=`` (CPU tensors
-        shaped and typed like ``sample``, at most three); None when the call needs ``fused_step``."""
-        history = ()
+        """``(history, x_eval, noise)`` when ``kwargs`` hold nothing but plain ``clip=None`` / ``history=`` /
+        ``x_eval=`` / ``noise=`` (CPU tensors shaped and typed like ``sample``, at most three history tensors);
+        None when the call needs ``fused_step`` (a Philox ``seed``, a clip, anything else)."""
+        history, x_eval, noise = (), None, None
         for name, value in kwargs.items():
             if name == "history":
                 if value.__class__ is not tuple and value.__class__ is not list or len(value) > 3:
@@ -509,9 +510,17 @@ class FusedSchedulerBase(SchedulerMixin, ConfigMixin):
                             or h.shape != sample.shape):
                         return None
                 history = value
+            elif name == "x_eval" or name == "noise":  # a second stage (Heun, KDPM2); a generator's noise
+                if (value.__class__ is not _Tensor or value.dtype is not sample.dtype or not value.is_cpu
+                        or value.shape != sample.shape):
+                    return None
+                if name == "x_eval":
+                    x_eval = value
+                else:
+                    noise = value
             elif name != "clip" or value is not None:
                 return None
-        return history
+        return history, x_eval, noise
 
     def _folded_row(self, table: torch.Tensor, row: int) -> Optional[tuple]:
         """Row ``row`` of ``table`` folded for ``_folded_step`` (Python floats), or None when out of range."""
@@ -612,35 +621,45 @@ def _element_position(timestep, timesteps: torch.Tensor) -> Optional[int]:
 
 
 def _fold_table(table: torch.Tensor) -> List[tuple]:
-    """Every row of ``table`` (``COEF_NAMES`` order) folded as the CPU step folds it without clip or x_eval:
-    ``(out on x, out on m, aux on x, aux on m, out_h0, out_h1, out_h2)`` per row as host floats -- d = in_x*x +
-    in_m*m folded into the output and aux coefficients, the products taken in float64 as ``ops.step.cpu`` does
-    (no u term: no CFG++ here). A few numpy passes over the columns: ~10 us for a 50-row table where a Python
-    loop over the rows took ~60 us, paid once per run in the first step."""
+    """Every row of ``table`` (``COEF_NAMES`` order) folded as the CPU step folds it without clip: ``(out on x,
+    out on m, aux on x, aux on m, out_h0, out_h1, out_h2, out_x, out on x_eval, out_noise)`` per row as host
+    floats -- d = in_x*x + in_m*m (in_x*x_eval + in_m*m with an x_eval) folded into the output and aux
+    coefficients, the products taken in float64 as ``ops.step.cpu`` does (no u term: no CFG++ here). A few numpy
+    passes over the columns: ~10 us for a 50-row table where a Python loop over the rows took ~60 us, paid once
+    per run in the first step."""
     t = table.detach().cpu().numpy().astype(np.float64)
     c = [t[:, k] for k in range(13)]
-    in_x, in_m, out_x, out_m, out_d, aux_x, aux_d = c[0], c[1], c[3], c[5], c[6], c[11], c[12]
+    in_x, in_m, out_x, out_e, out_m, out_d, aux_x, aux_d = c[0], c[1], c[3], c[4], c[5], c[6], c[11], c[12]
     cols = np.stack([out_x + out_d * in_x, out_m + out_d * in_m, aux_x + aux_d * in_x, aux_d * in_m,
-                     c[7], c[8], c[9]], axis=1)
+                     c[7], c[8], c[9], out_x, out_e + out_d * in_x, c[10]], axis=1)
     return [tuple(r) for r in cols.tolist()]
 
 
 def _folded_step(x: torch.Tensor, m: torch.Tensor, folded: tuple, history: Sequence[torch.Tensor],
-                 want_aux: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """``fused_step``'s CPU result for a plain call (no clip, noise, x_eval or guidance; fresh outputs): the
-    same tensor ops as ``ops.step.cpu.step_cpu`` in the same order, on one folded row."""
-    co_x, co_m, ca_x, ca_m, h0, h1, h2 = folded
+                 want_aux: bool, x_eval: Optional[torch.Tensor] = None,
+                 noise: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``fused_step``'s CPU result for a plain call (no clip or guidance, noise given as a tensor; fresh
+    outputs): the same tensor ops as ``ops.step.cpu.step_cpu`` in the same order, on one folded row."""
+    co_x, co_m, ca_x, ca_m, h0, h1, h2, o_x, o_e, o_n = folded
     xd = x.dtype
     dt = _F64 if xd is _F64 else _F32
     xs = x if xd is dt else x.to(dt)
     ms = m if m.dtype is dt else m.to(dt)
-    if not history:
+    if not history and x_eval is None and noise is None:
         res = _lin2(xs, co_x, ms, co_m, dt)
         aux = _lin2(xs, ca_x, ms, ca_m, dt) if want_aux else None
     else:
         hs = [h if h.dtype is dt else h.to(dt) for h in history]
-        aux = _combine([(xs, ca_x), (ms, ca_m)], xs, dt, None) if want_aux else None
-        res = _combine([(xs, co_x), (ms, co_m), *zip(hs, (h0, h1, h2))], xs, dt, None)
+        tail = [*zip(hs, (h0, h1, h2))]
+        if noise is not None:
+            tail.append((noise if noise.dtype is dt else noise.to(dt), o_n))
+        if x_eval is None:
+            o_terms, xe = [(xs, co_x), (ms, co_m)], xs
+        else:  # step_cpu's x_eval terms: out on x, x_eval and m; aux on x_eval and m
+            xe = x_eval if x_eval.dtype is dt else x_eval.to(dt)
+            o_terms = [(xs, o_x), (xe, o_e), (ms, co_m)]
+        aux = _combine([(xe, ca_x), (ms, ca_m)], xs, dt, None) if want_aux else None
+        res = _combine(o_terms + tail, xs, dt, None)
     if dt is not xd:
         res = res.to(xd)
         aux = None if aux is None else aux.to(xd)

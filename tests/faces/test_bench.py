@@ -1,5 +1,6 @@
 """Fast tests of the benchmark/profiling harness (fastdiff.bench, fastdiff.cli_bench)."""
 import argparse
+import importlib.util
 import json
 import math
 import sys
@@ -54,6 +55,34 @@ def test_byte_counts(op, units, dtype, size):
     ("dropin_edm_euler", 4),   # x, model output -> prev_sample, pred_original_sample
     ("dropin_ddpm", 5),        # x, eps, the generator's noise -> prev_sample, pred_original_sample
     ("dropin_lcm", 5),         # x, model output, the generator's noise -> prev_sample, denoised
+    # multistep: the previous steps' estimates are read (history), the new one written (kept)
+    ("dropin_unipc", 5),       # x, eps, previous x0 -> prev_sample, x0
+    ("dropin_dpm_single", 6),  # x, eps, the pair's first x0 and first sample -> prev_sample, x0
+    ("dropin_lms", 7),         # x, eps, three previous derivatives -> prev_sample, pred_original_sample
+    ("dropin_ipndm", 7),       # x, eps, three previous derivatives -> prev_sample, this derivative (kept)
+    ("dropin_edm_dpm", 5),
+    ("dropin_dpm_inverse", 5),
+    ("dropin_sa", 7),          # x, eps, previous x0, previous sample (corrector), noise -> prev_sample, x0
+    ("dropin_cosine_dpm", 6),  # x, eps, previous x0, Brownian noise -> prev_sample, x0
+    ("dropin_cogvideox_dpm", 6),  # x, eps, old_pred_original_sample, noise -> prev_sample, pred_original_sample
+    # two-stage steps at their second stage: the first stage's sample (and Heun's x0) are read again
+    ("dropin_heun", 6),        # x, eps, first-stage sample and x0 -> prev_sample, pred_original_sample
+    ("dropin_flow_heun", 5),   # x, velocity, first-stage sample and x0 -> prev_sample
+    ("dropin_kdpm2", 5),       # x, eps, first-stage sample -> prev_sample, pred_original_sample
+    ("dropin_kdpm2_a", 6),     # ... and the generator's noise
+    ("dropin_dpm_sde", 6),     # ... and the Brownian-tree noise
+    # one-state steps
+    ("dropin_ddim_inverse", 4),
+    ("dropin_cogvideox_ddim", 4),
+    ("dropin_flow_map_euler", 3),
+    ("dropin_tcd", 5),         # x, eps, noise -> prev_sample, pred_noised_sample
+    ("dropin_unclip", 5),      # x, eps, noise -> prev_sample, pred_original_sample
+    ("dropin_cm", 4),          # x, model output, noise -> prev_sample
+    ("dropin_wuerstchen", 4),
+    ("dropin_sde_ve_pred", 5),     # x, score, noise -> prev_sample, prev_sample_mean
+    ("dropin_sde_ve_correct", 4),  # x, score, noise -> prev_sample (the norms' second read not counted)
+    ("dropin_ddim_parallel", 3),   # x, eps (each sample at its own timestep) -> prev_sample
+    ("dropin_ddpm_parallel", 3),
 ])
 def test_dropin_byte_counts_match_what_the_step_returns(op, units):
     assert bench.CASES[op].bytes_moved(1000, torch.float32) == units * 1000 * 4
@@ -242,10 +271,28 @@ def test_dropin_cases_match_diffusers():
     pytest.importorskip("fastdiff.diffusers")
     rep = _run(groups=["dropin"], providers=["fastdiff", "diffusers"])
     names = {"dropin_ddim", "dropin_euler", "dropin_dpmpp2m", "dropin_deis", "dropin_flow_euler", "dropin_pndm",
-             "dropin_edm_euler", "dropin_ddpm", "dropin_euler_a", "dropin_lcm"}
+             "dropin_edm_euler", "dropin_ddpm", "dropin_euler_a", "dropin_lcm",
+             "dropin_unipc", "dropin_dpm_single", "dropin_lms", "dropin_ipndm", "dropin_edm_dpm", "dropin_dpm_inverse",
+             "dropin_sa", "dropin_cosine_dpm", "dropin_cogvideox_dpm", "dropin_heun", "dropin_flow_heun",
+             "dropin_kdpm2", "dropin_kdpm2_a", "dropin_dpm_sde", "dropin_ddim_inverse", "dropin_cogvideox_ddim",
+             "dropin_flow_map_euler", "dropin_tcd", "dropin_unclip", "dropin_cm", "dropin_wuerstchen",
+             "dropin_sde_ve_pred", "dropin_sde_ve_correct", "dropin_ddim_parallel", "dropin_ddpm_parallel"}
     assert {r.op for r in rep.rows} == names
-    for r in [row for name in sorted(names) for row in rep.find(name, "fastdiff")]:
-        assert r.status == "ok" and r.max_rel_err <= 1e-4, (r.op, r.status, r.max_rel_err)
+    if importlib.util.find_spec("torchsde") is None:  # diffusers' Brownian-noise classes need it
+        names -= {"dropin_cosine_dpm", "dropin_dpm_sde"}
+    # the reference's second call (after a rewind) matches its first: the rewind restores its state
+    for r in [row for name in sorted(names) for row in rep.find(name, "fastdiff") + rep.find(name, "diffusers")]:
+        assert r.status == "ok" and r.max_rel_err <= 1e-4, (r.op, r.provider, r.status, r.max_rel_err)
+
+
+def test_dropin_rows_cover_every_scheduler_class():
+    """Every scheduler class fastdiff.diffusers exports has a drop-in row."""
+    import fastdiff.diffusers as fdd
+
+    classes = {n for n in fdd.__all__ if n.endswith("Scheduler") and n != "FusedSchedulerBase"}
+    timed = {c.op.split("fastdiff.diffusers.", 1)[1].split("(", 1)[0]
+             for c in bench.CASES.values() if c.group == "dropin"}
+    assert classes <= timed, sorted(classes - timed)
 
 
 # ---- timers --------------------------------------------------------------------------------------

@@ -39,10 +39,11 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().view(-1).view(torch.uint8)
 
 
-def _table(gen: torch.Generator) -> torch.Tensor:
+def _table(gen: torch.Generator, x_eval: bool = False, noise: bool = False) -> torch.Tensor:
     """Rows covering the CPU path's special cases: folded coefficients 0, 1 and general, on x and on m."""
     cols = {name: torch.randn(6, generator=gen, dtype=torch.float64) for name in COEF_NAMES}
-    for name in ("guidance", "out_e", "out_noise"):  # unused by a plain call
+    unused = ("guidance",) + (() if x_eval else ("out_e",)) + (() if noise else ("out_noise",))
+    for name in unused:  # unused by a plain call
         cols[name] = torch.zeros(6, dtype=torch.float64)
     # row 0: x + c*m (out_x = 1, d unused); row 1: c*m only; row 2: c*x only; row 3: all zero out;
     # row 4: aux = x exactly; row 5: general
@@ -55,20 +56,24 @@ def _table(gen: torch.Generator) -> torch.Tensor:
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n_hist", [0, 1, 3])
-def test_folded_step_is_fused_steps_cpu_result_bit_for_bit(dtype, n_hist):
+@pytest.mark.parametrize("with_x_eval, with_noise", [(False, False), (True, False), (False, True), (True, True)])
+def test_folded_step_is_fused_steps_cpu_result_bit_for_bit(dtype, n_hist, with_x_eval, with_noise):
+    """x_eval: a second stage (Heun, KDPM2) takes x0 from it; noise: a generator's, given as a tensor."""
     gen = torch.Generator().manual_seed(10 + n_hist)
-    table = _table(gen)
+    table = _table(gen, x_eval=with_x_eval, noise=with_noise)
     shape = (3, 5, 7)  # odd sizes
     x = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
     m = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
     hist = tuple(torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype) for _ in range(n_hist))
+    kw = {name: torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+          for name, on in (("x_eval", with_x_eval), ("noise", with_noise)) if on}
     sched = fdd.EulerDiscreteScheduler()  # any drop-in: _launch is the base's
     for row in range(table.shape[0]):
         for aux_dtype in (None, dtype):
             want = aux_dtype is not None
-            ref = fused_step(x, m, table, coef_row=row, history=hist, write_aux=want, backend="torch")
+            ref = fused_step(x, m, table, coef_row=row, history=hist, write_aux=want, backend="torch", **kw)
             ref = ref if want else (ref, None)
-            got = sched._launch(x, m, table, row, out_dtype=dtype, aux_dtype=aux_dtype, history=hist)
+            got = sched._launch(x, m, table, row, out_dtype=dtype, aux_dtype=aux_dtype, history=hist, **kw)
             assert got[0].dtype == dtype and got[0].shape == shape
             assert torch.equal(_bits(got[0]), _bits(ref[0])), (row, aux_dtype)
             if want:
@@ -96,6 +101,21 @@ def test_folded_step_runs_and_leaves_anything_unusual_to_fused_step(monkeypatch)
     for t in s.timesteps:
         x = s.step(torch.sin(x), t, x).prev_sample
     assert calls == [] and torch.isfinite(x).all()
+    heun = fdd.HeunDiscreteScheduler()  # predictor and corrector (an x_eval call): both folded
+    heun.set_timesteps(3)
+    for t in heun.timesteps:
+        x = heun.step(torch.sin(heun.scale_model_input(x, t)), t, x).prev_sample
+    assert calls == [] and torch.isfinite(x).all()
+    ddpm = fdd.DDPMScheduler(clip_sample=False)  # a generator's noise: folded; the in-kernel Philox noise (a seed): fused_step
+    ddpm.set_timesteps(3)
+    for t in ddpm.timesteps:
+        x = ddpm.step(torch.sin(x), t, x, generator=torch.Generator().manual_seed(0)).prev_sample
+    assert calls == [] and torch.isfinite(x).all()
+    ddpm.set_timesteps(3)
+    ddpm.set_noise_seed(0)
+    x = ddpm.step(torch.sin(x), ddpm.timesteps[0], x).prev_sample
+    assert len(calls) == 1 and "seed" in calls[0]
+    calls.clear()
     monkeypatch.setattr(_base, "_FUSED_STEP", real)  # fused_step replaced in the module: every call is seen
     s.set_timesteps(4)
     for t in s.timesteps:
