@@ -563,7 +563,7 @@ def test_gpu_check_judges_every_goal_from_a_cuda_report():
                   status="error: boom"),
     ] + [row(op, "dropin", dtype="fp16", shape="16x4x128x128", numel=2**20, speedup={"diffusers": x})
          for op, x in (("dropin_ddim", 9.0), ("dropin_euler", 10.0), ("dropin_dpmpp2m", 12.0),
-                       ("dropin_flow_euler", 5.0))]
+                       ("dropin_flow_euler", 5.0), ("dropin_heun", 2.0))]
     report = bench.Report(meta={}, rows=rows)
     extras = {"loop_eager": {"overhead_us": 35.0, "per_step_us": 41.0},
               "loop_graph": {"overhead_us": 12.0, "per_step_us": 15.0}}
@@ -576,6 +576,8 @@ def test_gpu_check_judges_every_goal_from_a_cuda_report():
     assert "MISS step_cfg 16x4x512x512 fp32: 80.0%" in text
     assert "MISS langevin 16x4x512x512 bf16: error: boom" in text
     assert "PASS drop-in step vs diffusers 16x4x128x128 fp16: 8.57x geomean over 4 schedulers" in text
+    assert "info drop-in step vs diffusers 16x4x128x128 fp16, every class: 6.41x geomean over 5 rows, " \
+           "slowest dropin_heun 2.00x" in text  # the goal is the four schedulers; the other classes are reported
     assert "PASS step vs torch.compile 16x4x512x512 fp32: 1.14x geomean over 2 cases" in text
     assert "MISS peak memory step_cfg" in text and "PASS peak memory" not in text
     assert "PASS 50-step loop eager: 35.0 us/step" in text and "MISS 50-step loop graph: 12.0 us/step" in text
