@@ -677,6 +677,25 @@ def test_score_sde_ve_one_fused_step_per_call_no_sync_and_triton(monkeypatch):
 real_item, real_bool = torch.Tensor.item, torch.Tensor.__bool__
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_score_sde_ve_corrector_on_cpu_tensors_is_the_general_paths_bits(dtype, monkeypatch):
+    """On plain CPU tensors step_correct reads its step size as a host float and runs the CPU step's tensor ops
+    itself: bit for bit what the general path (fused_step on a row built on the device) gives, with no launch."""
+    from fastdiff.diffusers import _sde_ve
+
+    gen = torch.Generator().manual_seed(11)
+    x, score = torch.randn(3, 2, 7, 5, generator=gen).to(dtype) * 9.0, torch.randn(3, 2, 7, 5, generator=gen).to(dtype)
+    s = fdd.ScoreSdeVeScheduler(sigma_max=9.0)
+    s.set_timesteps(6)
+    s.set_sigmas(6)
+    fast = s.step_correct(score, x, generator=torch.Generator().manual_seed(4)).prev_sample
+    calls = []
+    monkeypatch.setattr(_sde_ve, "fused_step", lambda *a, **k: calls.append(1) or _sde_ve._FUSED_STEP(*a, **k))
+    general = s.step_correct(score, x, generator=torch.Generator().manual_seed(4)).prev_sample
+    assert calls == [1] and fast.dtype == general.dtype == dtype
+    assert torch.equal(fast, general)
+
+
 def test_score_sde_ve_batched_timesteps_cm_and_unclip_add_noise_match_diffusers():
     """A step_pred with one timestep per sample (a row per sample: fused_step's coef_index), and add_noise of the
     consistency, UnCLIP and score-SDE drop-ins, against diffusers."""
