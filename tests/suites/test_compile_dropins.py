@@ -58,10 +58,10 @@ CLASSES = {
     "edm_euler": ("EDMEulerScheduler", {}),
     "sasolver": ("SASolverScheduler", {}),
     "cogvideox_ddim": ("CogVideoXDDIMScheduler", {}),
+    "dpm_multi_inverse": ("DPMSolverMultistepInverseScheduler", {}),
 }
 #: exported classes whose loop does not compile fullgraph (or not as required) yet, and why
 NOT_COMPILED = {
-    "DPMSolverMultistepInverseScheduler": "compiles, but the compiled loop is ~5x further from float64 than eager",
     "EDMDPMSolverMultistepScheduler": "compiles, but a second run recompiles instead of reusing the graph",
     "UnCLIPScheduler": "data-dependent guard in step (a float read of a tensor)",
     "FlowMatchHeunDiscreteScheduler": "compiles, but the compiled loop differs from eager by ~40x eager's own error",
