@@ -31,7 +31,8 @@ SEED = 20261204
 SHAPE = (2, 3, 5, 6)
 STEPS = 4
 
-#: id -> (class name, config); every drop-in class (DPMSolverMultistep twice: ODE and SDE)
+#: id -> (class name, config); every drop-in class (DPMSolverMultistep and EDMDPMSolverMultistep twice: ODE
+#: and SDE)
 CLASSES = {
     "ddpm": ("DDPMScheduler", {}),
     "ddim": ("DDIMScheduler", {}),
@@ -59,10 +60,11 @@ CLASSES = {
     "sasolver": ("SASolverScheduler", {}),
     "cogvideox_ddim": ("CogVideoXDDIMScheduler", {}),
     "dpm_multi_inverse": ("DPMSolverMultistepInverseScheduler", {}),
+    "edm_dpm": ("EDMDPMSolverMultistepScheduler", {}),
+    "edm_dpm_sde": ("EDMDPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
 }
 #: exported classes whose loop does not compile fullgraph (or not as required) yet, and why
 NOT_COMPILED = {
-    "EDMDPMSolverMultistepScheduler": "compiles, but a second run recompiles instead of reusing the graph",
     "UnCLIPScheduler": "data-dependent guard in step (a float read of a tensor)",
     "FlowMatchHeunDiscreteScheduler": "compiles, but the compiled loop differs from eager by ~40x eager's own error",
     "FlowMapEulerDiscreteScheduler": "step reads the timestep's value on the host (its off-schedule jump)",
@@ -73,7 +75,7 @@ NOT_COMPILED = {
     "DDPMWuerstchenScheduler": "diffusers' own step signature (a per-sample float timestep), not a step() loop",
 }
 STOCHASTIC = frozenset(("ddpm", "euler_ancestral", "dpm_sde", "lcm", "tcd", "ddpm_parallel", "cm",
-                        "kdpm2_ancestral", "sasolver"))
+                        "kdpm2_ancestral", "sasolver", "edm_dpm_sde"))
 #: inductor builds that stay short enough for CI; the others are marked slow
 INDUCTOR_IN_CI = frozenset(("ddim", "euler", "euler_ancestral", "dpm_multi", "unipc", "flow_euler"))
 #: the classes whose inductor builds are tested (the rest are traced with aot_eager only, in CI)
