@@ -62,11 +62,11 @@ CLASSES = {
     "dpm_multi_inverse": ("DPMSolverMultistepInverseScheduler", {}),
     "edm_dpm": ("EDMDPMSolverMultistepScheduler", {}),
     "edm_dpm_sde": ("EDMDPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+    "flow_heun": ("FlowMatchHeunDiscreteScheduler", {}),
 }
 #: exported classes whose loop does not compile fullgraph (or not as required) yet, and why
 NOT_COMPILED = {
     "UnCLIPScheduler": "data-dependent guard in step (a float read of a tensor)",
-    "FlowMatchHeunDiscreteScheduler": "compiles, but the compiled loop differs from eager by ~40x eager's own error",
     "FlowMapEulerDiscreteScheduler": "step reads the timestep's value on the host (its off-schedule jump)",
     "DPMSolverSDEScheduler": "the Brownian-tree noise (torchsde) is host code dynamo cannot trace",
     "CosineDPMSolverMultistepScheduler": "the Brownian-tree noise (torchsde) branches on data",
