@@ -8,16 +8,19 @@ compared to each other, bounded by the eager run's own distance to a float64 run
 Stochastic classes draw in-kernel Philox noise keyed by ``set_noise_seed`` (a host int, a constant of the
 graph), so the compiled and eager runs use the same noise.
 
+The classes and their configs are ``tests/compile_cases.py`` (shared with benchmarks/compile_loops.py).
 In CI every class x mode compiles with the ``aot_eager`` backend (dynamo's full trace and AOT autograd's
-functional graph: what fullgraph=True checks, without inductor's C++ builds, ~5-10 s each on 2 cores); the
-inductor tests run the default backend for the six classes that build fastest in CI, and for the slowest
-builds (DDPM, Heun, SDE-DPM-Solver++, PNDM: 6-22 s each past inductor's one-time start on 2 cores) with
-``--runslow``; benchmarks/compile_loops.py measures cold compiles of every class beside diffusers'.
+functional graph: what fullgraph=True checks, without inductor's C++ builds, ~1-10 s each on 2 cores). The
+inductor tests run every class with the default backend: in CI the classes of ``INDUCTOR_IN_CI`` (0.7-8.6 CPU s
+per begin-mode build as CI runs them, the first also paying inductor's one-time start, ~15 CPU s), the others
+with ``--runslow`` (4-21 CPU s each, PNDM the longest; figures in benchmarks/results/2026-12-04-compile-loops.md);
+benchmarks/compile_loops.py measures cold compiles of every class beside diffusers'.
 """
 from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
 import warnings
 
@@ -26,61 +29,17 @@ import torch
 import torch._dynamo.testing
 
 import fastdiff.diffusers as fd
+from compile_cases import CLASSES, NOT_COMPILED, STOCHASTIC
 
 SEED = 20261204
 SHAPE = (2, 3, 5, 6)
 STEPS = 4
 
-#: id -> (class name, config); every drop-in class (DPMSolverMultistep and EDMDPMSolverMultistep twice: ODE
-#: and SDE)
-CLASSES = {
-    "ddpm": ("DDPMScheduler", {}),
-    "ddim": ("DDIMScheduler", {}),
-    "euler": ("EulerDiscreteScheduler", {}),
-    "euler_ancestral": ("EulerAncestralDiscreteScheduler", {}),
-    "heun": ("HeunDiscreteScheduler", {}),
-    "dpm_multi": ("DPMSolverMultistepScheduler", {}),
-    "dpm_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
-    "unipc": ("UniPCMultistepScheduler", {}),
-    "flow_euler": ("FlowMatchEulerDiscreteScheduler", {}),
-    "pndm": ("PNDMScheduler", {}),
-    "lcm": ("LCMScheduler", {}),
-    "tcd": ("TCDScheduler", {}),
-    "ddim_inverse": ("DDIMInverseScheduler", {}),
-    "ddim_parallel": ("DDIMParallelScheduler", {}),
-    "ddpm_parallel": ("DDPMParallelScheduler", {}),
-    "deis": ("DEISMultistepScheduler", {}),
-    "dpm_single": ("DPMSolverSinglestepScheduler", {}),
-    "ipndm": ("IPNDMScheduler", {}),
-    "cm": ("CMStochasticIterativeScheduler", {}),
-    "lms": ("LMSDiscreteScheduler", {}),
-    "kdpm2": ("KDPM2DiscreteScheduler", {}),
-    "kdpm2_ancestral": ("KDPM2AncestralDiscreteScheduler", {}),
-    "edm_euler": ("EDMEulerScheduler", {}),
-    "sasolver": ("SASolverScheduler", {}),
-    "cogvideox_ddim": ("CogVideoXDDIMScheduler", {}),
-    "dpm_multi_inverse": ("DPMSolverMultistepInverseScheduler", {}),
-    "edm_dpm": ("EDMDPMSolverMultistepScheduler", {}),
-    "edm_dpm_sde": ("EDMDPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
-    "flow_heun": ("FlowMatchHeunDiscreteScheduler", {}),
-}
-#: exported classes whose loop does not compile fullgraph (or not as required) yet, and why
-NOT_COMPILED = {
-    "UnCLIPScheduler": "data-dependent guard in step (a float read of a tensor)",
-    "FlowMapEulerDiscreteScheduler": "step reads the timestep's value on the host (its off-schedule jump)",
-    "DPMSolverSDEScheduler": "the Brownian-tree noise (torchsde) is host code dynamo cannot trace",
-    "CosineDPMSolverMultistepScheduler": "the Brownian-tree noise (torchsde) branches on data",
-    "ScoreSdeVeScheduler": "no step(): its predictor / corrector loop is step_pred / step_correct",
-    "CogVideoXDPMScheduler": "diffusers' own step signature (old x0 and timestep_back), not a step() loop",
-    "DDPMWuerstchenScheduler": "diffusers' own step signature (a per-sample float timestep), not a step() loop",
-}
-STOCHASTIC = frozenset(("ddpm", "euler_ancestral", "dpm_sde", "lcm", "tcd", "ddpm_parallel", "cm",
-                        "kdpm2_ancestral", "sasolver", "edm_dpm_sde"))
 #: inductor builds that stay short enough for CI; the others are marked slow
-INDUCTOR_IN_CI = frozenset(("ddim", "euler", "euler_ancestral", "dpm_multi", "unipc", "flow_euler"))
-#: the classes whose inductor builds are tested (the rest are traced with aot_eager only, in CI)
-INDUCTOR_CLASSES = ("ddpm", "ddim", "euler", "euler_ancestral", "heun", "dpm_multi", "dpm_sde", "unipc",
-                    "flow_euler", "pndm")
+INDUCTOR_IN_CI = frozenset(("ddim", "euler", "euler_ancestral", "dpm_multi", "unipc", "flow_euler", "ddim_inverse",
+                            "ddim_parallel", "deis", "cogvideox_ddim", "dpm_multi_inverse"))
+#: the classes whose inductor builds are tested (in CI the others are traced with aot_eager only)
+INDUCTOR_CLASSES = tuple(CLASSES)
 MODES = ("begin_index", "index_lookup")
 
 
@@ -147,7 +106,9 @@ def check_close(got: torch.Tensor, eager: torch.Tensor, ref64: torch.Tensor) -> 
     assert diff <= 2.0 * own + 8 * torch.finfo(torch.float32).eps * scale, (diff, own, scale)
 
 
-def compile_and_check(short: str, mode: str, backend: str) -> float:
+def compile_and_check(short: str, mode: str, backend: str) -> tuple:
+    """Compile ``short``'s loop in ``mode`` with ``backend``, run it twice and check it; returns the first call's
+    (wall seconds, CPU seconds of this process and its finished compiler children)."""
     begin = mode == "begin_index"
     name, cfg = CLASSES[short]
     x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
@@ -157,13 +118,13 @@ def compile_and_check(short: str, mode: str, backend: str) -> float:
     counter = torch._dynamo.testing.CompileCounterWithBackend(backend)
     compiled = torch.compile(make_loop(sched, make_net(), begin), backend=counter, fullgraph=True)
     results = []
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _cpu_seconds()
     for _ in range(2):  # the second run (a fresh set_timesteps) must reuse the graph
         new_run(sched, short)
         with torch.no_grad():
             results.append(compiled(x * getattr(sched, "init_noise_sigma", 1.0)))
         if not results[1:]:
-            seconds = time.perf_counter() - start
+            seconds = time.perf_counter() - start, _cpu_seconds() - cpu_start
     assert counter.frame_count == 1, f"{counter.frame_count} compiles: a new run should reuse the graph"
     for got in results:
         check_close(got, eager, ref64)
@@ -177,6 +138,11 @@ def compile_and_check(short: str, mode: str, backend: str) -> float:
     return seconds
 
 
+def _cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("short", list(CLASSES))
 def test_whole_loop_compiles_fullgraph_and_matches_eager(short, mode):
@@ -187,8 +153,8 @@ def test_whole_loop_compiles_fullgraph_and_matches_eager(short, mode):
 @pytest.mark.parametrize("short", [s if s in INDUCTOR_IN_CI else pytest.param(s, marks=pytest.mark.slow)
                                    for s in INDUCTOR_CLASSES])
 def test_whole_loop_compiles_fullgraph_with_inductor(short, mode):
-    seconds = compile_and_check(short, mode, "inductor")
-    print(f"{short} {mode}: compiled in {seconds:.1f} s")
+    wall, cpu = compile_and_check(short, mode, "inductor")
+    print(f"{short} {mode}: compiled in {wall:.1f} s ({cpu:.1f} CPU s)")
 
 
 def test_a_run_with_other_sigmas_compiles_anew_and_matches_eager():
