@@ -13,8 +13,9 @@ In CI every class x mode compiles with the ``aot_eager`` backend (dynamo's full 
 functional graph: what fullgraph=True checks, without inductor's C++ builds, ~1-10 s each on 2 cores). The
 inductor tests run every class with the default backend: in CI the classes of ``INDUCTOR_IN_CI`` (0.7-8.6 CPU s
 per begin-mode build as CI runs them, the first also paying inductor's one-time start, ~15 CPU s), the others
-with ``--runslow`` (4-21 CPU s each, PNDM the longest; figures in benchmarks/results/2026-12-04-compile-loops.md);
-benchmarks/compile_loops.py measures cold compiles of every class beside diffusers'.
+with ``--runslow`` (1-21 CPU s each in that run's order, PNDM the longest; figures in
+benchmarks/results/2026-12-04-compile-loops.md); benchmarks/compile_loops.py measures cold compiles of every class
+beside diffusers'.
 """
 from __future__ import annotations
 
