@@ -1,6 +1,7 @@
 """torch.compile(fullgraph=True) around a whole diffusers-style denoising loop, fastdiff's drop-ins beside diffusers'.
 
-For each scheduler class and each mode (``begin``: ``set_begin_index(0)`` before the loop; ``lookup``: no begin
+For each scheduler class of ``tests/compile_cases.py`` (the table ``tests/suites/test_compile_dropins.py``
+checks) and each mode (``begin``: ``set_begin_index(0)`` before the loop; ``lookup``: no begin
 index, so the first step finds its index from the timestep), the loop iterates ``scheduler.timesteps``, calls
 ``scale_model_input`` and ``step(..., return_dict=False)`` around a small two-layer conv net, and is compiled
 with ``torch.compile(fullgraph=True)`` (inductor unless ``--backend``). The OWN_LOOPS classes run their
@@ -36,26 +37,15 @@ if "--warm-cache" not in sys.argv:  # cold compiles: inductor's on-disk caches s
 os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
 import torch
+import torch._dynamo.testing
+
+# the class table (short name -> (class name, config overrides), and which ones draw noise) is the one
+# tests/suites/test_compile_dropins.py checks: tests/compile_cases.py
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+from compile_cases import CLASSES, STOCHASTIC  # noqa: E402
 
 SEED = 1234
 
-#: short name -> (class name, config overrides); stochastic ones are marked
-CLASSES = {
-    "ddpm": ("DDPMScheduler", {}),
-    "ddim": ("DDIMScheduler", {}),
-    "euler": ("EulerDiscreteScheduler", {}),
-    "euler_ancestral": ("EulerAncestralDiscreteScheduler", {}),
-    "heun": ("HeunDiscreteScheduler", {}),
-    "dpm_multi": ("DPMSolverMultistepScheduler", {}),
-    "dpm_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
-    "unipc": ("UniPCMultistepScheduler", {}),
-    "flow_euler": ("FlowMatchEulerDiscreteScheduler", {}),
-    "pndm": ("PNDMScheduler", {}),
-    "dpm_sde_2stage": ("DPMSolverSDEScheduler", {}),
-    "cosine_dpm": ("CosineDPMSolverMultistepScheduler", {}),
-    "unclip": ("UnCLIPScheduler", {}),
-    "flow_map_euler": ("FlowMapEulerDiscreteScheduler", {}),
-}
 #: short name -> (class name, config overrides): classes run through their pipeline's own loop (the loop
 #: builders of tests/suites/test_compile_dropins.py's OWN_LOOPS, of the same ids), in the lookup mode only
 OWN_LOOPS = {
@@ -64,8 +54,7 @@ OWN_LOOPS = {
     "cogvideox_dpm": ("CogVideoXDPMScheduler", {}),
     "wuerstchen_prior": ("DDPMWuerstchenScheduler", {}),
 }
-STOCHASTIC = frozenset(("ddpm", "euler_ancestral", "dpm_sde", "dpm_sde_2stage", "cosine_dpm", "unclip",
-                        *OWN_LOOPS))
+NOISY = STOCHASTIC | set(OWN_LOOPS)  # every OWN_LOOPS loop adds noise
 MODES = ("begin", "lookup")
 
 
@@ -115,7 +104,7 @@ def prepare(sched, side: str, short: str, steps: int) -> None:
     sched.set_timesteps(steps)
     if hasattr(sched, "set_sigmas"):  # ScoreSdeVe: its pipeline sets the sigmas after the timesteps
         sched.set_sigmas(steps)
-    if side == "fastdiff" and short in STOCHASTIC and hasattr(sched, "set_noise_seed"):
+    if side == "fastdiff" and short in NOISY and hasattr(sched, "set_noise_seed"):
         sched.set_noise_seed(SEED)
     torch.manual_seed(SEED)  # diffusers' (and fastdiff's generator-less unseeded) draws
 
@@ -131,7 +120,8 @@ def run_case(side: str, short: str, mode: str, steps: int, backend: str, shape=(
     with torch.no_grad():
         eager = builder(eager_sched, net, mode == "begin")(x0 * _init_sigma(eager_sched))
     prepare(sched, side, short, steps)
-    compiled = torch.compile(builder(sched, net, mode == "begin"), backend=backend, fullgraph=True)
+    counter = torch._dynamo.testing.CompileCounterWithBackend(backend)  # graphs compiled (a rerun: none more)
+    compiled = torch.compile(builder(sched, net, mode == "begin"), backend=counter, fullgraph=True)
     row = {"side": side, "class": short, "mode": mode}
     t0, c0 = time.perf_counter(), _cpu_seconds()
     try:
@@ -151,7 +141,8 @@ def run_case(side: str, short: str, mode: str, steps: int, backend: str, shape=(
     t1 = time.perf_counter()
     with torch.no_grad():
         again = compiled(x0 * _init_sigma(sched))
-    row.update(rerun_seconds=time.perf_counter() - t1, rerun_diff=float((again - eager).abs().max()))
+    row.update(rerun_seconds=time.perf_counter() - t1, rerun_diff=float((again - eager).abs().max()),
+               graphs=counter.frame_count)
     return row
 
 
@@ -163,10 +154,12 @@ def _print_row(r: dict, trace: bool) -> None:
     short, mode, side = r["class"], r["mode"], r["side"]
     if r["ok"]:
         note = "" if r["rerun_diff"] == r["max_diff"] else f"rerun diff {r['rerun_diff']:.2e}"
-        print(f"{short:16s} {mode:7s} {side:9s} {'yes':9s} {r['seconds']:9.1f} {r['cpu']:6.1f} "
+        if r["graphs"] > 1:
+            note = f"{note}; " * bool(note) + f"the rerun recompiled ({r['graphs']} graphs)"
+        print(f"{short:17s} {mode:7s} {side:9s} {'yes':9s} {r['seconds']:9.1f} {r['cpu']:6.1f} "
               f"{r['max_diff']:10.2e} {r['rel_diff']:9.1e} {r['rerun_seconds']:8.3f}  {note}", flush=True)
     else:
-        print(f"{short:16s} {mode:7s} {side:9s} {'NO':9s} {r['seconds']:9.1f} {'-':>6s} {'-':>10s} {'-':>9s} "
+        print(f"{short:17s} {mode:7s} {side:9s} {'NO':9s} {r['seconds']:9.1f} {'-':>6s} {'-':>10s} {'-':>9s} "
               f"{'-':>8s}  {r['error']}", flush=True)
         if trace:
             print(r["trace"])
@@ -198,7 +191,7 @@ def main() -> None:
     shorts = [s for s in a.only.split(",") if s] or [*CLASSES, *OWN_LOOPS]
     if not a.no_header:
         print(f"torch {torch.__version__}; backend={a.backend}; steps={a.steps}; shape (1, 4, 8, 8); seed {SEED}")
-        print(f"{'class':16s} {'mode':7s} {'side':9s} {'fullgraph':9s} {'compile s':>9s} {'cpu s':>6s} "
+        print(f"{'class':17s} {'mode':7s} {'side':9s} {'fullgraph':9s} {'compile s':>9s} {'cpu s':>6s} "
               f"{'max |c-e|':>10s} "
               f"{'rel':>9s} {'rerun s':>8s}  note")
     for short in shorts:
@@ -215,7 +208,7 @@ def main() -> None:
                 cmd += ["--fallback-random"] * a.fallback_random + ["--trace"] * a.trace
                 cmd += ["--warm-cache"] * a.warm_cache
                 out = subprocess.run(cmd, capture_output=True, text=True)
-                print(out.stdout.rstrip() or f"{short:16s} {mode:7s} {side:9s} crashed: {out.stderr[-300:]}",
+                print(out.stdout.rstrip() or f"{short:17s} {mode:7s} {side:9s} crashed: {out.stderr[-300:]}",
                       flush=True)
 
 

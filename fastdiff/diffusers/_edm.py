@@ -262,7 +262,6 @@ class EDMDPMSolverMultistepScheduler(_EDMBase):
         self.lower_order_nums = 0
         self._start: Optional[int] = None
         self._hist: List[torch.Tensor] = []  # previous x0 estimates, most recent first
-        self._orders_by_start = {}
 
     def set_timesteps(self, num_inference_steps: Optional[int] = None, device=None) -> None:
         """EDM sigmas for ``num_inference_steps`` and their timesteps; the final sigma is 0 or ``sigma_min``."""
@@ -277,13 +276,10 @@ class EDMDPMSolverMultistepScheduler(_EDMBase):
         return len(self.timesteps) - 1  # diffusers: an unknown timestep maps to the last step
 
     def _orders(self, start: int) -> List[int]:
-        orders = self._orders_by_start.get(start)
-        if orders is None:
-            cfg = self.config
-            orders = self._orders_by_start[start] = multistep_orders(
-                len(self.timesteps), start, cfg.solver_order, cfg.lower_order_final, cfg.euler_at_final,
-                cfg.final_sigmas_type)
-        return orders
+        """The solver order of each step of a run started at step ``start`` (``multistep_orders``)."""
+        cfg = self.config
+        return multistep_orders(len(self.timesteps), start, cfg.solver_order, cfg.lower_order_final,
+                                cfg.euler_at_final, cfg.final_sigmas_type)
 
     def _build_table(self, key) -> torch.Tensor:
         cfg = self.config
@@ -319,7 +315,9 @@ class EDMDPMSolverMultistepScheduler(_EDMBase):
         if self._start is None:
             self._start = i
         table = self._table(self._start, sample.device)
-        k = self._orders(self._start)[i]
+        # once per run, in the run's host cache (traced: a constant, computed outside the graph; a dict of this
+        # scheduler's own filled by the trace was guarded by key, so every new run's empty one recompiled)
+        k = self._host_cached(("orders", self._start), "_orders", self._start)[i]
         kw = {}
         if self.config.algorithm_type == "sde-dpmsolver++":
             kw = self._noise_kwargs(model_output.shape, model_output.device, model_output.dtype, generator, i)

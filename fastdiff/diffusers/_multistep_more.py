@@ -498,7 +498,10 @@ class DPMSolverMultistepInverseScheduler(_MultistepBase):
         self.model_outputs = [None] * cfg.solver_order
         self._start_run()
 
-    # DPM-Solver multistep's rows and step, on this schedule
+    # DPM-Solver multistep's rows and step, on this schedule; the x0 term folded into the rows: an inverse step
+    # raises sigma, so its x coefficient sigma_t / sigma_s > 1 nearly cancels the x0 term's (``_x0_row``); formed
+    # as x0 first (the kernel's and the traced CPU step's order), a 4-step run ended 5.4x further from float64
+    _fold_x0 = True
     _build_table = DPMSolverMultistepScheduler._build_table
     convert_model_output = DPMSolverMultistepScheduler.convert_model_output
     step = DPMSolverMultistepScheduler.step

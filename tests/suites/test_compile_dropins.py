@@ -13,17 +13,21 @@ Brownian tree (DPMSolverSDE, CosineDPMSolverMultistep) draw Philox noise with th
 Wuerstchen's prior) are compiled around those pipelines' loops (which set no begin index; the drop-ins are
 run with one too).
 
+The classes and their configs are ``tests/compile_cases.py`` (shared with benchmarks/compile_loops.py).
 In CI every class x mode compiles with the ``aot_eager`` backend (dynamo's full trace and AOT autograd's
-functional graph: what fullgraph=True checks, without inductor's C++ builds, ~5-10 s each on 2 cores); the
-inductor tests run the default backend for the six classes that build fastest in CI, and for the slowest
-builds (DDPM, Heun, SDE-DPM-Solver++, PNDM: 6-22 s each past inductor's one-time start on 2 cores;
-DPMSolverSDE 33 s, CosineDPMSolverMultistep 20 s at load ~4.5), UnCLIP, FlowMapEuler and the OWN_LOOPS loops
-with ``--runslow``; benchmarks/compile_loops.py measures cold compiles of every class beside diffusers'.
+functional graph: what fullgraph=True checks, without inductor's C++ builds, ~1-10 s each on 2 cores). The
+inductor tests run every class with the default backend: in CI the classes of ``INDUCTOR_IN_CI`` (0.7-8.6 CPU s
+per begin-mode build as CI runs them, the first also paying inductor's one-time start, ~15 CPU s), the others
+-- the OWN_LOOPS loops, UnCLIP, FlowMapEuler and the two Brownian-tree classes (DPMSolverSDE 33 s,
+CosineDPMSolverMultistep 20 s at load ~4.5) among them -- with ``--runslow`` (1-21 CPU s each in that run's
+order, PNDM the longest; figures in benchmarks/results/2026-12-04-compile-loops.md);
+benchmarks/compile_loops.py measures cold compiles of every class beside diffusers'.
 """
 from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
 import warnings
 
@@ -32,56 +36,17 @@ import torch
 import torch._dynamo.testing
 
 import fastdiff.diffusers as fd
+from compile_cases import CLASSES, NOT_COMPILED, STOCHASTIC
 
 SEED = 20261204
 SHAPE = (2, 3, 5, 6)
 STEPS = 4
 
-#: id -> (class name, config); every drop-in class (DPMSolverMultistep twice: ODE and SDE)
-CLASSES = {
-    "ddpm": ("DDPMScheduler", {}),
-    "ddim": ("DDIMScheduler", {}),
-    "euler": ("EulerDiscreteScheduler", {}),
-    "euler_ancestral": ("EulerAncestralDiscreteScheduler", {}),
-    "heun": ("HeunDiscreteScheduler", {}),
-    "dpm_multi": ("DPMSolverMultistepScheduler", {}),
-    "dpm_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
-    "unipc": ("UniPCMultistepScheduler", {}),
-    "flow_euler": ("FlowMatchEulerDiscreteScheduler", {}),
-    "pndm": ("PNDMScheduler", {}),
-    "lcm": ("LCMScheduler", {}),
-    "tcd": ("TCDScheduler", {}),
-    "ddim_inverse": ("DDIMInverseScheduler", {}),
-    "ddim_parallel": ("DDIMParallelScheduler", {}),
-    "ddpm_parallel": ("DDPMParallelScheduler", {}),
-    "deis": ("DEISMultistepScheduler", {}),
-    "dpm_single": ("DPMSolverSinglestepScheduler", {}),
-    "ipndm": ("IPNDMScheduler", {}),
-    "cm": ("CMStochasticIterativeScheduler", {}),
-    "lms": ("LMSDiscreteScheduler", {}),
-    "kdpm2": ("KDPM2DiscreteScheduler", {}),
-    "kdpm2_ancestral": ("KDPM2AncestralDiscreteScheduler", {}),
-    "edm_euler": ("EDMEulerScheduler", {}),
-    "sasolver": ("SASolverScheduler", {}),
-    "cogvideox_ddim": ("CogVideoXDDIMScheduler", {}),
-    "dpm_sde_2stage": ("DPMSolverSDEScheduler", {}),
-    "cosine_dpm": ("CosineDPMSolverMultistepScheduler", {}),
-    "unclip": ("UnCLIPScheduler", {}),
-    "flow_map_euler": ("FlowMapEulerDiscreteScheduler", {}),
-}
-#: exported classes whose loop does not compile fullgraph (or not as required) yet, and why
-NOT_COMPILED = {
-    "DPMSolverMultistepInverseScheduler": "compiles, but the compiled loop is ~5x further from float64 than eager",
-    "EDMDPMSolverMultistepScheduler": "compiles, but a second run recompiles instead of reusing the graph",
-    "FlowMatchHeunDiscreteScheduler": "compiles, but the compiled loop differs from eager by ~40x eager's own error",
-}
-STOCHASTIC = frozenset(("ddpm", "euler_ancestral", "dpm_sde", "lcm", "tcd", "ddpm_parallel", "cm",
-                        "kdpm2_ancestral", "sasolver", "dpm_sde_2stage", "cosine_dpm", "unclip"))
 #: inductor builds that stay short enough for CI; the others are marked slow
-INDUCTOR_IN_CI = frozenset(("ddim", "euler", "euler_ancestral", "dpm_multi", "unipc", "flow_euler"))
-#: the classes whose inductor builds are tested (the rest are traced with aot_eager only, in CI)
-INDUCTOR_CLASSES = ("ddpm", "ddim", "euler", "euler_ancestral", "heun", "dpm_multi", "dpm_sde", "unipc",
-                    "flow_euler", "pndm", "dpm_sde_2stage", "cosine_dpm", "unclip", "flow_map_euler")
+INDUCTOR_IN_CI = frozenset(("ddim", "euler", "euler_ancestral", "dpm_multi", "unipc", "flow_euler", "ddim_inverse",
+                            "ddim_parallel", "deis", "cogvideox_ddim", "dpm_multi_inverse"))
+#: the classes whose inductor builds are tested (in CI the others are traced with aot_eager only)
+INDUCTOR_CLASSES = tuple(CLASSES)
 MODES = ("begin_index", "index_lookup")
 
 
@@ -233,7 +198,9 @@ def check_close(got: torch.Tensor, eager: torch.Tensor, ref64: torch.Tensor) -> 
     assert diff <= 2.0 * own + 8 * torch.finfo(torch.float32).eps * scale, (diff, own, scale)
 
 
-def compile_and_check(short: str, mode: str, backend: str) -> float:
+def compile_and_check(short: str, mode: str, backend: str) -> tuple:
+    """Compile ``short``'s loop in ``mode`` with ``backend``, run it twice and check it; returns the first call's
+    (wall seconds, CPU seconds of this process and its finished compiler children)."""
     begin = mode == "begin_index"
     name, cfg, builder, stochastic = case(short)
     x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
@@ -243,13 +210,13 @@ def compile_and_check(short: str, mode: str, backend: str) -> float:
     counter = torch._dynamo.testing.CompileCounterWithBackend(backend)
     compiled = torch.compile(builder(sched, make_net(), begin), backend=counter, fullgraph=True)
     results = []
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _cpu_seconds()
     for _ in range(2):  # the second run (a fresh set_timesteps) must reuse the graph
         new_run(sched, short)
         with torch.no_grad():
             results.append(compiled(x * getattr(sched, "init_noise_sigma", 1.0)))
         if not results[1:]:
-            seconds = time.perf_counter() - start
+            seconds = time.perf_counter() - start, _cpu_seconds() - cpu_start
     assert counter.frame_count == 1, f"{counter.frame_count} compiles: a new run should reuse the graph"
     for got in results:
         check_close(got, eager, ref64)
@@ -261,6 +228,11 @@ def compile_and_check(short: str, mode: str, backend: str) -> float:
             moved = builder(other, make_net(), begin)(x * getattr(other, "init_noise_sigma", 1.0))
         assert float((moved - eager).abs().max()) > 1e-3
     return seconds
+
+
+def _cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -279,8 +251,8 @@ def test_own_pipeline_loop_compiles_fullgraph_and_matches_eager(short, mode):
 @pytest.mark.parametrize("short", [s if s in INDUCTOR_IN_CI else pytest.param(s, marks=pytest.mark.slow)
                                    for s in INDUCTOR_CLASSES])
 def test_whole_loop_compiles_fullgraph_with_inductor(short, mode):
-    seconds = compile_and_check(short, mode, "inductor")
-    print(f"{short} {mode}: compiled in {seconds:.1f} s")
+    wall, cpu = compile_and_check(short, mode, "inductor")
+    print(f"{short} {mode}: compiled in {wall:.1f} s ({cpu:.1f} CPU s)")
 
 
 @pytest.mark.slow
