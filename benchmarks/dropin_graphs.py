@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Every drop-in scheduler's denoising loop captured in one CUDA graph, replayed, and compared with its eager run.
 
-The loop is a diffusers pipeline's (iterate ``scheduler.timesteps``, ``scale_model_input``, a small conv net,
-``step(..., return_dict=False)``), after ``set_timesteps`` and ``set_begin_index(0)``; stochastic classes draw
+The loops are the ones ``tests/suites/test_compile_dropins.py`` compiles: a diffusers pipeline's (iterate
+``scheduler.timesteps``, ``scale_model_input``, a small conv net, ``step(..., return_dict=False)``), or for the
+classes with a signature of their own their pipeline's loop, after ``set_timesteps`` and with
+``set_begin_index(0)``; stochastic classes draw
 their in-kernel Philox noise keyed by ``set_noise_seed``, so the replay draws what the eager run drew. A capture
 fails on any host-device sync inside the loop (a ``.item()``, a pageable host-to-device copy, a device read in
 ``index_for_timestep``), so "captured" is the GPU half of "no host sync in the loop"; the CPU half is
@@ -18,29 +20,33 @@ On CPU only the eager loops run (the graph columns say why they are empty): a ch
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["LOOPS", "graph_loop_check", "format_lines"]
+__all__ = ["graph_loop_check", "format_lines", "default_loops"]
 
 SEED = 20261204
-
-#: id -> (class name, config): every drop-in class with a ``step(model_output, timestep, sample)`` loop
-#: (DPMSolverMultistep twice, ODE and SDE); the classes with diffusers' own loop shapes are listed in OWN_LOOPS
-LOOPS: Dict[str, Tuple[str, Dict[str, Any]]] = {}
-#: exported classes whose pipeline loop is not a ``step()`` loop, and so not captured here
-OWN_LOOPS = {"ScoreSdeVeScheduler": "step_pred / step_correct", "CogVideoXDPMScheduler": "old x0 and timestep_back",
-             "DDPMWuerstchenScheduler": "a per-sample float timestep"}
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _default_loops() -> Dict[str, Tuple[str, Dict[str, Any]]]:
-    import fastdiff.diffusers as fd
+def default_loops() -> Dict[str, Tuple[str, Dict[str, Any], Callable, bool]]:
+    """id -> (class name, config, loop builder, stochastic) for every drop-in: the classes and pipeline loops
+    ``tests/suites/test_compile_dropins.py`` compiles (``tests/compile_cases.py`` and its OWN_LOOPS), so the
+    CUDA-graph check and the compile check run the same loops."""
+    for sub in ("tests", os.path.join("tests", "suites")):
+        path = os.path.join(_ROOT, sub)
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    import test_compile_dropins as t
+    from compile_cases import CLASSES, STOCHASTIC
 
-    loops = {name: (name, {}) for name in fd.__all__ if name.endswith("Scheduler") and name not in OWN_LOOPS}
-    loops["DPMSolverMultistepScheduler/sde-dpmsolver++"] = ("DPMSolverMultistepScheduler",
-                                                           {"algorithm_type": "sde-dpmsolver++"})
+    loops = {short: (name, cfg, t.make_loop, short in STOCHASTIC) for short, (name, cfg) in CLASSES.items()}
+    loops.update({short: (name, cfg, builder, short in t.OWN_STOCHASTIC)
+                  for short, (name, cfg, builder) in t.OWN_LOOPS.items()})
     return loops
 
 
@@ -55,24 +61,13 @@ def _net(channels: int, device: torch.device) -> torch.nn.Module:
     return net.to(device).eval()
 
 
-def _prepare(sched, steps: int, device: torch.device) -> None:
+def _prepare(sched, steps: int, device: torch.device, stochastic: bool) -> None:
     """A fresh run: its tables built and uploaded now, outside any capture."""
     sched.set_timesteps(steps, device=device)
-    sched.set_begin_index(0)
-    if hasattr(sched, "set_noise_seed"):
+    if hasattr(sched, "set_sigmas"):  # ScoreSdeVe: its pipeline sets the sigmas after the timesteps
+        sched.set_sigmas(steps)
+    if stochastic:
         sched.set_noise_seed(SEED)
-
-
-def _loop(sched, net) -> Callable[[torch.Tensor], torch.Tensor]:
-    scales = hasattr(sched, "scale_model_input")  # diffusers' flow Heun / flow-map classes have none
-
-    def loop(x: torch.Tensor) -> torch.Tensor:
-        for t in sched.timesteps:
-            eps = net(sched.scale_model_input(x, t) if scales else x)
-            x = sched.step(eps, t, x, return_dict=False)[0]
-        return x
-
-    return loop
 
 
 def _time(fn: Callable[[], Any], device: torch.device, reps: int,
@@ -92,23 +87,22 @@ def _time(fn: Callable[[], Any], device: torch.device, reps: int,
     return times[len(times) // 2]
 
 
-def _one(name: str, config: Dict[str, Any], device: torch.device, steps: int, shape: Sequence[int],
-         reps: int) -> Dict[str, Any]:
+def _one(name: str, config: Dict[str, Any], builder: Callable, stochastic: bool, device: torch.device, steps: int,
+         shape: Sequence[int], reps: int) -> Dict[str, Any]:
     import fastdiff.diffusers as fd
 
     sched = getattr(fd, name)(**config)
     net = _net(shape[1], device)
     x0 = torch.randn(tuple(shape), generator=torch.Generator().manual_seed(1)).to(device)
     x0 = x0 * float(getattr(sched, "init_noise_sigma", 1.0))
-    loop = _loop(sched, net)
+    loop = builder(sched, net, True)  # set_begin_index(0) inside, as a pipeline that sets one
     res: Dict[str, Any] = {"class": name, "config": config, "steps": steps}
     with torch.no_grad():
-        _prepare(sched, steps, device)
+        _prepare(sched, steps, device, stochastic)
         eager = loop(x0)
-        n_steps = len(sched.timesteps)
-
+        n_steps = max(len(sched.timesteps), 1)
         res["eager_us_per_step"] = _time(lambda: loop(x0), device, reps,
-                                         setup=lambda: _prepare(sched, steps, device)) * 1e6 / n_steps
+                                         setup=lambda: _prepare(sched, steps, device, stochastic)) * 1e6 / n_steps
         if device.type != "cuda":
             res["status"] = "eager only (no CUDA device: nothing captured)"
             return res
@@ -117,10 +111,10 @@ def _one(name: str, config: Dict[str, Any], device: torch.device, steps: int, sh
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):  # warm-up off the capture stream, as torch.cuda.graphs requires
             for _ in range(2):
-                _prepare(sched, steps, device)
+                _prepare(sched, steps, device, stochastic)
                 loop(static)
         torch.cuda.current_stream(device).wait_stream(side)
-        _prepare(sched, steps, device)
+        _prepare(sched, steps, device, stochastic)
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph):
@@ -134,7 +128,8 @@ def _one(name: str, config: Dict[str, Any], device: torch.device, steps: int, sh
         scale = float(eager.double().abs().max())
         res["max_abs_diff"], res["scale"] = diff, scale
         res["graph_us_per_step"] = _time(graph.replay, device, reps) * 1e6 / n_steps
-        # the same kernels on the same inputs: only reduction order may differ (none here), so bit-near equal
+        # the same kernels on the same inputs, noise keyed alike: the replay must give the eager bits (a loose
+        # bound, so that a reduction order chosen per launch could not fail it, a wrong step always does)
         res["status"] = "ok" if diff <= 1e-5 * max(scale, 1.0) else "mismatch"
     return res
 
@@ -148,25 +143,25 @@ def graph_loop_check(device: "str | torch.device" = "cuda", *, steps: int = 10,
     ``deadline`` (a ``time.monotonic()`` value): classes past it are reported as skipped. Example (CPU: the
     eager loops only)::
 
-        >>> r = graph_loop_check("cpu", steps=2, shape=(1, 2, 4, 4), reps=1,
-        ...                      loops={"ddim": ("DDIMScheduler", {})})
+        >>> ddim = default_loops()["ddim"]
+        >>> r = graph_loop_check("cpu", steps=2, shape=(1, 2, 4, 4), reps=1, loops={"ddim": ddim})
         >>> r["classes"]["ddim"]["status"].startswith("eager only")
         True
     """
     device = torch.device(device)
-    table = loops if loops is not None else (LOOPS or _default_loops())
+    table = loops if loops is not None else default_loops()
     results: Dict[str, Any] = {}
-    for key, (name, config) in table.items():
+    for key, (name, config, builder, stochastic) in table.items():
         if deadline is not None and time.monotonic() > deadline:
             results[key] = {"class": name, "status": "skipped: past the time budget"}
             continue
         try:
-            results[key] = _one(name, config, device, steps, shape, reps)
+            results[key] = _one(name, config, builder, stochastic, device, steps, shape, reps)
         except Exception as exc:  # reported per class, never fatal to the check
             results[key] = {"class": name, "status": f"error: {type(exc).__name__}: {str(exc)[:160]}"}
     captured = sum(r["status"] == "ok" for r in results.values())
-    return {"classes": results, "captured": captured, "total": len(results), "own_loops": dict(OWN_LOOPS),
-            "steps": steps, "shape": list(shape), "device": str(device)}
+    return {"classes": results, "captured": captured, "total": len(results), "steps": steps, "shape": list(shape),
+            "device": str(device)}
 
 
 def format_lines(check: Dict[str, Any]) -> Iterable[str]:
@@ -182,8 +177,6 @@ def format_lines(check: Dict[str, Any]) -> Iterable[str]:
         if "graph_us_per_step" in r:
             cols.append(f"graph {r['graph_us_per_step']:.1f} us/step")
         yield f"  {key}: " + ", ".join(cols)
-    for name, why in check["own_loops"].items():
-        yield f"  {name}: not a step() loop ({why}); not captured here"
 
 
 def main(argv=None) -> int:

@@ -210,8 +210,8 @@ def main(argv=None) -> int:
         import dropin_graphs  # benchmarks/, beside this script
 
         # on CPU (a check of the script) two classes' eager loops; on CUDA every class, captured and replayed
-        few = None if dev.type == "cuda" else {"ddim": ("DDIMScheduler", {}),
-                                               "euler_a": ("EulerAncestralDiscreteScheduler", {})}
+        every = dropin_graphs.default_loops()
+        few = None if dev.type == "cuda" else {k: every[k] for k in ("ddim", "euler_ancestral")}
         extras["dropin_graphs"] = dropin_graphs.graph_loop_check(
             dev, steps=10 if dev.type == "cuda" else 2, shape=(1, 4, 64, 64) if dev.type == "cuda" else (1, 4, 8, 8),
             reps=5 if dev.type == "cuda" else 1, loops=few, deadline=deadline - 200)

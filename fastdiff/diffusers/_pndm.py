@@ -100,6 +100,9 @@ class PNDMScheduler(_DiscreteVPBase):
             plms = np.concatenate([base[:-1], base[-2:-1], base[-1:]])[::-1].copy()
         else:
             order = self.pndm_order
+            if n < order:  # the PRK warm-up takes `order` timesteps (diffusers fails here on numpy broadcasting)
+                raise ValueError(f"num_inference_steps must be at least {order} for PNDM's Runge-Kutta warm-up "
+                                 f"(skip_prk_steps=False), got {n}; pass more steps or skip_prk_steps=True")
             prk = np.array(base[-order:]).repeat(2) + np.tile(np.array([0, T // n // 2]), order)
             prk = prk[:-1].repeat(2)[1:-1][::-1].copy()
             plms = base[:-3][::-1].copy()

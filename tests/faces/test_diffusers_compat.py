@@ -1153,3 +1153,13 @@ def test_new_multistep_classes_refuse_bad_input(name):
         fresh = cls()
         fresh.num_inference_steps = None
         fresh.step(torch.zeros(1, 2), 0, torch.zeros(1, 2))
+
+
+def test_pndm_too_few_steps_for_its_warm_up_names_the_argument():
+    """PRK needs ``pndm_order`` timesteps; diffusers fails on numpy broadcasting, the drop-in says why."""
+    with pytest.raises(ValueError, match="num_inference_steps must be at least 4"):
+        fdd.PNDMScheduler().set_timesteps(3)
+    plms = fdd.PNDMScheduler(skip_prk_steps=True)
+    plms.set_timesteps(3)
+    assert len(plms.timesteps) == 4
+    fdd.PNDMScheduler().set_timesteps(4)
