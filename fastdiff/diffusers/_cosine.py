@@ -24,6 +24,7 @@ import torch
 from ..solvers import dpmpp_multistep_weights
 from ._base import FusedSchedulerBase, rows
 from ._compat import make_output, register_to_config
+from ._multistep import check_solver_types
 from ._sde import HAS_TORCHSDE, BrownianPathMixin
 
 __all__ = ["CosineDPMSolverMultistepScheduler"]
@@ -68,11 +69,7 @@ class CosineDPMSolverMultistepScheduler(BrownianPathMixin, FusedSchedulerBase):
         euler_at_final: bool = False,
         final_sigmas_type: str = "zero",
     ) -> None:
-        if solver_type not in ("midpoint", "heun"):
-            if solver_type in ("logrho", "bh1", "bh2"):
-                self.register_to_config(solver_type="midpoint")
-            else:
-                raise NotImplementedError(f"{solver_type} is not implemented for {self.__class__}")
+        check_solver_types(self, None, solver_type)
         if sigma_schedule not in ("exponential", "karras"):
             raise ValueError(f"sigma_schedule must be 'exponential' or 'karras', got {sigma_schedule!r}")
         self._reset_run()

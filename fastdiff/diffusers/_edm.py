@@ -22,7 +22,7 @@ from ..solvers import churn_gamma, dpmpp_multistep_weights, edm_c_in, edm_x0_coe
 from ._base import _TABLE_ARITHMETIC, check_steps, result_dtype, rows
 from ._compat import make_output, register_to_config
 from ._euler import _SigmaBase
-from ._multistep import multistep_orders
+from ._multistep import check_solver_types, multistep_orders
 
 __all__ = ["EDMEulerScheduler", "EDMDPMSolverMultistepScheduler"]
 
@@ -232,14 +232,7 @@ class EDMDPMSolverMultistepScheduler(_EDMBase):
         euler_at_final: bool = False,
         final_sigmas_type: str = "zero",
     ):
-        if algorithm_type == "deis":
-            self.register_to_config(algorithm_type="dpmsolver++")
-        elif algorithm_type not in _ALGORITHMS:
-            raise NotImplementedError(f"{algorithm_type} is not implemented for {type(self).__name__}")
-        if solver_type in ("logrho", "bh1", "bh2"):
-            self.register_to_config(solver_type="midpoint")
-        elif solver_type not in ("midpoint", "heun"):
-            raise NotImplementedError(f"{solver_type} is not implemented for {type(self).__name__}")
+        check_solver_types(self, algorithm_type, solver_type, _ALGORITHMS, final_sigmas_type)
         if solver_order not in (1, 2, 3):
             raise ValueError(f"solver_order must be 1, 2 or 3, got {solver_order}")
         cfg = self.config

@@ -19,13 +19,35 @@ from ..solvers import unipc_rhos, vp_x0_coefs
 from ._compat import make_output, register_to_config
 from ._flow import static_shift, stretch_to_terminal, time_shift
 
-__all__ = ["DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "multistep_orders"]
+__all__ = ["DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "multistep_orders", "check_solver_types"]
 
 #: DPM-Solver's algorithm types: "++" solves for the x0 estimate (Lu et al. 2022b), the plain ones for the noise
 #: estimate (Lu et al. 2022a); "sde-" adds the SDE variant's noise
 _ALGORITHMS = ("dpmsolver++", "sde-dpmsolver++", "dpmsolver", "sde-dpmsolver")
 #: each algorithm's update form in ``solvers.dpm_solver_coefs``
 _FORMS = {"dpmsolver++": "x0", "sde-dpmsolver++": "x0-sde", "dpmsolver": "eps", "sde-dpmsolver": "eps-sde"}
+
+
+def check_solver_types(scheduler, algorithm_type: Optional[str], solver_type: str,
+                       algorithms: Sequence[str] = _ALGORITHMS, final_sigmas_type: Optional[str] = None) -> None:
+    """diffusers' checks of DPM-Solver's option names, in its order, for every class built on it: ``"deis"``
+    runs as ``"dpmsolver++"`` and ``"logrho"`` / ``"bh1"`` / ``"bh2"`` as ``"midpoint"`` (written back into the
+    config, as diffusers does); any other name outside ``algorithms`` / ``("midpoint", "heun")`` raises
+    ``NotImplementedError``; then, when ``final_sigmas_type`` is given, a final sigma of zero is refused for
+    every algorithm but the "++" ones (the name as passed: "deis" too). ``algorithm_type=None``: a class without
+    that option (the cosine one)."""
+    if algorithm_type is not None:
+        if algorithm_type == "deis":
+            scheduler.register_to_config(algorithm_type="dpmsolver++")
+        elif algorithm_type not in algorithms:
+            raise NotImplementedError(f"{algorithm_type} is not implemented for {type(scheduler).__name__}")
+    if solver_type in ("logrho", "bh1", "bh2"):
+        scheduler.register_to_config(solver_type="midpoint")
+    elif solver_type not in ("midpoint", "heun"):
+        raise NotImplementedError(f"{solver_type} is not implemented for {type(scheduler).__name__}")
+    if final_sigmas_type == "zero" and algorithm_type not in ("dpmsolver++", "sde-dpmsolver++"):
+        raise ValueError(f"`final_sigmas_type` {final_sigmas_type} is not supported for `algorithm_type` "
+                         f"{algorithm_type}. Please choose `sigma_min` instead.")
 
 
 def _x0_dtype(model_output: torch.Tensor) -> torch.dtype:
@@ -285,17 +307,7 @@ class DPMSolverMultistepScheduler(_MultistepBase):
         use_dynamic_shifting: bool = False,
         time_shift_type: str = "exponential",
     ):
-        if algorithm_type == "deis":
-            self.register_to_config(algorithm_type="dpmsolver++")
-        elif algorithm_type not in _ALGORITHMS:
-            raise NotImplementedError(f"{algorithm_type} is not implemented for {type(self).__name__}")
-        if algorithm_type in ("dpmsolver", "sde-dpmsolver") and final_sigmas_type == "zero":
-            raise ValueError(f"`final_sigmas_type` {final_sigmas_type} is not supported for `algorithm_type` "
-                             f"{algorithm_type}. Please choose `sigma_min` instead.")
-        if solver_type in ("logrho", "bh1", "bh2"):
-            self.register_to_config(solver_type="midpoint")
-        elif solver_type not in ("midpoint", "heun"):
-            raise NotImplementedError(f"{solver_type} is not implemented for {type(self).__name__}")
+        check_solver_types(self, algorithm_type, solver_type, final_sigmas_type=final_sigmas_type)
         if solver_order not in (1, 2, 3):
             raise ValueError(f"solver_order must be 1, 2 or 3, got {solver_order}")
         self._init_common(self.config)

@@ -19,7 +19,7 @@ from ..solvers import dpm_solver_coefs, exp_lagrange_weights
 from ._base import KARRAS_COMPATIBLES, check_steps, interp, sigma_to_t, spaced_timesteps
 from ._compat import make_output, register_to_config
 from ._flow import static_shift
-from ._multistep import _ALGORITHMS, _FORMS, DPMSolverMultistepScheduler, _MultistepBase, _x0_dtype
+from ._multistep import _FORMS, DPMSolverMultistepScheduler, _MultistepBase, _x0_dtype, check_solver_types
 
 __all__ = ["DEISMultistepScheduler", "DPMSolverSinglestepScheduler", "DPMSolverMultistepInverseScheduler"]
 
@@ -210,17 +210,8 @@ class DPMSolverSinglestepScheduler(_MultistepBase):
         use_dynamic_shifting: bool = False,
         time_shift_type: str = "exponential",
     ):
-        if algorithm_type == "deis":
-            self.register_to_config(algorithm_type="dpmsolver++")
-        elif algorithm_type not in ("dpmsolver", "dpmsolver++", "sde-dpmsolver++"):
-            raise NotImplementedError(f"{algorithm_type} is not implemented for {type(self).__name__}")
-        if solver_type in ("logrho", "bh1", "bh2"):
-            self.register_to_config(solver_type="midpoint")
-        elif solver_type not in ("midpoint", "heun"):
-            raise NotImplementedError(f"{solver_type} is not implemented for {type(self).__name__}")
-        if algorithm_type == "dpmsolver" and final_sigmas_type == "zero":
-            raise ValueError(f"`final_sigmas_type` {final_sigmas_type} is not supported for `algorithm_type` "
-                             f"{algorithm_type}. Please choose `sigma_min` instead.")
+        check_solver_types(self, algorithm_type, solver_type, ("dpmsolver", "dpmsolver++", "sde-dpmsolver++"),
+                           final_sigmas_type)
         if solver_order not in (1, 2, 3):
             raise ValueError(f"solver_order must be 1, 2 or 3, got {solver_order}")
         self._init_common(self.config)
@@ -437,14 +428,7 @@ class DPMSolverMultistepInverseScheduler(_MultistepBase):
         timestep_spacing: str = "linspace",
         steps_offset: int = 0,
     ):
-        if algorithm_type == "deis":
-            self.register_to_config(algorithm_type="dpmsolver++")
-        elif algorithm_type not in _ALGORITHMS:
-            raise NotImplementedError(f"{algorithm_type} is not implemented for {type(self).__name__}")
-        if solver_type in ("logrho", "bh1", "bh2"):
-            self.register_to_config(solver_type="midpoint")
-        elif solver_type not in ("midpoint", "heun"):
-            raise NotImplementedError(f"{solver_type} is not implemented for {type(self).__name__}")
+        check_solver_types(self, algorithm_type, solver_type)
         if solver_order not in (1, 2, 3):
             raise ValueError(f"solver_order must be 1, 2 or 3, got {solver_order}")
         self._init_common(self.config)

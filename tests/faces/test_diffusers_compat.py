@@ -1163,3 +1163,35 @@ def test_pndm_too_few_steps_for_its_warm_up_names_the_argument():
     plms.set_timesteps(3)
     assert len(plms.timesteps) == 4
     fdd.PNDMScheduler().set_timesteps(4)
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("DPMSolverMultistepScheduler", {"algorithm_type": "deis"}),
+    ("DPMSolverMultistepScheduler", {"algorithm_type": "deis", "final_sigmas_type": "sigma_min"}),
+    ("DPMSolverMultistepScheduler", {"solver_type": "bh2"}),
+    ("DPMSolverMultistepScheduler", {"algorithm_type": "foo"}),
+    ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver", "solver_type": "foo"}),
+    ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver"}),
+    ("DPMSolverSinglestepScheduler", {"algorithm_type": "sde-dpmsolver"}),
+    ("DPMSolverSinglestepScheduler", {"algorithm_type": "deis", "solver_type": "logrho"}),
+    ("DPMSolverSinglestepScheduler", {"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"}),
+    ("EDMDPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver"}),
+    ("EDMDPMSolverMultistepScheduler", {"algorithm_type": "deis"}),
+    ("DPMSolverMultistepInverseScheduler", {"algorithm_type": "deis", "solver_type": "bh1"}),
+    ("DPMSolverMultistepInverseScheduler", {"algorithm_type": "dpmsolver"}),
+    ("CosineDPMSolverMultistepScheduler", {"solver_type": "bh1"}),
+    ("CosineDPMSolverMultistepScheduler", {"solver_type": "x"}),
+])
+def test_dpm_solver_option_names_are_checked_as_diffusers_checks_them(name, kwargs):
+    """One check of DPM-Solver's option names for the five classes on it: the same error (in diffusers' order:
+    algorithm, solver, then a zero final sigma for the non-"++" names) or the same names written to the config."""
+    got = []
+    for mod in (fdd, diffusers):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # diffusers' deprecation of the plain algorithm names
+                s = getattr(mod, name)(**kwargs)
+            got.append(("ok", s.config.get("algorithm_type"), s.config.solver_type))
+        except (ValueError, NotImplementedError) as exc:
+            got.append((type(exc).__name__,))
+    assert got[0] == got[1]
