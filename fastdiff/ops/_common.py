@@ -11,6 +11,7 @@ from __future__ import annotations
 import weakref
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 
 from ..random import split_seed
@@ -187,3 +188,17 @@ def host_row(table: torch.Tensor, r: int) -> list:
             pass
     _HOST_ROWS[id(table)] = (weakref.ref(table), ver, table.data_ptr(), rows)
     return rows[r]
+
+
+def host_rows(table: torch.Tensor, index: torch.Tensor) -> list:
+    """Rows ``index`` of a CPU ``table`` column by column: a column equal over the batch as a Python float, any
+    other as a float64 numpy ``(batch,)`` array (a per-sample coefficient).
+
+    Example:
+        >>> host_rows(torch.tensor([[1.0, 2.0], [1.0, 3.0]]), torch.tensor([0, 1]))
+        [1.0, array([2., 3.])]
+    """
+    rows = table.detach().numpy()[index.numpy()].astype(np.float64)
+    same = (rows == rows[:1]).all(axis=0)
+    return [float(rows[0, j]) if same[j] else rows[:, j] for j in range(rows.shape[1])]
+

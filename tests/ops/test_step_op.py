@@ -182,7 +182,7 @@ def test_backends_agree_float32():
     x, m, c, kw = case["x"], case["model_output"], case["coefs"], case["kw"]
     outs = [fused_step(x, m, c, backend=b, **kw) for b in ("triton", "torch", "reference")]
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(outs[1], outs[2], rtol=0, atol=0)
+    torch.testing.assert_close(outs[1], outs[2], rtol=1e-5, atol=1e-5)
 
 
 def test_auto_backend_on_cpu_is_the_torch_path():
@@ -239,6 +239,43 @@ def test_step_coefs_rejects_mismatched_lengths():
         step_coefs(out_x=[1.0, 2.0, 3.0], out_d=[1.0, 2.0])
     with pytest.raises(ValueError, match="at most 3"):
         step_coefs(out_h=[1.0] * 4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64], ids=str)
+@pytest.mark.parametrize("cfg", list(CONFIGS))
+def test_cpu_per_sample_rows_match_reference(dtype, cfg):
+    """The CPU path with ``coef_index`` (one coefficient row per sample), into fresh and NaN-poisoned buffers:
+    columns the samples share are host floats, the others per-sample multipliers, all-zero ones skipped
+    (here: ``out_m`` zero in every row, ``out_x`` shared by every row, rows repeated across the batch)."""
+    case = make_case((6, 3, 5), dtype, dict(CONFIGS[cfg], per_row=True), gen_seed=31)
+    x, m, c, kw = case["x"], case["model_output"], case["coefs"], case["kw"]
+    c[:, COEF_NAMES.index("out_m")] = 0.0
+    c[:, COEF_NAMES.index("out_x")] = 0.75
+    kw["coef_index"] = torch.tensor([4, 0, 4, 2, 1, 0])
+    ref = fused_step(x, m, c, write_aux=True, backend="reference", **kw)
+    ref64 = fused_step(x.double(), m.double(), c.double(), write_aux=True, backend="reference", **to64(kw))
+    got = fused_step(x, m, c, write_aux=True, backend="torch", **kw)
+    out, aux = poisoned_like(x), poisoned_like(x)
+    got_buf = fused_step(x, m, c, out=out, aux_out=aux, backend="torch", **kw)
+    assert got_buf[0] is out and got_buf[1] is aux and got[0].dtype == dtype
+    for name, res in (("fresh", got), ("buffers", got_buf)):
+        assert_close_to_reference(f"{cfg} {name} out", res[0], ref[0], ref64[0])
+        assert_close_to_reference(f"{cfg} {name} aux", res[1], ref[1], ref64[1])
+
+
+def test_cpu_per_sample_rows_equal_to_one_row_per_sample():
+    """Independent of the reference: a per-sample step is, sample by sample, the one-row step of that sample's
+    row (float64, so both paths round alike up to the order of additions)."""
+    g = torch.Generator().manual_seed(12)
+    x, m = torch.randn(4, 3, 6, generator=g, dtype=torch.float64), torch.randn(4, 3, 6, generator=g, dtype=torch.float64)
+    c = torch.rand(3, NUM_COEFS, generator=g, dtype=torch.float64)
+    index = torch.tensor([2, 0, 1, 2])
+    out, aux = fused_step(x, m, c, coef_index=index, clip=0.9, write_aux=True, backend="torch")
+    for k in range(4):
+        o, a = fused_step(x[k:k + 1], m[k:k + 1], c, coef_row=int(index[k]), clip=0.9, write_aux=True,
+                          backend="torch")
+        torch.testing.assert_close(out[k:k + 1], o, rtol=1e-13, atol=1e-13)
+        torch.testing.assert_close(aux[k:k + 1], a, rtol=1e-13, atol=1e-13)
 
 
 @pytest.mark.parametrize("dtype", DTYPES + [torch.float64], ids=str)

@@ -144,7 +144,7 @@ def test_the_torch_paths_get_the_arguments_as_given():
     assert a.out is None and a.clip == 2 and type(a.clip) is int
     assert a.history == (h,) and a.noise_mode == 1 and a.seed == 2**40 + 7
     assert _parse(backend="reference")[0] == "reference"
-    assert _parse(coef_index=torch.tensor([0, 1]))[0] == "torch"   # per-sample rows: the generic formula
+    assert _parse(coef_index=torch.tensor([0, 1]))[0] == "cpu"   # per-sample rows: host rows too
     assert _parse(noise=X)[3].noise_mode == 2 and _parse(noise=X)[3].seed is None
 
 

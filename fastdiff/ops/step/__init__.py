@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ...random import check_device
-from .._common import host_row
+from .._common import host_row, host_rows
 from ..dispatch import launcher
 from ..profiling import named_range, names_itself
 from .cpu import step_cpu
@@ -184,7 +184,8 @@ def fused_step(
             launcher("fused_step")(a, plain)
             return (a.out, a.aux_out) if want_aux else a.out
         if path == "cpu":
-            res, aux = step_cpu(a, host_row(a.coefs, a.coef_row), want_aux)
+            row = host_row(a.coefs, a.coef_row) if a.coef_index is None else host_rows(a.coefs, a.coef_index)
+            res, aux = step_cpu(a, row, want_aux)
             return (res, aux) if want_aux else res
         return _reference(a, want_aux, None if path == "reference" else torch.float64 if a.x.dtype == torch.float64
                           else torch.float32)

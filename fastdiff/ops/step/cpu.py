@@ -1,7 +1,9 @@
 """The fast CPU path of the step: coefficients read as host floats, zero terms skipped, in-place accumulation.
 
 On CPU a coefficient table is host memory, so reading one row costs nothing and lets the step skip every
-term whose coefficient is zero (a DDIM step touches 3 of the 15). Same formula as ``naive.step_reference``
+term whose coefficient is zero (a DDIM step touches 3 of the 15). With ``coef_index=`` (one row per sample) the
+rows are read the same way: a column the samples share stays a float, the others become per-sample
+``(batch, 1, ...)`` multipliers, and a column that is zero for every sample is skipped as well. Same formula as ``naive.step_reference``
 in float32 (float64 for float64 storage); only the order of the additions differs, and:
 
 * without ``clip`` the denoised estimate ``d = in_x*xe + in_m*m`` is folded into the output coefficients
@@ -14,8 +16,9 @@ in float32 (float64 for float64 storage); only the order of the additions differ
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 
 from ...random import philox_normal
@@ -30,6 +33,9 @@ _F32, _F64 = torch.float32, torch.float64
 
 _NEG_ZERO = torch.tensor(-0.0)
 
+#: a coefficient: a host float, or a float64 (batch,) array of per-sample values (``coef_index=``)
+Coef = Union[float, np.ndarray]
+
 
 def _is_one(c: float, dt: torch.dtype) -> bool:
     """Whether ``c`` rounds to 1 in the compute dtype ``dt`` (the hot paths test ``lo <= c <= hi`` inline)."""
@@ -37,26 +43,47 @@ def _is_one(c: float, dt: torch.dtype) -> bool:
     return lo <= c <= hi
 
 
-def _combine(terms: List[Tuple[torch.Tensor, float]], like: torch.Tensor, dt: torch.dtype,
+def _nonzero(c) -> bool:
+    return c.any() if isinstance(c, np.ndarray) else c != 0.0
+
+
+def _per_sample(c: np.ndarray, like: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
+    """A per-sample coefficient (float64 ``(batch,)``) as a ``(batch, 1, ...)`` tensor of ``dt`` broadcasting on
+    ``like``."""
+    return torch.from_numpy(c).to(dt).view((-1,) + (1,) * (like.dim() - 1))
+
+
+def _combine(terms: List[Tuple[torch.Tensor, Coef]], like: torch.Tensor, dt: torch.dtype,
              dst: Optional[torch.Tensor]) -> torch.Tensor:
-    """sum(c * t) over the non-zero terms, into ``dst`` when given (it must not alias any term but the first)."""
-    terms = [(t, c) for t, c in terms if c != 0.0]
+    """sum(c * t) over the non-zero terms, into ``dst`` when given (it must not alias any term but the first).
+
+    A coefficient is a float, or a float64 ``(batch,)`` array (``coef_index=``: one value per sample)."""
+    terms = [(t, c) for t, c in terms if _nonzero(c)]
     if not terms:
         if dst is not None:
             return dst.zero_()
         return torch.zeros(like.shape, dtype=dt, device=like.device)
     t0, c0 = terms[0]
-    lo, hi = _ONE_F64 if dt is _F64 else _ONE_F32
-    if len(terms) > 1 and lo <= c0 <= hi:
-        t1, c1 = terms[1]
-        acc = torch.add(t0, t1, alpha=c1) if dst is None else torch.add(t0, t1, alpha=c1, out=dst)
-        rest = terms[2:]
-    else:
-        # (-0.0) + c*t is exactly c*t (signed zeros included) and skips mul's scalar wrapping (~2 us a call)
-        acc = torch.add(_NEG_ZERO, t0, alpha=c0) if dst is None else torch.add(_NEG_ZERO, t0, alpha=c0, out=dst)
+    if isinstance(c0, np.ndarray):
+        c0 = _per_sample(c0, like, dt)
+        acc = torch.mul(t0, c0) if dst is None else torch.mul(t0, c0, out=dst)
         rest = terms[1:]
+    else:
+        lo, hi = _ONE_F64 if dt is _F64 else _ONE_F32
+        if len(terms) > 1 and lo <= c0 <= hi and not isinstance(terms[1][1], np.ndarray):
+            t1, c1 = terms[1]
+            acc = torch.add(t0, t1, alpha=c1) if dst is None else torch.add(t0, t1, alpha=c1, out=dst)
+            rest = terms[2:]
+        else:
+            # (-0.0) + c*t is exactly c*t (signed zeros included) and skips mul's scalar wrapping (~2 us a call)
+            acc = (torch.add(_NEG_ZERO, t0, alpha=c0) if dst is None
+                   else torch.add(_NEG_ZERO, t0, alpha=c0, out=dst))
+            rest = terms[1:]
     for t, c in rest:
-        acc.add_(t, alpha=c)
+        if isinstance(c, np.ndarray):
+            acc.addcmul_(t, _per_sample(c, like, dt))
+        else:
+            acc.add_(t, alpha=c)
     return acc
 
 
@@ -64,8 +91,10 @@ def _as(t: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
     return t if t.dtype is dt else t.to(dt)
 
 
-def _lin2(a: torch.Tensor, ca: float, b: torch.Tensor, cb: float, dt: torch.dtype) -> torch.Tensor:
+def _lin2(a: torch.Tensor, ca: Coef, b: torch.Tensor, cb: Coef, dt: torch.dtype) -> torch.Tensor:
     """``ca*a + cb*b`` in one pass when a coefficient is 0 or 1, else two (a fresh tensor)."""
+    if isinstance(ca, np.ndarray) or isinstance(cb, np.ndarray):
+        return _combine([(a, ca), (b, cb)], a, dt, None)
     if ca == 0.0:
         if cb == 0.0:
             return torch.zeros(a.shape, dtype=dt, device=a.device)
@@ -85,9 +114,10 @@ def _shares(buf: torch.Tensor, tensors) -> bool:
     return any(t is not None and t.untyped_storage().data_ptr() == p for t in tensors)
 
 
-def step_cpu(a: StepArgs, row: Sequence[float], want_aux: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+def step_cpu(a: StepArgs, row: Sequence[Coef], want_aux: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Return ``(out, aux)`` for the parsed step ``a`` (``parse_step``'s record for backend "torch") with one row
-    of coefficients ``row`` (host floats, ``COEF_NAMES`` order).
+    of coefficients ``row`` (``COEF_NAMES`` order: host floats, or with ``coef_index=`` ``host_rows``' columns,
+    a float where the samples agree and a float64 ``(batch,)`` array where they differ).
 
     The results have x's dtype, or are the ``a.out``/``a.aux_out`` buffers (filled) when given; ``aux`` is None
     unless ``want_aux``. Noise is ``a.noise``, or drawn here from ``a.seed`` (``philox_normal``).
@@ -117,7 +147,7 @@ def step_cpu(a: StepArgs, row: Sequence[float], want_aux: bool) -> tuple[torch.T
     if guidance:
         batch = x.shape[0]
         m_u = m[:batch]
-        m = torch.lerp(m_u, m[batch:], g)
+        m = torch.lerp(m_u, m[batch:], _per_sample(g, m_u, dt) if isinstance(g, np.ndarray) else g)
     hs = [_as(h, dt) for h in history] if history else ()
     nz = None if noise is None else _as(noise, dt)
 

@@ -191,7 +191,7 @@ def parse_step(
             aux_out = torch.empty_like(out)
         if clip is not None:
             clip = float(clip)
-    elif path == "torch" and coef_index is None and dev == _CPU and not torch.compiler.is_compiling():
+    elif path == "torch" and dev == _CPU and not torch.compiler.is_compiling():
         # host-float coefficients need a concrete table: under torch.compile the generic path traces instead
         path = "cpu"
     return path, want_aux, plain, _new(StepArgs, (x, model_output, coefs, x_eval, h0, h1, h2, noise, uncond, coef_index,
