@@ -390,9 +390,11 @@ class HeunStages:
 
     def _heun_launch(self, model_output: torch.Tensor, sample: torch.Tensor, i: int, first_key, second_key,
                      dtype: torch.dtype, clip: Optional[float] = None, x_first: Optional[torch.Tensor] = None,
-                     aux_dtype: Optional[torch.dtype] = None):
+                     aux_dtype: Optional[torch.dtype] = None, corrector_x0: bool = True):
         """The predictor (from ``x_first``, default ``sample``: a churned sample) or the corrector call at
-        index ``i``: one fused pass each; returns ``(prev, x0)`` (x0 in ``aux_dtype``, default ``dtype``)."""
+        index ``i``: one fused pass each; returns ``(prev, x0)`` (x0 in ``aux_dtype``, default ``dtype``; None
+        from a corrector call with ``corrector_x0=False``, for a class whose output has no x0, so the pass
+        writes one tensor, not two)."""
         aux_dtype = dtype if aux_dtype is None else aux_dtype
         if self._prev is None:
             x = sample if x_first is None else x_first
@@ -402,7 +404,8 @@ class HeunStages:
         else:
             x0_first, x_prev = self._prev
             table = self._table(second_key, sample.device)
-            prev, x0 = self._launch(x_prev, model_output, table, i, out_dtype=dtype, aux_dtype=aux_dtype, clip=clip,
+            prev, x0 = self._launch(x_prev, model_output, table, i, out_dtype=dtype,
+                                    aux_dtype=aux_dtype if corrector_x0 else None, clip=clip,
                                     x_eval=sample, history=(x0_first,))
             self._prev = None
         return prev, x0

@@ -347,7 +347,8 @@ class FlowMatchHeunDiscreteScheduler(HeunStages, FusedSchedulerBase):
         # diffusers steps in float32 and returns the model output's dtype; the x0 kept for the corrector is float32
         prev, _ = self._heun_launch(model_output, sample, i, ("first", *churn), ("second", *churn),
                                     model_output.dtype, x_first=x_first,
-                                    aux_dtype=torch.promote_types(torch.float32, model_output.dtype))
+                                    aux_dtype=torch.promote_types(torch.float32, model_output.dtype),
+                                    corrector_x0=False)  # the output has no x0: the corrector writes one tensor
         self._step_index = i + 1
         if not return_dict:
             return (prev,)
