@@ -4,8 +4,8 @@
 covers the classes the test covers.
 """
 
-#: id -> (class name, config); every drop-in class (DPMSolverMultistep and EDMDPMSolverMultistep twice: ODE
-#: and SDE)
+#: id -> (class name, config); every drop-in class (DPMSolverMultistep, its inverse and EDMDPMSolverMultistep
+#: twice: ODE and SDE; the inverse SDE entry is deterministic, see its class docstring)
 CLASSES = {
     "ddpm": ("DDPMScheduler", {}),
     "ddim": ("DDIMScheduler", {}),
@@ -33,6 +33,7 @@ CLASSES = {
     "sasolver": ("SASolverScheduler", {}),
     "cogvideox_ddim": ("CogVideoXDDIMScheduler", {}),
     "dpm_multi_inverse": ("DPMSolverMultistepInverseScheduler", {}),
+    "dpm_multi_inverse_sde": ("DPMSolverMultistepInverseScheduler", {"algorithm_type": "sde-dpmsolver++"}),
     "edm_dpm": ("EDMDPMSolverMultistepScheduler", {}),
     "edm_dpm_sde": ("EDMDPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
     "flow_heun": ("FlowMatchHeunDiscreteScheduler", {}),

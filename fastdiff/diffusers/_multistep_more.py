@@ -389,6 +389,11 @@ class DPMSolverMultistepInverseScheduler(_MultistepBase):
     "dpmsolver++" / "sde-dpmsolver++" / "dpmsolver" / "sde-dpmsolver", ``solver_order`` 1-3, midpoint/heun,
     ``lower_order_final``, ``euler_at_final``, Karras/exponential/beta/flow sigmas, ``lambda_min_clipped``).
 
+    One difference, on purpose: with ``algorithm_type="sde-dpmsolver++"`` each inverse step raises sigma, so the
+    SDE's noise scale ``sigma_t * sqrt(1 - exp(-2h))`` has ``h < 0`` and is the square root of a negative number;
+    diffusers (0.42.1) returns NaN samples there, fastdiff clamps the variance at zero and takes the
+    deterministic update (no noise is drawn, so the result does not depend on the seed).
+
     Example:
         >>> s = DPMSolverMultistepInverseScheduler()
         >>> s.set_timesteps(10)
