@@ -128,6 +128,9 @@ def step_traffic(module, name: str, config: dict, size: str, warm_steps: int = 3
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
             out = func(*args, **kwargs)
+            # detach / view / alias (e.g. Tensor.numpy's detach) and torch.empty move nothing
+            if getattr(func, "is_view", False) or func.__name__.startswith(("empty", "empty_strided")):
+                return out
             ins = [t for t in tree_flatten((args, {k: v for k, v in kwargs.items() if k != "out"}))[0]
                    if isinstance(t, torch.Tensor) and t.numel() >= big]
             outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor) and t.numel() >= big]
@@ -142,10 +145,43 @@ def step_traffic(module, name: str, config: dict, size: str, warm_steps: int = 3
                 self.made += [weakref.ref(t) for t in outs]
             return out
 
+    def record(tr, ins, outs):
+        """One pass over ``ins`` -> ``outs``, counted as the dispatch mode counts a tensor op."""
+        ins = [t for t in ins if isinstance(t, torch.Tensor) and t.numel() >= big]
+        outs = [t for t in outs if isinstance(t, torch.Tensor) and t.numel() >= big]
+        tr.passes += 1
+        tr.nbytes += sum(t.numel() * t.element_size() for t in {id(t): t for t in (*ins, *outs)}.values())
+        made = {r().data_ptr() for r in tr.made if r() is not None}
+        for t in ins:
+            if t.data_ptr() not in made:
+                tr.read.setdefault(t.data_ptr(), t.numel() * t.element_size())
+        tr.made += [weakref.ref(t) for t in outs]
+
+    # the CPU step's compiled pass (fastdiff.ops.step.cpu_jit) runs outside torch's dispatcher: count its calls
+    from fastdiff.ops.step import cpu_jit
+
+    combine, clipped = cpu_jit.combine_jit, cpu_jit.clipped_jit
+
+    def combine_counted(inputs, oc, ac, out, aux):
+        res = combine(inputs, oc, ac, out, aux)
+        if res is not None:
+            record(tr, inputs, (out, aux))
+        return res
+
+    def clipped_counted(x_, m_, ix, im, clip, oc, ac, out, aux):
+        res = clipped(x_, m_, ix, im, clip, oc, ac, out, aux)
+        if res is not None:
+            record(tr, (x_, m_), (out, aux))
+        return res
+
     t = sched.timesteps[warm_steps]
-    with Traffic() as tr:
-        inp = sched.scale_model_input(x, t) if scales else x
-        result = sched.step(eps, t, x)
+    cpu_jit.combine_jit, cpu_jit.clipped_jit = combine_counted, clipped_counted
+    try:
+        with Traffic() as tr:
+            inp = sched.scale_model_input(x, t) if scales else x
+            result = sched.step(eps, t, x)
+    finally:
+        cpu_jit.combine_jit, cpu_jit.clipped_jit = combine, clipped
     del inp
     alive = {r().data_ptr(): r().numel() * r().element_size() for r in tr.made if r() is not None}
     del result

@@ -58,7 +58,7 @@ import torch
 from ..ops import fused_encode
 from ..ops.step import COEF_DEFAULTS, COEF_NAMES, MAX_HISTORY, fused_step
 # the CPU step's own term arithmetic: a folded drop-in step runs exactly its tensor ops, bit for bit
-from ..ops.step.cpu import _combine, _lin2
+from ..ops.step.cpu import combine_pair, lin2_pair
 from ..random import draw_seed, split_seed
 from ..schedules import DiscreteVPSchedule, make_betas, spaced_timesteps
 from ..schedules._beta_dist import beta_ppf
@@ -646,8 +646,7 @@ def _folded_step(x: torch.Tensor, m: torch.Tensor, folded: tuple, history: Seque
     xs = x if xd is dt else x.to(dt)
     ms = m if m.dtype is dt else m.to(dt)
     if not history and x_eval is None and noise is None:
-        res = _lin2(xs, co_x, ms, co_m, dt)
-        aux = _lin2(xs, ca_x, ms, ca_m, dt) if want_aux else None
+        res, aux = lin2_pair(xs, co_x, ms, co_m, ca_x, ca_m, want_aux, dt)
     else:
         hs = [h if h.dtype is dt else h.to(dt) for h in history]
         tail = [*zip(hs, (h0, h1, h2))]
@@ -658,8 +657,7 @@ def _folded_step(x: torch.Tensor, m: torch.Tensor, folded: tuple, history: Seque
         else:  # step_cpu's x_eval terms: out on x, x_eval and m; aux on x_eval and m
             xe = x_eval if x_eval.dtype is dt else x_eval.to(dt)
             o_terms = [(xs, o_x), (xe, o_e), (ms, co_m)]
-        aux = _combine([(xe, ca_x), (ms, ca_m)], xs, dt, None) if want_aux else None
-        res = _combine(o_terms + tail, xs, dt, None)
+        res, aux = combine_pair(o_terms + tail, [(xe, ca_x), (ms, ca_m)] if want_aux else None, xs, dt)
     if dt is not xd:
         res = res.to(xd)
         aux = None if aux is None else aux.to(xd)

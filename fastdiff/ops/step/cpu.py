@@ -12,7 +12,10 @@ in float32 (float64 for float64 storage); only the order of the additions differ
 * a leading coefficient that rounds to 1 in the compute dtype starts the sum with ``torch.add(t0, t1, alpha=)``
   (one pass for ``x + dt*v``);
 * float32/float64 storage writes straight into the ``out=``/``aux_out=`` buffers when they share no memory
-  with an input (no temporary, no copy); otherwise the result is computed aside and copied.
+  with an input (no temporary, no copy); otherwise the result is computed aside and copied;
+* from ``cpu_jit.MIN_NUMEL`` elements on up to ``cpu_jit.MAX_THREADS`` torch threads, a combination torch would
+  make in more than one pass (two outputs, or a coefficient other than 0 and 1) is one compiled pass
+  (``cpu_jit.combine_jit``) reading each input once and writing both outputs.
 """
 from __future__ import annotations
 
@@ -23,8 +26,9 @@ import torch
 
 from ...random import philox_normal
 from ..records import StepArgs
+from . import cpu_jit
 
-__all__ = ["step_cpu"]
+__all__ = ["step_cpu", "lin2_pair", "combine_pair"]
 
 # float32 rounds c to 1.0 exactly when 1 - 2**-25 <= c <= 1 + 2**-24 (ties go to the even 1.0).
 _ONE_F32 = (1.0 - 2.0**-25, 1.0 + 2.0**-24)
@@ -109,6 +113,67 @@ def _lin2(a: torch.Tensor, ca: Coef, b: torch.Tensor, cb: Coef, dt: torch.dtype)
     return torch.add(_NEG_ZERO, a, alpha=ca).add_(b, alpha=cb)
 
 
+def _jit_terms(o_terms, a_terms, like: torch.Tensor, dt: torch.dtype, o_dst, a_dst):
+    """``(out, aux)`` from the term lists in one compiled pass, or None where ``combine_jit`` cannot take them
+    (per-sample coefficients, more than four distinct inputs, a tensor not contiguous in ``dt``).
+
+    A tensor in both lists (by identity) is read once; one that every output multiplies by zero is left out."""
+    inputs: list = []
+    o_c: list = []
+    a_c: list = []
+    for k, terms in ((0, o_terms), (1, a_terms or ())):
+        for t, c in terms:
+            if isinstance(c, np.ndarray):
+                return None
+            for j, u in enumerate(inputs):
+                if u is t:
+                    break
+            else:
+                j = len(inputs)
+                inputs.append(t)
+                o_c.append(0.0)
+                a_c.append(0.0)
+            if k == 0:
+                o_c[j] += c
+            else:
+                a_c[j] += c
+    keep = [j for j in range(len(inputs)) if o_c[j] != 0.0 or (a_terms is not None and a_c[j] != 0.0)]
+    if not 2 <= len(keep) <= 4:
+        return None
+    res = o_dst if o_dst is not None else torch.empty(like.shape, dtype=dt)
+    aux = None
+    if a_terms is not None:
+        aux = a_dst if a_dst is not None else torch.empty(like.shape, dtype=dt)
+    return cpu_jit.combine_jit([inputs[j] for j in keep], [o_c[j] for j in keep],
+                               None if aux is None else [a_c[j] for j in keep], res, aux)
+
+
+def lin2_pair(xs: torch.Tensor, co_x: float, ms: torch.Tensor, co_m: float, ca_x: float, ca_m: float,
+              want_aux: bool, dt: torch.dtype) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``(co_x*xs + co_m*ms, ca_x*xs + ca_m*ms)`` (aux None unless ``want_aux``), fresh tensors of ``dt``: the
+    common drop-in step (DDIM / Euler / flow). One compiled pass where ``cpu_jit.eligible`` and torch would need
+    more than one (two outputs, or no coefficient 0 or 1), else ``_lin2`` per output."""
+    if cpu_jit.eligible(xs) and (want_aux or not (co_x == 0.0 or co_m == 0.0 or _is_one(co_x, dt)
+                                                  or _is_one(co_m, dt))):
+        r = _jit_terms([(xs, co_x), (ms, co_m)], [(xs, ca_x), (ms, ca_m)] if want_aux else None, xs, dt, None, None)
+        if r is not None:
+            return r
+    return _lin2(xs, co_x, ms, co_m, dt), (_lin2(xs, ca_x, ms, ca_m, dt) if want_aux else None)
+
+
+def combine_pair(o_terms: List[Tuple[torch.Tensor, Coef]], a_terms: Optional[List[Tuple[torch.Tensor, Coef]]],
+                 like: torch.Tensor, dt: torch.dtype, o_dst: Optional[torch.Tensor] = None,
+                 a_dst: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``(sum over o_terms, sum over a_terms)`` (aux None when ``a_terms`` is None), into the buffers when given:
+    one compiled pass where ``cpu_jit.eligible`` and the terms allow it, else ``_combine`` per output."""
+    if cpu_jit.eligible(like):
+        r = _jit_terms(o_terms, a_terms, like, dt, o_dst, a_dst)
+        if r is not None:
+            return r
+    aux = _combine(a_terms, like, dt, a_dst) if a_terms is not None else None
+    return _combine(o_terms, like, dt, o_dst), aux
+
+
 def _shares(buf: torch.Tensor, tensors) -> bool:
     p = buf.untyped_storage().data_ptr()
     return any(t is not None and t.untyped_storage().data_ptr() == p for t in tensors)
@@ -135,8 +200,8 @@ def step_cpu(a: StepArgs, row: Sequence[Coef], want_aux: bool) -> tuple[torch.Te
             and out is None and aux_out is None):
         # the common drop-in call (DDIM / Euler / flow): out and aux are each a*x + b*m
         m = model_output if model_output.dtype is dt else model_output.to(dt)
-        res = _lin2(xs, out_x + out_d * in_x, m, out_m + out_d * in_m, dt)
-        aux = _lin2(xs, aux_x + aux_d * in_x, m, aux_d * in_m, dt) if want_aux else None
+        res, aux = lin2_pair(xs, out_x + out_d * in_x, m, out_m + out_d * in_m, aux_x + aux_d * in_x, aux_d * in_m,
+                             want_aux, dt)
         if dt is not xd:
             res = res.to(xd)
             aux = None if aux is None else aux.to(xd)
@@ -164,32 +229,45 @@ def step_cpu(a: StepArgs, row: Sequence[Coef], want_aux: bool) -> tuple[torch.Te
     tail = list(zip(hs, (h0, h1, h2))) if hs else []
     if nz is not None:
         tail.append((nz, out_n))
-    if clip is None:
-        # d folded into the output (and aux) coefficients: d is never materialised
-        if x_eval is None:
-            o_terms = [(xs, out_x + out_d * in_x), (m, out_m + out_d * in_m)]
+    r = None
+    if (clip is not None and x_eval is None and not tail and not uncond_mode and cpu_jit.eligible(xs)
+            and not any(isinstance(c, np.ndarray) for c in (in_x, in_m, out_x, out_m, out_d, aux_x, aux_d))):
+        # the clipped plain step (DDIM's default clip_sample): d formed and clamped inside the one pass
+        r = cpu_jit.clipped_jit(xs, m, in_x, in_m, clip, (out_x, out_m, out_d), (aux_x, aux_d) if want_aux else None,
+                                o_dst if o_dst is not None else torch.empty(x.shape, dtype=dt),
+                                (a_dst if a_dst is not None else torch.empty(x.shape, dtype=dt)) if want_aux else None)
+    if r is None:
+        if clip is None:
+            # d folded into the output (and aux) coefficients: d is never materialised
+            if x_eval is None:
+                o_terms = [(xs, out_x + out_d * in_x), (m, out_m + out_d * in_m)]
+            else:
+                o_terms = [(xs, out_x), (xe, out_e + out_d * in_x), (m, out_m + out_d * in_m)]
+            a_terms = [(xe, aux_x + aux_d * in_x), (m, aux_d * in_m)]
         else:
-            o_terms = [(xs, out_x), (xe, out_e + out_d * in_x), (m, out_m + out_d * in_m)]
-        a_terms = [(xe, aux_x + aux_d * in_x), (m, aux_d * in_m)]
+            d = _combine([(xe, in_x), (m, in_m)], xs, dt, None).clamp_(-clip, clip)
+            o_terms = [(xs, out_x), (m, out_m), (d, out_d)]
+            if x_eval is not None:
+                o_terms.append((xe, out_e))
+            a_terms = [(xe, aux_x), (d, aux_d)]
+        if uncond_mode:
+            # the unconditional x0 estimate u (CFG++): the tensor given, or in_x*xe + in_m*m_u from the uncond half
+            # (as two terms; materialised only when clipped)
+            if uncond_mode == 2:
+                u = [(_as(uncond, dt) if clip is None else _as(uncond, dt).clamp(-clip, clip), 1.0)]
+            elif clip is None:
+                u = [(xe, in_x), (m_u, in_m)]
+            else:
+                u = [(_combine([(xe, in_x), (m_u, in_m)], xs, dt, None).clamp_(-clip, clip), 1.0)]
+            o_terms += [(t, out_u * c) for t, c in u]
+            a_terms += [(t, aux_u * c) for t, c in u]
+        if clip is None:
+            res, aux = combine_pair(o_terms + tail, a_terms if want_aux else None, xs, dt, o_dst, a_dst)
+        else:
+            aux = _combine(a_terms, xs, dt, a_dst) if want_aux else None
+            res = _combine(o_terms + tail, xs, dt, o_dst)
     else:
-        d = _combine([(xe, in_x), (m, in_m)], xs, dt, None).clamp_(-clip, clip)
-        o_terms = [(xs, out_x), (m, out_m), (d, out_d)]
-        if x_eval is not None:
-            o_terms.append((xe, out_e))
-        a_terms = [(xe, aux_x), (d, aux_d)]
-    if uncond_mode:
-        # the unconditional x0 estimate u (CFG++): the tensor given, or in_x*xe + in_m*m_u from the uncond half
-        # (as two terms; materialised only when clipped)
-        if uncond_mode == 2:
-            u = [(_as(uncond, dt) if clip is None else _as(uncond, dt).clamp(-clip, clip), 1.0)]
-        elif clip is None:
-            u = [(xe, in_x), (m_u, in_m)]
-        else:
-            u = [(_combine([(xe, in_x), (m_u, in_m)], xs, dt, None).clamp_(-clip, clip), 1.0)]
-        o_terms += [(t, out_u * c) for t, c in u]
-        a_terms += [(t, aux_u * c) for t, c in u]
-    aux = _combine(a_terms, xs, dt, a_dst) if want_aux else None
-    res = _combine(o_terms + tail, xs, dt, o_dst)
+        res, aux = r
 
     if out is None:
         if res.dtype is not x.dtype:
