@@ -97,7 +97,8 @@ def _as(t: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
 
 def _lin2(a: torch.Tensor, ca: Coef, b: torch.Tensor, cb: Coef, dt: torch.dtype) -> torch.Tensor:
     """``ca*a + cb*b`` in one pass when a coefficient is 0 or 1, else two (a fresh tensor)."""
-    if isinstance(ca, np.ndarray) or isinstance(cb, np.ndarray):
+    if (ca.__class__ is not float or cb.__class__ is not float) and (isinstance(ca, np.ndarray)
+                                                                      or isinstance(cb, np.ndarray)):
         return _combine([(a, ca), (b, cb)], a, dt, None)
     if ca == 0.0:
         if cb == 0.0:
@@ -153,8 +154,9 @@ def lin2_pair(xs: torch.Tensor, co_x: float, ms: torch.Tensor, co_m: float, ca_x
     """``(co_x*xs + co_m*ms, ca_x*xs + ca_m*ms)`` (aux None unless ``want_aux``), fresh tensors of ``dt``: the
     common drop-in step (DDIM / Euler / flow). One compiled pass where ``cpu_jit.eligible`` and torch would need
     more than one (two outputs, or no coefficient 0 or 1), else ``_lin2`` per output."""
-    if cpu_jit.eligible(xs) and (want_aux or not (co_x == 0.0 or co_m == 0.0 or _is_one(co_x, dt)
-                                                  or _is_one(co_m, dt))):
+    # the size test first and inline: below the bar (every small step) it is the only cost
+    if xs.numel() >= cpu_jit.MIN_NUMEL and cpu_jit.eligible(xs) and (
+            want_aux or not (co_x == 0.0 or co_m == 0.0 or _is_one(co_x, dt) or _is_one(co_m, dt))):
         r = _jit_terms([(xs, co_x), (ms, co_m)], [(xs, ca_x), (ms, ca_m)] if want_aux else None, xs, dt, None, None)
         if r is not None:
             return r
@@ -166,7 +168,7 @@ def combine_pair(o_terms: List[Tuple[torch.Tensor, Coef]], a_terms: Optional[Lis
                  a_dst: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """``(sum over o_terms, sum over a_terms)`` (aux None when ``a_terms`` is None), into the buffers when given:
     one compiled pass where ``cpu_jit.eligible`` and the terms allow it, else ``_combine`` per output."""
-    if cpu_jit.eligible(like):
+    if like.numel() >= cpu_jit.MIN_NUMEL and cpu_jit.eligible(like):
         r = _jit_terms(o_terms, a_terms, like, dt, o_dst, a_dst)
         if r is not None:
             return r
