@@ -240,3 +240,11 @@ def test_dropins_agree_with_and_without_the_pass(name, config, monkeypatch):
     monkeypatch.setattr(cpu_jit, "_state", {"fns": None})
     torch_passes = run(torch.float32)
     assert_close_to_reference(f"{name} {config}", with_pass, torch_passes, ref64)
+
+
+def test_traced_step_keeps_torch_ops():
+    """Under ``torch.compile(fullgraph=True)`` the size test passes but the pass stands aside before anything
+    untraceable (numba, ``torch.get_num_threads``) is reached: the traced function compiles and runs."""
+    x = torch.zeros(cpu_jit.MIN_NUMEL)
+    f = torch.compile(lambda t: t + 1 if cpu_jit.eligible(t) else t - 1, fullgraph=True, backend="eager")
+    assert f(x)[0].item() == -1.0

@@ -164,14 +164,16 @@ def available() -> bool:
 
 
 def eligible(like: torch.Tensor) -> bool:
-    """Whether a step on tensors like ``like`` should take the compiled pass (size, threads, grad mode).
+    """Whether a step on tensors like ``like`` should take the compiled pass (size, threads, autograd, tracing).
 
     Example:
         >>> eligible(torch.zeros(8))
         False
     """
-    return (like.numel() >= MIN_NUMEL and torch.get_num_threads() <= MAX_THREADS
-            and not (torch.is_grad_enabled() and like.requires_grad))
+    # traced, the step is torch ops in the graph (a numba call, and torch.get_num_threads, cannot be traced): the
+    # tracing test comes before the thread count
+    return (like.numel() >= MIN_NUMEL and not torch.compiler.is_compiling()
+            and torch.get_num_threads() <= MAX_THREADS and not (torch.is_grad_enabled() and like.requires_grad))
 
 
 def _flat(t: torch.Tensor, dt: torch.dtype) -> Optional[np.ndarray]:
