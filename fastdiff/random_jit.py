@@ -20,17 +20,17 @@ from __future__ import annotations
 
 import os
 import threading
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import numpy as np
 import torch
 
+from ._numba import DISABLE_ENV, compiled_once
+
 __all__ = ["available", "normals_jit", "CHUNK_GROUPS", "DISABLE_ENV"]
 
-#: set this environment variable to 1 to use the numpy Philox even where numba imports
-DISABLE_ENV = "FASTDIFF_NO_NUMBA"
+# DISABLE_ENV (``FASTDIFF_NO_NUMBA=1``) uses the numpy Philox even where numba imports
 #: groups of four normals per chunk: 4096 groups are 64 KiB of normals and 32 KiB of radii, in L2 with room to spare
 CHUNK_GROUPS = 4096
 #: below this many groups one thread does the whole draw (a thread hand-off costs ~20-50 us)
@@ -150,26 +150,17 @@ def _build():
     return philox_parts, finish
 
 
+def _build_and_run():
+    fn = _build()
+    radius, angles = np.empty(2, np.float32), np.empty(4, np.float32)
+    fn[0](np.zeros(1, np.int64), 1, 0, 0, 0, 0, 1, radius, angles)
+    fn[1](radius, angles)
+    return fn
+
+
 def _kernel():
     """The compiled loop, built once per process; None when numba is missing, disabled or fails to compile."""
-    if "fn" in _state:
-        return _state["fn"]
-    with _lock:
-        if "fn" not in _state:
-            fn = None
-            if os.environ.get(DISABLE_ENV, "") not in ("1", "true", "yes"):
-                try:
-                    fn = _build()
-                    radius, angles = np.empty(2, np.float32), np.empty(4, np.float32)
-                    fn[0](np.zeros(1, np.int64), 1, 0, 0, 0, 0, 1, radius, angles)
-                    fn[1](radius, angles)
-                except ImportError:
-                    fn = None
-                except Exception as err:  # a numba that cannot compile here: the numpy path is exact too
-                    warnings.warn(f"fastdiff: the numba Philox failed to compile ({err}); using numpy", RuntimeWarning)
-                    fn = None
-            _state["fn"] = fn
-    return _state["fn"]
+    return compiled_once(_state, "fn", _build_and_run, "the numba Philox")
 
 
 def available() -> bool:

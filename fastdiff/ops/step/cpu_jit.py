@@ -24,24 +24,21 @@ Example:
 """
 from __future__ import annotations
 
-import os
-import threading
-import warnings
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from ..._numba import DISABLE_ENV, compiled_once
+
 __all__ = ["available", "combine_jit", "clipped_jit", "eligible", "MIN_NUMEL", "MAX_THREADS", "DISABLE_ENV"]
 
-#: set this environment variable to 1 to keep the torch passes even where numba imports
-DISABLE_ENV = "FASTDIFF_NO_NUMBA"
+# DISABLE_ENV (``FASTDIFF_NO_NUMBA=1``) keeps the torch passes even where numba imports
 #: below this many elements the torch passes stay in cache and the call overhead decides (see the module docstring)
 MIN_NUMEL = 1 << 15
 #: above this many torch threads the torch passes are used (their threads were not measured against this loop)
 MAX_THREADS = 1
 
-_lock = threading.Lock()
 _state: dict = {}
 
 
@@ -93,22 +90,24 @@ def _build():
             o[i] = a0 * u0 + a1 * u1 + a2 * u2 + a3 * u3
             p[i] = b0 * u0 + b1 * u1 + b2 * u2 + b3 * u3
 
+    @njit(inline="always")
+    def clipped(u, v, ix, im, lo, hi):
+        d = ix * u + im * v
+        return lo if d < lo else (hi if d > hi else d)  # NaN stays NaN, as torch.clamp
+
     @njit(**opts)
     def kc21(x, m, ix, im, lo, hi, ox, om, od, o):
         for i in range(o.shape[0]):
             u = x[i]
             v = m[i]
-            d = ix * u + im * v
-            d = lo if d < lo else (hi if d > hi else d)  # NaN stays NaN, as torch.clamp
-            o[i] = ox * u + om * v + od * d
+            o[i] = ox * u + om * v + od * clipped(u, v, ix, im, lo, hi)
 
     @njit(**opts)
     def kc22(x, m, ix, im, lo, hi, ox, om, od, ax, ad, o, p):
         for i in range(o.shape[0]):
             u = x[i]
             v = m[i]
-            d = ix * u + im * v
-            d = lo if d < lo else (hi if d > hi else d)  # NaN stays NaN, as torch.clamp
+            d = clipped(u, v, ix, im, lo, hi)
             o[i] = ox * u + om * v + od * d
             p[i] = ax * u + ad * d
 
@@ -132,25 +131,15 @@ def _warm(fns) -> None:
                 fn(*ins, *([c] * (n_in * n_out)), *outs)
 
 
+def _build_and_warm() -> dict:
+    fns = _build()
+    _warm(fns)
+    return fns
+
+
 def _kernels() -> Optional[dict]:
     """The compiled loops, built once per process; None when numba is missing, disabled or fails to compile."""
-    if "fns" in _state:
-        return _state["fns"]
-    with _lock:
-        if "fns" not in _state:
-            fns = None
-            if os.environ.get(DISABLE_ENV, "") not in ("1", "true", "yes"):
-                try:
-                    fns = _build()
-                    _warm(fns)
-                except ImportError:
-                    fns = None
-                except Exception as err:  # a numba that cannot compile here: the torch passes compute the same
-                    warnings.warn(f"fastdiff: the numba step loop failed to compile ({err}); using torch ops",
-                                  RuntimeWarning)
-                    fns = None
-            _state["fns"] = fns
-    return _state["fns"]
+    return compiled_once(_state, "fns", _build_and_warm, "the numba step loop")
 
 
 def available() -> bool:
