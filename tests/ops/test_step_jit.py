@@ -248,3 +248,22 @@ def test_traced_step_keeps_torch_ops():
     x = torch.zeros(cpu_jit.MIN_NUMEL)
     f = torch.compile(lambda t: t + 1 if cpu_jit.eligible(t) else t - 1, fullgraph=True, backend="eager")
     assert f(x)[0].item() == -1.0
+
+
+def test_a_compile_failure_warns_and_falls_back(monkeypatch):
+    """A numba that cannot compile here: one RuntimeWarning naming the loop, then the torch passes (correct)."""
+    def broken():
+        raise RuntimeError("no LLVM target")
+
+    monkeypatch.setattr(cpu_jit, "_state", {})
+    monkeypatch.setattr(cpu_jit, "_build", broken)
+    monkeypatch.setattr(cpu_jit, "MIN_NUMEL", 1)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    x, m, c, kw = make(torch.float32, dict(aux=True), seed=14)
+    with pytest.warns(RuntimeWarning, match="numba step loop failed to compile"):
+        got = fused_step(x, m, c, write_aux=True, backend="torch", **kw)
+    assert not cpu_jit.available()
+    ref = fused_step(x, m, c, write_aux=True, backend="reference", **kw)
+    ref64 = fused_step(x.double(), m.double(), c.double(), write_aux=True, backend="reference", **to64(kw))
+    assert_close_to_reference("after a failed compile", got[0], ref[0], ref64[0])
+    assert_close_to_reference("after a failed compile, aux", got[1], ref[1], ref64[1])
