@@ -590,3 +590,21 @@ def test_hmc_leapfrog_case_matches_eager():
     rep = _run(ops=["hmc_leapfrog"])
     fd = rep.find("hmc_leapfrog", "fastdiff")[0]
     assert fd.status == "ok" and fd.max_rel_err is not None and fd.max_rel_err <= 1e-5, fd.max_rel_err
+
+
+def test_cpu_step_pass_script_runs(capsys):
+    """``benchmarks/cpu_step_pass.py`` at the smallest size its pass takes: it prints a row per sampler and
+    leaves the compiled pass switched on afterwards (it toggles it per round)."""
+    from fastdiff.ops.step import cpu_jit
+
+    if not cpu_jit.available():
+        pytest.skip("numba is not importable: the script has no compiled pass to compare")
+    mod = _load_script("cpu_step_pass")
+    threads = torch.get_num_threads()
+    try:
+        assert mod.main(["--size", "1x4x64x128", "--samplers", "euler,dpmpp_2m", "--steps", "2", "--rounds", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "euler" in out and "dpmpp_2m" in out and out.count("ratio") == 2
+    assert cpu_jit.available()
