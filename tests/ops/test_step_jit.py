@@ -32,7 +32,8 @@ CASES = {
     # float64 step (which converts it to a fresh tensor) takes the pass
     "seeded_noise_padded_rows": (dict(seed=9, n_hist=1), (torch.float64,)),
     "guided": (dict(guidance=True, n_hist=1, aux=True), True),
-    "history3_noise": (dict(n_hist=3, noise=True, aux=True), False),  # six inputs: the torch passes
+    "history3_noise": (dict(n_hist=3, noise=True, aux=True), True),  # x, m, h0-h2, noise: six inputs
+    "x_eval_history3_noise": (dict(x_eval=True, n_hist=3, noise=True, aux=True), True),  # seven
     "clip_history": (dict(clip=0.7, n_hist=1), False),  # a clip with more terms: the torch passes
     "per_row": (dict(per_row=True, aux=True), False),  # per-sample rows: the torch passes
 }

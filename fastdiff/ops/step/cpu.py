@@ -116,7 +116,7 @@ def _lin2(a: torch.Tensor, ca: Coef, b: torch.Tensor, cb: Coef, dt: torch.dtype)
 
 def _jit_terms(o_terms, a_terms, like: torch.Tensor, dt: torch.dtype, o_dst, a_dst):
     """``(out, aux)`` from the term lists in one compiled pass, or None where ``combine_jit`` cannot take them
-    (per-sample coefficients, more than four distinct inputs, a tensor not contiguous in ``dt``).
+    (per-sample coefficients, more than ``cpu_jit.MAX_INPUTS`` distinct inputs, a tensor not contiguous in ``dt``).
 
     A tensor in both lists (by identity) is read once; one that every output multiplies by zero is left out."""
     inputs: list = []
@@ -139,7 +139,7 @@ def _jit_terms(o_terms, a_terms, like: torch.Tensor, dt: torch.dtype, o_dst, a_d
             else:
                 a_c[j] += c
     keep = [j for j in range(len(inputs)) if o_c[j] != 0.0 or (a_terms is not None and a_c[j] != 0.0)]
-    if not 2 <= len(keep) <= 4:
+    if not 2 <= len(keep) <= cpu_jit.MAX_INPUTS:
         return None
     res = o_dst if o_dst is not None else torch.empty(like.shape, dtype=dt)
     aux = None

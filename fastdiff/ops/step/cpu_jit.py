@@ -1,12 +1,13 @@
 """One compiled pass (numba) for the CPU step's linear combinations, where torch would make several.
 
-``step_cpu`` writes each output as ``sum(c_k * t_k)`` over two to four sample-sized tensors; with torch ops that
+``step_cpu`` writes each output as ``sum(c_k * t_k)`` over two to eight sample-sized tensors; with torch ops that
 is one pass per term (``add(-0.0, t0, alpha=c0)`` then ``add_(t1, alpha=c1)`` ...), each reading the accumulator
 back, and the aux output (the x0 estimate) is a second such chain over the same inputs. At sizes that stream
 through cache the step is bound by that traffic: a DDIM step moves 10 MiB at 16x4x64x64 float32 where one pass
-reading ``x`` and ``m`` and writing both outputs moves 4 MiB. This module is that one pass: a loop per arity
-(two to four inputs, one or two outputs), in the compute dtype, the terms added in ``step_cpu``'s order
-(numba, like LLVM without fast-math, never contracts a multiply and an add into an FMA).
+reading ``x`` and ``m`` and writing both outputs moves 4 MiB. This module is that one pass: one loop for one
+output and one for two, over any number of inputs up to ``MAX_INPUTS``, plus the clipped step with its clamp
+inside; in the compute dtype, the terms added in ``step_cpu``'s order (numba, like LLVM without fast-math, never
+contracts a multiply and an add into an FMA).
 
 It runs on one thread and is taken with one torch thread (``MAX_THREADS``): in the drop-in loops at 16x4x64x64
 float32 it took a DDIM step from 105 to 63 us and a DPM++ 2M step from 130 to 72 us, but with two torch threads
@@ -32,64 +33,50 @@ import torch
 
 from ..._numba import DISABLE_ENV, compiled_once
 
-__all__ = ["available", "combine_jit", "clipped_jit", "eligible", "MIN_NUMEL", "MAX_THREADS", "DISABLE_ENV"]
+__all__ = ["available", "combine_jit", "clipped_jit", "eligible", "MIN_NUMEL", "MAX_THREADS", "MAX_INPUTS",
+           "DISABLE_ENV"]
 
 # DISABLE_ENV (``FASTDIFF_NO_NUMBA=1``) keeps the torch passes even where numba imports
 #: below this many elements the torch passes stay in cache and the call overhead decides (see the module docstring)
 MIN_NUMEL = 1 << 15
 #: above this many torch threads the torch passes are used (at two they were as fast or faster; module docstring)
 MAX_THREADS = 1
+#: the most tensors one combination reads (a step reads at most x, x_eval, m, three history entries, noise, u)
+MAX_INPUTS = 8
 
 _state: dict = {}
 
 
 def _build():
-    """Compile (or load from numba's cache) the loops: ``{(n_inputs, n_outputs): fn}``."""
+    """Compile (or load from numba's cache) the loops: ``{1: one output, 2: two outputs, "clip1", "clip2"}``.
+
+    The combination loops take the inputs and the coefficients as tuples, so one loop serves every arity (numba
+    compiles one specialisation per tuple length, the inner loop unrolled: 40.0 us at 16x4x64x64 for two inputs
+    and two outputs, against 40.3 for the loop written out for that arity)."""
     from numba import njit
 
     opts = dict(nogil=True, cache=True, boundscheck=False)
 
     @njit(**opts)
-    def k21(t0, t1, a0, a1, o):
+    def combine1(ts, a, o):
         for i in range(o.shape[0]):
-            o[i] = a0 * t0[i] + a1 * t1[i]
+            s = a[0] * ts[0][i]
+            for k in range(1, len(ts)):
+                s = s + a[k] * ts[k][i]
+            o[i] = s
 
     @njit(**opts)
-    def k22(t0, t1, a0, a1, b0, b1, o, p):
+    def combine2(ts, a, b, o, p):
         for i in range(o.shape[0]):
-            u0 = t0[i]
-            u1 = t1[i]
-            o[i] = a0 * u0 + a1 * u1
-            p[i] = b0 * u0 + b1 * u1
-
-    @njit(**opts)
-    def k31(t0, t1, t2, a0, a1, a2, o):
-        for i in range(o.shape[0]):
-            o[i] = a0 * t0[i] + a1 * t1[i] + a2 * t2[i]
-
-    @njit(**opts)
-    def k32(t0, t1, t2, a0, a1, a2, b0, b1, b2, o, p):
-        for i in range(o.shape[0]):
-            u0 = t0[i]
-            u1 = t1[i]
-            u2 = t2[i]
-            o[i] = a0 * u0 + a1 * u1 + a2 * u2
-            p[i] = b0 * u0 + b1 * u1 + b2 * u2
-
-    @njit(**opts)
-    def k41(t0, t1, t2, t3, a0, a1, a2, a3, o):
-        for i in range(o.shape[0]):
-            o[i] = a0 * t0[i] + a1 * t1[i] + a2 * t2[i] + a3 * t3[i]
-
-    @njit(**opts)
-    def k42(t0, t1, t2, t3, a0, a1, a2, a3, b0, b1, b2, b3, o, p):
-        for i in range(o.shape[0]):
-            u0 = t0[i]
-            u1 = t1[i]
-            u2 = t2[i]
-            u3 = t3[i]
-            o[i] = a0 * u0 + a1 * u1 + a2 * u2 + a3 * u3
-            p[i] = b0 * u0 + b1 * u1 + b2 * u2 + b3 * u3
+            u = ts[0][i]
+            s = a[0] * u
+            q = b[0] * u
+            for k in range(1, len(ts)):
+                u = ts[k][i]
+                s = s + a[k] * u
+                q = q + b[k] * u
+            o[i] = s
+            p[i] = q
 
     @njit(inline="always")
     def clipped(u, v, ix, im, lo, hi):
@@ -97,14 +84,14 @@ def _build():
         return lo if d < lo else (hi if d > hi else d)  # NaN stays NaN, as torch.clamp
 
     @njit(**opts)
-    def kc21(x, m, ix, im, lo, hi, ox, om, od, o):
+    def clip1(x, m, ix, im, lo, hi, ox, om, od, o):
         for i in range(o.shape[0]):
             u = x[i]
             v = m[i]
             o[i] = ox * u + om * v + od * clipped(u, v, ix, im, lo, hi)
 
     @njit(**opts)
-    def kc22(x, m, ix, im, lo, hi, ox, om, od, ax, ad, o, p):
+    def clip2(x, m, ix, im, lo, hi, ox, om, od, ax, ad, o, p):
         for i in range(o.shape[0]):
             u = x[i]
             v = m[i]
@@ -112,24 +99,21 @@ def _build():
             o[i] = ox * u + om * v + od * d
             p[i] = ax * u + ad * d
 
-    return {(2, 1): k21, (2, 2): k22, (3, 1): k31, (3, 2): k32, (4, 1): k41, (4, 2): k42, "clip1": kc21,
-            "clip2": kc22}
+    return {1: combine1, 2: combine2, "clip1": clip1, "clip2": clip2}
 
 
 def _warm(fns) -> None:
-    """Compile every loop for float32 and float64 now (a first step should not pay a compile)."""
+    """Compile the common loops for float32 and float64 now (a first step should not pay a compile): two to four
+    inputs and the clipped step; a longer combination compiles at its first use (then comes from the cache)."""
     for np_dt in (np.float32, np.float64):
         c = np_dt(1.0)
-        for key, fn in fns.items():
-            if key == "clip1":
-                fn(np.ones(2, np_dt), np.ones(2, np_dt), *([c] * 7), np.empty(2, np_dt))
-            elif key == "clip2":
-                fn(np.ones(2, np_dt), np.ones(2, np_dt), *([c] * 9), np.empty(2, np_dt), np.empty(2, np_dt))
-            else:
-                n_in, n_out = key
-                ins = [np.ones(2, np_dt) for _ in range(n_in)]
-                outs = [np.empty(2, np_dt) for _ in range(n_out)]
-                fn(*ins, *([c] * (n_in * n_out)), *outs)
+        fns["clip1"](np.ones(2, np_dt), np.ones(2, np_dt), *([c] * 7), np.empty(2, np_dt))
+        fns["clip2"](np.ones(2, np_dt), np.ones(2, np_dt), *([c] * 9), np.empty(2, np_dt), np.empty(2, np_dt))
+        for n_in in (2, 3, 4):
+            ins = tuple(np.ones(2, np_dt) for _ in range(n_in))
+            cs = (c,) * n_in
+            fns[1](ins, cs, np.empty(2, np_dt))
+            fns[2](ins, cs, cs, np.empty(2, np_dt), np.empty(2, np_dt))
 
 
 def _build_and_warm() -> dict:
@@ -192,26 +176,23 @@ def combine_jit(inputs: Sequence[torch.Tensor], out_coefs: Sequence[float], aux_
     Every tensor must be contiguous CPU memory of ``out``'s dtype (float32 or float64) and size, and ``out`` /
     ``aux`` must not overlap an input (the caller checks that); the coefficients are host floats, rounded to the
     dtype as torch rounds a scalar ``alpha``. Returns ``(out, aux)``, or None (nothing written) when numba is
-    unavailable, the arity is not 2-4 or a tensor is not as required.
+    unavailable, there are more than ``MAX_INPUTS`` inputs or a tensor is not as required.
     """
     fns = _state.get("fns", False)
     if fns is False:
         fns = _kernels()
-    if fns is None:
-        return None
-    n_out = 1 if aux is None else 2
-    fn = fns.get((len(inputs), n_out))
     dt = out.dtype
-    if fn is None or dt not in (torch.float32, torch.float64):
+    if fns is None or not 1 <= len(inputs) <= MAX_INPUTS or dt not in (torch.float32, torch.float64):
         return None
     arrays = _arrays((*inputs, out) if aux is None else (*inputs, out, aux), dt, out.numel())
     if arrays is None:
         return None
     np_dt = np.float32 if dt is torch.float32 else np.float64
-    coefs = [np_dt(c) for c in out_coefs]
-    if aux is not None:
-        coefs += [np_dt(c) for c in aux_coefs]
-    fn(*arrays[: len(inputs)], *coefs, *arrays[len(inputs):])
+    ins = tuple(arrays[: len(inputs)])
+    if aux is None:
+        fns[1](ins, tuple(np_dt(c) for c in out_coefs), arrays[-1])
+    else:
+        fns[2](ins, tuple(np_dt(c) for c in out_coefs), tuple(np_dt(c) for c in aux_coefs), arrays[-2], arrays[-1])
     return out, aux
 
 
