@@ -97,8 +97,7 @@ def _as(t: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
 
 def _lin2(a: torch.Tensor, ca: Coef, b: torch.Tensor, cb: Coef, dt: torch.dtype) -> torch.Tensor:
     """``ca*a + cb*b`` in one pass when a coefficient is 0 or 1, else two (a fresh tensor)."""
-    if (ca.__class__ is not float or cb.__class__ is not float) and (isinstance(ca, np.ndarray)
-                                                                      or isinstance(cb, np.ndarray)):
+    if isinstance(ca, np.ndarray) or isinstance(cb, np.ndarray):
         return _combine([(a, ca), (b, cb)], a, dt, None)
     if ca == 0.0:
         if cb == 0.0:
@@ -141,12 +140,8 @@ def _jit_terms(o_terms, a_terms, like: torch.Tensor, dt: torch.dtype, o_dst, a_d
     keep = [j for j in range(len(inputs)) if o_c[j] != 0.0 or (a_terms is not None and a_c[j] != 0.0)]
     if not 2 <= len(keep) <= cpu_jit.MAX_INPUTS:
         return None
-    res = o_dst if o_dst is not None else torch.empty(like.shape, dtype=dt)
-    aux = None
-    if a_terms is not None:
-        aux = a_dst if a_dst is not None else torch.empty(like.shape, dtype=dt)
     return cpu_jit.combine_jit([inputs[j] for j in keep], [o_c[j] for j in keep],
-                               None if aux is None else [a_c[j] for j in keep], res, aux)
+                               None if a_terms is None else [a_c[j] for j in keep], o_dst, a_dst)
 
 
 def lin2_pair(xs: torch.Tensor, co_x: float, ms: torch.Tensor, co_m: float, ca_x: float, ca_m: float,
@@ -154,8 +149,7 @@ def lin2_pair(xs: torch.Tensor, co_x: float, ms: torch.Tensor, co_m: float, ca_x
     """``(co_x*xs + co_m*ms, ca_x*xs + ca_m*ms)`` (aux None unless ``want_aux``), fresh tensors of ``dt``: the
     common drop-in step (DDIM / Euler / flow). One compiled pass where ``cpu_jit.eligible`` and torch would need
     more than one (two outputs, or no coefficient 0 or 1), else ``_lin2`` per output."""
-    # the size test first and inline: below the bar (every small step) it is the only cost
-    if xs.numel() >= cpu_jit.MIN_NUMEL and cpu_jit.eligible(xs) and (
+    if cpu_jit.eligible(xs) and (
             want_aux or not (co_x == 0.0 or co_m == 0.0 or _is_one(co_x, dt) or _is_one(co_m, dt))):
         r = _jit_terms([(xs, co_x), (ms, co_m)], [(xs, ca_x), (ms, ca_m)] if want_aux else None, xs, dt, None, None)
         if r is not None:
@@ -168,7 +162,7 @@ def combine_pair(o_terms: List[Tuple[torch.Tensor, Coef]], a_terms: Optional[Lis
                  a_dst: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """``(sum over o_terms, sum over a_terms)`` (aux None when ``a_terms`` is None), into the buffers when given:
     one compiled pass where ``cpu_jit.eligible`` and the terms allow it, else ``_combine`` per output."""
-    if like.numel() >= cpu_jit.MIN_NUMEL and cpu_jit.eligible(like):
+    if cpu_jit.eligible(like):
         r = _jit_terms(o_terms, a_terms, like, dt, o_dst, a_dst)
         if r is not None:
             return r
@@ -236,8 +230,7 @@ def step_cpu(a: StepArgs, row: Sequence[Coef], want_aux: bool) -> tuple[torch.Te
             and not any(isinstance(c, np.ndarray) for c in (in_x, in_m, out_x, out_m, out_d, aux_x, aux_d))):
         # the clipped plain step (DDIM's default clip_sample): d formed and clamped inside the one pass
         r = cpu_jit.clipped_jit(xs, m, in_x, in_m, clip, (out_x, out_m, out_d), (aux_x, aux_d) if want_aux else None,
-                                o_dst if o_dst is not None else torch.empty(x.shape, dtype=dt),
-                                (a_dst if a_dst is not None else torch.empty(x.shape, dtype=dt)) if want_aux else None)
+                                o_dst, a_dst)
     if r is None:
         if clip is None:
             # d folded into the output (and aux) coefficients: d is never materialised

@@ -20,7 +20,7 @@ Example:
     >>> import torch
     >>> from fastdiff.ops.step.cpu_jit import combine_jit
     >>> x, m = torch.ones(4), torch.full((4,), 2.0)
-    >>> res = combine_jit([x, m], [0.5, 0.25], [1.0, -1.0], torch.empty(4), torch.empty(4))
+    >>> res = combine_jit([x, m], [0.5, 0.25], [1.0, -1.0])
     >>> res is None or res[0].tolist() == [1.0] * 4
     True
 """
@@ -169,52 +169,66 @@ def _arrays(tensors, dt: torch.dtype, n: int) -> Optional[List[np.ndarray]]:
     return arrays
 
 
-def combine_jit(inputs: Sequence[torch.Tensor], out_coefs: Sequence[float], aux_coefs: Optional[Sequence[float]],
-                out: torch.Tensor, aux: Optional[torch.Tensor]) -> Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]]:
-    """``out = sum(out_coefs[k] * inputs[k])`` (and ``aux`` likewise) in one pass; None where it cannot run.
+def _outputs(dt: torch.dtype, like: torch.Tensor, n: int, out: Optional[torch.Tensor], want_aux: bool,
+             aux: Optional[torch.Tensor]):
+    """``(out, aux, their flat views)``: the buffers given, else fresh contiguous ones shaped like ``like`` (made
+    only once the inputs are known to be usable); None if a given buffer is not as ``_flat`` requires."""
+    out = torch.empty(like.shape, dtype=dt) if out is None else out
+    aux = (torch.empty(like.shape, dtype=dt) if aux is None else aux) if want_aux else None
+    views = _arrays((out,) if aux is None else (out, aux), dt, n)
+    return None if views is None else (out, aux, views)
 
-    Every tensor must be contiguous CPU memory of ``out``'s dtype (float32 or float64) and size, and ``out`` /
-    ``aux`` must not overlap an input (the caller checks that); the coefficients are host floats, rounded to the
-    dtype as torch rounds a scalar ``alpha``. Returns ``(out, aux)``, or None (nothing written) when numba is
-    unavailable, there are more than ``MAX_INPUTS`` inputs or a tensor is not as required.
+
+def combine_jit(inputs: Sequence[torch.Tensor], out_coefs: Sequence[float],
+                aux_coefs: Optional[Sequence[float]] = None, out: Optional[torch.Tensor] = None,
+                aux: Optional[torch.Tensor] = None) -> Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]]:
+    """``out = sum(out_coefs[k] * inputs[k])``, and ``aux`` likewise when ``aux_coefs`` is given, in one pass;
+    None where it cannot run.
+
+    Every tensor must be contiguous CPU memory of one dtype (float32 or float64) and size; ``out`` / ``aux``
+    (fresh tensors when not given) must not overlap an input (the caller checks that). The coefficients are host
+    floats, rounded to the dtype as torch rounds a scalar ``alpha``. Returns ``(out, aux)`` (aux None without
+    ``aux_coefs``), or None (nothing written) when numba is unavailable, there are more than ``MAX_INPUTS``
+    inputs or a tensor is not as required.
     """
-    fns = _state.get("fns", False)
-    if fns is False:
-        fns = _kernels()
-    dt = out.dtype
+    fns = _kernels()
+    dt = inputs[0].dtype if out is None else out.dtype
     if fns is None or not 1 <= len(inputs) <= MAX_INPUTS or dt not in (torch.float32, torch.float64):
         return None
-    arrays = _arrays((*inputs, out) if aux is None else (*inputs, out, aux), dt, out.numel())
-    if arrays is None:
+    n = inputs[0].numel()
+    ins = _arrays(inputs, dt, n)
+    bufs = None if ins is None else _outputs(dt, inputs[0], n, out, aux_coefs is not None, aux)
+    if bufs is None:
         return None
+    out, aux, views = bufs
     np_dt = np.float32 if dt is torch.float32 else np.float64
-    ins = tuple(arrays[: len(inputs)])
     if aux is None:
-        fns[1](ins, tuple(np_dt(c) for c in out_coefs), arrays[-1])
+        fns[1](tuple(ins), tuple(np_dt(c) for c in out_coefs), views[0])
     else:
-        fns[2](ins, tuple(np_dt(c) for c in out_coefs), tuple(np_dt(c) for c in aux_coefs), arrays[-2], arrays[-1])
+        fns[2](tuple(ins), tuple(np_dt(c) for c in out_coefs), tuple(np_dt(c) for c in aux_coefs), *views)
     return out, aux
 
 
 def clipped_jit(x: torch.Tensor, m: torch.Tensor, in_x: float, in_m: float, clip: float, out_coefs: Sequence[float],
-                aux_coefs: Optional[Sequence[float]], out: torch.Tensor,
-                aux: Optional[torch.Tensor]) -> Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]]:
+                aux_coefs: Optional[Sequence[float]] = None, out: Optional[torch.Tensor] = None,
+                aux: Optional[torch.Tensor] = None) -> Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]]:
     """The clipped step in one pass: ``d = clamp(in_x*x + in_m*m, -clip, clip)``, ``out = o_x*x + o_m*m + o_d*d``
-    (``out_coefs = (o_x, o_m, o_d)``) and ``aux = a_x*x + a_d*d`` (``aux_coefs = (a_x, a_d)``); None where it
-    cannot run (as ``combine_jit``)."""
-    fns = _state.get("fns", False)
-    if fns is False:
-        fns = _kernels()
-    if fns is None or out.dtype not in (torch.float32, torch.float64):
+    (``out_coefs = (o_x, o_m, o_d)``) and, with ``aux_coefs = (a_x, a_d)``, ``aux = a_x*x + a_d*d``; buffers and
+    None as ``combine_jit``."""
+    fns = _kernels()
+    dt = x.dtype if out is None else out.dtype
+    if fns is None or dt not in (torch.float32, torch.float64):
         return None
-    dt = out.dtype
-    arrays = _arrays((x, m, out) if aux is None else (x, m, out, aux), dt, out.numel())
-    if arrays is None:
+    n = x.numel()
+    ins = _arrays((x, m), dt, n)
+    bufs = None if ins is None else _outputs(dt, x, n, out, aux_coefs is not None, aux)
+    if bufs is None:
         return None
+    out, aux, views = bufs
     np_dt = np.float32 if dt is torch.float32 else np.float64
     c = [np_dt(v) for v in (in_x, in_m, -clip, clip, *out_coefs)]
     if aux is None:
-        fns["clip1"](arrays[0], arrays[1], *c, arrays[2])
+        fns["clip1"](*ins, *c, views[0])
     else:
-        fns["clip2"](arrays[0], arrays[1], *c, *(np_dt(v) for v in aux_coefs), arrays[2], arrays[3])
+        fns["clip2"](*ins, *c, *(np_dt(v) for v in aux_coefs), *views)
     return out, aux
