@@ -129,11 +129,17 @@ def step_traffic(module, name: str, config: dict, size: str, warm_steps: int = 3
             kwargs = kwargs or {}
             out = func(*args, **kwargs)
             # detach / view / alias (e.g. Tensor.numpy's detach) and torch.empty move nothing
-            if getattr(func, "is_view", False) or func.__name__.startswith(("empty", "empty_strided")):
+            if getattr(func, "is_view", False) or func.__name__.startswith("empty"):
                 return out
-            ins = [t for t in tree_flatten((args, {k: v for k, v in kwargs.items() if k != "out"}))[0]
-                   if isinstance(t, torch.Tensor) and t.numel() >= big]
-            outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor) and t.numel() >= big]
+            self.count(tree_flatten((args, {k: v for k, v in kwargs.items() if k != "out"}))[0],
+                       tree_flatten(out)[0])
+            return out
+
+        def count(self, ins, outs):
+            """One pass over the sample-sized tensors among ``ins`` -> ``outs`` (each read or written once; an
+            in-place op reads and writes its tensor)."""
+            ins = [t for t in ins if isinstance(t, torch.Tensor) and t.numel() >= big]
+            outs = [t for t in outs if isinstance(t, torch.Tensor) and t.numel() >= big]
             if ins or outs:
                 self.passes += 1
                 self.nbytes += sum(t.numel() * t.element_size() for t in {id(t): t for t in ins}.values())
@@ -143,35 +149,22 @@ def step_traffic(module, name: str, config: dict, size: str, warm_steps: int = 3
                     if t.data_ptr() not in made:
                         self.read.setdefault(t.data_ptr(), t.numel() * t.element_size())
                 self.made += [weakref.ref(t) for t in outs]
-            return out
-
-    def record(tr, ins, outs):
-        """One pass over ``ins`` -> ``outs``, counted as the dispatch mode counts a tensor op."""
-        ins = [t for t in ins if isinstance(t, torch.Tensor) and t.numel() >= big]
-        outs = [t for t in outs if isinstance(t, torch.Tensor) and t.numel() >= big]
-        tr.passes += 1
-        tr.nbytes += sum(t.numel() * t.element_size() for t in {id(t): t for t in (*ins, *outs)}.values())
-        made = {r().data_ptr() for r in tr.made if r() is not None}
-        for t in ins:
-            if t.data_ptr() not in made:
-                tr.read.setdefault(t.data_ptr(), t.numel() * t.element_size())
-        tr.made += [weakref.ref(t) for t in outs]
 
     # the CPU step's compiled pass (fastdiff.ops.step.cpu_jit) runs outside torch's dispatcher: count its calls
     from fastdiff.ops.step import cpu_jit
 
     combine, clipped = cpu_jit.combine_jit, cpu_jit.clipped_jit
 
-    def combine_counted(inputs, oc, ac, out, aux):
-        res = combine(inputs, oc, ac, out, aux)
+    def combine_counted(inputs, *args):
+        res = combine(inputs, *args)
         if res is not None:
-            record(tr, inputs, (out, aux))
+            tr.count(inputs, res)
         return res
 
-    def clipped_counted(x_, m_, ix, im, clip, oc, ac, out, aux):
-        res = clipped(x_, m_, ix, im, clip, oc, ac, out, aux)
+    def clipped_counted(x_, m_, *args):
+        res = clipped(x_, m_, *args)
         if res is not None:
-            record(tr, (x_, m_), (out, aux))
+            tr.count((x_, m_), res)
         return res
 
     t = sched.timesteps[warm_steps]
